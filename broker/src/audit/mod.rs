@@ -1,0 +1,305 @@
+//! The audit trail: an append-only, hash-chained table every step writes to.
+//!
+//! [`Audit::record`] is durable when it returns. Concurrent callers are
+//! batched into one write transaction by a single writer task (group commit),
+//! so the relay can record an event per stream. [`Audit::record_in`] appends
+//! inside a caller's transaction, so an event commits together with the
+//! change it describes. [`verify`] walks the chain; see [`chain`] for the
+//! hash encoding.
+
+pub mod chain;
+pub mod query;
+mod verify;
+mod writer;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use palisade_proto::id::DecisionId;
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::Db;
+pub use chain::{EventRow, GENESIS};
+pub use verify::{Broken, VerifyReport, verify};
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `palisade-broker init` created a data directory.
+    BrokerInitialized,
+    /// An admin created an enrollment token.
+    TokenCreated,
+    /// An enrollment token was redeemed.
+    TokenRedeemed,
+    /// An enrollment token was refused (unknown, used, expired).
+    TokenRefused,
+    /// The CA issued a certificate.
+    CertificateIssued,
+    /// The CA refused to issue a certificate.
+    CertificateRefused,
+    /// A QUIC connection was accepted.
+    QuicAccepted,
+    /// A QUIC connection was refused.
+    QuicRefused,
+    /// The broker allowed a stream.
+    StreamAllowed,
+    /// The broker denied a stream.
+    StreamDenied,
+    /// A stream ended.
+    StreamEnded,
+    /// A connector denied a stream the broker had allowed.
+    ConnectorStreamDenied,
+    /// A connector connected.
+    ConnectorOnline,
+    /// A connector disconnected.
+    ConnectorOffline,
+    /// A policy version became active.
+    PolicyActivated,
+    /// A policy set was refused.
+    PolicyRejected,
+    /// An identity was disabled (or re-enabled; see the detail).
+    IdentityDisabled,
+}
+
+impl EventKind {
+    const ALL: [Self; 17] = [
+        Self::BrokerInitialized,
+        Self::TokenCreated,
+        Self::TokenRedeemed,
+        Self::TokenRefused,
+        Self::CertificateIssued,
+        Self::CertificateRefused,
+        Self::QuicAccepted,
+        Self::QuicRefused,
+        Self::StreamAllowed,
+        Self::StreamDenied,
+        Self::StreamEnded,
+        Self::ConnectorStreamDenied,
+        Self::ConnectorOnline,
+        Self::ConnectorOffline,
+        Self::PolicyActivated,
+        Self::PolicyRejected,
+        Self::IdentityDisabled,
+    ];
+
+    /// The stable name stored in the `kind` column.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BrokerInitialized => "broker.initialized",
+            Self::TokenCreated => "token.created",
+            Self::TokenRedeemed => "token.redeemed",
+            Self::TokenRefused => "token.refused",
+            Self::CertificateIssued => "certificate.issued",
+            Self::CertificateRefused => "certificate.refused",
+            Self::QuicAccepted => "quic.accepted",
+            Self::QuicRefused => "quic.refused",
+            Self::StreamAllowed => "stream.allowed",
+            Self::StreamDenied => "stream.denied",
+            Self::StreamEnded => "stream.ended",
+            Self::ConnectorStreamDenied => "connector.stream_denied",
+            Self::ConnectorOnline => "connector.online",
+            Self::ConnectorOffline => "connector.offline",
+            Self::PolicyActivated => "policy.activated",
+            Self::PolicyRejected => "policy.rejected",
+            Self::IdentityDisabled => "identity.disabled",
+        }
+    }
+
+    /// The kind stored under this name, if any.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// An operation succeeded.
+    Success,
+    /// An operation failed or was refused.
+    Failure,
+    /// An access decision allowed.
+    Allow,
+    /// An access decision denied.
+    Deny,
+}
+
+impl Outcome {
+    /// The stable name stored in the `outcome` column.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event to append.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Who acted (a SPIFFE id, `cli`, an admin).
+    pub actor: Option<String>,
+    /// What was acted on.
+    pub subject: Option<String>,
+    /// The access decision it belongs to.
+    pub decision_id: Option<DecisionId>,
+    /// Anything else, as JSON. Never secrets.
+    pub detail: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// An event with no actor, subject, decision or detail yet.
+    #[must_use]
+    pub fn new(kind: EventKind, outcome: Outcome) -> Self {
+        Self { kind, outcome, actor: None, subject: None, decision_id: None, detail: serde_json::Value::Null }
+    }
+    /// Sets who acted.
+    #[must_use]
+    pub fn actor(mut self, a: impl Into<String>) -> Self {
+        self.actor = Some(a.into());
+        self
+    }
+    /// Sets what was acted on.
+    #[must_use]
+    pub fn subject(mut self, s: impl Into<String>) -> Self {
+        self.subject = Some(s.into());
+        self
+    }
+    /// Ties the event to an access decision.
+    #[must_use]
+    pub fn decision(mut self, id: DecisionId) -> Self {
+        self.decision_id = Some(id);
+        self
+    }
+    /// Sets the detail.
+    #[must_use]
+    pub fn detail(mut self, v: serde_json::Value) -> Self {
+        self.detail = v;
+        self
+    }
+}
+
+/// The event could not be appended.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// The database refused the write (locked beyond the busy timeout, disk full, …).
+    #[error("audit trail: database error: {0}")]
+    Db(Arc<sqlx::Error>),
+    /// The writer task is gone (the broker is shutting down).
+    #[error("audit trail: the writer has stopped")]
+    Closed,
+    /// A stored row could not be read.
+    #[error("audit trail: unreadable row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for AuditError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(Arc::new(e))
+    }
+}
+
+/// Appends to the audit trail. Cheap to clone; all clones share one writer task.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    jobs: mpsc::Sender<writer::Job>,
+}
+
+impl Audit {
+    /// Starts the writer task. Must be called inside a Tokio runtime.
+    #[must_use]
+    pub fn new(db: Db) -> Self {
+        let (jobs, rx) = mpsc::channel(writer::QUEUE);
+        tokio::spawn(writer::run(db, rx));
+        Self { jobs }
+    }
+
+    /// Appends an event; it is committed when this returns. Returns its seq.
+    ///
+    /// # Errors
+    /// The database refused the write, or the writer has stopped.
+    pub async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.jobs.send(writer::Job { event, at: SystemTime::now(), done }).await.map_err(|_| AuditError::Closed)?;
+        wait.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Appends an event inside the caller's transaction, on the same chain.
+    ///
+    /// The transaction must hold SQLite's write lock before it reads anything,
+    /// i.e. it must come from [`Db::begin_write`]; otherwise the chain head it
+    /// reads may be stale by the time it writes and the commit fails.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn record_in(tx: &mut Transaction<'_, Sqlite>, event: AuditEvent) -> Result<u64, AuditError> {
+        append(tx, &event, SystemTime::now()).await
+    }
+}
+
+async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error> {
+    let head = sqlx::query_as::<Sqlite, (i64, String)>("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
+    Ok(head.unwrap_or_else(|| (0, GENESIS.to_owned())))
+}
+
+pub(crate) async fn append(conn: &mut SqliteConnection, event: &AuditEvent, at: SystemTime) -> Result<u64, AuditError> {
+    let (prev_seq, prev_hash) = head(conn).await?;
+    let mut row = EventRow {
+        seq: prev_seq + 1,
+        ts_ms: at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        kind: event.kind.as_str().to_owned(),
+        outcome: event.outcome.as_str().to_owned(),
+        actor: event.actor.clone(),
+        subject: event.subject.clone(),
+        decision_id: event.decision_id.map(|d| d.to_string()),
+        detail: event.detail.to_string(),
+        prev_hash,
+        hash: String::new(),
+    };
+    row.hash = row.compute_hash();
+    sqlx::query(
+        "INSERT INTO audit_events (seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(row.seq)
+    .bind(row.ts_ms)
+    .bind(&row.kind)
+    .bind(&row.outcome)
+    .bind(&row.actor)
+    .bind(&row.subject)
+    .bind(&row.decision_id)
+    .bind(&row.detail)
+    .bind(&row.prev_hash)
+    .bind(&row.hash)
+    .execute(conn)
+    .await?;
+    Ok(u64::try_from(row.seq).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+
+use super::*;
+use crate::db::{Db, sqlite_url};
+
+async fn fresh() -> (tempfile::TempDir, Db, Audit) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&sqlite_url(&dir.path().join("audit.db"))).await.unwrap();
+    let audit = Audit::new(db.clone());
+    (dir, db, audit)
+}
+
+async fn record_n(audit: &Audit, n: u64) {
+    for i in 0..n {
+        let event = AuditEvent::new(EventKind::StreamAllowed, Outcome::Allow).actor("tester").detail(json!({ "i": i }));
+        assert_eq!(audit.record(event).await.unwrap(), i + 1);
+    }
+}
+
+/// Someone with write access to the file can drop the append-only triggers; the chain must still tell.
+async fn tamper(db: &Db, sql: &'static str) {
+    sqlx::query("DROP TRIGGER audit_events_no_update").execute(db.pool()).await.unwrap();
+    sqlx::query("DROP TRIGGER audit_events_no_delete").execute(db.pool()).await.unwrap();
+    sqlx::query(sql).execute(db.pool()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fresh_chain_verifies() {
+    let (_dir, db, audit) = fresh().await;
+    assert_eq!(verify(&db).await.unwrap(), VerifyReport { events: 0, broken: None });
+    record_n(&audit, 5).await;
+    assert_eq!(verify(&db).await.unwrap(), VerifyReport { events: 5, broken: None });
+    let first = query::recent(&db, None, 10).await.unwrap().pop().unwrap();
+    assert_eq!(first.prev_hash, GENESIS);
+}
+
+#[tokio::test]
+async fn the_database_refuses_updates_and_deletes() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 2).await;
+    let update = sqlx::query("UPDATE audit_events SET outcome = 'deny' WHERE seq = 1").execute(db.pool()).await;
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = sqlx::query("DELETE FROM audit_events WHERE seq = 2").execute(db.pool()).await;
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+}
+
+#[tokio::test]
+async fn an_edited_row_is_named() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 5).await;
+    tamper(&db, "UPDATE audit_events SET outcome = 'deny' WHERE seq = 3").await;
+    let report = verify(&db).await.unwrap();
+    assert_eq!(report.events, 2);
+    let broken = report.broken.unwrap();
+    assert_eq!(broken.seq, 3);
+    assert!(broken.reason.contains("edited"), "{}", broken.reason);
+}
+
+#[tokio::test]
+async fn an_edit_that_recomputes_the_hash_breaks_the_next_link() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 4).await;
+    let mut row = query::recent(&db, None, 10).await.unwrap().into_iter().find(|r| r.seq == 2).unwrap();
+    row.detail = r#"{"i":99}"#.into();
+    row.hash = row.compute_hash();
+    sqlx::query("DROP TRIGGER audit_events_no_update").execute(db.pool()).await.unwrap();
+    sqlx::query("UPDATE audit_events SET detail = ?, hash = ? WHERE seq = 2")
+        .bind(&row.detail)
+        .bind(&row.hash)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let broken = verify(&db).await.unwrap().broken.unwrap();
+    assert_eq!(broken.seq, 3);
+    assert!(broken.reason.contains("prev_hash"), "{}", broken.reason);
+}
+
+#[tokio::test]
+async fn a_deleted_middle_row_is_named() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 5).await;
+    tamper(&db, "DELETE FROM audit_events WHERE seq = 3").await;
+    let report = verify(&db).await.unwrap();
+    assert_eq!(report.events, 2);
+    let broken = report.broken.unwrap();
+    assert_eq!(broken.seq, 4);
+    assert!(broken.reason.contains("#3 is missing"), "{}", broken.reason);
+}
+
+#[tokio::test]
+async fn a_deleted_first_row_is_named() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 3).await;
+    tamper(&db, "DELETE FROM audit_events WHERE seq = 1").await;
+    let broken = verify(&db).await.unwrap().broken.unwrap();
+    assert_eq!(broken.seq, 2);
+}
+
+#[tokio::test]
+async fn concurrent_records_keep_one_valid_chain() {
+    let (_dir, db, audit) = fresh().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..50u32 {
+        let audit = audit.clone();
+        tasks.spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..40u32 {
+                let event = AuditEvent::new(EventKind::StreamEnded, Outcome::Success).subject(format!("{t}/{i}"));
+                seqs.push(audit.record(event).await.unwrap());
+            }
+            seqs
+        });
+    }
+    let mut all: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=2000).collect::<Vec<u64>>());
+    assert_eq!(verify(&db).await.unwrap(), VerifyReport { events: 2000, broken: None });
+}
+
+#[tokio::test]
+async fn record_in_shares_the_chain_with_record() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 2).await;
+    let mut tx = db.begin_write().await.unwrap();
+    let seq = Audit::record_in(&mut tx, AuditEvent::new(EventKind::TokenCreated, Outcome::Success)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(seq, 3);
+    let second = Audit::new(db.clone());
+    assert_eq!(second.record(AuditEvent::new(EventKind::TokenRefused, Outcome::Failure)).await.unwrap(), 4);
+    assert_eq!(audit.record(AuditEvent::new(EventKind::TokenRefused, Outcome::Failure)).await.unwrap(), 5);
+    assert!(verify(&db).await.unwrap().broken.is_none());
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_leaves_no_event() {
+    let (_dir, db, audit) = fresh().await;
+    let mut tx = db.begin_write().await.unwrap();
+    Audit::record_in(&mut tx, AuditEvent::new(EventKind::TokenCreated, Outcome::Success)).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(audit.record(AuditEvent::new(EventKind::TokenRefused, Outcome::Failure)).await.unwrap(), 1);
+}
+
+#[test]
+fn kinds_have_stable_names() {
+    assert_eq!(EventKind::ConnectorStreamDenied.as_str(), "connector.stream_denied");
+    assert_eq!(EventKind::BrokerInitialized.as_str(), "broker.initialized");
+    for kind in EventKind::ALL {
+        assert_eq!(EventKind::from_name(kind.as_str()), Some(kind));
+    }
+    assert_eq!(Outcome::Deny.as_str(), "deny");
+}

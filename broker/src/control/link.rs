@@ -1,0 +1,193 @@
+//! One connector's live link: it says hello with the services it serves, gets
+//! the policy bundle (and every later version), reports how streams ended,
+//! and renews its certificate before it expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_proto::control::{BrokerToConnector, ConnectorToBroker, StreamOutcome};
+use palisade_proto::identity::PeerRole;
+use palisade_proto::reject::close;
+use palisade_proto::wire::StreamHeader;
+use quinn::{RecvStream, SendStream, VarInt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::frames::{FrameError, read_frame, write_frame};
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::relay::accept::Peer;
+use crate::relay::open::read_header;
+use crate::relay::registry::Link;
+use crate::state::Broker;
+
+/// A connector must open its control stream and say hello within this time.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves a connector's connection until it or the broker goes away.
+pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Peer>, shutdown: CancellationToken) {
+    let (send, recv, services) = match tokio::time::timeout(HELLO_TIMEOUT, hello(&conn)).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => return refuse(&conn, &peer, &e),
+        Err(_) => return refuse(&conn, &peer, "no control stream in time"),
+    };
+    let engine = broker.policy().current();
+    let (served, unknown): (Vec<String>, Vec<String>) =
+        services.into_iter().partition(|s| engine.service(s).is_some());
+    if !unknown.is_empty() {
+        tracing::warn!(connector = %peer.identity.name(), ?unknown, "connector offers services the broker does not know");
+    }
+    let link = Link { connector_id: peer.identity.id().id.clone(), name: peer.identity.name().to_owned(), conn };
+    broker.registry().register(&link, &served);
+    audit(&broker, &peer, EventKind::ConnectorOnline, json!({ "services": served, "remote": peer.remote.to_string() }))
+        .await;
+    run_link(&broker, &link, &peer, send, recv, &shutdown).await;
+    broker.registry().unregister(&link.conn);
+    audit(&broker, &peer, EventKind::ConnectorOffline, json!({ "remote": peer.remote.to_string() })).await;
+    let code = if shutdown.is_cancelled() { close::SHUTTING_DOWN } else { close::NORMAL };
+    link.conn.close(VarInt::from_u32(code), b"control stream ended");
+}
+
+async fn hello(conn: &quinn::Connection) -> Result<(SendStream, RecvStream, Vec<String>), String> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    match read_header(&mut recv).await? {
+        StreamHeader::ConnectorControl => {}
+        other => return Err(format!("expected the control stream, got a {:?} stream", other.kind())),
+    }
+    match read_frame::<ConnectorToBroker>(&mut recv).await.map_err(|e| e.to_string())? {
+        ConnectorToBroker::Hello { version, services } => {
+            tracing::info!(version, ?services, "connector said hello");
+            Ok((send, recv, services))
+        }
+        _ => Err("the first control frame must be hello".into()),
+    }
+}
+
+fn refuse(conn: &quinn::Connection, peer: &Peer, why: &str) {
+    tracing::warn!(connector = %peer.identity.id(), why, "connector link refused");
+    conn.close(VarInt::from_u32(close::BAD_PROTOCOL), why.as_bytes());
+}
+
+async fn run_link(
+    broker: &Broker,
+    link: &Link,
+    peer: &Peer,
+    mut send: SendStream,
+    recv: RecvStream,
+    shutdown: &CancellationToken,
+) {
+    let mut policy = broker.policy().subscribe();
+    let welcome = BrokerToConnector::Welcome {
+        connector_id: link.connector_id.clone(),
+        policy: serde_json::to_value(policy.borrow_and_update().bundle()).unwrap_or_default(),
+    };
+    if let Err(e) = write_frame(&mut send, &welcome).await {
+        return tracing::warn!(error = %e, "could not welcome the connector");
+    }
+    let mut frames = spawn_reader(recv);
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = link.conn.closed() => return,
+            changed = policy.changed() => match changed {
+                Ok(()) => Next::Policy,
+                Err(_) => return,
+            },
+            frame = frames.recv() => match frame {
+                Some(Ok(frame)) => Next::Frame(frame),
+                Some(Err(e)) => return tracing::info!(connector = %link.name, error = %e, "control stream ended"),
+                None => return,
+            },
+        };
+        let reply = match next {
+            Next::Policy => Some(BrokerToConnector::PolicyUpdate {
+                policy: serde_json::to_value(policy.borrow_and_update().bundle()).unwrap_or_default(),
+            }),
+            Next::Frame(frame) => on_frame(broker, peer, frame).await,
+        };
+        if let Some(reply) = reply {
+            if let Err(e) = write_frame(&mut send, &reply).await {
+                return tracing::warn!(connector = %link.name, error = %e, "control stream write failed");
+            }
+        }
+    }
+}
+
+enum Next {
+    Policy,
+    Frame(ConnectorToBroker),
+}
+
+/// Reading a frame is not cancel-safe, so it runs in its own task.
+fn spawn_reader(mut recv: RecvStream) -> mpsc::Receiver<Result<ConnectorToBroker, FrameError>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<ConnectorToBroker>(&mut recv).await;
+            let stop = frame.is_err();
+            if tx.send(frame).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn on_frame(broker: &Broker, peer: &Peer, frame: ConnectorToBroker) -> Option<BrokerToConnector> {
+    match frame {
+        ConnectorToBroker::StreamReport { decision_id, outcome } => {
+            report(broker, peer, decision_id, outcome).await;
+            None
+        }
+        ConnectorToBroker::Renew { csr_pem } => Some(renew(broker, peer, &csr_pem).await),
+        ConnectorToBroker::Hello { .. } => {
+            tracing::warn!(connector = %peer.identity.id(), "ignoring a second hello");
+            None
+        }
+    }
+}
+
+async fn report(broker: &Broker, peer: &Peer, decision_id: palisade_proto::id::DecisionId, outcome: StreamOutcome) {
+    let event = match outcome {
+        StreamOutcome::Denied { reason, detail, policy_ids } => {
+            AuditEvent::new(EventKind::ConnectorStreamDenied, Outcome::Deny)
+                .detail(json!({ "reason": reason, "detail": detail, "policy_ids": policy_ids }))
+        }
+        StreamOutcome::UpstreamFailed { detail } => AuditEvent::new(EventKind::ConnectorStreamDenied, Outcome::Failure)
+            .detail(json!({ "reason": "upstream_failed", "detail": detail, "policy_ids": [] })),
+        StreamOutcome::Completed { bytes_up, bytes_down, duration_ms } => {
+            tracing::debug!(%decision_id, bytes_up, bytes_down, duration_ms, "connector reported a completed stream");
+            return;
+        }
+    };
+    let event = event.actor(peer.identity.id().uri()).decision(decision_id);
+    if let Err(e) = broker.audit().record(event).await {
+        tracing::error!(error = %e, "could not audit a connector report");
+    }
+}
+
+async fn renew(broker: &Broker, peer: &Peer, csr_pem: &str) -> BrokerToConnector {
+    let failed = |message: String| BrokerToConnector::RenewFailed { message };
+    let record = match crate::db::identities::get(broker.db(), PeerRole::Connector, &peer.identity.id().id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return failed("unknown connector".into()),
+        Err(e) => {
+            tracing::error!(error = %e, "identity lookup failed during renewal");
+            return failed("the broker could not renew now; try again later".into());
+        }
+    };
+    match crate::issuance::issue_for_identity(broker, &record, csr_pem).await {
+        Ok(issued) => BrokerToConnector::Renewed {
+            certificate_pem: issued.certificate_pem,
+            ca_pem: broker.trust().ca_certs().iter().map(|c| palisade_proto::pem::encode("CERTIFICATE", c)).collect(),
+        },
+        Err(e) => failed(e.to_string()),
+    }
+}
+
+async fn audit(broker: &Broker, peer: &Peer, kind: EventKind, detail: serde_json::Value) {
+    let event = AuditEvent::new(kind, Outcome::Success).actor(peer.identity.id().uri()).detail(detail);
+    if let Err(e) = broker.audit().record(event).await {
+        tracing::error!(error = %e, "could not audit a connector event");
+    }
+}

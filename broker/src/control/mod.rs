@@ -1,0 +1,5 @@
+//! The broker's side of a connector's control stream: registration, policy
+//! distribution, stream reports for the audit trail and certificate renewal.
+
+mod frames;
+pub mod link;

@@ -1,0 +1,73 @@
+//! The `certificates` table: every leaf the CA issued.
+
+use sqlx::{Sqlite, SqliteConnection};
+
+use super::Db;
+
+/// One issued certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRow {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// The identity it names.
+    pub identity_id: String,
+    /// Hex SHA-256 of the subject public key bytes.
+    pub public_key_sha256: String,
+    /// Issue time, unix seconds.
+    pub issued_at: i64,
+    /// Expiry, unix seconds.
+    pub not_after: i64,
+}
+
+/// Records an issued certificate inside the caller's transaction.
+///
+/// # Errors
+/// A database error (a repeated serial is a unique violation).
+pub async fn insert(conn: &mut SqliteConnection, row: &CertificateRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO certificates (serial, identity_id, public_key_sha256, issued_at, not_after) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&row.serial)
+    .bind(&row.identity_id)
+    .bind(&row.public_key_sha256)
+    .bind(row.issued_at)
+    .bind(row.not_after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Every certificate issued to an identity, oldest first.
+///
+/// # Errors
+/// A database error.
+pub async fn for_identity(db: &Db, identity_id: &str) -> Result<Vec<CertificateRow>, sqlx::Error> {
+    let rows = sqlx::query_as::<Sqlite, (String, String, String, i64, i64)>(
+        "SELECT serial, identity_id, public_key_sha256, issued_at, not_after FROM certificates \
+         WHERE identity_id = ? ORDER BY issued_at, serial",
+    )
+    .bind(identity_id)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(serial, identity_id, public_key_sha256, issued_at, not_after)| CertificateRow {
+            serial,
+            identity_id,
+            public_key_sha256,
+            issued_at,
+            not_after,
+        })
+        .collect())
+}
+
+/// Which identity, if any, already holds a certificate for this public key.
+///
+/// # Errors
+/// A database error.
+pub async fn holder_of_key(conn: &mut SqliteConnection, public_key_sha256: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar::<Sqlite, String>("SELECT identity_id FROM certificates WHERE public_key_sha256 = ? LIMIT 1")
+        .bind(public_key_sha256)
+        .fetch_optional(conn)
+        .await
+}

@@ -1,0 +1,130 @@
+//! The `identities` table: machines, connectors and (later) people.
+
+use palisade_proto::identity::PeerRole;
+use sqlx::{Sqlite, SqliteConnection};
+
+use super::Db;
+
+/// One identity as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// The identity's id: the last segment of its SPIFFE id.
+    pub id: String,
+    /// What kind of identity it is.
+    pub role: PeerRole,
+    /// Display name chosen by an admin.
+    pub name: String,
+    /// Groups it belongs to.
+    pub groups: Vec<String>,
+    /// A disabled identity gets no certificate and no tunnel.
+    pub disabled: bool,
+}
+
+type Row = (String, String, String, String, i64);
+
+fn from_row((id, role, name, groups, disabled): Row) -> Result<IdentityRecord, sqlx::Error> {
+    let role = role.parse::<PeerRole>().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let groups = serde_json::from_str(&groups).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(IdentityRecord { id, role, name, groups, disabled: disabled != 0 })
+}
+
+/// The identity with this role and id, if any.
+///
+/// # Errors
+/// A database error, or a row that does not decode.
+pub async fn get(db: &Db, role: PeerRole, id: &str) -> Result<Option<IdentityRecord>, sqlx::Error> {
+    get_in(&mut *db.pool().acquire().await?, role, id).await
+}
+
+/// [`get`] on a given connection or transaction.
+///
+/// # Errors
+/// A database error, or a row that does not decode.
+pub async fn get_in(conn: &mut SqliteConnection, role: PeerRole, id: &str) -> Result<Option<IdentityRecord>, sqlx::Error> {
+    let row = sqlx::query_as::<Sqlite, Row>(
+        "SELECT id, role, name, groups, disabled FROM identities WHERE role = ? AND id = ?",
+    )
+    .bind(role.as_str())
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(from_row).transpose()
+}
+
+/// The machine or connector with this name, if any.
+///
+/// # Errors
+/// A database error, or a row that does not decode.
+pub async fn find_by_name(db: &Db, role: PeerRole, name: &str) -> Result<Option<IdentityRecord>, sqlx::Error> {
+    find_by_name_in(&mut *db.pool().acquire().await?, role, name).await
+}
+
+/// [`find_by_name`] on a given connection or transaction.
+///
+/// # Errors
+/// A database error, or a row that does not decode.
+pub async fn find_by_name_in(
+    conn: &mut SqliteConnection,
+    role: PeerRole,
+    name: &str,
+) -> Result<Option<IdentityRecord>, sqlx::Error> {
+    let row = sqlx::query_as::<Sqlite, Row>(
+        "SELECT id, role, name, groups, disabled FROM identities WHERE role = ? AND name = ?",
+    )
+    .bind(role.as_str())
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    row.map(from_row).transpose()
+}
+
+/// The identity with this id, whatever its role.
+///
+/// # Errors
+/// A database error, or a row that does not decode.
+pub async fn get_any(db: &Db, id: &str) -> Result<Option<IdentityRecord>, sqlx::Error> {
+    let row = sqlx::query_as::<Sqlite, Row>("SELECT id, role, name, groups, disabled FROM identities WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?;
+    row.map(from_row).transpose()
+}
+
+/// Inserts a new identity inside the caller's transaction.
+///
+/// # Errors
+/// A database error; a name already used by the same role is a unique violation.
+pub async fn insert(conn: &mut SqliteConnection, record: &IdentityRecord, now_unix: i64) -> Result<(), sqlx::Error> {
+    let groups = serde_json::to_string(&record.groups).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("INSERT INTO identities (id, role, name, groups, disabled, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(&record.id)
+        .bind(record.role.as_str())
+        .bind(&record.name)
+        .bind(groups)
+        .bind(i64::from(record.disabled))
+        .bind(now_unix)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Disables or re-enables an identity. Returns whether it exists.
+///
+/// # Errors
+/// A database error.
+pub async fn set_disabled(db: &Db, id: &str, disabled: bool) -> Result<bool, sqlx::Error> {
+    set_disabled_in(&mut *db.pool().acquire().await?, id, disabled).await
+}
+
+/// [`set_disabled`] on a given connection or transaction.
+///
+/// # Errors
+/// A database error.
+pub async fn set_disabled_in(conn: &mut SqliteConnection, id: &str, disabled: bool) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE identities SET disabled = ? WHERE id = ?")
+        .bind(i64::from(disabled))
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,27 @@
+//! The Palisade broker: issuing CA, policy decision point, QUIC relay and web API.
+//!
+//! The flow, in module order:
+//! - [`init`] creates a data directory; [`config`] reads `broker.toml`.
+//! - [`issuance`] is the CA: CSR checks ([`issuance::csr`]) and signing ([`issuance::ca`]).
+//! - [`web`] serves HTTPS: enrollment (`POST /api/v1/enroll`), health.
+//! - [`relay`] accepts QUIC connections, decides with [`policy`] and splices
+//!   client streams to connectors; [`control`] is the connector's control stream.
+//! - [`audit`] is the hash-chained trail every step writes to; [`db`] holds the SQL.
+//! - [`run`] wires the listeners together; [`admin`] is the local admin socket.
+
+pub mod admin;
+pub mod audit;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod init;
+pub mod issuance;
+pub mod policy;
+pub mod quickstart;
+pub mod relay;
+pub mod run;
+pub mod state;
+pub mod web;
+
+pub use run::run;
+pub use state::Broker;

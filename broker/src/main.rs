@@ -1,0 +1,352 @@
+//! `palisade-broker`: init, run, tokens, policy reload, audit verify, identities, quickstart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use palisade_broker::admin::{self, AdminRequest};
+use palisade_broker::config::Config;
+use palisade_broker::db::Db;
+use palisade_broker::init::{self, CONFIG_FILE, InitOptions};
+use palisade_broker::issuance::enroll::{MAX_TOKEN_TTL, TokenRequest, create_token};
+use palisade_broker::issuance::keystore::KEK_ENV;
+use palisade_broker::policy::PolicyStore;
+use palisade_broker::{audit, issuance, quickstart};
+use palisade_proto::identity::PeerRole;
+use tokio_util::sync::CancellationToken;
+
+/// The Palisade broker: issuing CA, policy decision point and QUIC relay.
+#[derive(Debug, Parser)]
+#[command(name = "palisade-broker", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data directory: CA, server certificate, database, config, default policy.
+    Init(InitArgs),
+    /// Run the broker.
+    Run(RunArgs),
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Machines and connectors.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Everything on this machine: broker, demo model server, connector, and a machine token.
+    Quickstart {
+        /// Data directory (created if missing).
+        #[arg(long, default_value = "./palisade-data")]
+        data_dir: PathBuf,
+        /// HTTPS and QUIC address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Data directory (created 0700 if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// SPIFFE trust domain; fixed forever once chosen.
+    #[arg(long, default_value = init::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// DNS name or IP address for the server certificate (repeatable).
+    #[arg(long = "server-name")]
+    server_names: Vec<String>,
+    /// File holding the CA key-encryption key (created if missing).
+    #[arg(long)]
+    kek_file: Option<PathBuf>,
+    /// Copy the *.cedar files of this directory instead of the default policy.
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Source {
+    /// Config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (reads DATA_DIR/broker.toml).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    source: Source,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a one-time enrollment token; prints only the token on stdout.
+    Create(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("who").required(true).args(["machine", "connector"]))]
+struct TokenArgs {
+    /// Data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Enroll a machine with this name.
+    #[arg(long)]
+    machine: Option<String>,
+    /// Enroll a connector with this name.
+    #[arg(long)]
+    connector: Option<String>,
+    /// Group of the machine (repeatable).
+    #[arg(long = "group", requires = "machine")]
+    groups: Vec<String>,
+    /// How long the token stays valid (at most 7d).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate the policy directory, then make the running broker load it.
+    Reload {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit trail.
+    Verify {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Disable a machine or connector: no new certificates, no new tunnels.
+    Disable {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The identity's id (the last segment of its SPIFFE id).
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = matches!(cli.command, Command::Run(_) | Command::Quickstart { .. });
+    init_tracing(cli.log_format, if verbose { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Init(args) => init_cmd(args).await,
+        Command::Run(args) => run_cmd(args).await,
+        Command::Token(TokenCommand::Create(args)) => token_create(args).await,
+        Command::Policy(PolicyCommand::Reload { data_dir }) => policy_reload(&data_dir).await,
+        Command::Audit(AuditCommand::Verify { data_dir }) => audit_verify(&data_dir).await,
+        Command::Identity(IdentityCommand::Disable { data_dir, id }) => identity_disable(&data_dir, &id).await,
+        Command::Quickstart { data_dir, listen } => {
+            quickstart::quickstart(quickstart::Options { data_dir, listen }, ctrl_c_token()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn ctrl_c_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}
+
+fn load_config(data_dir: &Path) -> anyhow::Result<Config> {
+    let path = data_dir.join(CONFIG_FILE);
+    if !path.exists() {
+        bail!("{} not found: run `palisade-broker init --data-dir {}` first", path.display(), data_dir.display());
+    }
+    Ok(Config::load(&path)?)
+}
+
+async fn init_cmd(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let opts = InitOptions {
+        data_dir: args.data_dir.clone(),
+        trust_domain: Some(args.trust_domain.parse().context("--trust-domain")?),
+        server_names: args.server_names,
+        kek_file: args.kek_file,
+        kek_env: std::env::var(KEK_ENV).ok(),
+        policy_src: args.policy_dir,
+        ..InitOptions::default()
+    };
+    let report = init::init(&opts).await?;
+    if report.kek_beside_key {
+        eprintln!(
+            "warning: the CA key-encryption key was written to {}, beside the encrypted CA key.\n\
+             For production, move it to a secret store and point [ca] kek_file or {KEK_ENV} at it.",
+            args.data_dir.join("kek").display()
+        );
+    }
+    if report.created.is_empty() {
+        println!("{} is already initialized (trust domain {}); nothing to do", args.data_dir.display(), report.trust_domain);
+    } else {
+        println!("initialized {} (trust domain {})", args.data_dir.display(), report.trust_domain);
+        for item in &report.created {
+            println!("  created {item}");
+        }
+        println!("next: palisade-broker run --data-dir {}", args.data_dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let path = match (args.source.config, args.source.data_dir) {
+        (Some(path), _) => path,
+        (None, Some(dir)) => {
+            let path = dir.join(CONFIG_FILE);
+            if !path.exists() {
+                bail!("{} not found: run `palisade-broker init --data-dir {}` first", path.display(), dir.display());
+            }
+            path
+        }
+        (None, None) => bail!("give --config FILE or --data-dir DIR"),
+    };
+    let config = Config::load(&path)?;
+    palisade_broker::run(config, ctrl_c_token()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token_create(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    if args.ttl > MAX_TOKEN_TTL || args.ttl.is_zero() {
+        bail!("--ttl must be more than 0 and at most 7d");
+    }
+    let config = load_config(&args.data_dir)?;
+    let (role, name) = match (args.machine, args.connector) {
+        (Some(name), None) => (PeerRole::Machine, name),
+        (None, Some(name)) => (PeerRole::Connector, name),
+        _ => bail!("give exactly one of --machine NAME or --connector NAME"),
+    };
+    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let (ca_der, _) = issuance::ca::read_ca_cert(&config.data_dir)?;
+    let request = TokenRequest { role, name: name.clone(), groups: args.groups, ttl: args.ttl, created_by: "cli".into() };
+    let token = create_token(&db, &ca_der, &request, SystemTime::now()).await?;
+    db.close().await;
+    println!("{}", token.expose());
+    let broker = format!("https://{}", config.public_addr.clone().unwrap_or_else(|| config.listen.to_string()));
+    let how = match role {
+        PeerRole::Connector => format!("palisade-connector enroll --broker {broker} --token <TOKEN>"),
+        _ => format!("palisade enroll --broker {broker} --token <TOKEN>"),
+    };
+    eprintln!("one-time token for {role} {name:?}, valid {}; on that machine run:\n  {how}", humantime::format_duration(args.ttl));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn policy_reload(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let config = load_config(data_dir)?;
+    if let Err(e) = PolicyStore::load(&config) {
+        eprintln!("policy error: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let answer = admin::request(&config.data_dir, &AdminRequest::PolicyReload).await?;
+    match (answer.ok, answer.version) {
+        (true, Some(version)) => {
+            println!("policy version {version} active");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!("the broker refused the policy: {}", answer.error.unwrap_or_else(|| "no reason given".into()));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn audit_verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let config = load_config(data_dir)?;
+    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let report = audit::verify(&db).await?;
+    db.close().await;
+    match report.broken {
+        None => {
+            println!("audit chain intact: {} events", report.events);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(broken) => {
+            println!("audit chain broken at event #{}: {}", broken.seq, broken.reason);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn identity_disable(data_dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
+    let config = load_config(data_dir)?;
+    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let disabled = admin::disable_identity(&db, id, "cli").await?;
+    db.close().await;
+    match disabled {
+        Some(record) => {
+            println!("{} {:?} ({id}) disabled", record.role, record.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("no identity with id {id}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Accepting a QUIC connection: finish the handshake in bounded time, then
+//! decide who the peer is and whether it may use the connection the way its
+//! ALPN says (a machine certificate cannot register as a connector, and the
+//! reverse).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use palisade_proto::identity::{PeerRole, VerifiedPeer, verify_peer};
+use palisade_proto::reject::close;
+use palisade_proto::wire::{ALPN_CLIENT, ALPN_CONNECTOR};
+use quinn::VarInt;
+use rustls_pki_types::CertificateDer;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::db;
+use crate::state::Broker;
+
+/// A handshake that has not completed by then is dropped, freeing its slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the connection is for, from its ALPN protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Client,
+    Connector,
+}
+
+impl Purpose {
+    fn roles(self) -> &'static [PeerRole] {
+        match self {
+            Self::Client => &[PeerRole::User, PeerRole::Machine],
+            Self::Connector => &[PeerRole::Connector],
+        }
+    }
+}
+
+/// An authenticated peer on one QUIC connection.
+pub struct Peer {
+    /// Who it is.
+    pub identity: VerifiedPeer,
+    /// Its certificate chain (DER), forwarded to connectors so they can verify it themselves.
+    pub chain: Vec<Vec<u8>>,
+    /// Where it connects from.
+    pub remote: SocketAddr,
+}
+
+/// Runs one incoming connection to its end.
+pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: CancellationToken) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return refused(&broker, remote, None, &format!("handshake failed: {e}")).await,
+        Err(_) => return refused(&broker, remote, None, "handshake timed out").await,
+    };
+    let (purpose, peer) = match identify(&broker, &conn, remote).await {
+        Ok(found) => found,
+        Err(reason) => {
+            conn.close(VarInt::from_u32(close::IDENTITY_REJECTED), reason.as_bytes());
+            return refused(&broker, remote, None, &reason).await;
+        }
+    };
+    let accepted = AuditEvent::new(EventKind::QuicAccepted, Outcome::Success)
+        .actor(peer.identity.id().uri())
+        .detail(json!({ "remote": remote.to_string(), "purpose": format!("{purpose:?}").to_lowercase(),
+                        "serial": peer.identity.serial_hex() }));
+    if let Err(e) = broker.audit().record(accepted).await {
+        tracing::error!(error = %e, "audit unavailable; refusing the connection");
+        conn.close(VarInt::from_u32(close::IDENTITY_REJECTED), b"audit unavailable");
+        return;
+    }
+    let peer = Arc::new(peer);
+    match purpose {
+        Purpose::Client => serve_client(broker, conn, peer, shutdown).await,
+        Purpose::Connector => crate::control::link::serve(broker, conn, peer, shutdown).await,
+    }
+}
+
+async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr) -> Result<(Purpose, Peer), String> {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    let purpose = match alpn.as_deref() {
+        Some(p) if p == ALPN_CLIENT => Purpose::Client,
+        Some(p) if p == ALPN_CONNECTOR => Purpose::Connector,
+        _ => return Err("unknown application protocol".into()),
+    };
+    let chain: Vec<CertificateDer<'static>> = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|chain| *chain)
+        .ok_or("no client certificate")?;
+    let identity = verify_peer(&chain, broker.trust(), SystemTime::now(), purpose.roles()).map_err(|e| e.to_string())?;
+    let record = db::identities::get(broker.db(), identity.role(), &identity.id().id)
+        .await
+        .map_err(|e| format!("identity lookup failed: {e}"))?;
+    match record {
+        Some(r) if !r.disabled => {}
+        Some(_) => return Err(format!("identity {} is disabled", identity.id())),
+        None => return Err(format!("identity {} is unknown", identity.id())),
+    }
+    let chain = chain.iter().map(|c| c.to_vec()).collect();
+    Ok((purpose, Peer { identity, chain, remote }))
+}
+
+async fn refused(broker: &Broker, remote: SocketAddr, actor: Option<String>, reason: &str) {
+    tracing::info!(%remote, reason, "QUIC connection refused");
+    let mut event = AuditEvent::new(EventKind::QuicRefused, Outcome::Failure)
+        .detail(json!({ "remote": remote.to_string(), "reason": reason }));
+    if let Some(actor) = actor {
+        event = event.actor(actor);
+    }
+    if let Err(e) = broker.audit().record(event).await {
+        tracing::error!(error = %e, "could not audit a refused connection");
+    }
+}
+
+async fn serve_client(broker: Broker, conn: quinn::Connection, peer: Arc<Peer>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            stream = conn.accept_bi() => stream,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                tokio::spawn(super::open::handle(broker.clone(), peer.clone(), send, recv));
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer.identity.id(), error = %e, "client connection ended");
+                return;
+            }
+        }
+    }
+    conn.close(VarInt::from_u32(close::SHUTTING_DOWN), b"broker shutting down");
+}

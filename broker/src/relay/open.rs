@@ -1,0 +1,191 @@
+//! A client's stream: read its header, decide, and relay it to a connector.
+//!
+//! The decision and its audit event come first; a connector's stream is only
+//! opened for an allowed request whose `stream.allowed` event is durable. Any
+//! error on the way denies.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use palisade_policies::{AccessRequest, Action, Decision, DenyReason, Principal, PrincipalKind, RequestContext};
+use palisade_proto::id::{DecisionId, ServiceName};
+use palisade_proto::identity::{PeerRole, VerifiedPeer};
+use palisade_proto::reject::RejectCode;
+use palisade_proto::wire::{self, Dispatch, StreamHeader};
+use quinn::{RecvStream, SendStream, VarInt};
+use serde_json::json;
+
+use super::accept::Peer;
+use super::registry::Link;
+use super::splice::{SpliceStats, splice};
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::state::Broker;
+
+/// A client that opens a stream and never sends its header is cut off.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs one client stream to its end.
+pub(crate) async fn handle(broker: Broker, peer: Arc<Peer>, mut send: SendStream, mut recv: RecvStream) {
+    let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
+        Ok(Ok(header)) => header,
+        Ok(Err(e)) => return reset(&mut send, &mut recv, RejectCode::BadRequest, &e),
+        Err(_) => return reset(&mut send, &mut recv, RejectCode::BadRequest, "no stream header in time"),
+    };
+    match header {
+        StreamHeader::Open(open) => relay(&broker, &peer, open.service, send, recv).await,
+        StreamHeader::Query(query) => super::query::answer(&broker, &peer, query, send).await,
+        other => reset(&mut send, &mut recv, RejectCode::BadRequest, &format!("unexpected {:?} stream", other.kind())),
+    }
+}
+
+/// Reads and decodes a stream header without ever allocating more than the limit.
+pub(crate) async fn read_header(recv: &mut RecvStream) -> Result<StreamHeader, String> {
+    let mut prefix = [0u8; wire::PREFIX_LEN];
+    recv.read_exact(&mut prefix).await.map_err(|e| format!("reading the stream header: {e}"))?;
+    let (kind, len) = wire::parse_prefix(&prefix).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| format!("reading the stream header: {e}"))?;
+    StreamHeader::decode(kind, &body).map_err(|e| e.to_string())
+}
+
+fn reset(send: &mut SendStream, recv: &mut RecvStream, code: RejectCode, why: &str) {
+    tracing::debug!(code = code.as_str(), why, "stream refused");
+    let code = VarInt::from_u32(code.as_u32());
+    let _ = send.reset(code);
+    let _ = recv.stop(code);
+}
+
+async fn relay(broker: &Broker, peer: &Peer, service: ServiceName, mut send: SendStream, mut recv: RecvStream) {
+    let decision_id = DecisionId::random();
+    let decision = decide(broker, &peer.identity, peer.remote.ip(), service.as_str());
+    let (grant_ids, version) = match &decision {
+        Decision::Allow(grant) => (grant.policy_ids().to_vec(), grant.policy_version()),
+        Decision::Deny(reason) => {
+            deny(broker, peer, &service, decision_id, reason_code(reason), &reason.to_string(), reason.policy_ids())
+                .await;
+            return reset(&mut send, &mut recv, reject_for(reason), "denied by policy");
+        }
+    };
+    let Some(link) = broker.registry().pick(service.as_str()) else {
+        deny(broker, peer, &service, decision_id, "no_connector", "no connector is serving the service", &[]).await;
+        return reset(&mut send, &mut recv, RejectCode::NoConnector, "no connector");
+    };
+    let allowed = stream_event(EventKind::StreamAllowed, Outcome::Allow, peer, &service, decision_id)
+        .detail(json!({ "policy_ids": grant_ids, "policy_version": version, "connector": link.connector_id,
+                        "remote": peer.remote.to_string() }));
+    if let Err(e) = broker.audit().record(allowed).await {
+        tracing::error!(error = %e, "audit unavailable; denying the stream");
+        return reset(&mut send, &mut recv, RejectCode::Internal, "audit unavailable");
+    }
+    let dispatch = Dispatch {
+        decision_id,
+        service: service.clone(),
+        policy_version: version,
+        caller_chain: peer.chain.clone(),
+        source_addr: peer.remote.to_string(),
+    };
+    let connector = match open_towards(&link, &dispatch).await {
+        Ok(streams) => streams,
+        Err(e) => {
+            tracing::warn!(connector = %link.name, error = %e, "could not open a stream to the connector");
+            return reset(&mut send, &mut recv, RejectCode::NoConnector, "connector stream failed");
+        }
+    };
+    let stats = splice((send, recv), connector).await;
+    ended(broker, peer, &service, decision_id, &link, stats).await;
+}
+
+/// Evaluates the active policy set for this peer and service.
+pub(crate) fn decide(broker: &Broker, peer: &VerifiedPeer, source: std::net::IpAddr, service: &str) -> Decision {
+    let principal = principal_of(peer);
+    let now_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let context = RequestContext { source_ip: Some(source), now_unix_secs, ..RequestContext::default() };
+    let request = AccessRequest { principal: &principal, action: Action::Connect, service, context: &context };
+    broker.policy().current().decide(&request)
+}
+
+/// The Cedar principal for a verified peer.
+pub(crate) fn principal_of(peer: &VerifiedPeer) -> Principal {
+    let kind = if peer.role() == PeerRole::User { PrincipalKind::User } else { PrincipalKind::Machine };
+    Principal { kind, id: peer.id().id.clone(), name: peer.name().to_owned(), groups: peer.groups().to_vec() }
+}
+
+fn reason_code(reason: &DenyReason) -> &'static str {
+    reason.code()
+}
+
+fn reject_for(reason: &DenyReason) -> RejectCode {
+    match reason {
+        DenyReason::UnknownService => RejectCode::UnknownService,
+        DenyReason::NoPolicyPermits | DenyReason::Forbidden { .. } => RejectCode::Forbidden,
+        DenyReason::Invalid(_) => RejectCode::Internal,
+    }
+}
+
+async fn open_towards(link: &Link, dispatch: &Dispatch) -> Result<(SendStream, RecvStream), String> {
+    let header = StreamHeader::Dispatch(dispatch.clone()).encode().map_err(|e| e.to_string())?;
+    let (mut send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&header).await.map_err(|e| e.to_string())?;
+    Ok((send, recv))
+}
+
+fn stream_event(
+    kind: EventKind,
+    outcome: Outcome,
+    peer: &Peer,
+    service: &ServiceName,
+    decision_id: DecisionId,
+) -> AuditEvent {
+    AuditEvent::new(kind, outcome).actor(peer.identity.id().uri()).subject(service.to_string()).decision(decision_id)
+}
+
+async fn deny(
+    broker: &Broker,
+    peer: &Peer,
+    service: &ServiceName,
+    decision_id: DecisionId,
+    reason: &str,
+    detail: &str,
+    policy_ids: &[String],
+) {
+    let event = stream_event(EventKind::StreamDenied, Outcome::Deny, peer, service, decision_id).detail(json!({
+        "reason": reason, "detail": detail, "policy_ids": policy_ids, "remote": peer.remote.to_string(),
+    }));
+    if let Err(e) = broker.audit().record(event).await {
+        tracing::error!(error = %e, "could not audit a denied stream");
+    }
+}
+
+async fn ended(
+    broker: &Broker,
+    peer: &Peer,
+    service: &ServiceName,
+    decision_id: DecisionId,
+    link: &Link,
+    stats: SpliceStats,
+) {
+    let reset = stats.reset.map(|code| RejectCode::from_u64(code).map_or_else(|| code.to_string(), |c| c.as_str().into()));
+    let event = stream_event(EventKind::StreamEnded, Outcome::Success, peer, service, decision_id).detail(json!({
+        "bytes_up": stats.bytes_up,
+        "bytes_down": stats.bytes_down,
+        "duration_ms": u64::try_from(stats.duration.as_millis()).unwrap_or(u64::MAX),
+        "connector": link.connector_id,
+        "reset": reset,
+    }));
+    if let Err(e) = broker.audit().record(event).await {
+        tracing::error!(error = %e, "could not audit the end of a stream");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_reasons_map_to_codes_people_understand() {
+        assert_eq!(reject_for(&DenyReason::NoPolicyPermits), RejectCode::Forbidden);
+        assert_eq!(reject_for(&DenyReason::Forbidden { policy_ids: vec![] }), RejectCode::Forbidden);
+        assert_eq!(reject_for(&DenyReason::UnknownService), RejectCode::UnknownService);
+        assert_eq!(reject_for(&DenyReason::Invalid("x".into())), RejectCode::Internal);
+    }
+}

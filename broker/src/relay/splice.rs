@@ -1,0 +1,93 @@
+//! Moving bytes between two QUIC streams: the client's and the connector's.
+//!
+//! Chunks are handed from one stream to the other as `Bytes` (no copy, no
+//! re-buffering). Backpressure comes from awaiting each write; half-close is
+//! preserved (a finished side finishes the other); a reset or stop on one
+//! side is passed to the other with the same code, so a refusal by the
+//! connector reaches the client as the connector's reason.
+
+use std::time::{Duration, Instant};
+
+use palisade_proto::reject::RejectCode;
+use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
+
+/// What a finished tunnel moved.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpliceStats {
+    /// Client → connector bytes.
+    pub bytes_up: u64,
+    /// Connector → client bytes.
+    pub bytes_down: u64,
+    /// Wall-clock duration.
+    pub duration: Duration,
+    /// The reset code that ended the tunnel early, if any.
+    pub reset: Option<u64>,
+}
+
+/// One direction's result: bytes moved and the code that cut it short.
+struct Pipe {
+    bytes: u64,
+    reset: Option<u64>,
+}
+
+/// Splices the two streams until both directions are finished.
+pub async fn splice(
+    client: (SendStream, RecvStream),
+    connector: (SendStream, RecvStream),
+) -> SpliceStats {
+    let started = Instant::now();
+    let (client_send, client_recv) = client;
+    let (connector_send, connector_recv) = connector;
+    let (up, down) = tokio::join!(pipe(client_recv, connector_send), pipe(connector_recv, client_send));
+    SpliceStats {
+        bytes_up: up.bytes,
+        bytes_down: down.bytes,
+        duration: started.elapsed(),
+        reset: up.reset.or(down.reset),
+    }
+}
+
+async fn pipe(mut from: RecvStream, mut to: SendStream) -> Pipe {
+    let mut bytes = 0u64;
+    loop {
+        match from.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.bytes.len() as u64;
+                if let Err(e) = to.write_chunk(chunk.bytes).await {
+                    let code = write_error_code(&e);
+                    let _ = from.stop(code);
+                    return Pipe { bytes, reset: Some(code.into_inner()) };
+                }
+            }
+            Ok(None) => {
+                let _ = to.finish();
+                return Pipe { bytes, reset: None };
+            }
+            Err(e) => {
+                let code = read_error_code(&e);
+                let _ = to.reset(code);
+                return Pipe { bytes, reset: Some(code.into_inner()) };
+            }
+        }
+    }
+}
+
+fn internal() -> VarInt {
+    VarInt::from_u32(RejectCode::Internal.as_u32())
+}
+
+fn read_error_code(e: &ReadError) -> VarInt {
+    match e {
+        ReadError::Reset(code) => *code,
+        ReadError::ConnectionLost(_) => VarInt::from_u32(RejectCode::UpstreamUnreachable.as_u32()),
+        _ => internal(),
+    }
+}
+
+fn write_error_code(e: &WriteError) -> VarInt {
+    match e {
+        WriteError::Stopped(code) => *code,
+        WriteError::ConnectionLost(_) => VarInt::from_u32(RejectCode::UpstreamUnreachable.as_u32()),
+        _ => internal(),
+    }
+}

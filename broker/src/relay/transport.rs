@@ -1,0 +1,40 @@
+//! QUIC transport limits, chosen on purpose rather than left at quinn's defaults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+use super::RelayError;
+use crate::state::Broker;
+
+/// Per-stream receive window: large enough for a fast single stream on a
+/// LAN-scale bandwidth-delay product.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-connection receive window. quinn's default is unbounded; this caps the
+/// memory one peer can make us buffer whatever its number of streams.
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// One stream per tunnelled TCP connection; 10k idle tunnels per client must fit.
+const MAX_STREAMS: u32 = 16 * 1024;
+
+pub(super) fn server_config(broker: &Broker) -> Result<quinn::ServerConfig, RelayError> {
+    let tls = palisade_proto::tls::quic_server_config(broker.server_identity(), broker.trust())
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    let quic = QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| RelayError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport()));
+    Ok(config)
+}
+
+fn transport() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))))
+        .keep_alive_interval(Some(Duration::from_secs(10)));
+    t
+}

@@ -1,0 +1,99 @@
+//! The broker's shared state, handed to every listener and task.
+
+use std::sync::Arc;
+
+use palisade_proto::identity::TrustAnchors;
+use palisade_proto::tls::TlsIdentity;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::db::Db;
+use crate::issuance::ca::Ca;
+use crate::policy::PolicyStore;
+use crate::relay::registry::Registry;
+
+/// Everything a request handler or relay task needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    db: Db,
+    audit: Audit,
+    ca: Ca,
+    trust: TrustAnchors,
+    server_identity: TlsIdentity,
+    policy: PolicyStore,
+    registry: Registry,
+}
+
+/// The parts a [`Broker`] is made of; built by [`crate::run`].
+pub struct BrokerParts {
+    /// Parsed configuration.
+    pub config: Config,
+    /// Database handle.
+    pub db: Db,
+    /// Audit trail writer.
+    pub audit: Audit,
+    /// The issuing CA, key decrypted in memory.
+    pub ca: Ca,
+    /// Our CA and trust domain.
+    pub trust: TrustAnchors,
+    /// The broker's own server certificate chain and key.
+    pub server_identity: TlsIdentity,
+    /// The active policy set.
+    pub policy: PolicyStore,
+}
+
+impl Broker {
+    /// Assembles the shared state.
+    #[must_use]
+    pub fn new(parts: BrokerParts) -> Self {
+        let BrokerParts { config, db, audit, ca, trust, server_identity, policy } = parts;
+        let inner = Inner { config, db, audit, ca, trust, server_identity, policy, registry: Registry::default() };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Parsed configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+    /// Database handle.
+    #[must_use]
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+    /// Audit trail writer.
+    #[must_use]
+    pub fn audit(&self) -> &Audit {
+        &self.inner.audit
+    }
+    /// The issuing CA.
+    #[must_use]
+    pub fn ca(&self) -> &Ca {
+        &self.inner.ca
+    }
+    /// Our CA and trust domain.
+    #[must_use]
+    pub fn trust(&self) -> &TrustAnchors {
+        &self.inner.trust
+    }
+    /// The broker's own server certificate chain and key.
+    #[must_use]
+    pub fn server_identity(&self) -> &TlsIdentity {
+        &self.inner.server_identity
+    }
+    /// The active policy set.
+    #[must_use]
+    pub fn policy(&self) -> &PolicyStore {
+        &self.inner.policy
+    }
+    /// Which connectors are online and what they serve.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+}

@@ -1,0 +1,462 @@
+//! The one QUIC connection from this process to the broker.
+//!
+//! A [`Tunnel`] is cheap to clone; all clones share one endpoint and one
+//! connection. The connection is made on first use and made again on the next
+//! use after it closed (broker restart, idle timeout, network change), with a
+//! jittered backoff after repeated failures. Each proxied TCP connection is one
+//! bidirectional stream that starts with a [`StreamHeader::Open`]; the broker
+//! answers a refusal by resetting the stream with a [`RejectCode`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use palisade_proto::id::ServiceName;
+use palisade_proto::reject::{RejectCode, close};
+use palisade_proto::wire::{self, OpenStream, Query, ServiceListing, StreamHeader, WhoAmI};
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{ConnectionError, VarInt};
+use rand::Rng as _;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::store::{Profile, StoreError};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+/// TLS alert `no_application_protocol`.
+const ALERT_NO_ALPN: u8 = 120;
+
+/// Why a stream through the broker could not be opened or was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The broker or the connector refused the stream.
+    #[error("{}", code.message(service))]
+    Rejected {
+        /// The reason code from the stream reset.
+        code: RejectCode,
+        /// The service that was asked for.
+        service: String,
+    },
+    /// The stream was reset with a code that is not a [`RejectCode`].
+    #[error("the connection to {service} was reset (code {code})")]
+    Reset {
+        /// The QUIC application error code.
+        code: u64,
+        /// The service.
+        service: String,
+    },
+    /// No enrollment is stored.
+    #[error("not enrolled: run `palisade enroll --broker URL --token TOKEN`")]
+    NotEnrolled,
+    /// The local certificate has expired.
+    #[error("certificate expired: enroll or log in again")]
+    CertificateExpired,
+    /// The broker refused this client's certificate.
+    #[error("the broker refused this identity: enroll or log in again")]
+    IdentityRefused,
+    /// The broker's certificate is not from the CA we enrolled with.
+    #[error("the broker at {addr} did not prove it is our broker ({reason}); check the address or enroll again")]
+    BrokerUntrusted {
+        /// The broker's QUIC address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// No QUIC connection to the broker could be made.
+    #[error("cannot reach the broker at {addr} over UDP: {reason}")]
+    Unreachable {
+        /// The broker's QUIC address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// An established connection to the broker ended.
+    #[error("lost the connection to the broker: {0}")]
+    ConnectionLost(String),
+    /// The broker answered something this client does not understand.
+    #[error("unexpected answer from the broker: {0}; upgrade the palisade client")]
+    Protocol(String),
+    /// The stored enrollment could not be read.
+    #[error(transparent)]
+    Store(StoreError),
+    /// TLS settings could not be built from the stored files.
+    #[error("cannot use the stored certificate: {0}")]
+    Tls(String),
+    /// A local socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TunnelError {
+    /// The broker's reason code, if this is a refusal.
+    #[must_use]
+    pub fn reject_code(&self) -> Option<RejectCode> {
+        match self {
+            Self::Rejected { code, .. } => Some(*code),
+            Self::IdentityRefused => Some(RejectCode::IdentityRejected),
+            _ => None,
+        }
+    }
+
+    /// The stream reset code a refusal or cut came with, mapped for people.
+    pub(crate) fn from_code(code: VarInt, service: &str) -> Self {
+        let raw = code.into_inner();
+        match RejectCode::from_u64(raw) {
+            Some(RejectCode::IdentityRejected) => Self::IdentityRefused,
+            Some(code) => Self::Rejected { code, service: service.to_owned() },
+            None => Self::Reset { code: raw, service: service.to_owned() },
+        }
+    }
+
+    /// An established connection closed.
+    pub(crate) fn from_connection(e: &ConnectionError, service: &str) -> Self {
+        match e {
+            ConnectionError::ApplicationClosed(c) => match c.error_code.into_inner() {
+                code if code == u64::from(close::IDENTITY_REJECTED) => Self::IdentityRefused,
+                code if code == u64::from(close::SHUTTING_DOWN) => {
+                    Self::Rejected { code: RejectCode::ShuttingDown, service: service.to_owned() }
+                }
+                code if code == u64::from(close::BAD_PROTOCOL) => {
+                    Self::Protocol("the broker refused this client's protocol".into())
+                }
+                _ => Self::ConnectionLost(e.to_string()),
+            },
+            ConnectionError::ConnectionClosed(c)
+                if c.error_code == quinn::TransportErrorCode::crypto(ALERT_NO_ALPN) =>
+            {
+                Self::Protocol("the broker does not speak this client's protocol".into())
+            }
+            // A TLS alert from the broker: in TLS 1.3 the client's handshake completes
+            // before the broker has checked its certificate, so a refusal arrives here.
+            ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => Self::IdentityRefused,
+            ConnectionError::Reset => Self::ConnectionLost("the broker restarted".into()),
+            ConnectionError::TimedOut => Self::ConnectionLost("the broker stopped answering".into()),
+            other => Self::ConnectionLost(other.to_string()),
+        }
+    }
+
+    /// Whether this is only a local socket error (the local application went away).
+    #[must_use]
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Io(_))
+    }
+}
+
+impl From<StoreError> for TunnelError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotEnrolled { .. } => Self::NotEnrolled,
+            other => Self::Store(other),
+        }
+    }
+}
+
+fn is_crypto(code: quinn::TransportErrorCode) -> bool {
+    (0x100..0x200).contains(&u64::from(code))
+}
+
+/// The shared, lazily (re)connected QUIC connection to the broker.
+#[derive(Clone)]
+pub struct Tunnel {
+    inner: Arc<Mutex<State>>,
+    transport: Arc<quinn::TransportConfig>,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel").finish_non_exhaustive()
+    }
+}
+
+struct State {
+    profile: Profile,
+    endpoint: Option<quinn::Endpoint>,
+    conn: Option<quinn::Connection>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Tunnel {
+    /// A tunnel for this enrollment. Nothing is sent until the first stream.
+    ///
+    /// # Errors
+    /// The stored certificate or key cannot be used for TLS.
+    pub fn new(profile: Profile) -> Result<Tunnel, TunnelError> {
+        let transport = Arc::new(transport_config());
+        client_config(&profile, transport.clone())?;
+        let state = State { profile, endpoint: None, conn: None, failures: 0, retry_at: None };
+        Ok(Tunnel { inner: Arc::new(Mutex::new(state)), transport })
+    }
+
+    /// Opens a stream to `service` and writes its header. The caller writes the
+    /// TCP bytes right after, without waiting: a refusal arrives as a reset.
+    ///
+    /// # Errors
+    /// No connection to the broker, or it closed while opening.
+    pub async fn open(&self, service: &ServiceName) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
+        let header = StreamHeader::Open(OpenStream { service: service.clone() })
+            .encode()
+            .map_err(|e| TunnelError::Protocol(e.to_string()))?;
+        self.open_with_header(&header, service.as_str()).await
+    }
+
+    async fn open_with_header(
+        &self,
+        header: &[u8],
+        service: &str,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
+        let mut retried = false;
+        loop {
+            let conn = self.connection().await?;
+            let error = match open_stream(&conn, header, service).await {
+                Ok(streams) => return Ok(streams),
+                Err(e) => e,
+            };
+            // Nothing of the caller's has been sent yet, so a connection that turns
+            // out to be dead is replaced once, transparently.
+            if retried || conn.close_reason().is_none() {
+                return Err(error);
+            }
+            tracing::debug!(%error, "the connection to the broker was dead; reconnecting");
+            retried = true;
+        }
+    }
+
+    /// The services this identity may reach.
+    ///
+    /// # Errors
+    /// No connection, a refusal, or an answer that does not parse.
+    pub async fn services(&self) -> Result<ServiceListing, TunnelError> {
+        self.query(Query::Services).await
+    }
+
+    /// Who the broker says we are.
+    ///
+    /// # Errors
+    /// No connection, a refusal, or an answer that does not parse.
+    pub async fn whoami(&self) -> Result<WhoAmI, TunnelError> {
+        self.query(Query::WhoAmI).await
+    }
+
+    async fn query<T: serde::de::DeserializeOwned>(&self, query: Query) -> Result<T, TunnelError> {
+        let header = StreamHeader::Query(query).encode().map_err(|e| TunnelError::Protocol(e.to_string()))?;
+        let what = "this query";
+        let (mut send, mut recv) = self.open_with_header(&header, what).await?;
+        let _ = send.finish();
+        let answer = tokio::time::timeout(QUERY_TIMEOUT, read_frame(&mut recv, what)).await;
+        let body = answer.map_err(|_| TunnelError::ConnectionLost("the broker did not answer in time".into()))??;
+        wire::decode_frame(&body).map_err(|e| TunnelError::Protocol(e.to_string()))
+    }
+
+    /// The live connection, made now if there is none.
+    async fn connection(&self) -> Result<quinn::Connection, TunnelError> {
+        let mut state = self.inner.lock().await;
+        let now = SystemTime::now();
+        if let Some(conn) = &state.conn {
+            match conn.close_reason() {
+                // Once the certificate has expired, new streams wait for a renewed one
+                // (re-read from disk below); streams in flight keep the old connection.
+                None if !state.profile.is_expired(now) => return Ok(conn.clone()),
+                None => tracing::info!("the certificate expired; looking for a renewed one"),
+                Some(reason) => tracing::info!(%reason, "the connection to the broker closed; reconnecting"),
+            }
+            state.conn = None;
+        }
+        state.reload_profile();
+        if state.profile.is_expired(now) {
+            return Err(TunnelError::CertificateExpired);
+        }
+        if let Some(at) = state.retry_at {
+            tokio::time::sleep_until(at).await;
+        }
+        match state.connect(self.transport.clone()).await {
+            Ok(conn) => {
+                state.failures = 0;
+                state.retry_at = None;
+                state.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                state.failures = state.failures.saturating_add(1);
+                state.retry_at = Some(Instant::now() + backoff(state.failures));
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the connection (if any) politely; in-flight streams end.
+    pub async fn close(&self) {
+        let mut state = self.inner.lock().await;
+        if let Some(conn) = state.conn.take() {
+            conn.close(VarInt::from_u32(close::NORMAL), b"client closing");
+        }
+        if let Some(endpoint) = state.endpoint.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
+}
+
+impl State {
+    /// Picks up a certificate renewed on disk (`palisade enroll --force`, a new login).
+    fn reload_profile(&mut self) {
+        match Profile::load(self.profile.home()) {
+            Ok(profile) => self.profile = profile,
+            Err(error) => tracing::debug!(%error, "keeping the enrollment loaded at start"),
+        }
+    }
+
+    async fn connect(&mut self, transport: Arc<quinn::TransportConfig>) -> Result<quinn::Connection, TunnelError> {
+        let addr_text = self.profile.quic_addr().to_owned();
+        let unreachable = |reason: String| TunnelError::Unreachable { addr: addr_text.clone(), reason };
+        let (host, addr) = resolve(&addr_text).await.map_err(unreachable)?;
+        let endpoint = self.endpoint_for(addr).map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
+        let config = client_config(&self.profile, transport)?;
+        let connecting = endpoint.connect_with(config, addr, &host).map_err(|e| unreachable(e.to_string()))?;
+        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Err(_) => return Err(unreachable(format!("no answer within {}s", HANDSHAKE_TIMEOUT.as_secs()))),
+            Ok(Err(e)) => return Err(handshake_error(&e, &addr_text)),
+            Ok(Ok(conn)) => conn,
+        };
+        tracing::info!(broker = %addr, "connected to the broker");
+        Ok(conn)
+    }
+
+    fn endpoint_for(&mut self, remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+        if let Some(endpoint) = &self.endpoint
+            && endpoint.local_addr()?.is_ipv4() == remote.is_ipv4()
+        {
+            return Ok(endpoint.clone());
+        }
+        let endpoint = new_endpoint(remote)?;
+        self.endpoint = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+}
+
+fn handshake_error(e: &ConnectionError, addr: &str) -> TunnelError {
+    match e {
+        ConnectionError::TransportError(t) if is_crypto(t.code) => {
+            TunnelError::BrokerUntrusted { addr: addr.to_owned(), reason: t.reason.clone() }
+        }
+        ConnectionError::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::crypto(ALERT_NO_ALPN) => {
+            TunnelError::from_connection(e, "")
+        }
+        ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => TunnelError::IdentityRefused,
+        ConnectionError::ApplicationClosed(_) => TunnelError::from_connection(e, ""),
+        other => TunnelError::Unreachable { addr: addr.to_owned(), reason: other.to_string() },
+    }
+}
+
+async fn open_stream(
+    conn: &quinn::Connection,
+    header: &[u8],
+    service: &str,
+) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| TunnelError::from_connection(&e, service))?;
+    send.write_all(header).await.map_err(|e| crate::splice::write_error(e, service))?;
+    Ok((send, recv))
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, what: &str) -> Result<Vec<u8>, TunnelError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(|e| read_exact_error(e, what))?;
+    let len = wire::frame_len(len).map_err(|e| TunnelError::Protocol(e.to_string()))?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| read_exact_error(e, what))?;
+    Ok(body)
+}
+
+fn read_exact_error(e: quinn::ReadExactError, what: &str) -> TunnelError {
+    match e {
+        quinn::ReadExactError::FinishedEarly(_) => TunnelError::Protocol("the answer ended early".into()),
+        quinn::ReadExactError::ReadError(e) => crate::splice::read_error(e, what),
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`) and resolves it; returns the TLS server name too.
+async fn resolve(addr: &str) -> Result<(String, SocketAddr), String> {
+    let (host, _port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let first = addrs.next().ok_or_else(|| format!("{host} has no address"))?;
+    Ok((host, first))
+}
+
+fn client_config(
+    profile: &Profile,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TunnelError> {
+    let tls = palisade_proto::tls::quic_client_config(profile.tls_identity(), profile.trust(), wire::ALPN_CLIENT)
+        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// Windows sized for bulk transfer (quinn's defaults are small), set on purpose;
+/// the client accepts no streams from the broker.
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
+    t.receive_window(VarInt::from_u32(32 * 1024 * 1024));
+    t.send_window(32 * 1024 * 1024);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
+    t
+}
+
+fn new_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind: SocketAddr = if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    for (what, result) in
+        [("receive", socket.set_recv_buffer_size(UDP_BUFFER)), ("send", socket.set_send_buffer_size(UDP_BUFFER))]
+    {
+        if let Err(error) = result {
+            tracing::debug!(%error, "cannot set the UDP {what} buffer size");
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&bind.into())?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), Arc::new(quinn::TokioRuntime))
+}
+
+/// 200 ms, 400 ms, … up to 5 s, each scaled by a random factor in [0.5, 1].
+fn backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(5));
+    let capped = exp.min(BACKOFF_MAX);
+    capped.mul_f64(rand::rng().random_range(0.5..=1.0)).max(BACKOFF_MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_within_bounds() {
+        for failures in 1..20 {
+            let d = backoff(failures);
+            assert!(d >= BACKOFF_MIN && d <= BACKOFF_MAX, "{failures}: {d:?}");
+        }
+        assert!(backoff(1) <= Duration::from_millis(200));
+        assert!(backoff(10) >= Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn reset_codes_map_to_messages() {
+        let e = TunnelError::from_code(VarInt::from_u32(RejectCode::NoConnector.as_u32()), "llm-prod");
+        assert_eq!(e.reject_code(), Some(RejectCode::NoConnector));
+        assert!(e.to_string().starts_with("no connector is serving llm-prod"));
+        let e = TunnelError::from_code(VarInt::from_u32(0x17), "llm-prod");
+        assert!(matches!(e, TunnelError::IdentityRefused));
+        let e = TunnelError::from_code(VarInt::from_u32(0x999), "llm-prod");
+        assert!(matches!(e, TunnelError::Reset { code: 0x999, .. }));
+    }
+}

@@ -1,0 +1,9 @@
+//! The client's flows against an in-test broker: enroll, store, forward,
+//! proxy, reconnect, refusals, and the `palisade` binary itself.
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
+mod cli;
+mod enroll;
+mod forward;
+mod proxy;
+mod support;

@@ -1,0 +1,224 @@
+//! The connector's own check of every dispatched stream.
+//!
+//! The broker already decided, but the connector does not take its word:
+//! it verifies the caller's certificate against the CA by itself and
+//! evaluates its own copy of the policy bundle. A connector without a valid
+//! bundle denies everything.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use palisade_policies::{
+    AccessRequest, Action, Decision, DenyReason, Engine, Grant, LoadError, PolicyBundle, PolicyFile, Principal,
+    PrincipalKind, RequestContext,
+};
+use palisade_proto::identity::{PeerRole, TrustAnchors, VerifiedPeer, VerifyPeerError, verify_peer};
+use palisade_proto::wire::Dispatch;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::ServiceConfig;
+
+/// The policy bundle currently enforced; replaced only by a valid bundle of
+/// the same or a newer version.
+#[derive(Default)]
+pub(crate) struct PolicyState {
+    current: RwLock<Option<Arc<Engine>>>,
+    /// Local guardrail files, compiled against each bundle's service catalog.
+    local_files: Option<Vec<PolicyFile>>,
+    local: RwLock<Option<Arc<Engine>>>,
+}
+
+/// What [`PolicyState::apply`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BundleApplied {
+    /// The bundle is now enforced.
+    Installed { version: u64, previous: Option<u64> },
+    /// The same bundle was already enforced.
+    Unchanged { version: u64 },
+}
+
+/// A bundle was refused; the previous one (if any) stays in force.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BundleError {
+    #[error("policy bundle is malformed: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("policy bundle version {version} does not load: {source}")]
+    Invalid { version: u64, source: LoadError },
+    #[error("policy bundle version {offered} is older than the enforced version {current}: refusing the rollback")]
+    Rollback { offered: u64, current: u64 },
+    #[error(
+        "policy bundle version {version} differs from the enforced bundle of the same version: keeping the enforced one"
+    )]
+    Conflict { version: u64 },
+    #[error("the local guardrail policies do not load with bundle version {version}: {source}")]
+    Local { version: u64, source: LoadError },
+}
+
+impl PolicyState {
+    /// A state that also enforces local guardrail policies (checked against
+    /// an empty catalog here; against each bundle's catalog on apply).
+    pub(crate) fn with_local(files: Vec<PolicyFile>) -> Result<Self, LoadError> {
+        Engine::new(&PolicyBundle { version: 0, files: files.clone(), services: Vec::new() })?;
+        Ok(Self { local_files: Some(files), ..Self::default() })
+    }
+
+    /// The enforced engine, or `None` before the first valid bundle.
+    pub(crate) fn current(&self) -> Option<Arc<Engine>> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The local guardrail engine, if guardrails are configured and a bundle arrived.
+    pub(crate) fn local(&self) -> Option<Arc<Engine>> {
+        self.local.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn compile_local(&self, bundle: &PolicyBundle) -> Result<Option<Engine>, BundleError> {
+        let Some(files) = &self.local_files else { return Ok(None) };
+        let local = PolicyBundle { version: bundle.version, files: files.clone(), services: bundle.services.clone() };
+        Engine::new(&local).map(Some).map_err(|source| BundleError::Local { version: bundle.version, source })
+    }
+
+    /// Validates and installs a bundle sent by the broker. CPU-heavy (Cedar
+    /// validation): call it off the async workers.
+    pub(crate) fn apply(&self, policy: serde_json::Value) -> Result<BundleApplied, BundleError> {
+        let bundle: PolicyBundle = serde_json::from_value(policy)?;
+        let version = bundle.version;
+        if let Some(current) = self.current() {
+            check_succession(&current, &bundle)?;
+            if current.version() == version {
+                return Ok(BundleApplied::Unchanged { version });
+            }
+        }
+        let engine = Engine::new(&bundle).map_err(|source| BundleError::Invalid { version, source })?;
+        let local = self.compile_local(&bundle)?;
+        let mut slot = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        // Another apply may have won the race while Cedar validated: check again under the lock.
+        if let Some(current) = slot.as_ref() {
+            check_succession(current, &bundle)?;
+        }
+        *self.local.write().unwrap_or_else(PoisonError::into_inner) = local.map(Arc::new);
+        let previous = slot.replace(Arc::new(engine)).map(|e| e.version());
+        Ok(BundleApplied::Installed { version, previous })
+    }
+}
+
+fn check_succession(current: &Engine, offered: &PolicyBundle) -> Result<(), BundleError> {
+    if offered.version < current.version() {
+        return Err(BundleError::Rollback { offered: offered.version, current: current.version() });
+    }
+    if offered.version == current.version() && offered.digest() != current.digest() {
+        return Err(BundleError::Conflict { version: offered.version });
+    }
+    Ok(())
+}
+
+/// A stream the connector itself allowed: who, the engine's grant, and where to dial.
+#[derive(Debug)]
+pub(crate) struct Authorized<'a> {
+    pub(crate) peer: VerifiedPeer,
+    pub(crate) grant: Grant,
+    pub(crate) upstream: &'a ServiceConfig,
+}
+
+/// Why the connector refused a stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Denied {
+    #[error("caller identity rejected: {0}")]
+    Identity(#[from] VerifyPeerError),
+    #[error("this connector does not serve {0}")]
+    NotServed(String),
+    #[error("no valid policy bundle has been received yet")]
+    NoBundle,
+    #[error("{0}")]
+    Policy(DenyReason),
+    #[error("local guardrail: {0}")]
+    Local(DenyReason),
+}
+
+impl Denied {
+    /// Stable short code for the stream report.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Self::Identity(_) => "identity_rejected",
+            Self::NotServed(_) => "service_not_served",
+            Self::NoBundle => "no_policy_bundle",
+            Self::Policy(reason) => reason.code(),
+            Self::Local(_) => "local_guardrail",
+        }
+    }
+
+    /// The policies that decided, if any.
+    pub(crate) fn policy_ids(&self) -> Vec<String> {
+        match self {
+            Self::Policy(reason) | Self::Local(reason) => reason.policy_ids().to_vec(),
+            Self::Identity(_) | Self::NotServed(_) | Self::NoBundle => Vec::new(),
+        }
+    }
+}
+
+/// The engines a stream must pass: the broker's bundle and, if configured,
+/// the connector's local guardrails.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Engines<'e> {
+    pub(crate) bundle: Option<&'e Engine>,
+    pub(crate) local: Option<&'e Engine>,
+}
+
+/// Verifies the caller, checks the service is ours, and asks the engines.
+pub(crate) fn authorize<'a>(
+    dispatch: &Dispatch,
+    trust: &TrustAnchors,
+    engines: Engines<'_>,
+    services: &'a [ServiceConfig],
+    now: SystemTime,
+) -> Result<Authorized<'a>, Denied> {
+    let chain: Vec<CertificateDer<'_>> =
+        dispatch.caller_chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    let peer = verify_peer(&chain, trust, now, &[PeerRole::User, PeerRole::Machine])?;
+    let upstream = services
+        .iter()
+        .find(|s| s.name == dispatch.service)
+        .ok_or_else(|| Denied::NotServed(dispatch.service.to_string()))?;
+    let engine = engines.bundle.ok_or(Denied::NoBundle)?;
+    let principal = principal_of(&peer)?;
+    let context = RequestContext {
+        source_ip: source_ip(&dispatch.source_addr),
+        now_unix_secs: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        ..RequestContext::default()
+    };
+    let request = AccessRequest {
+        principal: &principal,
+        action: Action::Connect,
+        service: dispatch.service.as_str(),
+        context: &context,
+    };
+    let grant = match engine.decide(&request) {
+        Decision::Allow(grant) => grant,
+        Decision::Deny(reason) => return Err(Denied::Policy(reason)),
+    };
+    if let Some(local) = engines.local {
+        if let Decision::Deny(reason) = local.decide(&request) {
+            return Err(Denied::Local(reason));
+        }
+    }
+    Ok(Authorized { peer, grant, upstream })
+}
+
+fn principal_of(peer: &VerifiedPeer) -> Result<Principal, Denied> {
+    let kind = match peer.role() {
+        PeerRole::User => PrincipalKind::User,
+        PeerRole::Machine => PrincipalKind::Machine,
+        actual @ (PeerRole::Connector | PeerRole::Broker) => {
+            return Err(Denied::Identity(VerifyPeerError::WrongRole { expected: "user or machine".into(), actual }));
+        }
+    };
+    Ok(Principal { kind, id: peer.id().id.clone(), name: peer.name().to_owned(), groups: peer.groups().to_vec() })
+}
+
+/// The broker sends `ip:port`; a bare IP is accepted too. Anything else is no address.
+fn source_ip(addr: &str) -> Option<std::net::IpAddr> {
+    addr.parse::<std::net::SocketAddr>().map(|a| a.ip()).or_else(|_| addr.parse()).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! `connector.toml`: where the enrollment lives, which broker to dial and
+//! which services this connector reaches.
+//!
+//! ```toml
+//! state_dir = "/var/lib/palisade-connector"   # optional
+//! broker = "broker.example.com:443"           # optional: default from identity.json
+//! connect_timeout = "10s"                     # optional
+//! policy_dir = "/etc/palisade/guardrails"     # optional: local Cedar guardrails
+//!
+//! [[service]]
+//! name = "llm-prod"
+//! upstream = "127.0.0.1:11434"
+//! ```
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use palisade_proto::id::ServiceName;
+use serde::Deserialize;
+
+/// Environment variable naming the state directory when neither a flag nor
+/// the config file does.
+pub const STATE_DIR_ENV: &str = "PALISADE_CONNECTOR_STATE_DIR";
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Everything `run` needs. Build it in code (public fields) or read it with
+/// [`ConnectorConfig::load`].
+#[derive(Clone, Debug)]
+pub struct ConnectorConfig {
+    /// Directory holding `key.pem`, `cert.pem`, `ca.pem` and `identity.json`.
+    pub state_dir: PathBuf,
+    /// The broker's QUIC address (`host:port`); `None` uses the `quic_addr`
+    /// recorded at enrollment.
+    pub broker: Option<String>,
+    /// How long dialling an upstream may take.
+    pub connect_timeout: Duration,
+    /// The services this connector reaches.
+    pub services: Vec<ServiceConfig>,
+    /// Local guardrails: Cedar files this connector enforces in addition to
+    /// the broker's bundle. Both must allow; the broker cannot loosen them.
+    pub policy_dir: Option<PathBuf>,
+}
+
+/// One service behind this connector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The catalog name clients ask for.
+    pub name: ServiceName,
+    /// The workload's TCP address, `host:port`, as seen from the connector.
+    pub upstream: String,
+}
+
+/// The configuration could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML for this schema (toml's message names the key and line).
+    #[error("{origin}: {message}")]
+    Parse {
+        /// Where the text came from.
+        origin: String,
+        /// toml's message.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{origin}: `{key}`: {reason}")]
+    Invalid {
+        /// Where the text came from.
+        origin: String,
+        /// The offending key, e.g. `service[1].upstream`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    broker: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+    policy_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    upstream: String,
+}
+
+impl ConnectorConfig {
+    /// Reads and checks a TOML config file.
+    ///
+    /// # Errors
+    /// An unreadable file, a TOML or schema error, or an invalid value; the
+    /// message names the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks TOML text; `origin` names it in error messages.
+    ///
+    /// # Errors
+    /// As [`ConnectorConfig::load`], without the IO.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
+        let invalid = |key: String, reason: String| ConfigError::Invalid { origin: origin.to_owned(), key, reason };
+        if let Some(broker) = &raw.broker {
+            split_host_port(broker).map_err(|reason| invalid("broker".into(), reason))?;
+        }
+        let connect_timeout = raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        if connect_timeout.is_zero() || connect_timeout > MAX_CONNECT_TIMEOUT {
+            return Err(invalid("connect_timeout".into(), "must be between 1ms and 5m".into()));
+        }
+        if raw.services.is_empty() {
+            return Err(invalid("service".into(), "at least one [[service]] with name and upstream is needed".into()));
+        }
+        let mut seen = HashSet::new();
+        let mut services = Vec::with_capacity(raw.services.len());
+        for (i, svc) in raw.services.into_iter().enumerate() {
+            let name: ServiceName = svc
+                .name
+                .parse()
+                .map_err(|e: palisade_proto::id::IdError| invalid(format!("service[{i}].name"), e.to_string()))?;
+            if !seen.insert(name.clone()) {
+                return Err(invalid(format!("service[{i}].name"), format!("service {name} is listed twice")));
+            }
+            split_host_port(&svc.upstream).map_err(|reason| invalid(format!("service[{i}].upstream"), reason))?;
+            services.push(ServiceConfig { name, upstream: svc.upstream });
+        }
+        let state_dir = raw.state_dir.unwrap_or_else(default_state_dir);
+        Ok(Self { state_dir, broker: raw.broker, connect_timeout, services, policy_dir: raw.policy_dir })
+    }
+}
+
+/// The state directory when none is configured: `$PALISADE_CONNECTOR_STATE_DIR`,
+/// else `/var/lib/palisade-connector` for root, else
+/// `$HOME/.local/state/palisade-connector`.
+#[must_use]
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(STATE_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let system = PathBuf::from("/var/lib/palisade-connector");
+    if running_as_root() {
+        return system;
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/palisade-connector"),
+        None => system,
+    }
+}
+
+/// `/proc/self` belongs to the process's effective user; no libc call needed.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Splits `host:port` (IPv6 literals in brackets) into host and port.
+pub(crate) fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
+    let bad = || format!("{addr:?} is not host:port (e.g. 127.0.0.1:8080 or [::1]:8080)");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').ok_or_else(bad)?,
+        None if host.contains(':') => return Err(bad()),
+        None => host,
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConnectorConfig, ConfigError> {
+        ConnectorConfig::from_toml(text, "connector.toml")
+    }
+
+    const SERVICE: &str = "[[service]]\nname = \"llm-prod\"\nupstream = \"127.0.0.1:11434\"\n";
+
+    #[test]
+    fn a_full_config_parses() {
+        let text = format!("state_dir = \"/tmp/x\"\nbroker = \"[::1]:4433\"\nconnect_timeout = \"3s\"\n{SERVICE}");
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.broker.as_deref(), Some("[::1]:4433"));
+        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.services[0].name.as_str(), "llm-prod");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = parse(SERVICE).expect("valid");
+        assert_eq!(config.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(config.broker, None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (format!("conect_timeout = \"1s\"\n{SERVICE}"), "conect_timeout"),
+            (format!("connect_timeout = \"soon\"\n{SERVICE}"), "connect_timeout"),
+            (format!("connect_timeout = \"0s\"\n{SERVICE}"), "connect_timeout"),
+            (format!("broker = \"broker.example.com\"\n{SERVICE}"), "broker"),
+            ("[[service]]\nname = \"llm prod\"\nupstream = \"127.0.0.1:1\"\n".to_owned(), "service[0].name"),
+            ("[[service]]\nname = \"llm\"\nupstream = \"localhost\"\n".to_owned(), "service[0].upstream"),
+            ("[[service]]\nname = \"llm\"\n".to_owned(), "upstream"),
+            ("[[service]]\nname = \"llm\"\nupstream = \"a:1\"\nport = 3\n".to_owned(), "port"),
+            (format!("{SERVICE}{SERVICE}"), "service[1].name"),
+            (String::new(), "service"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(err.contains(key), "{err:?} does not name {key:?}");
+            assert!(err.starts_with("connector.toml"), "{err:?} does not name the file");
+        }
+    }
+
+    #[test]
+    fn host_port_splits() {
+        assert_eq!(split_host_port("127.0.0.1:443"), Ok(("127.0.0.1", 443)));
+        assert_eq!(split_host_port("[::1]:443"), Ok(("::1", 443)));
+        assert_eq!(split_host_port("broker.example.com:443"), Ok(("broker.example.com", 443)));
+        for bad in ["::1:443", "host", ":443", "host:0", "host:http", "[::1:443"] {
+            assert!(split_host_port(bad).is_err(), "{bad} was accepted");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! One tunnel stream opened by the broker: read the dispatch header,
+//! authorize, dial the upstream, splice, report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use palisade_proto::control::{ConnectorToBroker, StreamOutcome};
+use palisade_proto::id::DecisionId;
+use palisade_proto::reject::RejectCode;
+use palisade_proto::wire::{self, Dispatch, PREFIX_LEN, StreamHeader, StreamKind};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use crate::authorize::{Engines, PolicyState, authorize};
+use crate::config::ServiceConfig;
+use crate::upstream::{self, SpliceEnd};
+
+/// The broker writes the header as soon as it opens the stream.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every stream of one connection shares.
+pub(crate) struct StreamContext {
+    pub(crate) policy: Arc<PolicyState>,
+    pub(crate) trust: Arc<palisade_proto::identity::TrustAnchors>,
+    pub(crate) services: Arc<[ServiceConfig]>,
+    pub(crate) connect_timeout: Duration,
+    /// Frames for the control stream (stream reports).
+    pub(crate) control: mpsc::Sender<ConnectorToBroker>,
+}
+
+/// Handles one broker-opened bidirectional stream to its end.
+pub(crate) async fn handle(ctx: Arc<StreamContext>, mut send: SendStream, mut recv: RecvStream) {
+    let dispatch = match read_dispatch(&mut recv).await {
+        Ok(dispatch) => dispatch,
+        Err(reason) => {
+            tracing::warn!(%reason, "refusing a stream with a bad dispatch header");
+            reject(&mut send, &mut recv, RejectCode::BadRequest);
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "dispatch",
+        decision_id = %dispatch.decision_id,
+        service = %dispatch.service,
+        broker_policy_version = dispatch.policy_version,
+    );
+    tunnel(&ctx, dispatch, send, recv).instrument(span).await;
+}
+
+async fn tunnel(ctx: &StreamContext, dispatch: Dispatch, mut send: SendStream, mut recv: RecvStream) {
+    let started = Instant::now();
+    let (engine, local) = (ctx.policy.current(), ctx.policy.local());
+    let engines = Engines { bundle: engine.as_deref(), local: local.as_deref() };
+    let authorized = match authorize(&dispatch, &ctx.trust, engines, &ctx.services, SystemTime::now()) {
+        Ok(authorized) => authorized,
+        Err(denied) => {
+            tracing::info!(reason = denied.code(), detail = %denied, "stream denied by the connector");
+            reject(&mut send, &mut recv, RejectCode::ForbiddenByConnector);
+            let outcome = StreamOutcome::Denied {
+                reason: denied.code().to_owned(),
+                detail: denied.to_string(),
+                policy_ids: denied.policy_ids(),
+            };
+            report(ctx, dispatch.decision_id, outcome).await;
+            return;
+        }
+    };
+    tracing::debug!(caller = %authorized.peer.id(), policies = ?authorized.grant.policy_ids(), "stream allowed");
+    let tcp = match upstream::connect(&authorized.grant, authorized.upstream, ctx.connect_timeout).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream unreachable");
+            reject(&mut send, &mut recv, e.reject_code());
+            report(ctx, dispatch.decision_id, StreamOutcome::UpstreamFailed { detail: e.to_string() }).await;
+            return;
+        }
+    };
+    let spliced = upstream::splice(&mut send, &mut recv, tcp).await;
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match &spliced.end {
+        SpliceEnd::Clean => tracing::info!(spliced.bytes_up, spliced.bytes_down, duration_ms, "stream completed"),
+        end => tracing::info!(spliced.bytes_up, spliced.bytes_down, duration_ms, %end, "stream ended abruptly"),
+    }
+    let outcome = StreamOutcome::Completed { bytes_up: spliced.bytes_up, bytes_down: spliced.bytes_down, duration_ms };
+    report(ctx, dispatch.decision_id, outcome).await;
+}
+
+async fn read_dispatch(recv: &mut RecvStream) -> Result<Dispatch, String> {
+    let read = async {
+        let mut prefix = [0u8; PREFIX_LEN];
+        recv.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
+        let (kind, len) = wire::parse_prefix(&prefix).map_err(|e| e.to_string())?;
+        if kind != StreamKind::Dispatch {
+            return Err(format!("expected a dispatch header, got {kind:?}"));
+        }
+        let mut body = vec![0u8; len];
+        recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        match StreamHeader::decode(kind, &body).map_err(|e| e.to_string())? {
+            StreamHeader::Dispatch(dispatch) => Ok(dispatch),
+            other => Err(format!("expected a dispatch header, got {:?}", other.kind())),
+        }
+    };
+    tokio::time::timeout(HEADER_TIMEOUT, read).await.map_err(|_| "no header in time".to_owned())?
+}
+
+fn reject(send: &mut SendStream, recv: &mut RecvStream, code: RejectCode) {
+    let code = VarInt::from_u32(code.as_u32());
+    // Either half may already be closed by the peer; the stream is over either way.
+    let _ = send.reset(code);
+    let _ = recv.stop(code);
+}
+
+async fn report(ctx: &StreamContext, decision_id: DecisionId, outcome: StreamOutcome) {
+    if ctx.control.send(ConnectorToBroker::StreamReport { decision_id, outcome }).await.is_err() {
+        // Debug only: when a link drops, every open tunnel ends at once and would flood the log.
+        tracing::debug!(%decision_id, "control stream closed: stream report lost");
+    }
+}

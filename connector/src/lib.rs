@@ -1,0 +1,110 @@
+//! The Palisade connector: the policy enforcement point beside the workloads.
+//!
+//! It listens on nothing. It dials out to the broker over QUIC (mTLS with
+//! its own enrolled certificate), keeps a control stream open for policy
+//! bundles and certificate renewal, and serves the tunnel streams the
+//! broker opens towards it.
+//!
+//! The flow, in module order:
+//! - [`enroll`](crate::enroll()): one-time token → key made here, certificate from the broker.
+//! - `store`: key, certificate, CA and `identity.json` in the state directory.
+//! - [`config`]: `connector.toml` → [`ConnectorConfig`].
+//! - `link`: the QUIC connection, control stream, renewal and reconnects.
+//! - `dispatch`: one tunnel stream: header → authorize → upstream → report.
+//! - `authorize`: verify the caller against the CA, evaluate the policy again.
+//! - `upstream`: dial the workload and splice bytes both ways.
+
+mod authorize;
+pub mod config;
+mod dispatch;
+mod enroll;
+mod link;
+mod store;
+mod upstream;
+
+#[cfg(test)]
+mod testing;
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ConfigError, ConnectorConfig, ServiceConfig, default_state_dir};
+pub use enroll::{EnrollError, Enrolled, enroll};
+pub use store::StoreError;
+
+/// The connector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// The state directory holds no usable enrollment.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No usable broker address.
+    #[error("broker address {addr:?}: {reason}")]
+    Broker {
+        /// The address that was tried.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A startup task failed.
+    #[error("startup task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The local guardrail policies (`policy_dir`) do not load.
+    #[error("local guardrail policies: {0}")]
+    Guardrails(palisade_policies::LoadError),
+}
+
+/// Runs the connector until `shutdown` is cancelled.
+///
+/// # Errors
+/// Only startup problems: no enrollment in the state directory, unreadable
+/// key or certificate files, or no broker address. Once running, every
+/// failure is logged and retried.
+pub async fn run(config: ConnectorConfig, shutdown: CancellationToken) -> Result<(), ConnectorError> {
+    run_with_ready(config, shutdown, None).await
+}
+
+/// [`run`], and signals `ready` once the broker's first `Welcome` has arrived.
+///
+/// # Errors
+/// As [`run`]; `ready` is dropped unsent.
+pub async fn run_with_ready(
+    config: ConnectorConfig,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<()>>,
+) -> Result<(), ConnectorError> {
+    let store = store::Store::new(config.state_dir.clone());
+    let loader = store.clone();
+    let identity = tokio::task::spawn_blocking(move || loader.load()).await??;
+    let broker = config.broker.clone().unwrap_or_else(|| identity.record.quic_addr.clone());
+    config::split_host_port(&broker).map_err(|reason| ConnectorError::Broker { addr: broker.clone(), reason })?;
+    if config.services.is_empty() {
+        tracing::warn!("no services configured: every dispatched stream will be denied");
+    }
+    tracing::info!(
+        identity = %identity.spiffe,
+        %broker,
+        services = ?config.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        "starting the connector"
+    );
+    let policy = match &config.policy_dir {
+        Some(dir) => {
+            let files = palisade_policies::read_policy_dir(dir).map_err(ConnectorError::Guardrails)?;
+            let state = authorize::PolicyState::with_local(files).map_err(ConnectorError::Guardrails)?;
+            tracing::info!(dir = %dir.display(), "enforcing local guardrail policies");
+            Arc::new(state)
+        }
+        None => Arc::default(),
+    };
+    let link = link::Link {
+        store,
+        broker,
+        services: Arc::from(config.services),
+        connect_timeout: config.connect_timeout,
+        policy,
+    };
+    link::run(link, shutdown, ready).await;
+    Ok(())
+}

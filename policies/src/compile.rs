@@ -1,0 +1,219 @@
+//! Policy files -> one validated Cedar `PolicySet` with our policy ids.
+//!
+//! Cedar names the policies of each parsed text `policy0`, `policy1`, …, so
+//! every policy is re-id'd (its `@id`, else `<file>:<line>`) before the
+//! files are merged; the ids Cedar reports in a decision are then ours.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use cedar_policy::{ParseErrors, Policy, PolicyId, PolicySet, ValidationMode};
+use miette::Diagnostic;
+
+use crate::schema::Vocabulary;
+use crate::{LoadError, PolicyFile};
+
+/// Where a policy came from, and what it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyInfo {
+    /// The policy's id: its `@id("...")` annotation, else `<file>:<line>`.
+    pub id: String,
+    /// The name of the file that holds it.
+    pub file: String,
+    /// 1-based line where the policy starts.
+    pub line: usize,
+    /// 1-based column where the policy starts.
+    pub column: usize,
+    /// Whether it permits or forbids.
+    pub effect: PolicyEffect,
+}
+
+/// A policy's effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyEffect {
+    /// `permit (...)`.
+    Permit,
+    /// `forbid (...)`: wins over every permit.
+    Forbid,
+}
+
+pub(crate) struct Compiled {
+    pub(crate) set: PolicySet,
+    pub(crate) policies: Vec<PolicyInfo>,
+}
+
+pub(crate) fn compile(files: &[PolicyFile], vocab: &Vocabulary) -> Result<Compiled, LoadError> {
+    let mut names = HashSet::new();
+    if let Some(file) = files.iter().find(|f| !names.insert(f.name.as_str())) {
+        return Err(LoadError::DuplicateFile {
+            name: file.name.clone(),
+        });
+    }
+    let mut set = PolicySet::new();
+    let mut policies: Vec<PolicyInfo> = Vec::new();
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for file in files {
+        let parsed = parse_file(file)?;
+        let mut file_set = PolicySet::new();
+        for (policy, info) in &parsed {
+            if let Some(first) = owner.insert(info.id.clone(), file.name.clone()) {
+                return Err(duplicate(&info.id, first, &file.name));
+            }
+            file_set
+                .add(policy.clone())
+                .map_err(|_| duplicate(&info.id, file.name.clone(), &file.name))?;
+            set.add(policy.clone())
+                .map_err(|_| duplicate(&info.id, file.name.clone(), &file.name))?;
+        }
+        let infos: Vec<PolicyInfo> = parsed.into_iter().map(|(_, info)| info).collect();
+        validate_file(file, &file_set, &infos, vocab)?;
+        policies.extend(infos);
+    }
+    Ok(Compiled { set, policies })
+}
+
+fn duplicate(id: &str, first: String, second: &str) -> LoadError {
+    LoadError::DuplicatePolicyId {
+        id: id.to_owned(),
+        files: vec![first, second.to_owned()],
+    }
+}
+
+/// Parses one file into its policies, re-id'd, in source order.
+fn parse_file(file: &PolicyFile) -> Result<Vec<(Policy, PolicyInfo)>, LoadError> {
+    let parsed = PolicySet::from_str(&file.text).map_err(|errors| parse_error(file, &errors))?;
+    if let Some(template) = parsed.templates().next() {
+        let offset = find_text(&file.text, 0, &template.to_cedar()).unwrap_or(0);
+        let (line, column) = line_column(&file.text, offset);
+        return Err(LoadError::Template {
+            file: file.name.clone(),
+            line,
+            column,
+        });
+    }
+
+    let mut ordered: Vec<&Policy> = parsed.policies().collect();
+    ordered.sort_by_key(|p| generated_index(p.id()));
+    let mut cursor = 0;
+    let mut out = Vec::with_capacity(ordered.len());
+    for policy in ordered {
+        // Each policy's text is the exact slice of the file it was parsed
+        // from, and the slices come in file order.
+        let text = policy.to_cedar().unwrap_or_default();
+        let offset = find_text(&file.text, cursor, &text).unwrap_or(cursor);
+        cursor = offset + text.len();
+        let (line, column) = line_column(&file.text, offset);
+        let id = policy_id(file, policy, line)?;
+        let effect = match policy.effect() {
+            cedar_policy::Effect::Permit => PolicyEffect::Permit,
+            cedar_policy::Effect::Forbid => PolicyEffect::Forbid,
+        };
+        let renamed = policy.new_id(PolicyId::new(&id));
+        let file = file.name.clone();
+        out.push((
+            renamed,
+            PolicyInfo {
+                id,
+                file,
+                line,
+                column,
+                effect,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn parse_error(file: &PolicyFile, errors: &ParseErrors) -> LoadError {
+    let first = errors.iter().next();
+    let offset = first.and_then(first_label_offset).unwrap_or(0);
+    let (line, column) = line_column(&file.text, offset);
+    LoadError::Parse {
+        file: file.name.clone(),
+        line,
+        column,
+        message: first.map_or_else(|| errors.to_string(), diagnostic_message),
+    }
+}
+
+fn policy_id(file: &PolicyFile, policy: &Policy, line: usize) -> Result<String, LoadError> {
+    match policy.annotation("id") {
+        Some(id) if id.trim().is_empty() => Err(LoadError::EmptyPolicyId {
+            file: file.name.clone(),
+            line,
+        }),
+        Some(id) => Ok(id.to_owned()),
+        None => Ok(format!("{}:{line}", file.name)),
+    }
+}
+
+/// Cedar's generated ids are `policy<N>` in source order.
+fn generated_index(id: &PolicyId) -> (usize, String) {
+    let id: &str = id.as_ref();
+    let index = id
+        .strip_prefix("policy")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    (index, id.to_owned())
+}
+
+fn validate_file(
+    file: &PolicyFile,
+    set: &PolicySet,
+    infos: &[PolicyInfo],
+    vocab: &Vocabulary,
+) -> Result<(), LoadError> {
+    let result = vocab.validator.validate(set, ValidationMode::Strict);
+    let Some(error) = result.validation_errors().next() else {
+        return Ok(());
+    };
+    let policy_id = error.policy_id().to_string();
+    let (line, column) = match first_label_offset(error) {
+        Some(offset) => line_column(&file.text, offset),
+        None => infos
+            .iter()
+            .find(|info| info.id == policy_id)
+            .map_or((1, 1), |info| (info.line, info.column)),
+    };
+    Err(LoadError::Validation {
+        file: file.name.clone(),
+        line,
+        column,
+        policy_id,
+        message: diagnostic_message(error),
+    })
+}
+
+fn first_label_offset(diagnostic: &(impl Diagnostic + ?Sized)) -> Option<usize> {
+    diagnostic.labels()?.next().map(|label| label.offset())
+}
+
+/// Cedar's message plus its help line, if it has one.
+fn diagnostic_message(diagnostic: &(impl Diagnostic + ?Sized)) -> String {
+    match diagnostic.help() {
+        Some(help) => format!("{diagnostic} ({help})"),
+        None => diagnostic.to_string(),
+    }
+}
+
+fn find_text(haystack: &str, from: usize, needle: &str) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.get(from..)?.find(needle).map(|at| from + at)
+}
+
+/// 1-based line and column (in characters) of a byte offset into `text`.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |at| at + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}

@@ -1,0 +1,111 @@
+//! Frames on the connector's control stream.
+//!
+//! A connector opens one bidirectional stream with the
+//! [`crate::wire::StreamKind::ConnectorControl`] header right after its QUIC
+//! handshake, sends [`ConnectorToBroker::Hello`], and keeps the stream for the
+//! life of the connection. Frames are length-prefixed JSON
+//! ([`crate::wire::encode_frame`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::DecisionId;
+
+/// Connector → broker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConnectorToBroker {
+    /// First frame: what this connector serves.
+    Hello {
+        /// The connector's software version.
+        version: String,
+        /// Names of the services it can reach.
+        services: Vec<String>,
+    },
+    /// How a dispatched stream ended, for the audit trail.
+    StreamReport {
+        /// The broker's decision id from the dispatch header.
+        decision_id: DecisionId,
+        /// What happened.
+        outcome: StreamOutcome,
+    },
+    /// Asks for a fresh certificate for a new key.
+    Renew {
+        /// PEM CSR made by the connector.
+        csr_pem: String,
+    },
+}
+
+/// How a dispatched stream ended at the connector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StreamOutcome {
+    /// The connector's own policy check refused the stream.
+    Denied {
+        /// Stable short reason code.
+        reason: String,
+        /// Human-readable detail.
+        detail: String,
+        /// Policy ids that decided, if any.
+        policy_ids: Vec<String>,
+    },
+    /// The upstream could not be dialled.
+    UpstreamFailed {
+        /// What went wrong.
+        detail: String,
+    },
+    /// The tunnel ran and ended.
+    Completed {
+        /// Bytes from the caller to the workload.
+        bytes_up: u64,
+        /// Bytes from the workload to the caller.
+        bytes_down: u64,
+        /// How long the stream lasted.
+        duration_ms: u64,
+    },
+}
+
+/// Broker → connector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BrokerToConnector {
+    /// Answer to `Hello`: the policy bundle to enforce.
+    Welcome {
+        /// The connector's identity as the broker sees it.
+        connector_id: String,
+        /// The policy bundle (`palisade_policies::PolicyBundle` as JSON).
+        policy: serde_json::Value,
+    },
+    /// A new policy bundle replaces the current one.
+    PolicyUpdate {
+        /// The policy bundle (`palisade_policies::PolicyBundle` as JSON).
+        policy: serde_json::Value,
+    },
+    /// A renewed certificate.
+    Renewed {
+        /// PEM leaf certificate.
+        certificate_pem: String,
+        /// PEM CA bundle.
+        ca_pem: String,
+    },
+    /// Renewal failed.
+    RenewFailed {
+        /// Why.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decode_frame;
+
+    #[test]
+    fn unknown_fields_and_types_are_refused() {
+        let ok = br#"{"type":"hello","version":"0.1.0","services":["llm"]}"#;
+        assert!(decode_frame::<ConnectorToBroker>(ok).is_ok());
+        let extra = br#"{"type":"hello","version":"0.1.0","services":["llm"],"admin":true}"#;
+        assert!(decode_frame::<ConnectorToBroker>(extra).is_err());
+        let unknown = br#"{"type":"become_admin"}"#;
+        assert!(decode_frame::<ConnectorToBroker>(unknown).is_err());
+    }
+}

@@ -1,0 +1,162 @@
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use rustls_pki_types::CertificateDer;
+
+use super::*;
+
+struct Ca {
+    der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca() -> Ca {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "test CA");
+    let cert = params.self_signed(&key).expect("self-signed");
+    Ca { der: cert.der().clone(), issuer: Issuer::new(params, key) }
+}
+
+fn attrs() -> CustomExtension {
+    let attrs = IdentityAttributes { v: 1, name: "agent".into(), groups: vec!["ml-agents".into()], session: None };
+    CustomExtension::from_oid_content(ATTRIBUTES_OID, attrs.to_der())
+}
+
+fn leaf(ca: &Ca, edit: impl FnOnce(&mut CertificateParams)) -> CertificateDer<'static> {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(
+        "spiffe://palisade.test/machine/7c2c1f06-2b6b-4f51-9d43-0d3b1f3f1a11".try_into().expect("uri"),
+    )];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.custom_extensions = vec![attrs()];
+    edit(&mut params);
+    params.signed_by(&key, &ca.issuer).expect("signed").der().clone()
+}
+
+fn trust(ca: &Ca) -> TrustAnchors {
+    TrustAnchors::new("palisade.test".parse().expect("td"), vec![ca.der.clone()]).expect("anchors")
+}
+
+type Edit = dyn FnOnce(&mut CertificateParams);
+
+const MACHINE: &[PeerRole] = &[PeerRole::Machine, PeerRole::User];
+
+#[test]
+fn a_well_formed_machine_certificate_is_verified() {
+    let ca = ca();
+    let peer = verify_peer(&[leaf(&ca, |_| {})], &trust(&ca), SystemTime::now(), MACHINE).expect("verified");
+    assert_eq!(peer.role(), PeerRole::Machine);
+    assert_eq!(peer.name(), "agent");
+    assert_eq!(peer.groups(), ["ml-agents".to_owned()]);
+    assert_eq!(peer.id().id, "7c2c1f06-2b6b-4f51-9d43-0d3b1f3f1a11");
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_refused() {
+    let (ours, theirs) = (ca(), ca());
+    let err = verify_peer(&[leaf(&theirs, |_| {})], &trust(&ours), SystemTime::now(), MACHINE).unwrap_err();
+    assert!(matches!(err, VerifyPeerError::Chain(_)), "{err:?}");
+}
+
+#[test]
+fn expired_and_not_yet_valid_certificates_are_refused() {
+    let ca = ca();
+    let cert = leaf(&ca, |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2020, 1, 2);
+    });
+    assert_eq!(
+        verify_peer(std::slice::from_ref(&cert), &trust(&ca), SystemTime::now(), MACHINE).unwrap_err(),
+        VerifyPeerError::Expired
+    );
+    let before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    assert_eq!(verify_peer(&[cert], &trust(&ca), before, MACHINE).unwrap_err(), VerifyPeerError::NotYetValid);
+}
+
+#[test]
+fn server_auth_only_and_missing_eku_are_refused() {
+    let ca = ca();
+    let server_only = leaf(&ca, |p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]);
+    assert!(verify_peer(&[server_only], &trust(&ca), SystemTime::now(), MACHINE).is_err());
+    // webpki alone accepts a client certificate without EKU; the profile must not.
+    let no_eku = leaf(&ca, |p| p.extended_key_usages.clear());
+    assert!(verify_peer(std::slice::from_ref(&no_eku), &trust(&ca), SystemTime::now(), MACHINE).is_err());
+    assert!(check_profile(&no_eku, &trust(&ca)).is_err());
+}
+
+#[test]
+fn san_problems_are_refused() {
+    let ca = ca();
+    let cases: Vec<(&str, Box<Edit>)> = vec![
+        ("no SAN", Box::new(|p| p.subject_alt_names.clear())),
+        ("DNS SAN", Box::new(|p| p.subject_alt_names = vec![SanType::DnsName("x.test".try_into().expect("dns"))])),
+        (
+            "two URIs",
+            Box::new(|p| {
+                p.subject_alt_names.push(SanType::URI("spiffe://palisade.test/machine/other".try_into().expect("uri")))
+            }),
+        ),
+        (
+            "foreign trust domain",
+            Box::new(|p| {
+                p.subject_alt_names = vec![SanType::URI("spiffe://evil.test/machine/abc".try_into().expect("uri"))]
+            }),
+        ),
+        (
+            "not spiffe",
+            Box::new(|p| p.subject_alt_names = vec![SanType::URI("https://palisade.test/x".try_into().expect("uri"))]),
+        ),
+        ("no attributes", Box::new(|p| p.custom_extensions.clear())),
+        ("CA:TRUE", Box::new(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained))),
+    ];
+    for (what, edit) in cases {
+        let cert = leaf(&ca, edit);
+        assert!(verify_peer(&[cert], &trust(&ca), SystemTime::now(), MACHINE).is_err(), "{what} was accepted");
+    }
+}
+
+#[test]
+fn roles_are_enforced() {
+    let ca = ca();
+    let connector = leaf(&ca, |p| {
+        p.subject_alt_names = vec![SanType::URI(
+            "spiffe://palisade.test/connector/7c2c1f06-2b6b-4f51-9d43-0d3b1f3f1a11".try_into().expect("uri"),
+        )]
+    });
+    let err = verify_peer(std::slice::from_ref(&connector), &trust(&ca), SystemTime::now(), MACHINE).unwrap_err();
+    assert!(matches!(err, VerifyPeerError::WrongRole { actual: PeerRole::Connector, .. }), "{err:?}");
+    assert!(verify_peer(&[connector], &trust(&ca), SystemTime::now(), &[PeerRole::Connector]).is_ok());
+    let machine = leaf(&ca, |_| {});
+    assert!(verify_peer(&[machine], &trust(&ca), SystemTime::now(), &[PeerRole::Connector]).is_err());
+}
+
+#[test]
+fn spiffe_ids_parse_strictly() {
+    let id: SpiffeId = "spiffe://palisade.test/machine/abc".parse().expect("parses");
+    assert_eq!(id.uri(), "spiffe://palisade.test/machine/abc");
+    for bad in [
+        "spiffe://palisade.test/machine",
+        "spiffe://palisade.test/machine/abc/def",
+        "spiffe://palisade.test/admin/abc",
+        "spiffe://palisade.test/machine/a,b",
+        "http://palisade.test/machine/abc",
+    ] {
+        assert!(bad.parse::<SpiffeId>().is_err(), "{bad} was accepted");
+    }
+}
+
+#[test]
+fn attributes_round_trip_and_refuse_garbage() {
+    let attrs = IdentityAttributes { v: 1, name: "n".repeat(300), groups: vec!["g".into()], session: Some("s".into()) };
+    assert_eq!(IdentityAttributes::from_der(&attrs.to_der()).expect("parses"), attrs);
+    assert!(IdentityAttributes::from_der(&[0x0c, 5, b'{']).is_err());
+    assert!(IdentityAttributes::from_der(&[0x04, 2, b'{', b'}']).is_err());
+    let v2 = IdentityAttributes { v: 2, ..attrs };
+    assert!(IdentityAttributes::from_der(&v2.to_der()).is_err());
+}

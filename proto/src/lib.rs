@@ -1,0 +1,22 @@
+//! What Palisade's broker, connector and client agree on.
+//!
+//! - [`id`]: identifier newtypes and name rules.
+//! - [`identity`]: SPIFFE ids in certificates and [`identity::verify_peer`],
+//!   the only way to get a [`identity::VerifiedPeer`].
+//! - [`wire`]: the versioned stream header and control-frame encoding.
+//! - [`control`]: the connector's control-stream messages.
+//! - [`reject`]: reason codes in stream resets and their messages.
+//! - [`enroll`]: the enrollment token and the enrollment API's JSON.
+//! - [`tls`]: rustls configurations built on the one crypto provider.
+//! - [`pem`]: PEM helpers.
+//!
+//! This crate does no IO and never reads the clock: callers pass `now`.
+
+pub mod control;
+pub mod enroll;
+pub mod id;
+pub mod identity;
+pub mod pem;
+pub mod reject;
+pub mod tls;
+pub mod wire;

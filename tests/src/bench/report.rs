@@ -1,0 +1,532 @@
+//! From samples to the published numbers: the medians of runs, ratios, the
+//! issue's targets with pass/fail marks, a markdown table and a JSON file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::setup::{Network, SetupId};
+use super::stats::Summary;
+use super::workload::{Params, Sample, Workload};
+
+/// A naive quinn relay moved about 140 MB/s on this machine class (issue #3).
+const NAIVE_RELAY_MB_S: f64 = 140.0;
+
+/// Where and when the numbers were taken.
+#[derive(Clone, Debug, Serialize)]
+pub struct Header {
+    /// `nproc`.
+    pub nproc: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub cpu_model: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Total memory, MiB.
+    pub memory_mib: u64,
+    /// `/proc/loadavg` (1, 5, 15 min) when the benchmark started.
+    pub load_average: String,
+    /// UTC, RFC 3339.
+    pub date: String,
+    /// `git describe`-like: the commit, and whether the tree had changes.
+    pub commit: String,
+    /// The command line.
+    pub command: Vec<String>,
+    /// Workload sizes.
+    pub params: Params,
+    /// Interleaved runs.
+    pub runs: usize,
+}
+
+/// A setup as the report shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SetupInfo {
+    /// Which one.
+    pub id: SetupId,
+    /// Over what.
+    pub network: Network,
+    /// Column heading.
+    pub label: String,
+    /// Whether it could be started.
+    pub available: bool,
+    /// Why not, or anything worth knowing.
+    pub note: Option<String>,
+}
+
+/// A measurement that failed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    /// Run number.
+    pub run: usize,
+    /// The path.
+    pub setup: SetupId,
+    /// Over what.
+    pub network: Network,
+    /// The workload.
+    pub workload: Workload,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Everything one benchmark invocation produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    /// Where and when.
+    pub header: Header,
+    /// The setups, available or not.
+    pub setups: Vec<SetupInfo>,
+    /// Every measurement.
+    pub samples: Vec<Sample>,
+    /// Every failed measurement.
+    pub failures: Vec<Failure>,
+    /// Remarks for the reader (limits lowered, columns left out…).
+    pub notes: Vec<String>,
+}
+
+/// What a target compares Palisade's median with.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    None,
+    AtMost(f64),
+    /// Palisade ≤ factor × ssh.
+    AtMostSsh(f64),
+    /// Bulk: ≥ 1.5× the naive relay and ≥ 0.3× ssh.
+    Bulk,
+    /// Broker memory at 10,000 idle tunnels below 1 GiB (extrapolated from fewer).
+    BrokerMemory,
+}
+
+/// One row of the table.
+struct Row {
+    id: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    workload: Workload,
+    key: &'static str,
+    /// Whether Palisade / direct means anything (not for CPU or memory: direct has no process).
+    vs_direct: bool,
+    target: Target,
+}
+
+const fn row(id: &'static str, label: &'static str, unit: &'static str, workload: Workload, key: &'static str) -> Row {
+    Row { id, label, unit, workload, key, vs_direct: true, target: Target::None }
+}
+
+const fn no_direct(mut r: Row) -> Row {
+    r.vs_direct = false;
+    r
+}
+
+const fn target(mut r: Row, t: Target) -> Row {
+    r.target = t;
+    r
+}
+
+fn rows() -> Vec<Row> {
+    use Workload::{BulkDownload as Down, BulkUpload as Up, Connect, Echo, Idle, Sse};
+    vec![
+        target(row("bulk_upload_mb_s", "bulk upload", "MB/s", Up, "mb_per_s"), Target::Bulk),
+        target(row("bulk_download_mb_s", "bulk download", "MB/s", Down, "mb_per_s"), Target::Bulk),
+        target(
+            no_direct(row(
+                "upload_cpu_total",
+                "upload: CPU, all tunnel processes",
+                "CPU-s/GiB",
+                Up,
+                "cpu_s_per_gib.total",
+            )),
+            Target::AtMost(8.0),
+        ),
+        no_direct(row(
+            "upload_cpu_client",
+            "… client (`palisade connect` / `ssh`)",
+            "CPU-s/GiB",
+            Up,
+            "cpu_s_per_gib.client",
+        )),
+        target(
+            no_direct(row("upload_cpu_broker", "… broker", "CPU-s/GiB", Up, "cpu_s_per_gib.broker")),
+            Target::AtMost(4.0),
+        ),
+        no_direct(row("upload_cpu_server", "… connector / sshd", "CPU-s/GiB", Up, "cpu_s_per_gib.server")),
+        target(
+            no_direct(row(
+                "download_cpu_total",
+                "download: CPU, all tunnel processes",
+                "CPU-s/GiB",
+                Down,
+                "cpu_s_per_gib.total",
+            )),
+            Target::AtMost(8.0),
+        ),
+        no_direct(row(
+            "download_cpu_client",
+            "… client (`palisade connect` / `ssh`)",
+            "CPU-s/GiB",
+            Down,
+            "cpu_s_per_gib.client",
+        )),
+        target(
+            no_direct(row("download_cpu_broker", "… broker", "CPU-s/GiB", Down, "cpu_s_per_gib.broker")),
+            Target::AtMost(4.0),
+        ),
+        no_direct(row("download_cpu_server", "… connector / sshd", "CPU-s/GiB", Down, "cpu_s_per_gib.server")),
+        target(row("echo_p50_us", "1 KiB echo p50", "µs", Echo, "p50_us"), Target::AtMostSsh(1.5)),
+        target(row("echo_p99_us", "1 KiB echo p99", "µs", Echo, "p99_us"), Target::AtMostSsh(0.1)),
+        target(
+            row("connect_p50_us", "new connection → first echoed byte, p50", "µs", Connect, "p50_us"),
+            Target::AtMostSsh(2.0),
+        ),
+        row("connect_p99_us", "new connection → first echoed byte, p99", "µs", Connect, "p99_us"),
+        row("sse_first_event_ms", "SSE: connect → first event", "ms", Sse, "first_event_ms"),
+        row("sse_gap_p50_us", "SSE: inter-event gap p50", "µs", Sse, "gap_p50_us"),
+        row("sse_gap_p99_us", "SSE: inter-event gap p99", "µs", Sse, "gap_p99_us"),
+        row("sse_delay_p50_us", "SSE: event delay (upstream write → arrival) p50", "µs", Sse, "delay_p50_us"),
+        row("sse_delay_p99_us", "SSE: event delay p99", "µs", Sse, "delay_p99_us"),
+        row("idle_open_s", "idle: open all connections", "s", Idle, "open_all_s"),
+        no_direct(row(
+            "idle_rss_client_mib",
+            "idle: peak RSS, client (`palisade connect` / `ssh`)",
+            "MiB",
+            Idle,
+            "peak_rss_mib.client",
+        )),
+        target(
+            no_direct(row("idle_rss_broker_mib", "idle: peak RSS, broker", "MiB", Idle, "peak_rss_mib.broker")),
+            Target::BrokerMemory,
+        ),
+        no_direct(row(
+            "idle_rss_server_mib",
+            "idle: peak RSS, connector / sshd (all processes)",
+            "MiB",
+            Idle,
+            "peak_rss_mib.server",
+        )),
+        no_direct(row(
+            "idle_broker_kib_per_conn",
+            "idle: broker KiB per connection",
+            "KiB",
+            Idle,
+            "kib_per_connection.broker",
+        )),
+        no_direct(row(
+            "idle_server_kib_per_conn",
+            "idle: connector / sshd KiB per connection",
+            "KiB",
+            Idle,
+            "kib_per_connection.server",
+        )),
+    ]
+}
+
+/// The rows measured over the veth pair.
+fn veth_row(r: &Row) -> bool {
+    matches!(r.workload, Workload::BulkUpload | Workload::BulkDownload | Workload::Echo)
+}
+
+/// A row's numbers for one network.
+#[derive(Clone, Debug, Serialize)]
+pub struct Metric {
+    /// Stable id.
+    pub id: &'static str,
+    /// Over what.
+    pub network: Network,
+    /// What the row says.
+    pub label: &'static str,
+    /// Unit of every value.
+    pub unit: &'static str,
+    /// The workload it comes from, and the key of the sample value.
+    pub workload: Workload,
+    /// Key in each sample's values.
+    pub key: &'static str,
+    /// Per setup: median of the runs, min, max and each run.
+    pub values: BTreeMap<SetupId, Summary>,
+    /// `palisade_over_ssh`, `palisade_over_direct` (of the medians).
+    pub ratios: BTreeMap<&'static str, f64>,
+    /// The issue's target for Palisade, and whether this run meets it.
+    pub target: Option<TargetResult>,
+}
+
+/// A target and its verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetResult {
+    /// The target in words.
+    pub text: String,
+    /// `None` when it cannot be judged (ssh missing).
+    pub pass: Option<bool>,
+}
+
+impl Results {
+    /// Every row with its summaries, for each network measured.
+    #[must_use]
+    pub fn metrics(&self) -> Vec<Metric> {
+        let networks: Vec<Network> = {
+            let mut n: Vec<Network> = self.samples.iter().map(|s| s.network).collect();
+            n.sort();
+            n.dedup();
+            n
+        };
+        let mut out = Vec::new();
+        for network in networks {
+            for r in rows().iter().filter(|r| network == Network::Loopback || veth_row(r)) {
+                let metric = self.metric(r, network);
+                // A workload left out (--workloads) or a setup missing leaves rows with nothing to show.
+                if !metric.values.is_empty() {
+                    out.push(metric);
+                }
+            }
+        }
+        out
+    }
+
+    fn metric(&self, r: &Row, network: Network) -> Metric {
+        let mut values = BTreeMap::new();
+        for setup in [SetupId::Direct, SetupId::Palisade, SetupId::Ssh] {
+            let runs: Vec<f64> = self
+                .samples
+                .iter()
+                .filter(|s| s.setup == setup && s.network == network && s.workload == r.workload)
+                .filter_map(|s| s.values.get(r.key).copied())
+                .collect();
+            if let Some(summary) = Summary::of(runs) {
+                values.insert(setup, summary);
+            }
+        }
+        let median = |s: SetupId| values.get(&s).map(|v: &Summary| v.median);
+        let mut ratios = BTreeMap::new();
+        if let (Some(p), Some(s)) = (median(SetupId::Palisade), median(SetupId::Ssh))
+            && s > 0.0
+        {
+            ratios.insert("palisade_over_ssh", p / s);
+        }
+        if let (true, Some(p), Some(d)) = (r.vs_direct, median(SetupId::Palisade), median(SetupId::Direct))
+            && d > 0.0
+        {
+            ratios.insert("palisade_over_direct", p / d);
+        }
+        let target = self.judge(r, network, median(SetupId::Palisade), median(SetupId::Ssh));
+        Metric {
+            id: r.id,
+            network,
+            label: r.label,
+            unit: r.unit,
+            workload: r.workload,
+            key: r.key,
+            values,
+            ratios,
+            target,
+        }
+    }
+
+    fn judge(&self, r: &Row, network: Network, palisade: Option<f64>, ssh: Option<f64>) -> Option<TargetResult> {
+        let (text, pass) = match r.target {
+            Target::None => return None,
+            Target::AtMost(limit) => (format!("≤ {limit}"), palisade.map(|p| p <= limit)),
+            Target::AtMostSsh(factor) => match ssh {
+                Some(s) => {
+                    (format!("≤ {factor}× ssh (≤ {} {})", num(s * factor), r.unit), palisade.map(|p| p <= s * factor))
+                }
+                None => (format!("≤ {factor}× ssh"), None),
+            },
+            Target::Bulk => {
+                let floor = 1.5 * NAIVE_RELAY_MB_S;
+                match ssh {
+                    Some(s) => {
+                        let need = floor.max(0.3 * s);
+                        (
+                            format!("≥ 1.5× naive relay ({}) and ≥ 0.3× ssh ({})", num(floor), num(0.3 * s)),
+                            palisade.map(|p| p >= need),
+                        )
+                    }
+                    None => (format!("≥ 1.5× naive relay ({}); ≥ 0.3× ssh", num(floor)), palisade.map(|p| p >= floor)),
+                }
+            }
+            Target::BrokerMemory => {
+                let at_10k =
+                    self.median_value(SetupId::Palisade, network, Workload::Idle, "peak_rss_mib_at_10k.broker");
+                let measured_10k = self.header.params.idle >= 10_000;
+                let text = if measured_10k {
+                    "< 1024 MiB at 10,000".to_owned()
+                } else {
+                    format!("< 1024 MiB at 10,000 (extrapolated: {} MiB)", at_10k.map_or("?".into(), num))
+                };
+                (text, at_10k.map(|m| m < 1024.0))
+            }
+        };
+        Some(TargetResult { text, pass })
+    }
+
+    fn median_value(&self, setup: SetupId, network: Network, workload: Workload, key: &str) -> Option<f64> {
+        let runs = self
+            .samples
+            .iter()
+            .filter(|s| s.setup == setup && s.network == network && s.workload == workload)
+            .filter_map(|s| s.values.get(key).copied())
+            .collect();
+        Summary::of(runs).map(|s| s.median)
+    }
+
+    /// The report as markdown: a header naming the machine, one table per network, notes.
+    #[must_use]
+    pub fn markdown(&self) -> String {
+        let h = &self.header;
+        let p = &h.params;
+        let mut md = String::new();
+        let _ = writeln!(md, "## Palisade benchmark\n");
+        let _ = writeln!(
+            md,
+            "- machine: {} × {} (`nproc` {}), {} MiB RAM, Linux {}; load average at start {}",
+            h.nproc, h.cpu_model, h.nproc, h.memory_mib, h.kernel, h.load_average
+        );
+        let _ = writeln!(md, "- date: {}; commit: {}", h.date, h.commit);
+        let interval = if p.sse_interval_us == 0 {
+            "as fast as the upstream writes".to_owned()
+        } else {
+            format!("one every {} µs", p.sse_interval_us)
+        };
+        let _ = writeln!(
+            md,
+            "- workloads: bulk {} MiB each way; {} × {} B echo on one connection; {} new connections; {} SSE events of {} B, {interval}; {} idle connections",
+            p.bulk_bytes / (1024 * 1024),
+            p.echo_rounds,
+            p.echo_size,
+            p.connect_rounds,
+            p.sse_events,
+            p.sse_event_size,
+            p.idle
+        );
+        let _ = writeln!(
+            md,
+            "- {} interleaved run(s); each cell is the median of the runs, (min–max) when they differ; MB/s = 10^6 bytes/s",
+            h.runs
+        );
+        let _ = writeln!(md, "- command: `{}`", h.command.join(" "));
+        let metrics = self.metrics();
+        for network in [Network::Loopback, Network::Veth] {
+            let rows: Vec<&Metric> = metrics.iter().filter(|m| m.network == network).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let title = match network {
+                Network::Loopback => "Loopback (127.0.0.1)",
+                Network::Veth => "Over a veth pair between two network namespaces, MTU 1500",
+            };
+            let _ = writeln!(md, "\n### {title}\n");
+            md.push_str(&self.table(&rows, network));
+        }
+        if !self.notes.is_empty() || !self.failures.is_empty() {
+            let _ = writeln!(md, "\n### Notes\n");
+            for note in &self.notes {
+                let _ = writeln!(md, "- {note}");
+            }
+            for f in &self.failures {
+                let _ = writeln!(
+                    md,
+                    "- FAILED: run {} {} {} ({}): {}",
+                    f.run,
+                    f.workload.as_str(),
+                    f.setup.as_str(),
+                    f.network.as_str(),
+                    f.error
+                );
+            }
+        }
+        md
+    }
+
+    fn table(&self, rows: &[&Metric], network: Network) -> String {
+        let setups: Vec<&SetupInfo> = self.setups.iter().filter(|s| s.available && s.network == network).collect();
+        let has = |id: SetupId| setups.iter().any(|s| s.id == id);
+        let mut md = String::from("| metric | unit |");
+        for s in &setups {
+            let _ = write!(md, " {} |", s.label);
+        }
+        if has(SetupId::Ssh) {
+            md.push_str(" Palisade / ssh |");
+        }
+        md.push_str(" Palisade / direct | target (Palisade) |\n|---|---|");
+        for _ in 0..setups.len() + usize::from(has(SetupId::Ssh)) + 1 {
+            md.push_str("---:|");
+        }
+        md.push_str("---|\n");
+        for m in rows {
+            let _ = write!(md, "| {} | {} |", m.label, m.unit);
+            for s in &setups {
+                let _ = write!(md, " {} |", m.values.get(&s.id).map_or("—".into(), cell));
+            }
+            let ratio = |k| m.ratios.get(k).map_or("—".into(), |r: &f64| format!("{:.2}×", r));
+            if has(SetupId::Ssh) {
+                let _ = write!(md, " {} |", ratio("palisade_over_ssh"));
+            }
+            let _ = write!(md, " {} |", ratio("palisade_over_direct"));
+            let target = m.target.as_ref().map_or(String::new(), |t| {
+                let mark = match t.pass {
+                    Some(true) => "✅ ",
+                    Some(false) => "❌ ",
+                    None => "n/a ",
+                };
+                format!("{mark}{}", t.text)
+            });
+            let _ = writeln!(md, " {target} |");
+        }
+        md
+    }
+}
+
+fn cell(s: &Summary) -> String {
+    if s.runs.len() > 1 && num(s.min) != num(s.max) {
+        format!("{} ({}–{})", num(s.median), num(s.min), num(s.max))
+    } else {
+        num(s.median)
+    }
+}
+
+/// About three significant digits.
+#[must_use]
+pub fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The JSON file: header, setups, every metric, every sample.
+#[derive(Serialize)]
+pub struct JsonReport<'a> {
+    /// Bumped when the layout changes.
+    pub schema_version: u32,
+    /// Where and when.
+    pub header: &'a Header,
+    /// The setups, available or not.
+    pub setups: &'a [SetupInfo],
+    /// Every row, summarised.
+    pub metrics: Vec<Metric>,
+    /// Every measurement, with every raw observation.
+    pub samples: &'a [Sample],
+    /// Failed measurements.
+    pub failures: &'a [Failure],
+    /// Remarks.
+    pub notes: &'a [String],
+}
+
+impl Results {
+    /// The JSON report.
+    #[must_use]
+    pub fn json(&self) -> JsonReport<'_> {
+        JsonReport {
+            schema_version: 1,
+            header: &self.header,
+            setups: &self.setups,
+            metrics: self.metrics(),
+            samples: &self.samples,
+            failures: &self.failures,
+            notes: &self.notes,
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The connector: `palisade-connector enroll`, a config file, then `run`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::broker::BrokerInfo;
+use crate::process::{Proc, command, run_cli};
+
+const BIN: &str = "palisade-connector";
+
+/// Describes a connector before it enrolls.
+#[must_use = "call .spawn().await to start the connector"]
+pub struct ConnectorBuilder {
+    broker: Arc<BrokerInfo>,
+    name: String,
+    services: Vec<(String, SocketAddr)>,
+    local_policies: Vec<(String, String)>,
+}
+
+impl ConnectorBuilder {
+    pub(crate) fn new(broker: Arc<BrokerInfo>, name: &str) -> Self {
+        Self { broker, name: name.to_owned(), services: Vec::new(), local_policies: Vec::new() }
+    }
+
+    /// Serves `name` by dialling `upstream`.
+    pub fn service(mut self, name: &str, upstream: SocketAddr) -> Self {
+        self.services.push((name.to_owned(), upstream));
+        self
+    }
+
+    /// Adds a Cedar file to the connector's own local policy set, enforced
+    /// in addition to the broker's bundle (both must allow).
+    pub fn local_policy(mut self, file: &str, text: &str) -> Self {
+        self.local_policies.push((file.to_owned(), text.to_owned()));
+        self
+    }
+
+    /// Enrolls with a fresh connector token, writes the config, starts the
+    /// connector and waits until it has its first policy bundle.
+    pub async fn spawn(self) -> Connector {
+        let token = self.broker.connector_token(&self.name).await;
+        let dir = self.broker.env.fresh_dir(&format!("connector-{}", self.name));
+        let state_dir = dir.join("state");
+        let mut enroll = command(BIN);
+        enroll
+            .args(["enroll", "--broker", &self.broker.https_url(), "--token", &token])
+            .arg("--state-dir")
+            .arg(&state_dir);
+        run_cli(enroll, self.broker.env.logs()).await.expect_success();
+
+        let mut config = toml::Table::new();
+        config.insert("state_dir".into(), state_dir.to_string_lossy().into_owned().into());
+        config.insert("connect_timeout".into(), "5s".into());
+        if !self.local_policies.is_empty() {
+            let policy_dir = dir.join("policies");
+            std::fs::create_dir(&policy_dir).expect("create the connector's policy dir");
+            for (file, text) in &self.local_policies {
+                std::fs::write(policy_dir.join(file), text).expect("write a connector policy");
+            }
+            config.insert("policy_dir".into(), policy_dir.to_string_lossy().into_owned().into());
+        }
+        let services = self
+            .services
+            .iter()
+            .map(|(name, upstream)| {
+                let mut t = toml::Table::new();
+                t.insert("name".into(), name.clone().into());
+                t.insert("upstream".into(), upstream.to_string().into());
+                toml::Value::Table(t)
+            })
+            .collect();
+        config.insert("service".into(), toml::Value::Array(services));
+        let config_path = dir.join("connector.toml");
+        std::fs::write(&config_path, toml::to_string(&config).expect("serialise connector.toml"))
+            .expect("write connector.toml");
+
+        let mut connector = Connector { proc: None, broker: self.broker, name: self.name, state_dir, config_path };
+        connector.start().await;
+        connector
+    }
+}
+
+/// A running connector and its state directory.
+pub struct Connector {
+    proc: Option<Proc>,
+    broker: Arc<BrokerInfo>,
+    name: String,
+    state_dir: PathBuf,
+    config_path: PathBuf,
+}
+
+impl Connector {
+    /// The state directory (`key.pem`, `cert.pem`, `ca.pem`, `identity.json`).
+    #[must_use]
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The running process.
+    ///
+    /// # Panics
+    /// If the connector was killed and not restarted.
+    #[must_use]
+    pub fn process(&self) -> &Proc {
+        self.proc.as_ref().expect("the connector is running")
+    }
+
+    /// The connector's certificate chain and key, as enrolled.
+    #[must_use]
+    pub fn identity(&self) -> palisade_proto::tls::TlsIdentity {
+        let read =
+            |f: &str| std::fs::read_to_string(self.state_dir.join(f)).unwrap_or_else(|e| panic!("read {f}: {e}"));
+        palisade_proto::tls::TlsIdentity {
+            chain: palisade_proto::pem::certs(&read("cert.pem")).expect("cert.pem"),
+            key: palisade_proto::pem::private_key(&read("key.pem")).expect("key.pem"),
+        }
+    }
+
+    async fn start(&mut self) {
+        let mut cmd = command(BIN);
+        cmd.arg("run").arg("--config").arg(&self.config_path);
+        let proc = Proc::spawn(&format!("connector {}", self.name), cmd, self.broker.env.logs());
+        proc.wait_for_line("`palisade-connector ready`", |l| l.trim() == "palisade-connector ready").await;
+        self.proc = Some(proc);
+    }
+
+    /// Kills the connector (SIGKILL, like a crash).
+    pub async fn kill(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill().await;
+        }
+    }
+
+    /// Kills the connector if it runs and starts it again with the same state.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.start().await;
+    }
+}

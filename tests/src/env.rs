@@ -1,0 +1,82 @@
+//! One test's world: a temporary directory and the output of every process
+//! started in it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::broker::BrokerBuilder;
+use crate::process::LogBook;
+
+/// A test's deployment root. Cheap to clone; the directory is removed (and,
+/// if the test failed, every process's output printed) when the last clone
+/// and every process started from it are gone.
+#[derive(Clone)]
+pub struct TestEnv {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    logs: LogBook,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.logs.dump();
+            eprintln!("test directory: {}", self.path.display());
+        }
+        if std::env::var_os("PALISADE_TEST_KEEP").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("kept {}", dir.keep().display());
+        }
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    /// A fresh temporary directory.
+    #[must_use]
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("palisade-e2e-").tempdir().expect("create a temporary directory");
+        let path = dir.path().to_path_buf();
+        Self { inner: Arc::new(Inner { dir: Some(dir), path, logs: LogBook::default() }) }
+    }
+
+    /// The test's root directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// A new, empty directory under the root, named after `name` (with a
+    /// number appended if the name was used before in this test).
+    #[must_use]
+    pub fn fresh_dir(&self, name: &str) -> PathBuf {
+        for n in 1.. {
+            let dir = if n == 1 { self.path().join(name) } else { self.path().join(format!("{name}-{n}")) };
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("create {}: {e}", dir.display()),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Starts describing a broker.
+    pub fn broker(&self) -> BrokerBuilder {
+        BrokerBuilder::new(self.clone())
+    }
+
+    pub(crate) fn logs(&self) -> &LogBook {
+        &self.inner.logs
+    }
+}

@@ -1,0 +1,83 @@
+//! The end-to-end harness: real `palisade-broker`, `palisade-connector` and
+//! `palisade` processes on 127.0.0.1, each test in its own temporary
+//! directory with its own ports.
+//!
+//! A test builds its deployment step by step, in the order of the flow:
+//!
+//! ```no_run
+//! # async fn flow() {
+//! use palisade_tests::{EchoUpstream, TestEnv};
+//! let env = TestEnv::new();
+//! let broker = env.broker().service("echo", "inference").policy("allow.cedar", palisade_tests::ALLOW_ML_AGENTS).spawn().await;
+//! let upstream = EchoUpstream::spawn().await;
+//! let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+//! let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+//! let forward = agent.connect("echo").await;
+//! forward.assert_echoes(b"hello").await;
+//! # }
+//! ```
+//!
+//! Every child process is killed when its handle is dropped. When a test
+//! fails, the output of every process it started is printed. Set
+//! `PALISADE_TEST_KEEP=1` to keep the temporary directories.
+
+#![allow(clippy::unwrap_used)]
+
+mod audit;
+pub mod bench;
+mod bins;
+mod broker;
+mod broker_ca;
+mod certs;
+mod client;
+mod connector;
+mod enroll_api;
+mod env;
+mod process;
+mod quic;
+mod socks;
+mod upstream;
+pub mod wait;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio;
+}
+
+pub use audit::{AuditLog, AuditRow, open as open_db};
+pub use bins::bin_path;
+pub use broker::{Broker, BrokerBuilder};
+pub use certs::{ForeignCa, LeafInfo, LeafSpec, OurCa, csr_pem, leaf_info};
+pub use client::{Agent, Forward, MachineBuilder, Proxy, exchange};
+pub use connector::{Connector, ConnectorBuilder};
+pub use enroll_api::{EnrollAnswer, EnrollApi};
+pub use env::TestEnv;
+pub use process::{CliOutput, Proc};
+pub use quic::{Probe, QuicProbe};
+pub use socks::socks5_connect;
+pub use upstream::{DigestUpstream, EchoUpstream};
+pub use wait::{DEFAULT_TIMEOUT, wait_for, wait_for_some, wait_until_clock_passes, within};
+
+/// Machines in `ml-agents` may connect to every service in the `inference` segment.
+pub const ALLOW_ML_AGENTS: &str = r#"@id("ml-agents-inference")
+permit (
+  principal in Group::"ml-agents",
+  action == Action::"connect",
+  resource in Segment::"inference"
+);
+"#;
+
+/// `n` random bytes.
+#[must_use]
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore as _;
+    let mut bytes = vec![0u8; n];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// SHA-256 of `data`.
+#[must_use]
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    palisade_proto::enroll::sha256(data)
+}

@@ -1,0 +1,128 @@
+//! Dialling the broker's QUIC port ourselves with any certificate, to see
+//! whether the broker serves it.
+//!
+//! In TLS 1.3 the client's handshake completes before the server has
+//! checked the client certificate, so a refusal only shows on the first
+//! stream round-trip: a probe always sends a request and waits for an answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_proto::control::ConnectorToBroker;
+use palisade_proto::id::ServiceName;
+use palisade_proto::identity::TrustAnchors;
+use palisade_proto::tls::TlsIdentity;
+use palisade_proto::wire::{ALPN_CLIENT, ALPN_CONNECTOR, OpenStream, StreamHeader, encode_frame, frame_len};
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the broker did with a probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The request was served; these are the bytes that came back.
+    Served(Vec<u8>),
+    /// The connection or the stream was refused; the error as quinn reports it.
+    Refused(String),
+    /// No answer, and no refusal, within the probe's timeout.
+    TimedOut,
+}
+
+impl Probe {
+    /// Whether the broker explicitly refused.
+    #[must_use]
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused(_))
+    }
+}
+
+/// Dials one broker's QUIC port, verifying it against our CA.
+pub struct QuicProbe {
+    addr: SocketAddr,
+    trust: TrustAnchors,
+}
+
+impl QuicProbe {
+    /// A prober for the broker at `addr` whose server certificate chains to `trust`.
+    #[must_use]
+    pub fn new(addr: SocketAddr, trust: TrustAnchors) -> Self {
+        Self { addr, trust }
+    }
+
+    /// As a client: opens a stream to `service` and expects `ping` echoed back.
+    pub async fn open_service(&self, identity: &TlsIdentity, service: &str) -> Probe {
+        let service: ServiceName = service.parse().expect("a service name");
+        let header = StreamHeader::Open(OpenStream { service }).encode().expect("encode the header");
+        self.exchange(identity, ALPN_CLIENT, header, b"ping".to_vec(), Expect::Bytes(4)).await
+    }
+
+    /// As a connector: opens the control stream, says hello, and waits for the first frame.
+    pub async fn connector_hello(&self, identity: &TlsIdentity, services: &[&str]) -> Probe {
+        let header = StreamHeader::ConnectorControl.encode().expect("encode the header");
+        let hello = ConnectorToBroker::Hello {
+            version: "0.0.0-probe".into(),
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        self.exchange(identity, ALPN_CONNECTOR, header, encode_frame(&hello).expect("encode hello"), Expect::Frame)
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        identity: &TlsIdentity,
+        alpn: &[u8],
+        header: Vec<u8>,
+        body: Vec<u8>,
+        expect: Expect,
+    ) -> Probe {
+        let tls = palisade_proto::tls::quic_client_config(identity, &self.trust, alpn).expect("client TLS config");
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("QUIC TLS config");
+        let config = quinn::ClientConfig::new(Arc::new(crypto));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+        let attempt = async {
+            let conn = endpoint
+                .connect_with(config, self.addr, &self.addr.ip().to_string())
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let result = round_trip(&conn, &header, &body, expect).await;
+            let close = conn.close_reason().map(|r| format!(" (connection: {r})")).unwrap_or_default();
+            conn.close(0u32.into(), b"probe done");
+            result.map_err(|e| format!("{e}{close}"))
+        };
+        let probe = match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
+            Ok(Ok(bytes)) => Probe::Served(bytes),
+            Ok(Err(e)) => Probe::Refused(e),
+            Err(_) => Probe::TimedOut,
+        };
+        endpoint.close(0u32.into(), b"");
+        probe
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Expect {
+    Bytes(usize),
+    Frame,
+}
+
+async fn round_trip(conn: &quinn::Connection, header: &[u8], body: &[u8], expect: Expect) -> Result<Vec<u8>, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("open stream: {e}"))?;
+    send.write_all(header).await.map_err(|e| format!("write header: {e}"))?;
+    send.write_all(body).await.map_err(|e| format!("write: {e}"))?;
+    match expect {
+        Expect::Bytes(n) => {
+            let mut reply = vec![0u8; n];
+            recv.read_exact(&mut reply).await.map_err(|e| format!("read: {e}"))?;
+            Ok(reply)
+        }
+        Expect::Frame => {
+            let mut prefix = [0u8; 4];
+            recv.read_exact(&mut prefix).await.map_err(|e| format!("read frame length: {e}"))?;
+            let len = frame_len(prefix).map_err(|e| e.to_string())?;
+            let mut frame = vec![0u8; len];
+            recv.read_exact(&mut frame).await.map_err(|e| format!("read frame: {e}"))?;
+            Ok(frame)
+        }
+    }
+}

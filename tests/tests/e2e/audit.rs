@@ -1,0 +1,65 @@
+//! The audit trail is hash-chained: `audit verify` passes on a real run and
+//! names the first broken link after a row is edited or deleted.
+
+use palisade_tests::{ALLOW_ML_AGENTS, EchoUpstream, TestEnv, assert_eventually, open_db};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_passes_on_a_real_run_and_names_an_edited_or_deleted_row() {
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let intruder = broker.machine("intruder").group("web").enroll().await;
+    agent.connect("echo").await.assert_echoes(b"a real tunnel").await;
+    intruder.tunnel_exchange("echo", b"denied").await.expect_err("denied");
+    assert_eventually!(broker.audit_events().await.has_kind("stream.ended"));
+
+    let out = broker.cli(&["audit", "verify"]).await;
+    let stdout = out.expect_success();
+    let events: usize = stdout
+        .strip_prefix("audit chain intact: ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output:\n{out}"));
+    let audit = broker.audit_events().await;
+    assert!(events >= 8 && events <= audit.len(), "verified {events} of {} events:\n{}", audit.len(), audit.summary());
+
+    // Edit one row in the middle of the chain.
+    let target = audit.of_kind("certificate.issued")[0].clone();
+    let db = open_db(&broker.db_path()).await;
+    let original: String = sqlx::query_scalar("SELECT detail FROM audit_events WHERE seq = ?")
+        .bind(target.seq)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET detail = '{\"groups\":[\"admins\"]}' WHERE seq = ?")
+        .bind(target.seq)
+        .execute(&db)
+        .await
+        .unwrap();
+    let out = broker.cli(&["audit", "verify"]).await;
+    assert_eq!(out.code(), Some(1), "an edited row must break the chain:\n{out}");
+    assert!(out.all_output().contains(&format!("audit chain broken at event #{}", target.seq)), "{out}");
+
+    // Put it back: the chain is whole again, so verify points at real damage only.
+    sqlx::query("UPDATE audit_events SET detail = ? WHERE seq = ?")
+        .bind(&original)
+        .bind(target.seq)
+        .execute(&db)
+        .await
+        .unwrap();
+    broker.cli(&["audit", "verify"]).await.expect_success();
+
+    // Delete a row: the first broken link is where the gap is.
+    let deleted = audit.of_kind("token.redeemed")[0].seq;
+    sqlx::query("DELETE FROM audit_events WHERE seq = ?").bind(deleted).execute(&db).await.unwrap();
+    db.close().await;
+    let out = broker.cli(&["audit", "verify"]).await;
+    assert_eq!(out.code(), Some(1), "a deleted row must break the chain:\n{out}");
+    let output = out.all_output();
+    assert!(
+        [deleted, deleted + 1].iter().any(|seq| output.contains(&format!("audit chain broken at event #{seq}"))),
+        "verify must name the gap at #{deleted}:\n{out}"
+    );
+}

@@ -1,0 +1,99 @@
+//! The broker's QUIC listener accepts only leaves from our CA that fit the
+//! Palisade profile, in the role they were issued for (X5-02..05, X5-08).
+//!
+//! Every forged leaf below names the real, enrolled agent and its allowed
+//! groups, so the only thing wrong with it is the one defect under test: if
+//! the broker let it through, the echo would come back.
+
+use palisade_tests::{ALLOW_ML_AGENTS, EchoUpstream, ForeignCa, LeafSpec, Probe, QuicProbe, TestEnv};
+use rcgen::ExtendedKeyUsagePurpose;
+use time::{Duration, OffsetDateTime};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_misprofiled_and_misused_certificates_are_refused() {
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+
+    let id = agent.spiffe_id();
+    let trust_domain = agent.trust_domain();
+    let attributes = agent.certificate().attributes.expect("the issued leaf carries identity attributes");
+    let probe = QuicProbe::new(broker.quic_addr(), broker.trust_anchors(&trust_domain));
+    let our_ca = broker.our_ca();
+    let valid = LeafSpec::valid(&id, attributes.clone());
+
+    // Controls: the enrolled identity works, and so does a leaf we sign with
+    // our CA to the same profile. So each refusal below is the defect's doing.
+    let served = Probe::Served(b"ping".to_vec());
+    assert_eq!(probe.open_service(&agent.identity(), "echo").await, served, "the enrolled agent");
+    assert_eq!(probe.open_service(&our_ca.sign(&valid), "echo").await, served, "a well-formed leaf from our CA");
+    let reached = upstream.accepted();
+    assert_eq!(reached, 2);
+
+    let now = OffsetDateTime::now_utc();
+    let foreign = ForeignCa::new();
+    let cases = [
+        ("from another CA", foreign.sign(&valid)),
+        (
+            "expired",
+            our_ca.sign(&LeafSpec {
+                not_before: now - Duration::hours(2),
+                not_after: now - Duration::hours(1),
+                ..valid.clone()
+            }),
+        ),
+        (
+            "not yet valid",
+            our_ca.sign(&LeafSpec {
+                not_before: now + Duration::hours(1),
+                not_after: now + Duration::hours(2),
+                ..valid.clone()
+            }),
+        ),
+        (
+            "serverAuth-only EKU",
+            our_ca.sign(&LeafSpec { ekus: vec![ExtendedKeyUsagePurpose::ServerAuth], ..valid.clone() }),
+        ),
+        ("no EKU at all", our_ca.sign(&LeafSpec { ekus: vec![], ..valid.clone() })),
+        ("no URI SAN", our_ca.sign(&LeafSpec { uri_sans: vec![], ..valid.clone() })),
+        (
+            "a DNS SAN instead of the URI SAN",
+            our_ca.sign(&LeafSpec { uri_sans: vec![], dns_sans: vec!["agent-1.example".into()], ..valid.clone() }),
+        ),
+        (
+            "two URI SANs",
+            our_ca.sign(&LeafSpec {
+                uri_sans: vec![
+                    id.clone(),
+                    format!("spiffe://{trust_domain}/machine/00000000-0000-4000-8000-000000000000"),
+                ],
+                ..valid.clone()
+            }),
+        ),
+        (
+            "a foreign trust domain",
+            our_ca.sign(&LeafSpec {
+                uri_sans: vec![id.replace(&format!("spiffe://{trust_domain}/"), "spiffe://evil.example/")],
+                ..valid.clone()
+            }),
+        ),
+        ("CA:TRUE", our_ca.sign(&LeafSpec { is_ca: true, ..valid.clone() })),
+        ("no identity attributes", our_ca.sign(&LeafSpec { attributes: None, ..valid.clone() })),
+        // As a client, with the connector's genuine certificate.
+        ("a connector certificate used as a client", connector.identity()),
+    ];
+    for (defect, identity) in &cases {
+        let outcome = probe.open_service(identity, "echo").await;
+        assert!(outcome.is_refused(), "a leaf with {defect} must be refused, got {outcome:?}");
+    }
+
+    // A machine certificate presented as a connector: no policy bundle, no registration.
+    let outcome = probe.connector_hello(&agent.identity(), &["echo"]).await;
+    assert!(outcome.is_refused(), "a machine certificate must not act as a connector, got {outcome:?}");
+
+    assert_eq!(upstream.accepted(), reached, "no refused identity may reach the workload");
+    let audit = broker.audit_events().await;
+    assert!(audit.has_kind("quic.refused"), "refusals are audited:\n{}", audit.summary());
+}

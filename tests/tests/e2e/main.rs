@@ -1,0 +1,16 @@
+//! Palisade end to end: real broker, connector and client processes on
+//! 127.0.0.1, one deployment per test. Suites follow the flow:
+//! enrollment → certificates → tunnel → policy → restart → audit, plus the
+//! client's own tools.
+//!
+//! Build the binaries first (`scripts/test` does): `cargo build --workspace --bins`.
+
+#![allow(clippy::unwrap_used)]
+
+mod audit;
+mod certificates;
+mod client_tools;
+mod enrollment;
+mod policy;
+mod restart;
+mod tunnel;
