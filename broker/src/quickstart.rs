@@ -176,6 +176,7 @@ async fn start_connector(
         broker: Some(ready.quic.to_string()),
         connect_timeout: Duration::from_secs(10),
         services: vec![palisade_connector::ServiceConfig { name: SERVICE.parse()?, upstream: demo.to_string() }],
+        policy_dir: None,
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     tasks.spawn(async move {

@@ -317,7 +317,12 @@ impl State {
         let config = client_config(&self.profile, transport)?;
         let connecting = endpoint.connect_with(config, addr, &host).map_err(|e| unreachable(e.to_string()))?;
         let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-            Err(_) => return Err(unreachable(format!("no answer within {}s", HANDSHAKE_TIMEOUT.as_secs()))),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {}s (is UDP to that port allowed through the firewalls on the way?)",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                )));
+            }
             Ok(Err(e)) => return Err(handshake_error(&e, &addr_text)),
             Ok(Ok(conn)) => conn,
         };

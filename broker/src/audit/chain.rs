@@ -109,7 +109,8 @@ mod tests {
     fn every_field_changes_the_hash() {
         let base = row().compute_hash();
         assert_eq!(base.len(), 64);
-        let edits: Vec<Box<dyn Fn(&mut EventRow)>> = vec![
+        type Edit = Box<dyn Fn(&mut EventRow)>;
+        let edits: Vec<Edit> = vec![
             Box::new(|r| r.seq = 2),
             Box::new(|r| r.ts_ms += 1),
             Box::new(|r| r.kind = "token.redeemed".into()),

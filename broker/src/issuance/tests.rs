@@ -167,13 +167,14 @@ fn a_third_party_csr_asking_for_ca_true_gets_a_leaf() {
 fn the_self_check_refuses_a_template_bug() {
     let ca = ca();
     let csr = check_csr(&simple_csr(&PKCS_ECDSA_P256_SHA256)).unwrap();
-    let bugs: Vec<Box<dyn FnOnce(&mut CertificateParams)>> = vec![
+    type Bug = Box<dyn FnOnce(&mut CertificateParams)>;
+    let bugs: Vec<Bug> = vec![
         Box::new(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)),
         Box::new(|p| p.is_ca = IsCa::NoCa),
         Box::new(|p| p.subject_alt_names.push(SanType::DnsName("evil.example".try_into().unwrap()))),
         Box::new(|p| p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth)),
         Box::new(|p| p.extended_key_usages.clear()),
-        Box::new(|p| p.not_after = p.not_after + time::Duration::days(365)),
+        Box::new(|p| p.not_after += time::Duration::days(365)),
         Box::new(|p| p.custom_extensions.clear()),
     ];
     for (i, bug) in bugs.into_iter().enumerate() {

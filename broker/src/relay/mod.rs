@@ -26,6 +26,9 @@ pub enum RelayError {
     /// The UDP socket could not be used.
     #[error("QUIC endpoint: {0}")]
     Io(#[from] std::io::Error),
+    /// The database could not be reached while starting.
+    #[error("QUIC endpoint: database: {0}")]
+    Db(String),
 }
 
 /// Serves QUIC on `socket` until `shutdown` fires, then closes every
@@ -36,7 +39,7 @@ pub enum RelayError {
 pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: CancellationToken) -> Result<(), RelayError> {
     let server_config = transport::server_config(&broker)?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        transport::endpoint_config(&broker).await?,
         Some(server_config),
         socket,
         Arc::new(quinn::TokioRuntime),

@@ -18,6 +18,25 @@ const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// One stream per tunnelled TCP connection; 10k idle tunnels per client must fit.
 const MAX_STREAMS: u32 = 16 * 1024;
 
+/// The stateless-reset key is kept in the database so that a restarted
+/// broker (or another replica on the same address) can tell clients of the
+/// previous process at once that their connection is gone, instead of them
+/// waiting for the idle timeout.
+pub(super) async fn endpoint_config(broker: &Broker) -> Result<quinn::EndpointConfig, RelayError> {
+    let mut fresh = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+        .map_err(|_| RelayError::Tls("the system random number generator failed".into()))?;
+    let fresh = palisade_proto::enroll::hex(&fresh);
+    let mut conn = broker.db().pool().acquire().await.map_err(|e| RelayError::Db(e.to_string()))?;
+    let secret = crate::db::meta::insert_once(&mut conn, RESET_KEY, &fresh)
+        .await
+        .map_err(|e| RelayError::Db(e.to_string()))?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    Ok(quinn::EndpointConfig::new(Arc::new(key)))
+}
+
+const RESET_KEY: &str = "quic_stateless_reset_key";
+
 pub(super) fn server_config(broker: &Broker) -> Result<quinn::ServerConfig, RelayError> {
     let tls = palisade_proto::tls::quic_server_config(broker.server_identity(), broker.trust())
         .map_err(|e| RelayError::Tls(e.to_string()))?;

@@ -121,17 +121,3 @@ async fn services_and_whoami_print_what_the_broker_says() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&cert.identity), "{stdout}");
 }
-
-#[tokio::test]
-async fn tmp_unreachable() {
-    let pki = Pki::new();
-    let home = tempfile::tempdir().unwrap();
-    write_home(home.path(), &pki.valid_machine_cert(), &pki.ca_pem(), "127.0.0.1:9".parse().unwrap());
-    let start = std::time::Instant::now();
-    let (code, stdout, stderr) = output(palisade(home.path()).arg("services")).await;
-    eprintln!("TMP code={code} took={:?} stdout={stdout:?} stderr={stderr:?}", start.elapsed());
-    let (code, stdout, stderr) = output(palisade(home.path()).arg("--help")).await;
-    eprintln!("TMP code={code} stdout={stdout} stderr={stderr:?}");
-    let (code, stdout, stderr) = output(palisade(home.path()).args(["connect", "--help"])).await;
-    eprintln!("TMP code={code} stdout={stdout} stderr={stderr:?}");
-}
