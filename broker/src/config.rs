@@ -140,7 +140,8 @@ impl Config {
     /// # Errors
     /// The file cannot be read, or [`Config::from_toml_str`] fails.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
         let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
@@ -155,8 +156,9 @@ impl Config {
     /// # Errors
     /// Invalid TOML, an unknown key, or a value that does not validate.
     pub fn from_toml_str(text: &str, base_dir: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut table: Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { origin: "config".into(), message: e.to_string() })?;
+        let mut table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax { origin: "config".into(), message: e.to_string() })?;
         apply_env(&mut table, env)?;
         let raw = RawConfig::deserialize(table).map_err(|e| invalid("config", e.message().to_owned()))?;
         let config = raw.build(base_dir)?;
@@ -211,7 +213,10 @@ impl Config {
 
 fn check_ttl(key: &str, ttl: Duration) -> Result<(), ConfigError> {
     if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(invalid(key, format!("{} is out of range: must be more than 0 and at most 30 days", humantime::format_duration(ttl))));
+        return Err(invalid(
+            key,
+            format!("{} is out of range: must be more than 0 and at most 30 days", humantime::format_duration(ttl)),
+        ));
     }
     Ok(())
 }
@@ -229,7 +234,10 @@ fn check_services(services: &[ServiceConfig]) -> Result<(), ConfigError> {
     let mut seen = HashSet::new();
     for (i, s) in services.iter().enumerate() {
         if !seen.insert(s.name.as_str()) {
-            return Err(invalid(&format!("services[{i}].name"), format!("service {:?} is defined twice", s.name.as_str())));
+            return Err(invalid(
+                &format!("services[{i}].name"),
+                format!("service {:?} is defined twice", s.name.as_str()),
+            ));
         }
     }
     Ok(())
@@ -319,7 +327,8 @@ impl RawConfig {
             public_addr: opt(self.public_addr, |v| string("public_addr", v))?,
             server_names: opt(self.server_names, |v| string_list("server_names", v))?
                 .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]),
-            policy_dir: opt(self.policy_dir, |v| path("policy_dir", v, base))?.unwrap_or_else(|| data_dir.join("policies")),
+            policy_dir: opt(self.policy_dir, |v| path("policy_dir", v, base))?
+                .unwrap_or_else(|| data_dir.join("policies")),
             database_url: opt(self.database_url, |v| string("database_url", v))?,
             certificates: CertificatesConfig {
                 machine_ttl: opt(certs.machine_ttl, |v| duration("certificates.machine_ttl", v))?
@@ -328,11 +337,18 @@ impl RawConfig {
                     .unwrap_or(Duration::from_secs(24 * 3600)),
             },
             ca: CaConfig { kek_file: opt(ca.kek_file, |v| path("ca.kek_file", v, base))? },
-            services: self.services.unwrap_or_default().into_iter().enumerate().map(|(i, v)| service(i, v)).collect::<Result<_, _>>()?,
+            services: self
+                .services
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| service(i, v))
+                .collect::<Result<_, _>>()?,
             relay: RelayConfig {
                 connect_timeout: opt(relay.connect_timeout, |v| duration("relay.connect_timeout", v))?
                     .unwrap_or(Duration::from_secs(10)),
-                udp_buffer_bytes: opt(relay.udp_buffer_bytes, |v| size("relay.udp_buffer_bytes", v))?.unwrap_or(4 << 20),
+                udp_buffer_bytes: opt(relay.udp_buffer_bytes, |v| size("relay.udp_buffer_bytes", v))?
+                    .unwrap_or(4 << 20),
             },
             data_dir,
         })
@@ -380,7 +396,9 @@ fn path(key: &str, v: Value, base: &Path) -> Result<PathBuf, ConfigError> {
 
 fn socket_addr(key: &str, v: Value) -> Result<SocketAddr, ConfigError> {
     let s = string(key, v)?;
-    s.parse().map_err(|_| invalid(key, format!("invalid address {s:?}: expected IP:PORT such as 127.0.0.1:8443 or [::]:8443")))
+    s.parse().map_err(|_| {
+        invalid(key, format!("invalid address {s:?}: expected IP:PORT such as 127.0.0.1:8443 or [::]:8443"))
+    })
 }
 
 fn duration(key: &str, v: Value) -> Result<Duration, ConfigError> {
@@ -401,11 +419,9 @@ fn size(key: &str, v: Value) -> Result<usize, ConfigError> {
 fn string_list(key: &str, v: Value) -> Result<Vec<String>, ConfigError> {
     match v {
         Value::String(s) => Ok(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()),
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| string(&format!("{key}[{i}]"), item))
-            .collect(),
+        Value::Array(items) => {
+            items.into_iter().enumerate().map(|(i, item)| string(&format!("{key}[{i}]"), item)).collect()
+        }
         other => Err(invalid(key, format!("expected a list of strings, found {}", other.type_str()))),
     }
 }

@@ -203,9 +203,15 @@ fn check_pairs(layout: &Layout) -> Result<(), InitError> {
     Ok(())
 }
 
-fn pick_trust_domain(layout: &Layout, requested: Option<&TrustDomain>, recorded: Option<&str>) -> Result<TrustDomain, InitError> {
+fn pick_trust_domain(
+    layout: &Layout,
+    requested: Option<&TrustDomain>,
+    recorded: Option<&str>,
+) -> Result<TrustDomain, InitError> {
     let existing = match recorded {
-        Some(td) => Some(td.parse::<TrustDomain>().map_err(|e| layout.inconsistent(format!("recorded trust domain: {e}")))?),
+        Some(td) => {
+            Some(td.parse::<TrustDomain>().map_err(|e| layout.inconsistent(format!("recorded trust domain: {e}")))?)
+        }
         None if layout.exists(CA_CERT_FILE) => Some(ca::read_ca_cert(&layout.dir)?.1),
         None => None,
     };
@@ -219,7 +225,12 @@ fn pick_trust_domain(layout: &Layout, requested: Option<&TrustDomain>, recorded:
     }
 }
 
-async fn adopt_existing_ca(layout: &Layout, db: &Db, td: &TrustDomain, recorded_ca: Option<&str>) -> Result<(), InitError> {
+async fn adopt_existing_ca(
+    layout: &Layout,
+    db: &Db,
+    td: &TrustDomain,
+    recorded_ca: Option<&str>,
+) -> Result<(), InitError> {
     let (der, ca_td) = ca::read_ca_cert(&layout.dir)?;
     if &ca_td != td {
         return Err(layout.inconsistent(format!("{CA_CERT_FILE} is for trust domain {ca_td}, the database says {td}")));
@@ -238,11 +249,7 @@ async fn adopt_existing_ca(layout: &Layout, db: &Db, td: &TrustDomain, recorded_
     }
 }
 
-fn kek_for_new_ca(
-    source: &KekSource,
-    env: Option<&str>,
-    created: &mut Vec<String>,
-) -> Result<(Kek, bool), InitError> {
+fn kek_for_new_ca(source: &KekSource, env: Option<&str>, created: &mut Vec<String>) -> Result<(Kek, bool), InitError> {
     let path = match source {
         KekSource::Env => return Ok((source.read(env)?, false)),
         KekSource::File(p) | KekSource::DataDir(p) => p,

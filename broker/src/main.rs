@@ -69,9 +69,9 @@ struct InitArgs {
     /// Data directory (created 0700 if missing).
     #[arg(long)]
     data_dir: PathBuf,
-    /// SPIFFE trust domain; fixed forever once chosen.
-    #[arg(long, default_value = init::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
+    /// SPIFFE trust domain for a new CA (default palisade.local); fixed forever once chosen.
+    #[arg(long)]
+    trust_domain: Option<String>,
     /// DNS name or IP address for the server certificate (repeatable).
     #[arg(long = "server-name")]
     server_names: Vec<String>,
@@ -229,7 +229,7 @@ fn load_config(data_dir: &Path) -> anyhow::Result<Config> {
 async fn init_cmd(args: InitArgs) -> anyhow::Result<ExitCode> {
     let opts = InitOptions {
         data_dir: args.data_dir.clone(),
-        trust_domain: Some(args.trust_domain.parse().context("--trust-domain")?),
+        trust_domain: args.trust_domain.map(|td| td.parse()).transpose().context("--trust-domain")?,
         server_names: args.server_names,
         kek_file: args.kek_file,
         kek_env: std::env::var(KEK_ENV).ok(),
@@ -245,7 +245,11 @@ async fn init_cmd(args: InitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if report.created.is_empty() {
-        println!("{} is already initialized (trust domain {}); nothing to do", args.data_dir.display(), report.trust_domain);
+        println!(
+            "{} is already initialized (trust domain {}); nothing to do",
+            args.data_dir.display(),
+            report.trust_domain
+        );
     } else {
         println!("initialized {} (trust domain {})", args.data_dir.display(), report.trust_domain);
         for item in &report.created {
@@ -285,7 +289,8 @@ async fn token_create(args: TokenArgs) -> anyhow::Result<ExitCode> {
     };
     let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
     let (ca_der, _) = issuance::ca::read_ca_cert(&config.data_dir)?;
-    let request = TokenRequest { role, name: name.clone(), groups: args.groups, ttl: args.ttl, created_by: "cli".into() };
+    let request =
+        TokenRequest { role, name: name.clone(), groups: args.groups, ttl: args.ttl, created_by: "cli".into() };
     let token = create_token(&db, &ca_der, &request, SystemTime::now()).await?;
     db.close().await;
     println!("{}", token.expose());
@@ -294,7 +299,10 @@ async fn token_create(args: TokenArgs) -> anyhow::Result<ExitCode> {
         PeerRole::Connector => format!("palisade-connector enroll --broker {broker} --token <TOKEN>"),
         _ => format!("palisade enroll --broker {broker} --token <TOKEN>"),
     };
-    eprintln!("one-time token for {role} {name:?}, valid {}; on that machine run:\n  {how}", humantime::format_duration(args.ttl));
+    eprintln!(
+        "one-time token for {role} {name:?}, valid {}; on that machine run:\n  {how}",
+        humantime::format_duration(args.ttl)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -73,11 +73,17 @@ async fn prepare(opts: &Options) -> anyhow::Result<Config> {
     };
     let report = crate::init::init(&init_opts).await.context("initializing the data directory")?;
     if report.kek_beside_key {
-        eprintln!("note: the CA key-encryption key is in {}/kek, beside the encrypted CA key (fine for a demo)", opts.data_dir.display());
+        eprintln!(
+            "note: the CA key-encryption key is in {}/kek, beside the encrypted CA key (fine for a demo)",
+            opts.data_dir.display()
+        );
     }
     let config = Config::load(&opts.data_dir.join(CONFIG_FILE))?;
     if !config.services.iter().any(|s| s.name.as_str() == SERVICE) {
-        bail!("{} has no [[services]] entry named {SERVICE}; add one or use a new --data-dir", opts.data_dir.join(CONFIG_FILE).display());
+        bail!(
+            "{} has no [[services]] entry named {SERVICE}; add one or use a new --data-dir",
+            opts.data_dir.join(CONFIG_FILE).display()
+        );
     }
     Ok(config)
 }
@@ -99,8 +105,9 @@ async fn wait<T>(tasks: &mut Tasks, ready: oneshot::Receiver<T>, what: &str) -> 
 async fn supervise(mut tasks: Tasks, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut failure = None;
     tokio::select! {
+        biased;
         () = shutdown.cancelled() => {}
-        Some(ended) = tasks.join_next() => {
+        Some(ended) = tasks.join_next(), if !shutdown.is_cancelled() => {
             failure = match ended {
                 Ok(Ok(name)) => Some(anyhow::anyhow!("{name} stopped unexpectedly")),
                 Ok(Err(e)) => Some(e),
@@ -143,7 +150,8 @@ async fn models() -> Json<Value> {
 }
 
 async fn chat(body: Option<Json<Value>>) -> Json<Value> {
-    let model = body.as_ref().and_then(|b| b.get("model")).and_then(Value::as_str).unwrap_or("palisade-demo-1").to_owned();
+    let model =
+        body.as_ref().and_then(|b| b.get("model")).and_then(Value::as_str).unwrap_or("palisade-demo-1").to_owned();
     let content = "Hello from behind Palisade! This answer came through an identity-checked, policy-checked tunnel.";
     Json(json!({
         "id": format!("chatcmpl-demo-{}", uuid::Uuid::new_v4().simple()),
@@ -188,19 +196,33 @@ async fn start_connector(
 }
 
 async fn machine_token(config: &Config) -> anyhow::Result<String> {
-    let (_, token) = token_with_free_name(config, PeerRole::Machine, "quickstart-agent", vec!["ml-agents".into()]).await?;
+    let (_, token) =
+        token_with_free_name(config, PeerRole::Machine, "quickstart-agent", vec!["ml-agents".into()]).await?;
     Ok(token)
 }
 
-async fn token_with_free_name(config: &Config, role: PeerRole, base: &str, groups: Vec<String>) -> anyhow::Result<(String, String)> {
+async fn token_with_free_name(
+    config: &Config,
+    role: PeerRole,
+    base: &str,
+    groups: Vec<String>,
+) -> anyhow::Result<(String, String)> {
     let db = Db::open(&config.database_url()).await?;
     let (ca_der, _) = crate::issuance::ca::read_ca_cert(&config.data_dir)?;
     let mut name = base.to_owned();
     let result = loop {
-        let request = TokenRequest { role, name: name.clone(), groups: groups.clone(), ttl: Duration::from_secs(3600), created_by: "quickstart".into() };
+        let request = TokenRequest {
+            role,
+            name: name.clone(),
+            groups: groups.clone(),
+            ttl: Duration::from_secs(3600),
+            created_by: "quickstart".into(),
+        };
         match create_token(&db, &ca_der, &request, SystemTime::now()).await {
             Ok(token) => break Ok((name, token.expose())),
-            Err(EnrollError::NameTaken { .. }) => name = format!("{base}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
+            Err(EnrollError::NameTaken { .. }) => {
+                name = format!("{base}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+            }
             Err(e) => break Err(e.into()),
         }
     };

@@ -56,13 +56,16 @@ pub async fn run_with_ready(
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> anyhow::Result<()> {
-    let broker = assemble(config).await?;
-    let config = broker.config();
+    let mut config = config;
     let (tcp, udp) = bind_pair(config.listen, config.relay.udp_buffer_bytes)
         .with_context(|| format!("cannot listen on {} (TCP and UDP)", config.listen))?;
     let https_addr = tcp.local_addr()?;
     let quic_addr = udp.local_addr()?;
-    let admin = crate::admin::bind(&config.data_dir).await?;
+    if config.public_addr.is_none() && config.listen.port() == 0 {
+        config.public_addr = Some(quic_addr.to_string());
+    }
+    let broker = assemble(config).await?;
+    let admin = crate::admin::bind(&broker.config().data_dir).await?;
     let tcp = tokio::net::TcpListener::from_std(tcp)?;
 
     let mut tasks: JoinSet<anyhow::Result<&'static str>> = JoinSet::new();
@@ -96,11 +99,15 @@ fn print_ready(https: SocketAddr, quic: SocketAddr) -> std::io::Result<()> {
     stdout.flush()
 }
 
-async fn supervise(mut tasks: JoinSet<anyhow::Result<&'static str>>, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn supervise(
+    mut tasks: JoinSet<anyhow::Result<&'static str>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut failure = None;
     tokio::select! {
+        biased;
         () = shutdown.cancelled() => {}
-        Some(ended) = tasks.join_next() => {
+        Some(ended) = tasks.join_next(), if !shutdown.is_cancelled() => {
             failure = Some(match ended {
                 Ok(Ok(name)) => anyhow::anyhow!("{name} stopped unexpectedly"),
                 Ok(Err(e)) => e,
@@ -128,7 +135,9 @@ async fn supervise(mut tasks: JoinSet<anyhow::Result<&'static str>>, shutdown: C
 }
 
 async fn assemble(config: Config) -> anyhow::Result<Broker> {
-    let db = Db::open(&config.database_url()).await.with_context(|| format!("cannot open the database {}", config.database_url()))?;
+    let db = Db::open(&config.database_url())
+        .await
+        .with_context(|| format!("cannot open the database {}", config.database_url()))?;
     let data_dir = config.data_dir.display().to_string();
     let Some(trust_domain) = meta::get(&db, meta::TRUST_DOMAIN).await? else {
         bail!("the database has no trust domain: run `palisade-broker init --data-dir {data_dir}` first");
@@ -143,7 +152,8 @@ async fn assemble(config: Config) -> anyhow::Result<Broker> {
     }
     let server_identity = server_identity(&config, &ca).context("server certificate")?;
     let trust: TrustAnchors = ca.trust_anchors().clone();
-    let policy = PolicyStore::load(&config).map_err(|e| anyhow::anyhow!("policy in {}: {e}", config.policy_dir.display()))?;
+    let policy =
+        PolicyStore::load(&config).map_err(|e| anyhow::anyhow!("policy in {}: {e}", config.policy_dir.display()))?;
     let audit = Audit::new(db.clone());
     Ok(Broker::new(BrokerParts { config, db, audit, ca, trust, server_identity, policy }))
 }
@@ -151,7 +161,8 @@ async fn assemble(config: Config) -> anyhow::Result<Broker> {
 async fn load_ca(config: &Config) -> anyhow::Result<Ca> {
     let env = std::env::var(KEK_ENV).ok();
     let source = KekSource::choose(config.ca.kek_file.as_deref(), env.as_deref(), &config.data_dir);
-    let kek = source.read(env.as_deref()).with_context(|| format!("cannot read the CA key-encryption key ({source:?})"))?;
+    let kek =
+        source.read(env.as_deref()).with_context(|| format!("cannot read the CA key-encryption key ({source:?})"))?;
     let data_dir = config.data_dir.clone();
     tokio::task::spawn_blocking(move || Ca::load(&data_dir, &kek)).await?.context("cannot load the CA")
 }
@@ -162,7 +173,8 @@ async fn load_ca(config: &Config) -> anyhow::Result<Ca> {
 fn server_identity(config: &Config, ca: &Ca) -> anyhow::Result<TlsIdentity> {
     let cert_path = config.data_dir.join(SERVER_CERT_FILE);
     let key_path = config.data_dir.join(SERVER_KEY_FILE);
-    let cert_pem = std::fs::read_to_string(&cert_path).with_context(|| format!("cannot read {}", cert_path.display()))?;
+    let cert_pem =
+        std::fs::read_to_string(&cert_path).with_context(|| format!("cannot read {}", cert_path.display()))?;
     let key_pem = std::fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
     let leaf = palisade_proto::pem::certs(&cert_pem)?.into_iter().next().context("server.pem holds no certificate")?;
     let key = palisade_proto::pem::private_key(&key_pem)?;
@@ -180,11 +192,13 @@ fn server_identity(config: &Config, ca: &Ca) -> anyhow::Result<TlsIdentity> {
 
 fn needs_renewal(leaf: &[u8], key_pem: &str, names: &[String], now: SystemTime) -> Option<&'static str> {
     let Ok((_, cert)) = X509Certificate::from_der(leaf) else { return Some("server.pem is unreadable") };
-    let key_matches = rcgen::KeyPair::from_pem(key_pem).is_ok_and(|k| k.public_key_raw() == cert.public_key().subject_public_key.data.as_ref());
+    let key_matches = rcgen::KeyPair::from_pem(key_pem)
+        .is_ok_and(|k| k.public_key_raw() == cert.public_key().subject_public_key.data.as_ref());
     if !key_matches {
         return Some("server.key does not match server.pem");
     }
-    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0));
+    let expires =
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0));
     if expires < now + RENEW_SERVER_CERT_BEFORE {
         return Some("the server certificate expires within 30 days");
     }
@@ -246,7 +260,11 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     let granted = socket.recv_buffer_size().unwrap_or(0);
     if granted < buffer {
-        tracing::info!(requested = buffer, granted, "the kernel capped the UDP receive buffer; raise net.core.rmem_max for more throughput");
+        tracing::info!(
+            requested = buffer,
+            granted,
+            "the kernel capped the UDP receive buffer; raise net.core.rmem_max for more throughput"
+        );
     }
     Ok(socket.into())
 }

@@ -82,7 +82,9 @@ fn services_are_checked() {
     assert!(dup.starts_with("services[1].name:") && dup.contains("twice"), "{dup}");
     assert!(error("[[services]]\nname = \"a b\"\nsegment = \"s\"").starts_with("services[0].name:"));
     assert!(error("[[services]]\nname = \"a\"\nsegment = \"s/t\"").starts_with("services[0].segment:"));
-    assert!(error("[[services]]\nname = \"a\"\nsegment = \"s\"\nprotocol = \"udp\"").starts_with("services[0].protocol:"));
+    assert!(
+        error("[[services]]\nname = \"a\"\nsegment = \"s\"\nprotocol = \"udp\"").starts_with("services[0].protocol:")
+    );
 }
 
 #[test]

@@ -34,12 +34,14 @@ impl Env {
             ca: &self.ca,
             machine_ttl: Duration::from_secs(3600),
             connector_ttl: Duration::from_secs(24 * 3600),
+            source: None,
         }
     }
 
     async fn token(&self, role: PeerRole, name: &str, now: SystemTime) -> String {
         let groups = if role == PeerRole::Machine { vec!["ml-agents".to_owned()] } else { vec![] };
-        let req = TokenRequest { role, name: name.into(), groups, ttl: Duration::from_secs(900), created_by: "cli".into() };
+        let req =
+            TokenRequest { role, name: name.into(), groups, ttl: Duration::from_secs(900), created_by: "cli".into() };
         create_token(&self.db, self.ca.cert_der(), &req, now).await.unwrap().expose()
     }
 
@@ -83,7 +85,8 @@ async fn two_racing_redemptions_give_exactly_one_identity() {
     let env = Env::new().await;
     let token = env.token(PeerRole::Machine, "agent-race", SystemTime::now()).await;
     let e = env.enroller();
-    let (a, b) = tokio::join!(e.redeem(&token, &csr(), SystemTime::now()), e.redeem(&token, &csr(), SystemTime::now()));
+    let (csr_a, csr_b) = (csr(), csr());
+    let (a, b) = tokio::join!(e.redeem(&token, &csr_a, SystemTime::now()), e.redeem(&token, &csr_b, SystemTime::now()));
     let wins = [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count();
     assert_eq!(wins, 1);
     let loser = if a.is_ok() { b } else { a };
@@ -98,23 +101,22 @@ async fn many_racing_redemptions_on_separate_pools_give_exactly_one_identity() {
     let env = Env::new().await;
     let token = env.token(PeerRole::Connector, "gpu-rack-1", SystemTime::now()).await;
     let url = sqlite_url(&env._dir.path().join("palisade.db"));
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut pools = Vec::new();
     for _ in 0..8 {
         let db = Db::open(&url).await.unwrap();
         let audit = Audit::new(db.clone());
-        let (token, ca_dir) = (token.clone(), ());
-        let ca = Ca::create(&"palisade.test".parse().unwrap(), SystemTime::now()).unwrap().0;
-        let _ = (ca, ca_dir);
-        let shared = env.ca.cert_pem().to_owned();
-        tasks.spawn(async move {
-            let _ = shared;
-            (db, audit, token)
-        });
+        pools.push((db, audit, token.clone()));
     }
-    let pools = tasks.join_all().await;
     let csrs: Vec<String> = (0..pools.len()).map(|_| csr()).collect();
     let results = futures::future::join_all(pools.iter().zip(&csrs).map(|((db, audit, token), csr)| {
-        let e = Enroller { db, audit, ca: &env.ca, machine_ttl: Duration::from_secs(60), connector_ttl: Duration::from_secs(60) };
+        let e = Enroller {
+            db,
+            audit,
+            ca: &env.ca,
+            machine_ttl: Duration::from_secs(60),
+            connector_ttl: Duration::from_secs(60),
+            source: None,
+        };
         async move { e.redeem(token, csr, SystemTime::now()).await }
     }))
     .await;
@@ -141,7 +143,11 @@ async fn used_and_expired_tokens_are_refused_and_audited_without_the_token() {
     assert!(reasons.iter().any(|d| d.contains("expired")), "{reasons:?}");
     let secret_part = token.split('.').nth(1).unwrap();
     let everything = audit::query::recent(&env.db, None, 100).await.unwrap();
-    assert!(everything.iter().all(|e| !e.detail.contains(secret_part) && !e.subject.clone().unwrap_or_default().contains(secret_part)));
+    assert!(
+        everything
+            .iter()
+            .all(|e| !e.detail.contains(secret_part) && !e.subject.clone().unwrap_or_default().contains(secret_part))
+    );
     let stored: Vec<String> =
         sqlx::query_scalar("SELECT token_hash FROM enrollment_tokens").fetch_all(env.db.pool()).await.unwrap();
     assert!(stored.iter().all(|h| !h.contains(secret_part)));
@@ -162,7 +168,10 @@ async fn a_bad_csr_is_refused_without_using_up_the_token() {
 #[tokio::test]
 async fn malformed_tokens_and_tokens_for_another_ca_are_refused() {
     let env = Env::new().await;
-    assert!(matches!(env.enroller().redeem("pal1.nope", &csr(), SystemTime::now()).await, Err(EnrollError::MalformedToken)));
+    assert!(matches!(
+        env.enroller().redeem("pal1.nope", &csr(), SystemTime::now()).await,
+        Err(EnrollError::MalformedToken)
+    ));
     let other = Env::new().await;
     let foreign = other.token(PeerRole::Machine, "agent-5", SystemTime::now()).await;
     assert!(matches!(env.enroller().redeem(&foreign, &csr(), SystemTime::now()).await, Err(EnrollError::TokenRefused)));
@@ -182,7 +191,8 @@ async fn names_are_unique_per_role_and_requests_are_checked() {
         created_by: "cli".into(),
     };
     let min15 = Duration::from_secs(900);
-    let pending = create_token(&env.db, env.ca.cert_der(), &req(PeerRole::Machine, "agent-6", vec![], min15), now).await;
+    let pending =
+        create_token(&env.db, env.ca.cert_der(), &req(PeerRole::Machine, "agent-6", vec![], min15), now).await;
     assert!(matches!(pending, Err(EnrollError::NameTaken { .. })));
     env.enroller().redeem(&token, &csr(), now).await.unwrap();
     let taken = create_token(&env.db, env.ca.cert_der(), &req(PeerRole::Machine, "agent-6", vec![], min15), now).await;

@@ -37,7 +37,16 @@ async fn init_creates_a_complete_data_directory() {
     let report = init(&opts(&dir)).await.unwrap();
     assert_eq!(report.trust_domain.as_str(), "palisade.local");
     assert!(report.kek_beside_key);
-    for f in ["palisade.db", "ca.pem", "ca.key.enc", "kek", "server.pem", "server.key", "broker.toml", "policies/default.cedar"] {
+    for f in [
+        "palisade.db",
+        "ca.pem",
+        "ca.key.enc",
+        "kek",
+        "server.pem",
+        "server.key",
+        "broker.toml",
+        "policies/default.cedar",
+    ] {
         assert!(dir.join(f).exists(), "{f} is missing");
     }
     assert_eq!(mode(&dir), 0o700);

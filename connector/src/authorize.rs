@@ -196,10 +196,8 @@ pub(crate) fn authorize<'a>(
         Decision::Allow(grant) => grant,
         Decision::Deny(reason) => return Err(Denied::Policy(reason)),
     };
-    if let Some(local) = engines.local {
-        if let Decision::Deny(reason) = local.decide(&request) {
-            return Err(Denied::Local(reason));
-        }
+    if let Some(Decision::Deny(reason)) = engines.local.map(|local| local.decide(&request)) {
+        return Err(Denied::Local(reason));
     }
     Ok(Authorized { peer, grant, upstream })
 }

@@ -35,8 +35,8 @@ use serde::Deserialize;
 
 use crate::source::{list_dir, read_text};
 use crate::{
-    AccessRequest, Action, Decision, Engine, LoadError, PolicyBundle, PolicyFile, Principal,
-    PrincipalKind, RequestContext, ServiceEntry,
+    AccessRequest, Action, Decision, Engine, LoadError, PolicyBundle, PolicyFile, Principal, PrincipalKind,
+    RequestContext, ServiceEntry,
 };
 
 /// A case file could not be run (as opposed to a case that failed).
@@ -130,15 +130,10 @@ impl fmt::Display for CaseReport {
 /// [`CaseError`] if the file cannot be read or parsed, holds no case, or
 /// the policies or its catalog are refused. Failing cases are not errors:
 /// they are in the report.
-pub fn run_case_file(
-    engine_files: &[PolicyFile],
-    case_path: &Path,
-) -> Result<CaseReport, CaseError> {
+pub fn run_case_file(engine_files: &[PolicyFile], case_path: &Path) -> Result<CaseReport, CaseError> {
     let text = read_text(case_path)?;
-    let name = case_path.file_name().map_or_else(
-        || case_path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name =
+        case_path.file_name().map_or_else(|| case_path.display().to_string(), |n| n.to_string_lossy().into_owned());
     run_cases(engine_files, &name, &text)
 }
 
@@ -151,14 +146,9 @@ pub fn run_case_file(
 pub fn run_case_dir(engine_files: &[PolicyFile], dir: &Path) -> Result<Vec<CaseReport>, CaseError> {
     let files = list_dir(dir, "toml")?;
     if files.is_empty() {
-        return Err(CaseError::NoCaseFiles {
-            dir: dir.to_path_buf(),
-        });
+        return Err(CaseError::NoCaseFiles { dir: dir.to_path_buf() });
     }
-    files
-        .iter()
-        .map(|(_, path)| run_case_file(engine_files, path))
-        .collect()
+    files.iter().map(|(_, path)| run_case_file(engine_files, path)).collect()
 }
 
 /// Runs the cases in `text` (a case file's content, named `file` in
@@ -167,67 +157,33 @@ pub fn run_case_dir(engine_files: &[PolicyFile], dir: &Path) -> Result<Vec<CaseR
 /// # Errors
 ///
 /// As [`run_case_file`], except reading.
-pub fn run_cases(
-    engine_files: &[PolicyFile],
-    file: &str,
-    text: &str,
-) -> Result<CaseReport, CaseError> {
-    let parsed: CaseFile = toml::from_str(text).map_err(|e| CaseError::Parse {
-        file: file.to_owned(),
-        message: e.to_string(),
-    })?;
+pub fn run_cases(engine_files: &[PolicyFile], file: &str, text: &str) -> Result<CaseReport, CaseError> {
+    let parsed: CaseFile =
+        toml::from_str(text).map_err(|e| CaseError::Parse { file: file.to_owned(), message: e.to_string() })?;
     if parsed.cases.is_empty() {
-        return Err(CaseError::NoCases {
-            file: file.to_owned(),
-        });
+        return Err(CaseError::NoCases { file: file.to_owned() });
     }
-    let bundle = PolicyBundle {
-        version: 0,
-        files: engine_files.to_vec(),
-        services: parsed.services,
-    };
-    let engine = Engine::new(&bundle).map_err(|source| CaseError::Engine {
-        file: file.to_owned(),
-        source,
-    })?;
-    let outcomes = parsed
-        .cases
-        .iter()
-        .map(|case| run_one(&engine, case))
-        .collect();
-    Ok(CaseReport {
-        file: file.to_owned(),
-        outcomes,
-    })
+    let bundle = PolicyBundle { version: 0, files: engine_files.to_vec(), services: parsed.services };
+    let engine = Engine::new(&bundle).map_err(|source| CaseError::Engine { file: file.to_owned(), source })?;
+    let outcomes = parsed.cases.iter().map(|case| run_one(&engine, case)).collect();
+    Ok(CaseReport { file: file.to_owned(), outcomes })
 }
 
 fn run_one(engine: &Engine, case: &Case) -> CaseOutcome {
     let result = case.context.to_request_context().and_then(|context| {
         let principal = case.principal.to_principal();
         let action = match &case.http {
-            Some(call) => Action::Http {
-                method: call.method.clone(),
-                path: call.path.clone(),
-            },
+            Some(call) => Action::Http { method: call.method.clone(), path: call.path.clone() },
             None => Action::Connect,
         };
-        let request = AccessRequest {
-            principal: &principal,
-            action,
-            service: &case.service,
-            context: &context,
-        };
+        let request = AccessRequest { principal: &principal, action, service: &case.service, context: &context };
         check(case, &engine.decide(&request))
     });
     let (passed, detail) = match result {
         Ok(detail) => (true, detail),
         Err(detail) => (false, detail),
     };
-    CaseOutcome {
-        name: case.name.clone(),
-        passed,
-        detail,
-    }
+    CaseOutcome { name: case.name.clone(), passed, detail }
 }
 
 /// `Ok(description)` if the decision is what the case expects.
@@ -251,10 +207,7 @@ fn check(case: &Case, decision: &Decision) -> Result<String, String> {
             Decision::Deny(reason) => reason.policy_ids(),
         };
         if got != expected.as_slice() {
-            return Err(format!(
-                "expected policies [{}], got {actual}",
-                expected.join(", ")
-            ));
+            return Err(format!("expected policies [{}], got {actual}", expected.join(", ")));
         }
     }
     Ok(actual)
@@ -365,9 +318,7 @@ impl CaseContext {
     fn now(&self) -> Result<u64, String> {
         if let Some(now) = self.now_unix_secs {
             if self.hour.is_some() || self.day_of_week.is_some() {
-                return Err(
-                    "invalid case: give now_unix_secs or hour/day_of_week, not both".into(),
-                );
+                return Err("invalid case: give now_unix_secs or hour/day_of_week, not both".into());
             }
             return Ok(now);
         }

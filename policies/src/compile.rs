@@ -45,9 +45,7 @@ pub(crate) struct Compiled {
 pub(crate) fn compile(files: &[PolicyFile], vocab: &Vocabulary) -> Result<Compiled, LoadError> {
     let mut names = HashSet::new();
     if let Some(file) = files.iter().find(|f| !names.insert(f.name.as_str())) {
-        return Err(LoadError::DuplicateFile {
-            name: file.name.clone(),
-        });
+        return Err(LoadError::DuplicateFile { name: file.name.clone() });
     }
     let mut set = PolicySet::new();
     let mut policies: Vec<PolicyInfo> = Vec::new();
@@ -59,11 +57,8 @@ pub(crate) fn compile(files: &[PolicyFile], vocab: &Vocabulary) -> Result<Compil
             if let Some(first) = owner.insert(info.id.clone(), file.name.clone()) {
                 return Err(duplicate(&info.id, first, &file.name));
             }
-            file_set
-                .add(policy.clone())
-                .map_err(|_| duplicate(&info.id, file.name.clone(), &file.name))?;
-            set.add(policy.clone())
-                .map_err(|_| duplicate(&info.id, file.name.clone(), &file.name))?;
+            file_set.add(policy.clone()).map_err(|_| duplicate(&info.id, file.name.clone(), &file.name))?;
+            set.add(policy.clone()).map_err(|_| duplicate(&info.id, file.name.clone(), &file.name))?;
         }
         let infos: Vec<PolicyInfo> = parsed.into_iter().map(|(_, info)| info).collect();
         validate_file(file, &file_set, &infos, vocab)?;
@@ -73,10 +68,7 @@ pub(crate) fn compile(files: &[PolicyFile], vocab: &Vocabulary) -> Result<Compil
 }
 
 fn duplicate(id: &str, first: String, second: &str) -> LoadError {
-    LoadError::DuplicatePolicyId {
-        id: id.to_owned(),
-        files: vec![first, second.to_owned()],
-    }
+    LoadError::DuplicatePolicyId { id: id.to_owned(), files: vec![first, second.to_owned()] }
 }
 
 /// Parses one file into its policies, re-id'd, in source order.
@@ -85,11 +77,7 @@ fn parse_file(file: &PolicyFile) -> Result<Vec<(Policy, PolicyInfo)>, LoadError>
     if let Some(template) = parsed.templates().next() {
         let offset = find_text(&file.text, 0, &template.to_cedar()).unwrap_or(0);
         let (line, column) = line_column(&file.text, offset);
-        return Err(LoadError::Template {
-            file: file.name.clone(),
-            line,
-            column,
-        });
+        return Err(LoadError::Template { file: file.name.clone(), line, column });
     }
 
     let mut ordered: Vec<&Policy> = parsed.policies().collect();
@@ -110,16 +98,7 @@ fn parse_file(file: &PolicyFile) -> Result<Vec<(Policy, PolicyInfo)>, LoadError>
         };
         let renamed = policy.new_id(PolicyId::new(&id));
         let file = file.name.clone();
-        out.push((
-            renamed,
-            PolicyInfo {
-                id,
-                file,
-                line,
-                column,
-                effect,
-            },
-        ));
+        out.push((renamed, PolicyInfo { id, file, line, column, effect }));
     }
     Ok(out)
 }
@@ -138,10 +117,7 @@ fn parse_error(file: &PolicyFile, errors: &ParseErrors) -> LoadError {
 
 fn policy_id(file: &PolicyFile, policy: &Policy, line: usize) -> Result<String, LoadError> {
     match policy.annotation("id") {
-        Some(id) if id.trim().is_empty() => Err(LoadError::EmptyPolicyId {
-            file: file.name.clone(),
-            line,
-        }),
+        Some(id) if id.trim().is_empty() => Err(LoadError::EmptyPolicyId { file: file.name.clone(), line }),
         Some(id) => Ok(id.to_owned()),
         None => Ok(format!("{}:{line}", file.name)),
     }
@@ -150,10 +126,7 @@ fn policy_id(file: &PolicyFile, policy: &Policy, line: usize) -> Result<String, 
 /// Cedar's generated ids are `policy<N>` in source order.
 fn generated_index(id: &PolicyId) -> (usize, String) {
     let id: &str = id.as_ref();
-    let index = id
-        .strip_prefix("policy")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX);
+    let index = id.strip_prefix("policy").and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
     (index, id.to_owned())
 }
 
@@ -170,18 +143,9 @@ fn validate_file(
     let policy_id = error.policy_id().to_string();
     let (line, column) = match first_label_offset(error) {
         Some(offset) => line_column(&file.text, offset),
-        None => infos
-            .iter()
-            .find(|info| info.id == policy_id)
-            .map_or((1, 1), |info| (info.line, info.column)),
+        None => infos.iter().find(|info| info.id == policy_id).map_or((1, 1), |info| (info.line, info.column)),
     };
-    Err(LoadError::Validation {
-        file: file.name.clone(),
-        line,
-        column,
-        policy_id,
-        message: diagnostic_message(error),
-    })
+    Err(LoadError::Validation { file: file.name.clone(), line, column, policy_id, message: diagnostic_message(error) })
 }
 
 fn first_label_offset(diagnostic: &(impl Diagnostic + ?Sized)) -> Option<usize> {
@@ -207,13 +171,7 @@ fn find_text(haystack: &str, from: usize, needle: &str) -> Option<usize> {
 pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |at| at + 1);
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
     (line, column)
 }

@@ -42,18 +42,8 @@ pub struct Grant {
 }
 
 impl Grant {
-    pub(crate) fn new(
-        service: String,
-        segment: String,
-        policy_ids: Vec<String>,
-        policy_version: u64,
-    ) -> Self {
-        Self {
-            service,
-            segment,
-            policy_ids,
-            policy_version,
-        }
+    pub(crate) fn new(service: String, segment: String, policy_ids: Vec<String>, policy_version: u64) -> Self {
+        Self { service, segment, policy_ids, policy_version }
     }
 
     /// The service access was granted to.
@@ -127,15 +117,9 @@ impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownService => f.write_str("denied: unknown service"),
-            Self::NoPolicyPermits => {
-                f.write_str("denied by policy: no policy permits this request")
-            }
+            Self::NoPolicyPermits => f.write_str("denied by policy: no policy permits this request"),
             Self::Forbidden { policy_ids } => {
-                write!(
-                    f,
-                    "denied by policy: forbidden by {}",
-                    policy_ids.join(", ")
-                )
+                write!(f, "denied by policy: forbidden by {}", policy_ids.join(", "))
             }
             Self::Invalid(message) => write!(f, "denied: invalid request: {message}"),
         }

@@ -65,17 +65,9 @@ impl Engine {
     /// # Errors
     ///
     /// Those of [`read_policy_dir`] and [`Engine::new`].
-    pub fn from_dir(
-        dir: &Path,
-        services: Vec<ServiceEntry>,
-        version: u64,
-    ) -> Result<Self, LoadError> {
+    pub fn from_dir(dir: &Path, services: Vec<ServiceEntry>, version: u64) -> Result<Self, LoadError> {
         let files = read_policy_dir(dir)?;
-        Self::new(&PolicyBundle {
-            version,
-            files,
-            services,
-        })
+        Self::new(&PolicyBundle { version, files, services })
     }
 
     /// The bundle's version.
@@ -105,9 +97,7 @@ impl Engine {
     /// The catalog entry for a service.
     #[must_use]
     pub fn service(&self, name: &str) -> Option<&ServiceEntry> {
-        self.services
-            .get(name)
-            .and_then(|&index| self.bundle.services.get(index))
+        self.services.get(name).and_then(|&index| self.bundle.services.get(index))
     }
 
     /// Decides a request. Never fails: anything that prevents a clear
@@ -118,18 +108,13 @@ impl Engine {
             return Decision::Deny(DenyReason::UnknownService);
         };
         if matches!(request.action, crate::Action::Http { .. }) && service.protocol != "http" {
-            return Decision::Deny(DenyReason::Invalid(format!(
-                "service `{}` does not speak HTTP",
-                service.name
-            )));
+            return Decision::Deny(DenyReason::Invalid(format!("service `{}` does not speak HTTP", service.name)));
         }
         let (cedar_request, entities) = match to_cedar(self.vocab, request, service) {
             Ok(built) => built,
             Err(message) => return Decision::Deny(DenyReason::Invalid(message)),
         };
-        let response = self
-            .authorizer
-            .is_authorized(&cedar_request, &self.set, &entities);
+        let response = self.authorizer.is_authorized(&cedar_request, &self.set, &entities);
         self.interpret(&response, service)
     }
 
@@ -147,23 +132,15 @@ impl Engine {
             cedar_policy::Decision::Allow => {
                 // Cedar skips a policy that errors. A forbid that errored
                 // might have matched, so an allow next to it is doubtful.
-                let failed_forbid = errors.iter().find(|(id, _)| {
-                    self.set.policy(id).map(|p| p.effect()) == Some(Effect::Forbid)
-                });
+                let failed_forbid =
+                    errors.iter().find(|(id, _)| self.set.policy(id).map(|p| p.effect()) == Some(Effect::Forbid));
                 if let Some((_, message)) = failed_forbid {
                     return Decision::Deny(DenyReason::Invalid(message.clone()));
                 }
-                Decision::Allow(Grant::new(
-                    service.name.clone(),
-                    service.segment.clone(),
-                    reasons,
-                    self.bundle.version,
-                ))
+                Decision::Allow(Grant::new(service.name.clone(), service.segment.clone(), reasons, self.bundle.version))
             }
             cedar_policy::Decision::Deny if !reasons.is_empty() => {
-                Decision::Deny(DenyReason::Forbidden {
-                    policy_ids: reasons,
-                })
+                Decision::Deny(DenyReason::Forbidden { policy_ids: reasons })
             }
             cedar_policy::Decision::Deny => match errors.first() {
                 Some((_, message)) => Decision::Deny(DenyReason::Invalid(message.clone())),
@@ -178,19 +155,15 @@ fn index_services(services: &[ServiceEntry]) -> Result<HashMap<String, usize>, L
     for (position, service) in services.iter().enumerate() {
         check_service(service)?;
         if index.insert(service.name.clone(), position).is_some() {
-            return Err(LoadError::DuplicateService {
-                name: service.name.clone(),
-            });
+            return Err(LoadError::DuplicateService { name: service.name.clone() });
         }
     }
     Ok(index)
 }
 
 fn check_service(service: &ServiceEntry) -> Result<(), LoadError> {
-    let invalid = |message: &str| LoadError::InvalidService {
-        service: service.name.clone(),
-        message: message.to_owned(),
-    };
+    let invalid =
+        |message: &str| LoadError::InvalidService { service: service.name.clone(), message: message.to_owned() };
     if service.name.is_empty() {
         return Err(invalid("the name is empty"));
     }

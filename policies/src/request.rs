@@ -3,9 +3,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
-use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-};
+use cedar_policy::{Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression};
 
 use crate::ServiceEntry;
 use crate::schema::Vocabulary;
@@ -98,16 +96,9 @@ pub(crate) fn to_cedar(
     let resource_uid = resource.uid();
 
     let groups: BTreeSet<&String> = request.principal.groups.iter().collect();
-    let mut entities = vec![
-        principal,
-        resource,
-        Entity::new_no_attrs(uid(&vocab.segment, &service.segment), HashSet::new()),
-    ];
-    entities.extend(
-        groups
-            .into_iter()
-            .map(|g| Entity::new_no_attrs(uid(&vocab.group, g), HashSet::new())),
-    );
+    let mut entities =
+        vec![principal, resource, Entity::new_no_attrs(uid(&vocab.segment, &service.segment), HashSet::new())];
+    entities.extend(groups.into_iter().map(|g| Entity::new_no_attrs(uid(&vocab.group, g), HashSet::new())));
     let entities = Entities::from_entities(entities, Some(vocab.schema()))
         .map_err(|e| format!("entities do not match the schema: {e}"))?;
 
@@ -116,14 +107,8 @@ pub(crate) fn to_cedar(
         Action::Http { .. } => vocab.http.clone(),
     };
     let context = context(request)?;
-    let request = Request::new(
-        principal_uid,
-        action,
-        resource_uid,
-        context,
-        Some(vocab.schema()),
-    )
-    .map_err(|e| format!("request does not match the schema: {e}"))?;
+    let request = Request::new(principal_uid, action, resource_uid, context, Some(vocab.schema()))
+        .map_err(|e| format!("request does not match the schema: {e}"))?;
     Ok((request, entities))
 }
 
@@ -132,53 +117,33 @@ fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
 }
 
 fn principal_entity(vocab: &Vocabulary, principal: &Principal) -> Result<Entity, String> {
-    let parents = principal
-        .groups
-        .iter()
-        .map(|g| uid(&vocab.group, g))
-        .collect();
+    let parents = principal.groups.iter().map(|g| uid(&vocab.group, g)).collect();
     let (kind, attrs) = match principal.kind {
         PrincipalKind::User => (&vocab.user, HashMap::new()),
         PrincipalKind::Machine => (
             &vocab.machine,
-            HashMap::from([(
-                "name".to_owned(),
-                RestrictedExpression::new_string(principal.name.clone()),
-            )]),
+            HashMap::from([("name".to_owned(), RestrictedExpression::new_string(principal.name.clone()))]),
         ),
     };
     Entity::new(uid(kind, &principal.id), attrs, parents).map_err(|e| format!("principal: {e}"))
 }
 
 fn service_entity(vocab: &Vocabulary, service: &ServiceEntry) -> Result<Entity, String> {
-    let labels = service
-        .labels
-        .iter()
-        .map(|l| RestrictedExpression::new_string(l.clone()));
+    let labels = service.labels.iter().map(|l| RestrictedExpression::new_string(l.clone()));
     let attrs = HashMap::from([
-        (
-            "protocol".to_owned(),
-            RestrictedExpression::new_string(service.protocol.clone()),
-        ),
+        ("protocol".to_owned(), RestrictedExpression::new_string(service.protocol.clone())),
         ("labels".to_owned(), RestrictedExpression::new_set(labels)),
     ]);
     let parents = HashSet::from([uid(&vocab.segment, &service.segment)]);
-    Entity::new(uid(&vocab.service, &service.name), attrs, parents)
-        .map_err(|e| format!("service: {e}"))
+    Entity::new(uid(&vocab.service, &service.name), attrs, parents).map_err(|e| format!("service: {e}"))
 }
 
 fn context(request: &AccessRequest<'_>) -> Result<Context, String> {
     let ctx = request.context;
     let (hour, weekday) = hour_and_weekday(ctx.now_unix_secs);
-    let methods = ctx
-        .auth_methods
-        .iter()
-        .map(|m| RestrictedExpression::new_string(m.clone()));
+    let methods = ctx.auth_methods.iter().map(|m| RestrictedExpression::new_string(m.clone()));
     let mut pairs = vec![
-        (
-            "auth_methods".to_owned(),
-            RestrictedExpression::new_set(methods),
-        ),
+        ("auth_methods".to_owned(), RestrictedExpression::new_set(methods)),
         ("hour".to_owned(), long(hour)?),
         ("day_of_week".to_owned(), long(weekday)?),
     ];
@@ -186,26 +151,14 @@ fn context(request: &AccessRequest<'_>) -> Result<Context, String> {
         pairs.push(("mfa_age_secs".to_owned(), long(age)?));
     }
     if let Some(ip) = ctx.source_ip {
-        pairs.push((
-            "source_ip".to_owned(),
-            RestrictedExpression::new_ip(cedar_ip(ip)),
-        ));
+        pairs.push(("source_ip".to_owned(), RestrictedExpression::new_ip(cedar_ip(ip))));
     }
     if let Some(version) = &ctx.client_version {
-        pairs.push((
-            "client_version".to_owned(),
-            RestrictedExpression::new_string(version.clone()),
-        ));
+        pairs.push(("client_version".to_owned(), RestrictedExpression::new_string(version.clone())));
     }
     if let Action::Http { method, path } = &request.action {
-        pairs.push((
-            "method".to_owned(),
-            RestrictedExpression::new_string(method.clone()),
-        ));
-        pairs.push((
-            "path".to_owned(),
-            RestrictedExpression::new_string(path.clone()),
-        ));
+        pairs.push(("method".to_owned(), RestrictedExpression::new_string(method.clone())));
+        pairs.push(("path".to_owned(), RestrictedExpression::new_string(path.clone())));
     }
     Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
 }

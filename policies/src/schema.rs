@@ -30,12 +30,10 @@ impl Vocabulary {
     }
 
     fn build() -> Result<Self, String> {
-        let (schema, _warnings) =
-            Schema::from_cedarschema_str(SCHEMA_TEXT).map_err(|e| e.to_string())?;
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA_TEXT).map_err(|e| e.to_string())?;
         let type_name = |name: &str| EntityTypeName::from_str(name).map_err(|e| e.to_string());
         let action_type = type_name("Action")?;
-        let action =
-            |id: &str| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(id));
+        let action = |id: &str| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(id));
         Ok(Self {
             user: type_name("User")?,
             machine: type_name("Machine")?,
@@ -52,12 +50,7 @@ impl Vocabulary {
 static VOCABULARY: OnceLock<Result<Vocabulary, String>> = OnceLock::new();
 
 pub(crate) fn vocabulary() -> Result<&'static Vocabulary, LoadError> {
-    VOCABULARY
-        .get_or_init(Vocabulary::build)
-        .as_ref()
-        .map_err(|message| LoadError::Schema {
-            message: message.clone(),
-        })
+    VOCABULARY.get_or_init(Vocabulary::build).as_ref().map_err(|message| LoadError::Schema { message: message.clone() })
 }
 
 /// The parsed policy schema ([`SCHEMA_TEXT`]).

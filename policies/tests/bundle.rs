@@ -8,14 +8,8 @@ fn bundle() -> PolicyBundle {
     PolicyBundle {
         version: 3,
         files: vec![
-            PolicyFile {
-                name: "a.cedar".to_owned(),
-                text: "permit (principal, action, resource);".to_owned(),
-            },
-            PolicyFile {
-                name: "b.cedar".to_owned(),
-                text: "forbid (principal, action, resource);".to_owned(),
-            },
+            PolicyFile { name: "a.cedar".to_owned(), text: "permit (principal, action, resource);".to_owned() },
+            PolicyFile { name: "b.cedar".to_owned(), text: "forbid (principal, action, resource);".to_owned() },
         ],
         services: vec![
             ServiceEntry {
@@ -58,8 +52,7 @@ fn json_with_an_unknown_field_is_rejected() {
 
 #[test]
 fn service_labels_default_to_empty() {
-    let entry: ServiceEntry =
-        serde_json::from_str(r#"{"name":"x","segment":"s","protocol":"tcp"}"#).expect("parses");
+    let entry: ServiceEntry = serde_json::from_str(r#"{"name":"x","segment":"s","protocol":"tcp"}"#).expect("parses");
     assert!(entry.labels.is_empty());
 }
 
@@ -68,11 +61,7 @@ fn digest_is_hex_sha256_and_ignores_the_version() {
     let original = bundle();
     let digest = original.digest();
     assert_eq!(digest.len(), 64);
-    assert!(
-        digest
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    );
+    assert!(digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     let mut bumped = original.clone();
     bumped.version = 4;
     assert_eq!(bumped.digest(), digest);
@@ -88,14 +77,8 @@ fn digest_changes_with_the_content() {
     };
     assert_ne!(changed(|b| b.files[0].text.push(' ')), digest);
     assert_ne!(changed(|b| b.files[0].name = "c.cedar".to_owned()), digest);
-    assert_ne!(
-        changed(|b| b.services[1].protocol = "http".to_owned()),
-        digest
-    );
-    assert_ne!(
-        changed(|b| b.services[0].labels.push("quarantined".to_owned())),
-        digest
-    );
+    assert_ne!(changed(|b| b.services[1].protocol = "http".to_owned()), digest);
+    assert_ne!(changed(|b| b.services[0].labels.push("quarantined".to_owned())), digest);
     assert_ne!(
         changed(|b| {
             b.files.pop();
@@ -132,12 +115,9 @@ fn scratch_dir(name: &str) -> PathBuf {
 #[test]
 fn a_policy_dir_is_read_sorted_and_filtered() {
     let dir = scratch_dir("sorted");
-    for (name, text) in [
-        ("b.cedar", "// b"),
-        ("a.cedar", "// a"),
-        ("README.md", "not policy"),
-        (".a.cedar.swp", "editor junk"),
-    ] {
+    for (name, text) in
+        [("b.cedar", "// b"), ("a.cedar", "// a"), ("README.md", "not policy"), (".a.cedar.swp", "editor junk")]
+    {
         std::fs::write(dir.join(name), text).expect("write");
     }
     std::fs::create_dir(dir.join("nested.cedar")).expect("subdir");

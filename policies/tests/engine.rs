@@ -3,15 +3,12 @@
 use std::net::IpAddr;
 
 use palisade_policies::{
-    AccessRequest, Action, Decision, DenyReason, Engine, LoadError, PolicyBundle, PolicyFile,
-    Principal, PrincipalKind, RequestContext, ServiceEntry,
+    AccessRequest, Action, Decision, DenyReason, Engine, LoadError, PolicyBundle, PolicyFile, Principal, PrincipalKind,
+    RequestContext, ServiceEntry,
 };
 
 fn file(name: &str, text: &str) -> PolicyFile {
-    PolicyFile {
-        name: name.to_owned(),
-        text: text.to_owned(),
-    }
+    PolicyFile { name: name.to_owned(), text: text.to_owned() }
 }
 
 fn service(name: &str, segment: &str, protocol: &str, labels: &[&str]) -> ServiceEntry {
@@ -32,11 +29,7 @@ fn catalog() -> Vec<ServiceEntry> {
 }
 
 fn load(files: &[PolicyFile]) -> Result<Engine, LoadError> {
-    Engine::new(&PolicyBundle {
-        version: 42,
-        files: files.to_vec(),
-        services: catalog(),
-    })
+    Engine::new(&PolicyBundle { version: 42, files: files.to_vec(), services: catalog() })
 }
 
 fn engine(text: &str) -> Engine {
@@ -72,18 +65,8 @@ fn context() -> RequestContext {
     }
 }
 
-fn decide(
-    engine: &Engine,
-    principal: &Principal,
-    service: &str,
-    context: &RequestContext,
-) -> Decision {
-    engine.decide(&AccessRequest {
-        principal,
-        action: Action::Connect,
-        service,
-        context,
-    })
+fn decide(engine: &Engine, principal: &Principal, service: &str, context: &RequestContext) -> Decision {
+    engine.decide(&AccessRequest { principal, action: Action::Connect, service, context })
 }
 
 const AGENTS: &str = r#"
@@ -131,26 +114,17 @@ fn forbid_wins_over_permit_and_is_named() {
     let Decision::Deny(reason) = decision else {
         panic!("quarantined service must be denied");
     };
-    assert_eq!(
-        reason,
-        DenyReason::Forbidden {
-            policy_ids: vec!["quarantine".to_owned()]
-        }
-    );
+    assert_eq!(reason, DenyReason::Forbidden { policy_ids: vec!["quarantine".to_owned()] });
     assert_eq!(reason.policy_ids(), ["quarantine"]);
     assert_eq!(reason.code(), "forbidden");
-    assert_eq!(
-        reason.to_string(),
-        "denied by policy: forbidden by quarantine"
-    );
+    assert_eq!(reason.to_string(), "denied by policy: forbidden by quarantine");
     // The permit still applies where the forbid does not.
     assert!(decide(&engine, &agent(), "llm-prod", &context()).is_allow());
 }
 
 #[test]
 fn a_policy_without_id_is_named_after_its_file_and_line() {
-    let engine =
-        engine("// header\n\npermit (principal in Group::\"ml-agents\", action, resource);\n");
+    let engine = engine("// header\n\npermit (principal in Group::\"ml-agents\", action, resource);\n");
     let Decision::Allow(grant) = decide(&engine, &agent(), "postgres", &context()) else {
         panic!("agent should be allowed");
     };
@@ -161,24 +135,14 @@ fn a_policy_without_id_is_named_after_its_file_and_line() {
 fn a_syntax_error_names_file_line_and_column() {
     let text = "@id(\"ok\")\npermit (principal, action, resource);\n\npermit (principal, action resource);\n";
     let err = load(&[file("good.cedar", AGENTS), file("broken.cedar", text)]).expect_err("refused");
-    let LoadError::Parse {
-        file,
-        line,
-        column,
-        message,
-    } = &err
-    else {
+    let LoadError::Parse { file, line, column, message } = &err else {
         panic!("expected a parse error, got {err}");
     };
     assert_eq!(file, "broken.cedar");
     assert_eq!(*line, 4, "{err}");
     assert_eq!(*column, 27, "{err}");
     assert!(!message.is_empty());
-    assert!(
-        err.to_string()
-            .starts_with("broken.cedar:4:27: syntax error"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("broken.cedar:4:27: syntax error"), "{err}");
 }
 
 #[test]
@@ -187,14 +151,7 @@ fn an_unknown_attribute_fails_validation_at_its_line() {
         "{AGENTS}\n@id(\"bad-attr\")\npermit (principal, action, resource)\nwhen {{ principal.nonexistent_attr == \"x\" }};\n"
     );
     let err = load(&[file("attrs.cedar", &text)]).expect_err("refused");
-    let LoadError::Validation {
-        file,
-        line,
-        policy_id,
-        message,
-        ..
-    } = &err
-    else {
+    let LoadError::Validation { file, line, policy_id, message, .. } = &err else {
         panic!("expected a validation error, got {err}");
     };
     assert_eq!(file, "attrs.cedar");
@@ -207,14 +164,7 @@ fn an_unknown_attribute_fails_validation_at_its_line() {
 fn an_unknown_entity_type_fails_validation() {
     let text = "permit (principal == Robot::\"r2\", action, resource);\n";
     let err = load(&[file("robots.cedar", text)]).expect_err("refused");
-    let LoadError::Validation {
-        file,
-        line,
-        column,
-        policy_id,
-        message,
-    } = &err
-    else {
+    let LoadError::Validation { file, line, column, policy_id, message } = &err else {
         panic!("expected a validation error, got {err}");
     };
     assert_eq!(file, "robots.cedar");
@@ -244,19 +194,12 @@ fn duplicate_ids_are_refused_across_files() {
 fn duplicate_ids_are_refused_within_a_file() {
     let text = format!("{AGENTS}{AGENTS}");
     let err = load(&[file("a.cedar", &text)]).expect_err("refused");
-    assert!(
-        matches!(err, LoadError::DuplicatePolicyId { ref id, .. } if id == "agents"),
-        "{err}"
-    );
+    assert!(matches!(err, LoadError::DuplicatePolicyId { ref id, .. } if id == "agents"), "{err}");
 }
 
 #[test]
 fn empty_ids_templates_and_repeated_file_names_are_refused() {
-    let err = load(&[file(
-        "a.cedar",
-        "@id(\"\") permit (principal, action, resource);",
-    )])
-    .expect_err("empty id");
+    let err = load(&[file("a.cedar", "@id(\"\") permit (principal, action, resource);")]).expect_err("empty id");
     assert!(matches!(err, LoadError::EmptyPolicyId { .. }), "{err}");
 
     let template = "permit (principal == ?principal, action, resource);";
@@ -269,16 +212,9 @@ fn empty_ids_templates_and_repeated_file_names_are_refused() {
 
 #[test]
 fn a_bad_service_catalog_is_refused() {
-    let bundle = |services| PolicyBundle {
-        version: 1,
-        files: vec![file("a.cedar", AGENTS)],
-        services,
-    };
+    let bundle = |services| PolicyBundle { version: 1, files: vec![file("a.cedar", AGENTS)], services };
     let err = Engine::new(&bundle(vec![service("x", "s", "udp", &[])])).expect_err("udp");
-    assert!(
-        matches!(err, LoadError::UnknownServiceProtocol { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LoadError::UnknownServiceProtocol { .. }), "{err}");
     let twice = vec![service("x", "s", "tcp", &[]), service("x", "t", "tcp", &[])];
     let err = Engine::new(&bundle(twice)).expect_err("duplicate");
     assert!(matches!(err, LoadError::DuplicateService { .. }), "{err}");
@@ -303,7 +239,8 @@ fn a_forbid_that_fails_to_evaluate_denies() {
 
 #[test]
 fn a_permit_that_fails_to_evaluate_does_not_allow() {
-    let text = "@id(\"overflow\")\npermit (principal, action, resource) when { context.hour * 9223372036854775807 > 1 };";
+    let text =
+        "@id(\"overflow\")\npermit (principal, action, resource) when { context.hour * 9223372036854775807 > 1 };";
     let decision = decide(&engine(text), &agent(), "llm-prod", &context());
     assert_eq!(decision.code(), "invalid_request", "{decision:?}");
 }
@@ -313,10 +250,7 @@ fn time_of_day_and_weekday_reach_policies() {
     let text = r#"permit (principal, action, resource) when { context.day_of_week < 5 && context.hour >= 8 && context.hour < 18 };"#;
     let engine = engine(text);
     let mut ctx = context();
-    assert!(
-        decide(&engine, &alice(), "postgres", &ctx).is_allow(),
-        "Wednesday noon"
-    );
+    assert!(decide(&engine, &alice(), "postgres", &ctx).is_allow(), "Wednesday noon");
     ctx.now_unix_secs = 9 * 86_400 + 12 * 3_600; // Saturday noon
     assert!(!decide(&engine, &alice(), "postgres", &ctx).is_allow());
     ctx.now_unix_secs = 6 * 86_400 + 19 * 3_600; // Wednesday 19:00
@@ -332,10 +266,7 @@ fn source_addresses_reach_policies() {
     ctx.source_ip = ip("10.1.2.3");
     assert!(decide(&engine, &alice(), "postgres", &ctx).is_allow());
     ctx.source_ip = ip("::ffff:10.1.2.3");
-    assert!(
-        decide(&engine, &alice(), "postgres", &ctx).is_allow(),
-        "IPv4-mapped"
-    );
+    assert!(decide(&engine, &alice(), "postgres", &ctx).is_allow(), "IPv4-mapped");
     ctx.source_ip = ip("192.0.2.1");
     assert!(!decide(&engine, &alice(), "postgres", &ctx).is_allow());
     ctx.source_ip = ip("2001:db8::1");
@@ -361,10 +292,7 @@ fn http_requests_carry_method_and_path() {
     let http = |service: &str, method: &str, path: &str| {
         engine.decide(&AccessRequest {
             principal: &agent(),
-            action: Action::Http {
-                method: method.to_owned(),
-                path: path.to_owned(),
-            },
+            action: Action::Http { method: method.to_owned(), path: path.to_owned() },
             service,
             context: &context(),
         })
@@ -372,10 +300,7 @@ fn http_requests_carry_method_and_path() {
     assert!(http("llm-prod", "POST", "/v1/chat").is_allow());
     assert!(!http("llm-prod", "GET", "/v1/chat").is_allow());
     assert!(!http("llm-prod", "POST", "/admin").is_allow());
-    assert_eq!(
-        http("postgres", "POST", "/v1/chat").code(),
-        "invalid_request"
-    );
+    assert_eq!(http("postgres", "POST", "/v1/chat").code(), "invalid_request");
     // The http permit does not open tunnels.
     assert!(!decide(&engine, &agent(), "llm-prod", &context()).is_allow());
 }

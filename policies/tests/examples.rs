@@ -18,20 +18,13 @@ fn example_files() -> Vec<PolicyFile> {
 fn built_in_schema_parses() {
     let schema = schema().expect("schema parses");
     let actions: Vec<String> = schema.actions().map(ToString::to_string).collect();
-    assert!(
-        actions.contains(&r#"Action::"connect""#.to_owned()),
-        "{actions:?}"
-    );
-    assert!(
-        actions.contains(&r#"Action::"http""#.to_owned()),
-        "{actions:?}"
-    );
+    assert!(actions.contains(&r#"Action::"connect""#.to_owned()), "{actions:?}");
+    assert!(actions.contains(&r#"Action::"http""#.to_owned()), "{actions:?}");
 }
 
 #[test]
 fn examples_load_and_validate_with_their_ids() {
-    let engine =
-        Engine::from_dir(&crate_dir("examples"), Vec::new(), 1).expect("examples validate");
+    let engine = Engine::from_dir(&crate_dir("examples"), Vec::new(), 1).expect("examples validate");
     let mut ids: Vec<&str> = engine.policies().iter().map(|p| p.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(
@@ -45,11 +38,7 @@ fn examples_load_and_validate_with_their_ids() {
             "vector-db-service-account",
         ]
     );
-    let forbid = engine
-        .policies()
-        .iter()
-        .find(|p| p.id == "quarantined-services")
-        .expect("forbid present");
+    let forbid = engine.policies().iter().find(|p| p.id == "quarantined-services").expect("forbid present");
     assert_eq!(forbid.effect, PolicyEffect::Forbid);
     assert_eq!(forbid.file, "guardrails.cedar");
 }
@@ -71,15 +60,8 @@ fn every_example_case_passes() {
     for report in &reports {
         assert!(report.passed(), "{report}");
     }
-    let allows = reports
-        .iter()
-        .flat_map(|r| &r.outcomes)
-        .filter(|o| o.detail.starts_with("allow"))
-        .count();
-    assert!(
-        allows > 0 && allows < total,
-        "cases must cover allow and deny"
-    );
+    let allows = reports.iter().flat_map(|r| &r.outcomes).filter(|o| o.detail.starts_with("allow")).count();
+    assert!(allows > 0 && allows < total, "cases must cover allow and deny");
 }
 
 const ONE_SERVICE: &str = r#"
@@ -118,20 +100,9 @@ expect_reason = "forbidden"
     assert!(!report.passed());
     let failures: Vec<_> = report.failures().collect();
     assert_eq!(failures.len(), 3, "{report}");
-    assert!(
-        failures[0].detail.contains("expected deny, got allow"),
-        "{report}"
-    );
-    assert!(
-        failures[1]
-            .detail
-            .contains("expected policies [break-glass]"),
-        "{report}"
-    );
-    assert!(
-        failures[2].detail.contains("expected reason forbidden"),
-        "{report}"
-    );
+    assert!(failures[0].detail.contains("expected deny, got allow"), "{report}");
+    assert!(failures[1].detail.contains("expected policies [break-glass]"), "{report}");
+    assert!(failures[2].detail.contains("expected reason forbidden"), "{report}");
 }
 
 #[test]

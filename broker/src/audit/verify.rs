@@ -3,9 +3,9 @@
 use futures::TryStreamExt as _;
 use sqlx::Sqlite;
 
+use super::AuditError;
 use super::chain::{EventRow, GENESIS};
 use super::query::{RawRow, from_raw};
-use super::AuditError;
 use crate::db::Db;
 
 /// The result of [`verify`].
@@ -47,7 +47,10 @@ pub async fn verify(db: &Db) -> Result<VerifyReport, AuditError> {
     while let Some(raw) = rows.try_next().await? {
         let row = from_raw(raw);
         if let Some(reason) = check(&row, expected_seq, &prev_hash) {
-            return Ok(VerifyReport { events, broken: Some(Broken { seq: u64::try_from(row.seq).unwrap_or(0), reason }) });
+            return Ok(VerifyReport {
+                events,
+                broken: Some(Broken { seq: u64::try_from(row.seq).unwrap_or(0), reason }),
+            });
         }
         events += 1;
         expected_seq = row.seq + 1;
@@ -66,7 +69,8 @@ fn check(row: &EventRow, expected_seq: i64, prev_hash: &str) -> Option<String> {
         return Some(format!("{missing} (deleted?)"));
     }
     if row.prev_hash != prev_hash {
-        let before = if expected_seq == 1 { "the chain's start".to_owned() } else { format!("event #{}", expected_seq - 1) };
+        let before =
+            if expected_seq == 1 { "the chain's start".to_owned() } else { format!("event #{}", expected_seq - 1) };
         return Some(format!("prev_hash does not match {before} (rows deleted, reordered or replaced)"));
     }
     if row.compute_hash() != row.hash {

@@ -32,8 +32,7 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
         Err(_) => return refuse(&conn, &peer, "no control stream in time"),
     };
     let engine = broker.policy().current();
-    let (served, unknown): (Vec<String>, Vec<String>) =
-        services.into_iter().partition(|s| engine.service(s).is_some());
+    let (served, unknown): (Vec<String>, Vec<String>) = services.into_iter().partition(|s| engine.service(s).is_some());
     if !unknown.is_empty() {
         tracing::warn!(connector = %peer.identity.name(), ?unknown, "connector offers services the broker does not know");
     }
@@ -105,10 +104,10 @@ async fn run_link(
             }),
             Next::Frame(frame) => on_frame(broker, peer, frame).await,
         };
-        if let Some(reply) = reply {
-            if let Err(e) = write_frame(&mut send, &reply).await {
-                return tracing::warn!(connector = %link.name, error = %e, "control stream write failed");
-            }
+        if let Some(reply) = reply
+            && let Err(e) = write_frame(&mut send, &reply).await
+        {
+            return tracing::warn!(connector = %link.name, error = %e, "control stream write failed");
         }
     }
 }

@@ -65,7 +65,10 @@ pub async fn for_identity(db: &Db, identity_id: &str) -> Result<Vec<CertificateR
 ///
 /// # Errors
 /// A database error.
-pub async fn holder_of_key(conn: &mut SqliteConnection, public_key_sha256: &str) -> Result<Option<String>, sqlx::Error> {
+pub async fn holder_of_key(
+    conn: &mut SqliteConnection,
+    public_key_sha256: &str,
+) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar::<Sqlite, String>("SELECT identity_id FROM certificates WHERE public_key_sha256 = ? LIMIT 1")
         .bind(public_key_sha256)
         .fetch_optional(conn)

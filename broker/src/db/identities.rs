@@ -40,7 +40,11 @@ pub async fn get(db: &Db, role: PeerRole, id: &str) -> Result<Option<IdentityRec
 ///
 /// # Errors
 /// A database error, or a row that does not decode.
-pub async fn get_in(conn: &mut SqliteConnection, role: PeerRole, id: &str) -> Result<Option<IdentityRecord>, sqlx::Error> {
+pub async fn get_in(
+    conn: &mut SqliteConnection,
+    role: PeerRole,
+    id: &str,
+) -> Result<Option<IdentityRecord>, sqlx::Error> {
     let row = sqlx::query_as::<Sqlite, Row>(
         "SELECT id, role, name, groups, disabled FROM identities WHERE role = ? AND id = ?",
     )

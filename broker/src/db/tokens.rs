@@ -85,7 +85,11 @@ pub async fn pending_for_name(
 ///
 /// # Errors
 /// A database error.
-pub async fn redeem(conn: &mut SqliteConnection, token_hash: &str, now_unix: i64) -> Result<Option<Grant>, sqlx::Error> {
+pub async fn redeem(
+    conn: &mut SqliteConnection,
+    token_hash: &str,
+    now_unix: i64,
+) -> Result<Option<Grant>, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE enrollment_tokens SET redeemed_at = ? \
          WHERE token_hash = ? AND redeemed_at IS NULL AND expires_at > ?",

@@ -2,7 +2,7 @@
 //!
 //! The CA builds every leaf from its own template and takes nothing from a
 //! CSR but the public key. Each leaf is parsed and verified again before it
-//! is returned (see [`super::selfcheck`]).
+//! is returned (the SPIRE pattern).
 //!
 //! The CA certificate carries one URI SAN, `spiffe://<trust-domain>`, which is
 //! where [`Ca::load`] learns the trust domain. It has no name constraints:
@@ -109,7 +109,8 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("Palisade CA {trust_domain}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         params.not_before = to_time(now - BACKDATE);
         params.not_after = to_time(now + CA_LIFETIME);
@@ -144,7 +145,8 @@ impl Ca {
         let trust_domain = trust_domain_of(&cert)?;
         let not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0));
-        let trust = TrustAnchors::new(trust_domain, vec![cert_der.clone()]).map_err(|e| CaError::Cert(e.to_string()))?;
+        let trust =
+            TrustAnchors::new(trust_domain, vec![cert_der.clone()]).map_err(|e| CaError::Cert(e.to_string()))?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
         let cert_pem = palisade_proto::pem::encode("CERTIFICATE", &cert_der);
         Ok(Ca { issuer, cert_der, cert_pem, trust, not_after })
@@ -228,7 +230,9 @@ impl Ca {
     pub fn issue_server(&self, names: &[String], broker_id: &str, now: SystemTime) -> Result<ServerCert, CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(names.to_vec())?;
-        params.subject_alt_names.push(SanType::URI(format!("spiffe://{}/broker/{broker_id}", self.trust_domain()).try_into()?));
+        params
+            .subject_alt_names
+            .push(SanType::URI(format!("spiffe://{}/broker/{broker_id}", self.trust_domain()).try_into()?));
         params.distinguished_name = dn(names.first().map_or("palisade-broker", String::as_str));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -248,7 +252,9 @@ fn check_profile(profile: &LeafProfile, td: &TrustDomain) -> Result<SpiffeId, Is
     }
     check_name("identity name", &profile.name).map_err(|e| IssueError::Identity(e.to_string()))?;
     if let Some(g) = profile.groups.iter().find(|g| g.is_empty() || g.chars().any(|c| c.is_control() || c == ',')) {
-        return Err(IssueError::Identity(format!("group name {g:?} is empty or holds a separator or control character")));
+        return Err(IssueError::Identity(format!(
+            "group name {g:?} is empty or holds a separator or control character"
+        )));
     }
     SpiffeId::new(td.clone(), profile.role, profile.id.clone()).map_err(|e| IssueError::Identity(e.to_string()))
 }
@@ -259,7 +265,12 @@ fn leaf_params(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> Result<CertificateParams, IssueError> {
-    let attrs = IdentityAttributes { v: 1, name: profile.name.clone(), groups: profile.groups.clone(), session: profile.session.clone() };
+    let attrs = IdentityAttributes {
+        v: 1,
+        name: profile.name.clone(),
+        groups: profile.groups.clone(),
+        session: profile.session.clone(),
+    };
     let uri = spiffe.uri().try_into().map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&profile.name);
@@ -293,7 +304,11 @@ pub fn read_ca_cert(data_dir: &Path) -> Result<(CertificateDer<'static>, TrustDo
 }
 
 fn trust_domain_of(cert: &X509Certificate<'_>) -> Result<TrustDomain, CaError> {
-    let san = cert.subject_alternative_name().ok().flatten().ok_or_else(|| CaError::Cert("no spiffe:// URI SAN naming the trust domain".into()))?;
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(|| CaError::Cert("no spiffe:// URI SAN naming the trust domain".into()))?;
     let uri = san
         .value
         .general_names
@@ -329,5 +344,6 @@ pub(crate) fn unix(t: SystemTime) -> u64 {
 }
 
 fn to_time(t: SystemTime) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(i64::try_from(unix(t)).unwrap_or(i64::MAX)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp(i64::try_from(unix(t)).unwrap_or(i64::MAX))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }

@@ -6,6 +6,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rcgen::PublicKeyData as _;
+use x509_parser::asn1_rs::Tag;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_DSA, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
@@ -75,8 +76,8 @@ pub fn check_csr(pem: &str) -> Result<CheckedCsr, IssueError> {
         return Err(IssueError::TooLarge);
     }
     let der = pem_to_der(pem)?;
-    let (rest, csr) =
-        X509CertificationRequest::from_der(&der).map_err(|_| IssueError::Malformed("not a DER PKCS#10 request".into()))?;
+    let (rest, csr) = X509CertificationRequest::from_der(&der)
+        .map_err(|_| IssueError::Malformed("not a DER PKCS#10 request".into()))?;
     if !rest.is_empty() {
         return Err(IssueError::Malformed("trailing bytes after the request".into()));
     }
@@ -104,7 +105,7 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>, IssueError> {
 fn key_type(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, IssueError> {
     let alg = &spki.algorithm.algorithm;
     if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        let curve = spki.algorithm.parameters.as_ref().filter(|p| p.tag() == Tag::Oid).and_then(|p| p.as_oid().ok());
         return match curve {
             Some(c) if c == OID_EC_P256 => Ok(KeyType::EcdsaP256),
             Some(c) if c == OID_NIST_EC_P384 => Err(IssueError::KeyType("ECDSA P-384".into())),

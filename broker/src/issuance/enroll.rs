@@ -8,6 +8,7 @@
 //! `certificate.issued`: all of it commits or none of it does, and of two
 //! racing redemptions exactly one wins. A bad CSR does not consume the token.
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use palisade_proto::enroll::EnrollmentToken;
@@ -88,7 +89,12 @@ pub fn hash_prefix(token_hash: &str) -> String {
 ///
 /// # Errors
 /// A bad name, group or TTL, a name already taken, or the database.
-pub async fn create_token(db: &Db, ca_der: &[u8], req: &TokenRequest, now: SystemTime) -> Result<EnrollmentToken, EnrollError> {
+pub async fn create_token(
+    db: &Db,
+    ca_der: &[u8],
+    req: &TokenRequest,
+    now: SystemTime,
+) -> Result<EnrollmentToken, EnrollError> {
     validate(req)?;
     let token = EnrollmentToken::generate(ca_der);
     let now_unix = db::unix_seconds(now);
@@ -147,6 +153,8 @@ pub struct Enroller<'a> {
     pub machine_ttl: Duration,
     /// Certificate lifetime for connectors.
     pub connector_ttl: Duration,
+    /// The enrolling machine's address, for the audit trail.
+    pub source: Option<SocketAddr>,
 }
 
 impl Enroller<'_> {
@@ -168,7 +176,7 @@ impl Enroller<'_> {
         let csr = match csr::check_csr(csr_pem) {
             Ok(csr) => csr,
             Err(e) => {
-                record_refusal(self.audit, &format!("token:{}", hash_prefix(&hash)), &e).await;
+                record_refusal(self.audit, &format!("token:{}", hash_prefix(&hash)), &e, self.source).await;
                 return Err(e.into());
             }
         };
@@ -183,14 +191,19 @@ impl Enroller<'_> {
                 Err(e)
             }
             Err(EnrollError::Issue(e)) => {
-                record_refusal(self.audit, &format!("token:{}", hash_prefix(&hash)), &e).await;
+                record_refusal(self.audit, &format!("token:{}", hash_prefix(&hash)), &e, self.source).await;
                 Err(EnrollError::Issue(e))
             }
             other => other,
         }
     }
 
-    async fn redeem_checked(&self, hash: &str, csr: &csr::CheckedCsr, now: SystemTime) -> Result<Enrolled, EnrollError> {
+    async fn redeem_checked(
+        &self,
+        hash: &str,
+        csr: &csr::CheckedCsr,
+        now: SystemTime,
+    ) -> Result<Enrolled, EnrollError> {
         let now_unix = db::unix_seconds(now);
         let mut tx = self.db.begin_write().await?;
         let grant = tokens::redeem(&mut tx, hash, now_unix).await?.ok_or(EnrollError::TokenRefused)?;
@@ -223,7 +236,7 @@ impl Enroller<'_> {
         let event = AuditEvent::new(EventKind::TokenRedeemed, Outcome::Success)
             .actor(issued.spiffe_id.clone())
             .subject(format!("{}:{}", identity.role, identity.name))
-            .detail(json!({ "token": hash_prefix(hash), "identity": identity.id }));
+            .detail(json!({ "token": hash_prefix(hash), "identity": identity.id, "source": self.source.map(|s| s.to_string()) }));
         Audit::record_in(&mut tx, event).await?;
         store_issued(&mut tx, &issued, csr, &identity.id, now, "enrollment").await?;
         tx.commit().await?;
@@ -233,7 +246,7 @@ impl Enroller<'_> {
     async fn refuse_token(&self, hash: &str, reason: &str) {
         let event = AuditEvent::new(EventKind::TokenRefused, Outcome::Failure)
             .subject(format!("token:{}", hash_prefix(hash)))
-            .detail(json!({ "reason": reason }));
+            .detail(json!({ "reason": reason, "source": self.source.map(|s| s.to_string()) }));
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(error = %e, "could not record token.refused");
         }

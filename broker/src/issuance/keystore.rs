@@ -53,12 +53,11 @@ impl Kek {
     /// # Errors
     /// Anything else.
     pub fn from_base64(text: &str, origin: &str) -> Result<Kek, CaError> {
-        STANDARD
-            .decode(text.trim())
-            .ok()
-            .and_then(|v| <[u8; 32]>::try_from(v).ok())
-            .map(Kek)
-            .ok_or_else(|| CaError::Kek(format!("{origin} is not base64 of 32 bytes (make one with `head -c 32 /dev/urandom | base64`)")))
+        STANDARD.decode(text.trim()).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()).map(Kek).ok_or_else(|| {
+            CaError::Kek(format!(
+                "{origin} is not base64 of 32 bytes (make one with `head -c 32 /dev/urandom | base64`)"
+            ))
+        })
     }
 
     /// Reads a KEK file.
@@ -139,7 +138,8 @@ pub fn open(kek: &Kek, text: &str) -> Result<Vec<u8>, CaError> {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default().trim();
     if header != HEADER {
-        let reason = if header.starts_with("palisade-ca-key") { "unsupported version" } else { "not a Palisade encrypted key" };
+        let reason =
+            if header.starts_with("palisade-ca-key") { "unsupported version" } else { "not a Palisade encrypted key" };
         return Err(CaError::KeyFile(reason.into()));
     }
     let b64: String = lines.flat_map(str::chars).filter(|c| !c.is_ascii_whitespace()).collect();

@@ -8,6 +8,7 @@ pub mod enroll;
 pub mod keystore;
 mod selfcheck;
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use palisade_proto::identity::PeerRole;
@@ -105,7 +106,13 @@ impl IssueError {
     pub fn is_bad_request(&self) -> bool {
         matches!(
             self,
-            Self::TooLarge | Self::Malformed(_) | Self::Signature | Self::KeyType(_) | Self::CaKey | Self::KeyReused | Self::Identity(_)
+            Self::TooLarge
+                | Self::Malformed(_)
+                | Self::Signature
+                | Self::KeyType(_)
+                | Self::CaKey
+                | Self::KeyReused
+                | Self::Identity(_)
         )
     }
 
@@ -133,7 +140,11 @@ impl IssueError {
 ///
 /// # Errors
 /// [`IssueError`]: a bad CSR, a disabled or unknown identity, a CA failure, or the database.
-pub async fn issue_for_identity(broker: &Broker, identity: &IdentityRecord, csr_pem: &str) -> Result<Issued, IssueError> {
+pub async fn issue_for_identity(
+    broker: &Broker,
+    identity: &IdentityRecord,
+    csr_pem: &str,
+) -> Result<Issued, IssueError> {
     let ttl = broker.config().ttl_for(identity.role);
     issue_with(broker.db(), broker.audit(), broker.ca(), ttl, identity, csr_pem, SystemTime::now()).await
 }
@@ -154,7 +165,7 @@ pub async fn issue_with(
     let subject = format!("{}/{}", identity.role, identity.id);
     let result = issue_inner(db, ca, ttl, identity, csr_pem, now).await;
     if let Err(e) = &result {
-        record_refusal(audit, &subject, e).await;
+        record_refusal(audit, &subject, e, None).await;
     }
     result
 }
@@ -176,8 +187,14 @@ async fn issue_inner(
         return Err(IssueError::Disabled(identity.id.clone()));
     }
     check_key_unused(&mut tx, &csr, &current.id).await?;
-    let profile =
-        LeafProfile { role: current.role, id: current.id.clone(), name: current.name.clone(), groups: current.groups.clone(), ttl, session: None };
+    let profile = LeafProfile {
+        role: current.role,
+        id: current.id.clone(),
+        name: current.name.clone(),
+        groups: current.groups.clone(),
+        ttl,
+        session: None,
+    };
     let issued = ca.sign(&profile, &csr, now)?;
     store_issued(&mut tx, &issued, &csr, &current.id, now, "renewal").await?;
     tx.commit().await?;
@@ -211,20 +228,24 @@ pub(crate) async fn store_issued(
         not_after: i64::try_from(issued.not_after_unix).unwrap_or(i64::MAX),
     };
     certificates::insert(tx, &row).await?;
-    let event = AuditEvent::new(EventKind::CertificateIssued, Outcome::Success).subject(issued.spiffe_id.clone()).detail(json!({
-        "serial": issued.serial_hex,
-        "not_after": issued.not_after_unix,
-        "key_type": format!("{:?}", csr.key_type()),
-        "via": via,
-    }));
+    let event = AuditEvent::new(EventKind::CertificateIssued, Outcome::Success)
+        .subject(issued.spiffe_id.clone())
+        .detail(json!({
+            "serial": issued.serial_hex,
+            "not_after": issued.not_after_unix,
+            "key_type": format!("{:?}", csr.key_type()),
+            "via": via,
+        }));
     Audit::record_in(tx, event).await?;
     Ok(())
 }
 
-pub(crate) async fn record_refusal(audit: &Audit, subject: &str, err: &IssueError) {
-    let event = AuditEvent::new(EventKind::CertificateRefused, Outcome::Failure)
-        .subject(subject)
-        .detail(json!({ "reason": err.code(), "detail": err.to_string() }));
+pub(crate) async fn record_refusal(audit: &Audit, subject: &str, err: &IssueError, source: Option<SocketAddr>) {
+    let mut detail = json!({ "reason": err.code(), "detail": err.to_string() });
+    if let Some(source) = source {
+        detail["source"] = json!(source.to_string());
+    }
+    let event = AuditEvent::new(EventKind::CertificateRefused, Outcome::Failure).subject(subject).detail(detail);
     if let Err(e) = audit.record(event).await {
         tracing::error!(error = %e, "could not record certificate.refused");
     }

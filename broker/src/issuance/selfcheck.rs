@@ -36,8 +36,10 @@ pub(super) fn self_check(
     check_san(&cert, &expected.spiffe.uri())?;
     check_validity(&cert, expected)?;
     let chain = [der.clone(), ca_der.clone()];
-    let peer = verify_peer(&chain, trust, now, &[expected.profile.role]).map_err(|e| fail(format!("verify_peer: {e}")))?;
-    if peer.id() != expected.spiffe || peer.name() != expected.profile.name || peer.groups() != expected.profile.groups {
+    let peer =
+        verify_peer(&chain, trust, now, &[expected.profile.role]).map_err(|e| fail(format!("verify_peer: {e}")))?;
+    if peer.id() != expected.spiffe || peer.name() != expected.profile.name || peer.groups() != expected.profile.groups
+    {
         return Err(fail("identity attributes differ from the profile".into()));
     }
     Ok(peer)

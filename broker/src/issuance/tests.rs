@@ -63,12 +63,76 @@ fn p384_is_refused_for_its_key_type() {
 
 #[test]
 fn rsa_is_refused_for_its_key_type() {
-    let Some(pem) = openssl(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "/dev/null", "-subj", "/CN=x"]) else {
+    let Some(pem) =
+        openssl(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "/dev/null", "-subj", "/CN=x"])
+    else {
         eprintln!("SKIPPED rsa_is_refused_for_its_key_type: the openssl CLI is not available to make an RSA CSR");
         return;
     };
     let err = check_csr(&pem).unwrap_err();
     assert!(matches!(&err, IssueError::KeyType(k) if k.contains("RSA (2048 bits)")), "{err}");
+}
+
+fn openssl_csr(dir: &std::path::Path, keygen: &[&[&str]]) -> Option<String> {
+    for step in keygen {
+        let args: Vec<String> = step.iter().map(|a| a.replace("{dir}", dir.to_str().unwrap())).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        openssl(&args)?;
+    }
+    let key = dir.join("key.pem");
+    openssl(&["req", "-new", "-key", key.to_str().unwrap(), "-subj", "/CN=x", "-sha256"])
+}
+
+#[test]
+fn p192_explicit_curves_and_dsa_are_refused_for_their_key_type() {
+    let vectors: [(&str, &[&[&str]], &str); 3] = [
+        (
+            "P-192",
+            &[&["ecparam", "-name", "prime192v1", "-genkey", "-noout", "-out", "{dir}/key.pem"]],
+            "1.2.840.10045.3.1.1",
+        ),
+        (
+            "explicit curve",
+            &[&[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-param_enc",
+                "explicit",
+                "-genkey",
+                "-noout",
+                "-out",
+                "{dir}/key.pem",
+            ]],
+            "explicit curve parameters",
+        ),
+        (
+            "DSA",
+            &[
+                &[
+                    "genpkey",
+                    "-genparam",
+                    "-algorithm",
+                    "DSA",
+                    "-pkeyopt",
+                    "dsa_paramgen_bits:1024",
+                    "-out",
+                    "{dir}/p.pem",
+                ],
+                &["genpkey", "-paramfile", "{dir}/p.pem", "-out", "{dir}/key.pem"],
+            ],
+            "DSA",
+        ),
+    ];
+    for (what, keygen, expected) in vectors {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(pem) = openssl_csr(dir.path(), keygen) else {
+            eprintln!("SKIPPED the {what} vector: the openssl CLI could not make it");
+            continue;
+        };
+        let err = check_csr(&pem).unwrap_err();
+        assert!(matches!(&err, IssueError::KeyType(k) if k.contains(expected)), "{what}: {err}");
+    }
 }
 
 #[test]
@@ -153,8 +217,16 @@ fn a_third_party_csr_asking_for_ca_true_gets_a_leaf() {
         return;
     }
     let pem = openssl(&[
-        "req", "-new", "-key", key, "-subj", "/CN=admin/O=Evil", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "subjectAltName=DNS:evil.example,IP:10.0.0.1,email:a@evil.example,URI:spiffe://evil/user/x",
+        "req",
+        "-new",
+        "-key",
+        key,
+        "-subj",
+        "/CN=admin/O=Evil",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "subjectAltName=DNS:evil.example,IP:10.0.0.1,email:a@evil.example,URI:spiffe://evil/user/x",
     ])
     .unwrap();
     let issued = ca().sign(&profile(), &check_csr(&pem).unwrap(), SystemTime::now()).unwrap();

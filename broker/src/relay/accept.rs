@@ -94,7 +94,8 @@ async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr)
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
         .map(|chain| *chain)
         .ok_or("no client certificate")?;
-    let identity = verify_peer(&chain, broker.trust(), SystemTime::now(), purpose.roles()).map_err(|e| e.to_string())?;
+    let identity =
+        verify_peer(&chain, broker.trust(), SystemTime::now(), purpose.roles()).map_err(|e| e.to_string())?;
     let record = db::identities::get(broker.db(), identity.role(), &identity.id().id)
         .await
         .map_err(|e| format!("identity lookup failed: {e}"))?;

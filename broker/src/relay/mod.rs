@@ -55,10 +55,7 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
             },
         }
     }
-    endpoint.close(
-        quinn::VarInt::from_u32(palisade_proto::reject::close::SHUTTING_DOWN),
-        b"broker shutting down",
-    );
+    endpoint.close(quinn::VarInt::from_u32(palisade_proto::reject::close::SHUTTING_DOWN), b"broker shutting down");
     endpoint.wait_idle().await;
     Ok(())
 }

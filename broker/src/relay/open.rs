@@ -164,7 +164,8 @@ async fn ended(
     link: &Link,
     stats: SpliceStats,
 ) {
-    let reset = stats.reset.map(|code| RejectCode::from_u64(code).map_or_else(|| code.to_string(), |c| c.as_str().into()));
+    let reset =
+        stats.reset.map(|code| RejectCode::from_u64(code).map_or_else(|| code.to_string(), |c| c.as_str().into()));
     let event = stream_event(EventKind::StreamEnded, Outcome::Success, peer, service, decision_id).detail(json!({
         "bytes_up": stats.bytes_up,
         "bytes_down": stats.bytes_down,

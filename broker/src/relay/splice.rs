@@ -31,10 +31,7 @@ struct Pipe {
 }
 
 /// Splices the two streams until both directions are finished.
-pub async fn splice(
-    client: (SendStream, RecvStream),
-    connector: (SendStream, RecvStream),
-) -> SpliceStats {
+pub async fn splice(client: (SendStream, RecvStream), connector: (SendStream, RecvStream)) -> SpliceStats {
     let started = Instant::now();
     let (client_send, client_recv) = client;
     let (connector_send, connector_recv) = connector;

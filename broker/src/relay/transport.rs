@@ -28,9 +28,8 @@ pub(super) async fn endpoint_config(broker: &Broker) -> Result<quinn::EndpointCo
         .map_err(|_| RelayError::Tls("the system random number generator failed".into()))?;
     let fresh = palisade_proto::enroll::hex(&fresh);
     let mut conn = broker.db().pool().acquire().await.map_err(|e| RelayError::Db(e.to_string()))?;
-    let secret = crate::db::meta::insert_once(&mut conn, RESET_KEY, &fresh)
-        .await
-        .map_err(|e| RelayError::Db(e.to_string()))?;
+    let secret =
+        crate::db::meta::insert_once(&mut conn, RESET_KEY, &fresh).await.map_err(|e| RelayError::Db(e.to_string()))?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     Ok(quinn::EndpointConfig::new(Arc::new(key)))
 }

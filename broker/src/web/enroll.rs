@@ -7,10 +7,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use palisade_proto::enroll::{EnrollRequest, EnrollResponse};
 
-use super::{api_error, internal_error};
+use super::{PeerAddr, api_error, internal_error};
 use crate::Broker;
 use crate::issuance::enroll::{EnrollError, Enroller};
 
@@ -27,11 +27,18 @@ async fn trust_bundle(State(broker): State<Broker>) -> Response {
     ([(header::CONTENT_TYPE, "application/x-pem-file")], broker.ca().cert_pem().to_owned()).into_response()
 }
 
-async fn enroll(State(broker): State<Broker>, body: Result<Json<EnrollRequest>, JsonRejection>) -> Response {
+async fn enroll(
+    State(broker): State<Broker>,
+    peer: Option<Extension<PeerAddr>>,
+    body: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Response {
     let Json(req) = match body {
         Ok(body) => body,
         Err(rejection) => {
-            let status = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+            let status = match rejection.status() {
+                s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+                _ => StatusCode::BAD_REQUEST,
+            };
             return api_error(status, "bad_request", rejection.body_text());
         }
     };
@@ -42,6 +49,7 @@ async fn enroll(State(broker): State<Broker>, body: Result<Json<EnrollRequest>, 
         ca: broker.ca(),
         machine_ttl: config.certificates.machine_ttl,
         connector_ttl: config.certificates.connector_ttl,
+        source: peer.map(|Extension(PeerAddr(addr))| addr),
     };
     match enroller.redeem(&req.token, &req.csr_pem, SystemTime::now()).await {
         Ok(enrolled) => Json(EnrollResponse {
@@ -62,10 +70,16 @@ fn enroll_error(e: &EnrollError) -> Response {
         EnrollError::TokenRefused => api_error(StatusCode::FORBIDDEN, "token_refused", e.to_string()),
         EnrollError::NameTaken { .. } => api_error(StatusCode::CONFLICT, "name_taken", e.to_string()),
         EnrollError::Invalid(_) => api_error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-        EnrollError::Issue(issue) if issue.is_bad_request() => api_error(StatusCode::BAD_REQUEST, issue.code(), issue.to_string()),
+        EnrollError::Issue(issue) if issue.is_bad_request() => {
+            api_error(StatusCode::BAD_REQUEST, issue.code(), issue.to_string())
+        }
         EnrollError::Issue(issue) if issue.code() == "ca_unavailable" => {
             tracing::error!(error = %issue, "enrollment: the CA could not issue");
-            api_error(StatusCode::SERVICE_UNAVAILABLE, "ca_unavailable", "the certificate authority is unavailable; try again later")
+            api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ca_unavailable",
+                "the certificate authority is unavailable; try again later",
+            )
         }
         EnrollError::Issue(issue) if issue.code() == "identity_disabled" => {
             api_error(StatusCode::FORBIDDEN, "token_refused", EnrollError::TokenRefused.to_string())

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
 use crate::Broker;
 
@@ -39,6 +40,10 @@ pub enum WebError {
     #[error("HTTPS: {0}")]
     Tls(#[from] palisade_proto::tls::TlsError),
 }
+
+/// The TCP peer of an HTTPS request, as a request extension.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Every route, with the broker as state.
 pub fn router(broker: Broker) -> Router {
@@ -104,7 +109,13 @@ pub async fn serve(broker: Broker, listener: TcpListener, shutdown: Cancellation
     Ok(())
 }
 
-async fn serve_connection(acceptor: TlsAcceptor, app: Router, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    app: Router,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -112,6 +123,10 @@ async fn serve_connection(acceptor: TlsAcceptor, app: Router, tcp: TcpStream, pe
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    let app = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app));
     tokio::pin!(conn);
     tokio::select! {

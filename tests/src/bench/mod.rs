@@ -66,62 +66,91 @@ pub async fn run(opts: &Options) -> anyhow::Result<String> {
     let env = TestEnv::new();
     let upstream = Upstream::spawn(&env, "127.0.0.1:0".parse().expect("an address"), None).await?;
 
-    let (mut setups, mut infos) = (Vec::new(), Vec::new());
-    if opts.wants(SetupArg::Direct) {
-        setups.push(Setup { id: SetupId::Direct, network: Network::Loopback, addr: upstream.addr, processes: vec![] });
-        infos.push(info(SetupId::Direct, Network::Loopback, None));
+    let deployment = Deployment::start(opts, &env, upstream.addr, &mut notes).await;
+    if opts.workloads().contains(&Workload::Sse) {
+        let pace = match params.sse_interval_us {
+            0 => "as fast as the upstream could write them (not paced)".to_owned(),
+            us => format!("one every {us} µs"),
+        };
+        notes.push(format!(
+            "SSE: {}-byte `data:` events {pace}; the event delay compares the upstream's wall-clock stamp with the arrival time (same machine, same clock).",
+            params.sse_event_size
+        ));
     }
-    let palisade = if opts.wants(SetupArg::Palisade) {
-        eprintln!("starting broker, connector and client");
-        let palisade = PalisadeDeployment::start(&env, upstream.addr).await;
-        setups.push(palisade.setup(Network::Loopback));
-        infos.push(info(SetupId::Palisade, Network::Loopback, None));
-        Some(palisade)
-    } else {
-        None
-    };
-    let ssh = start_ssh(opts, &env, upstream.addr, &mut notes, &mut infos).await;
-    if let Some(ssh) = &ssh {
-        setups.push(ssh.setup());
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        notes
+            .push(format!("RUST_LOG={filter} was passed to the broker and connector (the harness default is `info`)."));
     }
 
-    let veth = if opts.netns { netns::Veth::start(&env, opts, &mut notes).await } else { None };
-    if let Some(veth) = &veth {
-        for s in veth.setups() {
-            infos.push(info(s.id, Network::Veth, None));
-            setups.push(s);
-        }
-    }
-    if params.sse_interval_us == 0 {
-        notes.push("SSE events were sent as fast as the upstream could write them, not paced.".into());
-    }
-    notes.push(format!(
-        "SSE: one {}-byte `data:` event every {} µs from the upstream; the event delay compares the upstream's wall-clock stamp with the arrival time (same machine, same clock).",
-        params.sse_event_size, params.sse_interval_us
-    ));
-
-    let mut results = Results { header, setups: infos, samples: Vec::new(), failures: Vec::new(), notes };
-    for s in &setups {
+    let setups = &deployment.setups;
+    let mut results =
+        Results { header, setups: deployment.infos.clone(), samples: Vec::new(), failures: Vec::new(), notes };
+    for s in setups {
         if !wait_until_echoes(s.addr, Duration::from_secs(30)).await {
             anyhow::bail!("{} ({}) does not carry bytes to the upstream", s.id.label(), s.network.as_str());
         }
         warm_up(s).await.with_context(|| format!("warm up {}", s.id.label()))?;
     }
-    measure_all(opts, &params, &setups, &upstream, veth.as_ref(), &mut results).await;
+    measure_all(opts, &params, setups, &upstream, deployment.veth.as_ref(), &mut results).await;
+    deployment.stop().await;
 
-    if let Some(ssh) = ssh {
-        ssh.stop().await;
-    }
-    if let Some(veth) = veth {
-        veth.stop().await;
-    }
-    drop(palisade);
     let markdown = write_results(&opts.out, &results)?;
     if !results.failures.is_empty() {
         println!("{markdown}");
         anyhow::bail!("{} measurement(s) failed; see the notes", results.failures.len());
     }
     Ok(markdown)
+}
+
+/// Every setup that started, and what keeps its processes alive.
+struct Deployment {
+    setups: Vec<Setup>,
+    infos: Vec<SetupInfo>,
+    palisade: Option<PalisadeDeployment>,
+    ssh: Option<SshForward>,
+    veth: Option<netns::Veth>,
+}
+
+impl Deployment {
+    async fn start(opts: &Options, env: &TestEnv, upstream: SocketAddr, notes: &mut Vec<String>) -> Self {
+        let mut d = Self { setups: Vec::new(), infos: Vec::new(), palisade: None, ssh: None, veth: None };
+        if opts.wants(SetupArg::Direct) {
+            d.setups.push(Setup { id: SetupId::Direct, network: Network::Loopback, addr: upstream, processes: vec![] });
+            d.infos.push(info(SetupId::Direct, Network::Loopback, None));
+        }
+        if opts.wants(SetupArg::Palisade) {
+            eprintln!("starting broker, connector and client");
+            let palisade = PalisadeDeployment::start(env, upstream).await;
+            d.setups.push(palisade.setup(Network::Loopback));
+            d.infos.push(info(SetupId::Palisade, Network::Loopback, None));
+            d.palisade = Some(palisade);
+        }
+        d.ssh = start_ssh(opts, env, upstream, notes, &mut d.infos).await;
+        if let Some(ssh) = &d.ssh {
+            d.setups.push(ssh.setup());
+        }
+        if opts.netns {
+            d.veth = netns::Veth::start(env, opts, notes).await;
+        }
+        if let Some(veth) = &d.veth {
+            for s in veth.setups() {
+                d.infos.push(info(s.id, Network::Veth, None));
+                d.setups.push(s);
+            }
+        }
+        d
+    }
+
+    /// ssh first (its session processes are found through sshd), then the rest.
+    async fn stop(self) {
+        if let Some(ssh) = self.ssh {
+            ssh.stop().await;
+        }
+        if let Some(veth) = self.veth {
+            veth.stop().await;
+        }
+        drop(self.palisade);
+    }
 }
 
 async fn start_ssh(

@@ -86,11 +86,13 @@ async fn forged_expired_misprofiled_and_misused_certificates_are_refused() {
     ];
     for (defect, identity) in &cases {
         let outcome = probe.open_service(identity, "echo").await;
+        eprintln!("{defect}: {outcome:?}");
         assert!(outcome.is_refused(), "a leaf with {defect} must be refused, got {outcome:?}");
     }
 
     // A machine certificate presented as a connector: no policy bundle, no registration.
     let outcome = probe.connector_hello(&agent.identity(), &["echo"]).await;
+    eprintln!("machine certificate as a connector: {outcome:?}");
     assert!(outcome.is_refused(), "a machine certificate must not act as a connector, got {outcome:?}");
 
     assert_eq!(upstream.accepted(), reached, "no refused identity may reach the workload");

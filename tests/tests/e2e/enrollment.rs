@@ -24,9 +24,7 @@ fn assert_refused(answer: &EnrollAnswer, what: &str) {
 async fn enrollment_tokens_are_single_use_even_when_raced_and_expire() {
     let env = TestEnv::new();
     let broker = env.broker().spawn().await;
-    let machine = broker.machine("agent-1").group("ml-agents");
-
-    let token = machine.token().await;
+    let token = broker.machine("agent-1").group("ml-agents").token().await;
     let api = broker.enroll_api(&token);
     assert_eq!(api.healthz().await, 200);
     let first = api.enroll(&token, &plain_csr()).await;
@@ -34,14 +32,14 @@ async fn enrollment_tokens_are_single_use_even_when_raced_and_expire() {
     assert_refused(&api.enroll(&token, &plain_csr()).await, "a used token");
 
     // Two redemptions racing: exactly one wins.
-    let token = machine.token().await;
+    let token = broker.machine("agent-2").group("ml-agents").token().await;
     let (csr_a, csr_b) = (plain_csr(), plain_csr());
     let (a, b) = tokio::join!(api.enroll(&token, &csr_a), api.enroll(&token, &csr_b));
     let winners = [&a, &b].iter().filter(|r| r.status == 200).count();
     assert_eq!(winners, 1, "exactly one racing redemption may succeed: {a:?} / {b:?}");
     assert_refused(if a.status == 200 { &b } else { &a }, "the racing loser");
 
-    let token = broker.machine("agent-2").token_ttl("1s").token().await;
+    let token = broker.machine("agent-3").token_ttl("1s").token().await;
     let created = SystemTime::now();
     wait_until_clock_passes(created + Duration::from_secs(2)).await;
     assert_refused(&api.enroll(&token, &plain_csr()).await, "an expired token");
@@ -55,10 +53,8 @@ async fn enrollment_tokens_are_single_use_even_when_raced_and_expire() {
 async fn the_ca_refuses_bad_csrs_and_ignores_every_name_a_csr_asks_for() {
     let env = TestEnv::new();
     let broker = env.broker().spawn().await;
-    let machine = broker.machine("agent-1").group("ml-agents");
-
     // CA-01: a CSR whose self-signature does not verify (no proof of possession).
-    let token = machine.token().await;
+    let token = broker.machine("broken-signature").token().await;
     let api = broker.enroll_api(&token);
     let good = CertificateParams::default().serialize_request(&KeyPair::generate().unwrap()).unwrap();
     let mut der = good.der().to_vec();
@@ -69,13 +65,13 @@ async fn the_ca_refuses_bad_csrs_and_ignores_every_name_a_csr_asks_for() {
     assert_eq!(answer.status, 400, "a CSR with a broken signature: {answer:?}");
 
     // CA-02: RSA-1024 is not an acceptable key.
-    let token = machine.token().await;
+    let token = broker.machine("rsa-1024").token().await;
     let answer = api.enroll(&token, &rsa_1024_csr(env.path())).await;
     assert_eq!(answer.status, 400, "an RSA-1024 CSR: {answer:?}");
     assert!(answer.body["message"].as_str().is_some_and(|m| m.to_lowercase().contains("key")), "{answer:?}");
 
     // CA-03: a CSR asking for CN=admin, O=Evil, extra SANs and CA:TRUE.
-    let token = machine.token().await;
+    let token = broker.machine("agent-1").group("ml-agents").token().await;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "admin");
