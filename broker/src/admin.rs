@@ -200,6 +200,15 @@ pub async fn disable_identity(db: &Db, id: &str, actor: &str) -> Result<Option<I
     if !identities::set_disabled_in(&mut tx, id, true).await? {
         return Ok(None);
     }
+    let now = crate::db::unix_seconds(std::time::SystemTime::now());
+    crate::db::revocations::record(
+        &mut tx,
+        crate::db::revocations::RevocationKind::Identity,
+        id,
+        "identity disabled",
+        now,
+    )
+    .await?;
     let event = AuditEvent::new(EventKind::IdentityDisabled, Outcome::Success)
         .actor(actor)
         .subject(format!("{}/{}", record.role, record.id))

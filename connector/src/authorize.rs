@@ -181,10 +181,13 @@ pub(crate) fn authorize<'a>(
         .ok_or_else(|| Denied::NotServed(dispatch.service.to_string()))?;
     let engine = engines.bundle.ok_or(Denied::NoBundle)?;
     let principal = principal_of(&peer)?;
+    let now_unix_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let context = RequestContext {
         source_ip: source_ip(&dispatch.source_addr),
-        now_unix_secs: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        ..RequestContext::default()
+        now_unix_secs,
+        mfa_age_secs: peer.mfa_age_secs(now_unix_secs),
+        auth_methods: peer.auth_methods().to_vec(),
+        client_version: None,
     };
     let request = AccessRequest {
         principal: &principal,

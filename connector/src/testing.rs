@@ -108,6 +108,8 @@ impl TestCa {
             name: name.to_owned(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             session: None,
+            mfa_at: None,
+            auth_methods: Vec::new(),
         };
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("uri"))];

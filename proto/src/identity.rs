@@ -140,6 +140,12 @@ pub struct IdentityAttributes {
     /// The sign-in session (or enrollment) the certificate belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// When the person last proved a second factor (WebAuthn), seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa_at: Option<u64>,
+    /// How the identity authenticated, e.g. `oidc`, `webauthn`, `enrollment_token`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth_methods: Vec<String>,
 }
 
 impl IdentityAttributes {
@@ -272,6 +278,21 @@ impl VerifiedPeer {
     #[must_use]
     pub fn session(&self) -> Option<&str> {
         self.attributes.session.as_deref()
+    }
+    /// When the last second-factor proof happened (seconds since the epoch), if any.
+    #[must_use]
+    pub fn mfa_at(&self) -> Option<u64> {
+        self.attributes.mfa_at
+    }
+    /// Seconds since the last second-factor proof at `now_unix_secs`, if any.
+    #[must_use]
+    pub fn mfa_age_secs(&self, now_unix_secs: u64) -> Option<u64> {
+        self.attributes.mfa_at.map(|at| now_unix_secs.saturating_sub(at))
+    }
+    /// Authentication methods written by the CA.
+    #[must_use]
+    pub fn auth_methods(&self) -> &[String] {
+        &self.attributes.auth_methods
     }
     /// Certificate serial number, lowercase hex.
     #[must_use]

@@ -122,6 +122,8 @@ pub mod close {
     pub const SHUTTING_DOWN: u32 = 0x1a;
     /// The ALPN protocol was missing or unknown.
     pub const BAD_PROTOCOL: u32 = 0x16;
+    /// The identity or session was revoked (logout, session revoke, identity disabled).
+    pub const REVOKED: u32 = 0x1b;
 }
 
 #[cfg(test)]

@@ -251,6 +251,8 @@ pub enum Query {
     Services = 1,
     /// Who am I? Answered with [`WhoAmI`].
     WhoAmI = 2,
+    /// End my session: the broker revokes the caller's session and answers [`LogoutDone`].
+    Logout = 3,
 }
 
 impl TryFrom<u8> for Query {
@@ -259,6 +261,7 @@ impl TryFrom<u8> for Query {
         match b {
             1 => Ok(Self::Services),
             2 => Ok(Self::WhoAmI),
+            3 => Ok(Self::Logout),
             other => Err(WireError::Malformed(format!("unknown query {other}"))),
         }
     }
@@ -298,6 +301,16 @@ pub struct WhoAmI {
     pub groups: Vec<String>,
     /// Certificate expiry, seconds since the epoch.
     pub not_after_unix: u64,
+}
+
+/// Answer to [`Query::Logout`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutDone {
+    /// The session that was revoked, if the certificate named one.
+    pub session: Option<String>,
+    /// Whether this call revoked it (false: it was already revoked or there was none).
+    pub revoked: bool,
 }
 
 /// Encodes one control frame: u32 length then JSON.

@@ -61,10 +61,32 @@ pub enum EventKind {
     PolicyRejected,
     /// An identity was disabled (or re-enabled; see the detail).
     IdentityDisabled,
+    /// A sign-in created a session.
+    SessionCreated,
+    /// A session was revoked (logout, admin, group change).
+    SessionRevoked,
+    /// A sign-in step succeeded (detail: step, idp, method).
+    LoginSucceeded,
+    /// A sign-in attempt failed (detail: step and reason).
+    LoginFailed,
+    /// A WebAuthn credential was registered.
+    CredentialRegistered,
+    /// A WebAuthn credential was removed (by its owner or an admin).
+    CredentialRemoved,
+    /// A WebAuthn credential looks cloned (counter regression) and was disabled.
+    CredentialAlert,
+    /// A device code was handed to a headless CLI.
+    DeviceCodeIssued,
+    /// A person approved a device code.
+    DeviceCodeApproved,
+    /// An admin invited a local (passkey-only) account.
+    UserInvited,
+    /// Live connections were closed because of a revocation.
+    TunnelsRevoked,
 }
 
 impl EventKind {
-    const ALL: [Self; 17] = [
+    const ALL: [Self; 28] = [
         Self::BrokerInitialized,
         Self::TokenCreated,
         Self::TokenRedeemed,
@@ -82,6 +104,17 @@ impl EventKind {
         Self::PolicyActivated,
         Self::PolicyRejected,
         Self::IdentityDisabled,
+        Self::SessionCreated,
+        Self::SessionRevoked,
+        Self::LoginSucceeded,
+        Self::LoginFailed,
+        Self::CredentialRegistered,
+        Self::CredentialRemoved,
+        Self::CredentialAlert,
+        Self::DeviceCodeIssued,
+        Self::DeviceCodeApproved,
+        Self::UserInvited,
+        Self::TunnelsRevoked,
     ];
 
     /// The stable name stored in the `kind` column.
@@ -105,6 +138,17 @@ impl EventKind {
             Self::PolicyActivated => "policy.activated",
             Self::PolicyRejected => "policy.rejected",
             Self::IdentityDisabled => "identity.disabled",
+            Self::SessionCreated => "session.created",
+            Self::SessionRevoked => "session.revoked",
+            Self::LoginSucceeded => "login.succeeded",
+            Self::LoginFailed => "login.failed",
+            Self::CredentialRegistered => "credential.registered",
+            Self::CredentialRemoved => "credential.removed",
+            Self::CredentialAlert => "credential.alert",
+            Self::DeviceCodeIssued => "device_code.issued",
+            Self::DeviceCodeApproved => "device_code.approved",
+            Self::UserInvited => "user.invited",
+            Self::TunnelsRevoked => "tunnels.revoked",
         }
     }
 

@@ -7,6 +7,8 @@
 pub mod certificates;
 pub mod identities;
 pub mod meta;
+pub mod revocations;
+pub mod sessions;
 pub mod tokens;
 
 use std::str::FromStr;

@@ -270,6 +270,8 @@ fn leaf_params(
         name: profile.name.clone(),
         groups: profile.groups.clone(),
         session: profile.session.clone(),
+        mfa_at: profile.mfa_at,
+        auth_methods: profile.auth_methods.clone(),
     };
     let uri = spiffe.uri().try_into().map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))?;
     let mut params = CertificateParams::default();

@@ -230,6 +230,8 @@ impl Enroller<'_> {
             groups: identity.groups.clone(),
             ttl,
             session: None,
+            mfa_at: None,
+            auth_methods: vec!["enrollment_token".into()],
         };
         let issued = self.ca.sign(&profile, csr, now)?;
         tokens::set_identity(&mut tx, hash, &identity.id).await?;

@@ -36,6 +36,10 @@ pub struct LeafProfile {
     pub ttl: Duration,
     /// The session or enrollment the certificate belongs to.
     pub session: Option<String>,
+    /// When the person last proved a second factor (seconds since the epoch).
+    pub mfa_at: Option<u64>,
+    /// How the identity authenticated (`enrollment_token`, `oidc`, `webauthn`, …).
+    pub auth_methods: Vec<String>,
 }
 
 /// A certificate the CA issued and checked.
@@ -194,6 +198,8 @@ async fn issue_inner(
         groups: current.groups.clone(),
         ttl,
         session: None,
+        mfa_at: None,
+        auth_methods: vec!["renewal".into()],
     };
     let issued = ca.sign(&profile, &csr, now)?;
     store_issued(&mut tx, &issued, &csr, &current.id, now, "renewal").await?;

@@ -35,6 +35,8 @@ fn profile() -> LeafProfile {
         groups: vec!["ml-agents".into()],
         ttl: Duration::from_secs(8 * 3600),
         session: None,
+        mfa_at: None,
+        auth_methods: Vec::new(),
     }
 }
 

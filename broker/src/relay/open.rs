@@ -99,7 +99,13 @@ async fn relay(broker: &Broker, peer: &Peer, service: ServiceName, mut send: Sen
 pub(crate) fn decide(broker: &Broker, peer: &VerifiedPeer, source: std::net::IpAddr, service: &str) -> Decision {
     let principal = principal_of(peer);
     let now_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let context = RequestContext { source_ip: Some(source), now_unix_secs, ..RequestContext::default() };
+    let context = RequestContext {
+        source_ip: Some(source),
+        now_unix_secs,
+        mfa_age_secs: peer.mfa_age_secs(now_unix_secs),
+        auth_methods: peer.auth_methods().to_vec(),
+        client_version: None,
+    };
     let request = AccessRequest { principal: &principal, action: Action::Connect, service, context: &context };
     broker.policy().current().decide(&request)
 }

@@ -4,7 +4,7 @@ use std::time::UNIX_EPOCH;
 
 use palisade_policies::Decision;
 use palisade_proto::reject::RejectCode;
-use palisade_proto::wire::{self, Query, ServiceInfo, ServiceListing, WhoAmI};
+use palisade_proto::wire::{self, LogoutDone, Query, ServiceInfo, ServiceListing, WhoAmI};
 use quinn::{SendStream, VarInt};
 
 use super::accept::Peer;
@@ -16,6 +16,7 @@ pub(crate) async fn answer(broker: &Broker, peer: &Peer, query: Query, mut send:
     let frame = match query {
         Query::Services => wire::encode_frame(&services(broker, peer)),
         Query::WhoAmI => wire::encode_frame(&whoami(peer)),
+        Query::Logout => wire::encode_frame(&logout(broker, peer).await),
     };
     let result = match frame {
         Ok(bytes) => send.write_all(&bytes).await.map_err(|e| e.to_string()),
@@ -56,4 +57,37 @@ fn whoami(peer: &Peer) -> WhoAmI {
         groups: peer.identity.groups().to_vec(),
         not_after_unix: peer.identity.not_after().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     }
+}
+
+/// Revokes the caller's own session (a person logging out). Machine
+/// certificates name no session and are not affected.
+async fn logout(broker: &Broker, peer: &Peer) -> LogoutDone {
+    let Some(session) = peer.identity.session().map(str::to_owned) else {
+        return LogoutDone { session: None, revoked: false };
+    };
+    let actor = peer.identity.id().uri();
+    let revoked = match revoke_session(broker, &session, &actor).await {
+        Ok(revoked) => revoked,
+        Err(e) => {
+            tracing::error!(error = %e, "logout could not revoke the session");
+            false
+        }
+    };
+    LogoutDone { session: Some(session), revoked }
+}
+
+async fn revoke_session(broker: &Broker, session: &str, actor: &str) -> Result<bool, crate::audit::AuditError> {
+    let now = crate::db::unix_seconds(std::time::SystemTime::now());
+    let mut tx = broker.db().begin_write().await?;
+    let revoked = crate::db::sessions::revoke_in(&mut tx, session, actor, "logout", now).await?;
+    if revoked {
+        let event =
+            crate::audit::AuditEvent::new(crate::audit::EventKind::SessionRevoked, crate::audit::Outcome::Success)
+                .actor(actor)
+                .subject(session)
+                .detail(serde_json::json!({ "reason": "logout" }));
+        crate::audit::Audit::record_in(&mut tx, event).await?;
+    }
+    tx.commit().await?;
+    Ok(revoked)
 }

@@ -67,7 +67,14 @@ impl Pki {
         params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let attrs = IdentityAttributes { v: 1, name: name.into(), groups: vec!["ml-team".into()], session: None };
+        let attrs = IdentityAttributes {
+            v: 1,
+            name: name.into(),
+            groups: vec!["ml-team".into()],
+            session: None,
+            mfa_at: None,
+            auth_methods: Vec::new(),
+        };
         params.custom_extensions = vec![CustomExtension::from_oid_content(ATTRIBUTES_OID, attrs.to_der())];
         params.not_before = OffsetDateTime::now_utc() - time::Duration::hours(1);
         params.not_after = not_after;

@@ -23,7 +23,14 @@ fn ca() -> Ca {
 }
 
 fn attrs() -> CustomExtension {
-    let attrs = IdentityAttributes { v: 1, name: "agent".into(), groups: vec!["ml-agents".into()], session: None };
+    let attrs = IdentityAttributes {
+        v: 1,
+        name: "agent".into(),
+        groups: vec!["ml-agents".into()],
+        session: None,
+        mfa_at: None,
+        auth_methods: Vec::new(),
+    };
     CustomExtension::from_oid_content(ATTRIBUTES_OID, attrs.to_der())
 }
 
@@ -153,7 +160,14 @@ fn spiffe_ids_parse_strictly() {
 
 #[test]
 fn attributes_round_trip_and_refuse_garbage() {
-    let attrs = IdentityAttributes { v: 1, name: "n".repeat(300), groups: vec!["g".into()], session: Some("s".into()) };
+    let attrs = IdentityAttributes {
+        v: 1,
+        name: "n".repeat(300),
+        groups: vec!["g".into()],
+        session: Some("s".into()),
+        mfa_at: Some(1_700_000_000),
+        auth_methods: vec!["webauthn".into()],
+    };
     assert_eq!(IdentityAttributes::from_der(&attrs.to_der()).expect("parses"), attrs);
     assert!(IdentityAttributes::from_der(&[0x0c, 5, b'{']).is_err());
     assert!(IdentityAttributes::from_der(&[0x04, 2, b'{', b'}']).is_err());
