@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::issuance::ca::Ca;
 use crate::policy::PolicyStore;
+use crate::relay::live::Live;
 use crate::relay::registry::Registry;
 
 /// Everything a request handler or relay task needs. Cheap to clone.
@@ -27,6 +28,7 @@ struct Inner {
     server_identity: TlsIdentity,
     policy: PolicyStore,
     registry: Registry,
+    live: Live,
 }
 
 /// The parts a [`Broker`] is made of; built by [`crate::run`].
@@ -52,7 +54,17 @@ impl Broker {
     #[must_use]
     pub fn new(parts: BrokerParts) -> Self {
         let BrokerParts { config, db, audit, ca, trust, server_identity, policy } = parts;
-        let inner = Inner { config, db, audit, ca, trust, server_identity, policy, registry: Registry::default() };
+        let inner = Inner {
+            config,
+            db,
+            audit,
+            ca,
+            trust,
+            server_identity,
+            policy,
+            registry: Registry::default(),
+            live: Live::default(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -95,5 +107,10 @@ impl Broker {
     #[must_use]
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+    /// Live client connections, for revocation.
+    #[must_use]
+    pub fn live(&self) -> &Live {
+        &self.inner.live
     }
 }

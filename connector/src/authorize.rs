@@ -5,6 +5,7 @@
 //! evaluates its own copy of the policy bundle. A connector without a valid
 //! bundle denies everything.
 
+use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,22 @@ pub(crate) struct PolicyState {
     /// Local guardrail files, compiled against each bundle's service catalog.
     local_files: Option<Vec<PolicyFile>>,
     local: RwLock<Option<Arc<Engine>>>,
+    revoked: RwLock<Revocations>,
+}
+
+/// Sessions and identities the broker has revoked. Kept for the life of the
+/// process: certificates that name them may still be within their validity.
+#[derive(Default, Debug)]
+pub(crate) struct Revocations {
+    sessions: HashSet<String>,
+    identities: HashSet<String>,
+}
+
+impl Revocations {
+    /// Whether the peer's identity or session is revoked.
+    pub(crate) fn covers(&self, peer: &VerifiedPeer) -> bool {
+        self.identities.contains(&peer.id().id) || peer.session().is_some_and(|s| self.sessions.contains(s))
+    }
 }
 
 /// What [`PolicyState::apply`] did.
@@ -65,6 +82,18 @@ impl PolicyState {
     /// The enforced engine, or `None` before the first valid bundle.
     pub(crate) fn current(&self) -> Option<Arc<Engine>> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Adds revocations pushed by the broker.
+    pub(crate) fn revoke(&self, sessions: Vec<String>, identities: Vec<String>) {
+        let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        revoked.sessions.extend(sessions);
+        revoked.identities.extend(identities);
+    }
+
+    /// Whether the peer was revoked.
+    pub(crate) fn is_revoked(&self, peer: &VerifiedPeer) -> bool {
+        self.revoked.read().unwrap_or_else(PoisonError::into_inner).covers(peer)
     }
 
     /// The local guardrail engine, if guardrails are configured and a bundle arrived.
@@ -133,6 +162,8 @@ pub(crate) enum Denied {
     Policy(DenyReason),
     #[error("local guardrail: {0}")]
     Local(DenyReason),
+    #[error("the caller's session or identity was revoked")]
+    Revoked,
 }
 
 impl Denied {
@@ -144,6 +175,7 @@ impl Denied {
             Self::NoBundle => "no_policy_bundle",
             Self::Policy(reason) => reason.code(),
             Self::Local(_) => "local_guardrail",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -151,7 +183,7 @@ impl Denied {
     pub(crate) fn policy_ids(&self) -> Vec<String> {
         match self {
             Self::Policy(reason) | Self::Local(reason) => reason.policy_ids().to_vec(),
-            Self::Identity(_) | Self::NotServed(_) | Self::NoBundle => Vec::new(),
+            Self::Identity(_) | Self::NotServed(_) | Self::NoBundle | Self::Revoked => Vec::new(),
         }
     }
 }
@@ -162,6 +194,7 @@ impl Denied {
 pub(crate) struct Engines<'e> {
     pub(crate) bundle: Option<&'e Engine>,
     pub(crate) local: Option<&'e Engine>,
+    pub(crate) revoked: Option<&'e PolicyState>,
 }
 
 /// Verifies the caller, checks the service is ours, and asks the engines.
@@ -175,6 +208,9 @@ pub(crate) fn authorize<'a>(
     let chain: Vec<CertificateDer<'_>> =
         dispatch.caller_chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
     let peer = verify_peer(&chain, trust, now, &[PeerRole::User, PeerRole::Machine])?;
+    if engines.revoked.is_some_and(|state| state.is_revoked(&peer)) {
+        return Err(Denied::Revoked);
+    }
     let upstream = services
         .iter()
         .find(|s| s.name == dispatch.service)

@@ -337,6 +337,10 @@ impl Control<'_> {
                     Err(e) => tracing::error!(error = %e, "certificate renewal refused; will retry"),
                 }
             }
+            BrokerToConnector::Revoked { sessions, identities } => {
+                tracing::info!(sessions = sessions.len(), identities = identities.len(), "revocations received");
+                self.policy.revoke(sessions, identities);
+            }
             BrokerToConnector::RenewFailed { message } => {
                 tracing::warn!(%message, "the broker could not renew the certificate; will retry");
                 self.renewal.failed();

@@ -92,6 +92,14 @@ pub enum BrokerToConnector {
         /// Why.
         message: String,
     },
+    /// Sessions and identities revoked since the certificates that name them
+    /// were issued: refuse their streams even if a broker forwards them.
+    Revoked {
+        /// Revoked session ids.
+        sessions: Vec<String>,
+        /// Revoked (disabled) identity ids.
+        identities: Vec<String>,
+    },
 }
 
 #[cfg(test)]

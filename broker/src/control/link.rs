@@ -80,8 +80,13 @@ async fn run_link(
         connector_id: link.connector_id.clone(),
         policy: serde_json::to_value(policy.borrow_and_update().bundle()).unwrap_or_default(),
     };
-    if let Err(e) = write_frame(&mut send, &welcome).await {
-        return tracing::warn!(error = %e, "could not welcome the connector");
+    let mut revocations = broker.live().subscribe();
+    let recent = crate::relay::revoke::recent(broker).await;
+    let revoked = BrokerToConnector::Revoked { sessions: recent.sessions, identities: recent.identities };
+    for frame in [welcome, revoked] {
+        if let Err(e) = write_frame(&mut send, &frame).await {
+            return tracing::warn!(error = %e, "could not welcome the connector");
+        }
     }
     let mut frames = spawn_reader(recv);
     loop {
@@ -91,6 +96,14 @@ async fn run_link(
             changed = policy.changed() => match changed {
                 Ok(()) => Next::Policy,
                 Err(_) => return,
+            },
+            batch = revocations.recv() => match batch {
+                Ok(batch) => Next::Revoked(batch),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "revocations lagged; closing the link so the connector resyncs");
+                    return;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
             frame = frames.recv() => match frame {
                 Some(Ok(frame)) => Next::Frame(frame),
@@ -103,6 +116,9 @@ async fn run_link(
                 policy: serde_json::to_value(policy.borrow_and_update().bundle()).unwrap_or_default(),
             }),
             Next::Frame(frame) => on_frame(broker, peer, frame).await,
+            Next::Revoked(batch) => {
+                Some(BrokerToConnector::Revoked { sessions: batch.sessions, identities: batch.identities })
+            }
         };
         if let Some(reply) = reply
             && let Err(e) = write_frame(&mut send, &reply).await
@@ -115,6 +131,7 @@ async fn run_link(
 enum Next {
     Policy,
     Frame(ConnectorToBroker),
+    Revoked(crate::relay::live::RevokedBatch),
 }
 
 /// Reading a frame is not cancel-safe, so it runs in its own task.

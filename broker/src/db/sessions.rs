@@ -78,3 +78,144 @@ pub async fn revoke_in(
     revocations::record(conn, RevocationKind::Session, id, reason, now).await?;
     Ok(true)
 }
+
+/// A session to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSession {
+    /// Session id (a `SessionId`).
+    pub id: String,
+    /// The person.
+    pub identity_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Last WebAuthn proof, unix seconds.
+    pub mfa_at: Option<i64>,
+    /// `["oidc","webauthn"]`, `["webauthn"]`, …
+    pub auth_methods: Vec<String>,
+    /// The browser's (or CLI's) address.
+    pub client_addr: Option<String>,
+    /// The browser's user agent.
+    pub user_agent: Option<String>,
+}
+
+/// Inserts a session inside the caller's write transaction.
+///
+/// # Errors
+/// A database error.
+pub async fn insert_in(conn: &mut SqliteConnection, s: &NewSession) -> Result<(), sqlx::Error> {
+    let methods = serde_json::to_string(&s.auth_methods).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO sessions (id, identity_id, created_at, expires_at, mfa_at, auth_methods, client_addr, user_agent) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&s.id)
+    .bind(&s.identity_id)
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .bind(s.mfa_at)
+    .bind(methods)
+    .bind(&s.client_addr)
+    .bind(&s.user_agent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a fresh WebAuthn proof (step-up) on an active session. Returns whether it was active.
+///
+/// # Errors
+/// A database error.
+pub async fn set_mfa_in(conn: &mut SqliteConnection, id: &str, mfa_at: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE sessions SET mfa_at = ? WHERE id = ? AND revoked_at IS NULL AND expires_at > ?")
+        .bind(mfa_at)
+        .bind(id)
+        .bind(mfa_at)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A session with everything `session list` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionDetails {
+    /// The row.
+    pub record: SessionRecord,
+    /// How the person authenticated.
+    pub auth_methods: Vec<String>,
+    /// Where from.
+    pub client_addr: Option<String>,
+    /// With what.
+    pub user_agent: Option<String>,
+}
+
+type DetailsRow = (String, String, i64, i64, Option<i64>, Option<i64>, String, Option<String>, Option<String>);
+
+fn details_from_row(r: DetailsRow) -> SessionDetails {
+    let (id, identity_id, created_at, expires_at, mfa_at, revoked_at, methods, client_addr, user_agent) = r;
+    SessionDetails {
+        record: SessionRecord { id, identity_id, created_at, expires_at, mfa_at, revoked_at },
+        auth_methods: serde_json::from_str(&methods).unwrap_or_default(),
+        client_addr,
+        user_agent,
+    }
+}
+
+const DETAILS: &str = "SELECT id, identity_id, created_at, expires_at, mfa_at, revoked_at, auth_methods, \
+                       client_addr, user_agent FROM sessions";
+
+/// One session with its details.
+///
+/// # Errors
+/// A database error.
+pub async fn details_in(conn: &mut SqliteConnection, id: &str) -> Result<Option<SessionDetails>, sqlx::Error> {
+    let sql = format!("{DETAILS} WHERE id = ?");
+    let row: Option<DetailsRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(conn).await?;
+    Ok(row.map(details_from_row))
+}
+
+/// Sessions still active at `now`, newest first, optionally of one person.
+///
+/// # Errors
+/// A database error.
+pub async fn list_active(db: &Db, identity_id: Option<&str>, now: i64) -> Result<Vec<SessionDetails>, sqlx::Error> {
+    let sql = format!(
+        "{DETAILS} WHERE revoked_at IS NULL AND expires_at > ? AND (? IS NULL OR identity_id = ?) \
+         ORDER BY created_at DESC LIMIT 1000"
+    );
+    let rows: Vec<DetailsRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(now)
+        .bind(identity_id)
+        .bind(identity_id)
+        .fetch_all(db.pool())
+        .await?;
+    Ok(rows.into_iter().map(details_from_row).collect())
+}
+
+/// Revokes every active session of a person inside the caller's write
+/// transaction, each with its row in the revocation feed. Returns their ids.
+///
+/// # Errors
+/// A database error.
+pub async fn revoke_all_in(
+    conn: &mut SqliteConnection,
+    identity_id: &str,
+    by: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM sessions WHERE identity_id = ? AND revoked_at IS NULL AND expires_at > ?")
+            .bind(identity_id)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut revoked = Vec::with_capacity(ids.len());
+    for id in ids {
+        if revoke_in(conn, &id, by, reason, now).await? {
+            revoked.push(id);
+        }
+    }
+    Ok(revoked)
+}

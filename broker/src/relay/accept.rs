@@ -58,9 +58,9 @@ pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: 
     };
     let (purpose, peer) = match identify(&broker, &conn, remote).await {
         Ok(found) => found,
-        Err(reason) => {
-            conn.close(VarInt::from_u32(close::IDENTITY_REJECTED), reason.as_bytes());
-            return refused(&broker, remote, None, &reason).await;
+        Err(refusal) => {
+            conn.close(VarInt::from_u32(refusal.code), refusal.reason.as_bytes());
+            return refused(&broker, remote, None, &refusal.reason).await;
         }
     };
     let accepted = AuditEvent::new(EventKind::QuicAccepted, Outcome::Success)
@@ -79,7 +79,29 @@ pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: 
     }
 }
 
-async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr) -> Result<(Purpose, Peer), String> {
+/// Why a connection was closed right after its handshake.
+struct Refusal {
+    code: u32,
+    reason: String,
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Self { code: close::IDENTITY_REJECTED, reason }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Self {
+        Self::from(reason.to_owned())
+    }
+}
+
+fn revoked(reason: String) -> Refusal {
+    Refusal { code: close::REVOKED, reason }
+}
+
+async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr) -> Result<(Purpose, Peer), Refusal> {
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -87,7 +109,7 @@ async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr)
     let purpose = match alpn.as_deref() {
         Some(p) if p == ALPN_CLIENT => Purpose::Client,
         Some(p) if p == ALPN_CONNECTOR => Purpose::Connector,
-        _ => return Err("unknown application protocol".into()),
+        _ => return Err(Refusal { code: close::BAD_PROTOCOL, reason: "unknown application protocol".into() }),
     };
     let chain: Vec<CertificateDer<'static>> = conn
         .peer_identity()
@@ -101,11 +123,34 @@ async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr)
         .map_err(|e| format!("identity lookup failed: {e}"))?;
     match record {
         Some(r) if !r.disabled => {}
-        Some(_) => return Err(format!("identity {} is disabled", identity.id())),
+        Some(_) => return Err(revoked(format!("identity {} is disabled", identity.id()))),
         None => return Err(format!("identity {} is unknown", identity.id())),
     }
+    check_session(broker, &identity)
+        .await
+        .map_err(|reason| if reason.contains("revoked") { revoked(reason) } else { Refusal::from(reason) })?;
     let chain = chain.iter().map(|c| c.to_vec()).collect();
     Ok((purpose, Peer { identity, chain, remote }))
+}
+
+/// People's certificates name a sign-in session that must still be active;
+/// machine and connector certificates may name none.
+async fn check_session(broker: &Broker, identity: &VerifiedPeer) -> Result<(), String> {
+    let Some(session) = identity.session() else {
+        return if identity.role() == PeerRole::User {
+            Err("a person's certificate must name a session".into())
+        } else {
+            Ok(())
+        };
+    };
+    let now = crate::db::unix_seconds(SystemTime::now());
+    match db::sessions::get(broker.db(), session).await.map_err(|e| format!("session lookup failed: {e}"))? {
+        Some(s) if s.identity_id != identity.id().id => Err("the session belongs to another identity".into()),
+        Some(s) if s.revoked_at.is_some() => Err("session revoked".into()),
+        Some(s) if s.is_active(now) => Ok(()),
+        Some(_) => Err("session expired".into()),
+        None => Err("unknown session".into()),
+    }
 }
 
 async fn refused(broker: &Broker, remote: SocketAddr, actor: Option<String>, reason: &str) {
@@ -121,6 +166,13 @@ async fn refused(broker: &Broker, remote: SocketAddr, actor: Option<String>, rea
 }
 
 async fn serve_client(broker: Broker, conn: quinn::Connection, peer: Arc<Peer>, shutdown: CancellationToken) {
+    let identity = peer.identity.id().id.clone();
+    broker.live().add(&identity, peer.identity.session(), &conn);
+    accept_streams(&broker, &conn, &peer, &shutdown).await;
+    broker.live().remove(&identity, &conn);
+}
+
+async fn accept_streams(broker: &Broker, conn: &quinn::Connection, peer: &Arc<Peer>, shutdown: &CancellationToken) {
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,

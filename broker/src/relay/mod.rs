@@ -5,9 +5,11 @@
 //! [`crate::control`].
 
 pub mod accept;
+pub mod live;
 pub mod open;
 pub mod query;
 pub mod registry;
+pub mod revoke;
 pub mod splice;
 mod transport;
 
@@ -44,6 +46,7 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;
+    tokio::spawn(revoke::watch(broker.clone(), shutdown.clone()));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

@@ -38,7 +38,7 @@ impl Fixture {
 
     fn check(&self, d: &Dispatch) -> Result<Authorized<'_>, Denied> {
         let (engine, local) = (self.policy.current(), self.policy.local());
-        let engines = Engines { bundle: engine.as_deref(), local: local.as_deref() };
+        let engines = Engines { bundle: engine.as_deref(), local: local.as_deref(), revoked: Some(&self.policy) };
         authorize(d, &self.ca.trust(), engines, &self.services, SystemTime::now())
     }
 }
@@ -177,4 +177,15 @@ fn local_guardrails_that_permit_leave_the_bundle_in_charge() {
 #[test]
 fn invalid_guardrails_are_refused_at_startup() {
     assert!(PolicyState::with_local(guardrail("permit (principal, action, resource) when { nonsense };")).is_err());
+}
+
+#[test]
+fn revoked_identities_are_denied_even_when_the_bundle_allows() {
+    let f = Fixture::new();
+    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    assert!(f.check(&dispatch(f.agent_chain(), "llm-prod")).is_ok());
+    f.policy.revoke(Vec::new(), vec![AGENT_ID.to_owned()]);
+    let denied = f.check(&dispatch(f.agent_chain(), "llm-prod")).expect_err("revoked");
+    assert!(matches!(denied, Denied::Revoked), "{denied:?}");
+    assert_eq!(denied.code(), "revoked");
 }

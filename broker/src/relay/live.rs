@@ -1,0 +1,89 @@
+//! Live client connections, by identity and session, so a revocation can
+//! close exactly the tunnels it applies to; and the channel that carries
+//! revocations to every connector link.
+
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
+use tokio::sync::broadcast;
+
+/// A batch of revocations, as pushed to connectors.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevokedBatch {
+    /// Revoked session ids.
+    pub sessions: Vec<String>,
+    /// Revoked identity ids.
+    pub identities: Vec<String>,
+}
+
+struct Entry {
+    session: Option<String>,
+    conn: quinn::Connection,
+}
+
+/// Every live client connection on this broker.
+pub struct Live {
+    by_identity: RwLock<HashMap<String, Vec<Entry>>>,
+    revoked: broadcast::Sender<RevokedBatch>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        let (revoked, _) = broadcast::channel(256);
+        Self { by_identity: RwLock::default(), revoked }
+    }
+}
+
+impl Live {
+    /// Tracks a client connection until [`Live::remove`].
+    pub fn add(&self, identity: &str, session: Option<&str>, conn: &quinn::Connection) {
+        let entry = Entry { session: session.map(str::to_owned), conn: conn.clone() };
+        self.by_identity
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(identity.to_owned())
+            .or_default()
+            .push(entry);
+    }
+
+    /// Stops tracking a connection.
+    pub fn remove(&self, identity: &str, conn: &quinn::Connection) {
+        let mut map = self.by_identity.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entries) = map.get_mut(identity) {
+            entries.retain(|e| e.conn.stable_id() != conn.stable_id());
+            if entries.is_empty() {
+                map.remove(identity);
+            }
+        }
+    }
+
+    /// The connections a batch applies to (removed from tracking).
+    pub fn take_matching(&self, batch: &RevokedBatch) -> Vec<quinn::Connection> {
+        let mut map = self.by_identity.write().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for identity in &batch.identities {
+            out.extend(map.remove(identity).unwrap_or_default().into_iter().map(|e| e.conn));
+        }
+        for entries in map.values_mut() {
+            let (hit, keep): (Vec<Entry>, Vec<Entry>) = std::mem::take(entries)
+                .into_iter()
+                .partition(|e| e.session.as_ref().is_some_and(|s| batch.sessions.contains(s)));
+            *entries = keep;
+            out.extend(hit.into_iter().map(|e| e.conn));
+        }
+        map.retain(|_, entries| !entries.is_empty());
+        out
+    }
+
+    /// Connector links subscribe here to forward revocations.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<RevokedBatch> {
+        self.revoked.subscribe()
+    }
+
+    /// Announces a batch to every connector link.
+    pub fn announce(&self, batch: RevokedBatch) {
+        // No receiver simply means no connector is online right now.
+        let _ = self.revoked.send(batch);
+    }
+}
