@@ -5,11 +5,14 @@
 //! processes may use the same file (the running broker and the admin CLI).
 
 pub mod certificates;
+pub mod credentials;
 pub mod identities;
+pub mod login_state;
 pub mod meta;
 pub mod revocations;
 pub mod sessions;
 pub mod tokens;
+pub mod users;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -124,7 +124,7 @@ async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr)
     match record {
         Some(r) if !r.disabled => {}
         Some(_) => return Err(revoked(format!("identity {} is disabled", identity.id()))),
-        None => return Err(format!("identity {} is unknown", identity.id())),
+        None => return Err(format!("identity {} is unknown", identity.id()).into()),
     }
     check_session(broker, &identity)
         .await
