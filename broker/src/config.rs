@@ -13,13 +13,15 @@
 //! resolved against the directory of the config file.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use palisade_proto::id::{ServiceName, check_name};
 use serde::Deserialize;
 use toml::{Table, Value};
+use url::Url;
 
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const ENV_PREFIX: &str = "PALISADE_";
@@ -35,6 +37,18 @@ const ENV_KEYS: &[&str] = &[
     "ca.kek_file",
     "relay.connect_timeout",
     "relay.udp_buffer_bytes",
+    "oidc.issuer",
+    "oidc.client_id",
+    "oidc.client_secret",
+    "oidc.scopes",
+    "oidc.groups_claim",
+    "oidc.allowed_email_domains",
+    "login.session_ttl",
+    "login.user_ttl",
+    "login.trusted_proxies",
+    "login.public_url",
+    "login.ceremony_ttl",
+    "login.device_code_ttl",
 ];
 
 /// The broker's configuration.
@@ -60,6 +74,87 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// QUIC relay tuning.
     pub relay: RelayConfig,
+    /// The organisation's OpenID provider; without it only local (invited, passkey-only) accounts sign in.
+    pub oidc: Option<OidcConfig>,
+    /// Sign-in sessions and the login pages.
+    pub login: LoginConfig,
+}
+
+/// `[oidc]`: the broker as an OpenID Connect relying party.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// The issuer URL, exactly as the provider spells it; discovery must name exactly this issuer.
+    pub issuer: String,
+    /// Our client id at the provider.
+    pub client_id: String,
+    /// Our client secret (`client_secret_basic`); also `PALISADE_OIDC__CLIENT_SECRET`.
+    pub client_secret: Secret,
+    /// Scopes to request. Default `openid email profile`.
+    pub scopes: Vec<String>,
+    /// The claim (ID token or userinfo) that lists the person's groups. Default `groups`.
+    pub groups_claim: String,
+    /// If not empty, only people whose verified email is in one of these domains may sign in.
+    pub allowed_email_domains: Vec<String>,
+}
+
+/// `[login]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginConfig {
+    /// How long a sign-in lasts. Default 12 h.
+    pub session_ttl: Duration,
+    /// Lifetime of a person's certificate, clamped to the session's end. Default 8 h.
+    pub user_ttl: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (reverse proxies in front of the broker).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// The broker's external `https://` URL (WebAuthn origin; its host is the RP id).
+    /// Default `https://<public_addr or listen>`, with a loopback address shown as `localhost`.
+    pub public_url: Option<Url>,
+    /// How long a WebAuthn ceremony may take. Default 2 min.
+    pub ceremony_ttl: Duration,
+    /// How long a device code stays usable. Default 10 min.
+    pub device_code_ttl: Duration,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            user_ttl: Duration::from_secs(8 * 3600),
+            trusted_proxies: Vec::new(),
+            public_url: None,
+            ceremony_ttl: Duration::from_secs(120),
+            device_code_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A secret string: its `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; never log it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// `[certificates]`.
@@ -178,6 +273,24 @@ impl Config {
         self.public_addr.clone().unwrap_or_else(|| self.listen.to_string())
     }
 
+    /// The broker's external HTTPS URL: `login.public_url`, else `https://<public_addr or listen>`
+    /// with a loopback or unspecified address written as `localhost` (WebAuthn needs a domain).
+    #[must_use]
+    pub fn public_url(&self) -> Url {
+        if let Some(url) = &self.login.public_url {
+            return url.clone();
+        }
+        let addr = self.quic_public_addr();
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "443"));
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let host = match bare.parse::<IpAddr>() {
+            Ok(ip) if ip.is_loopback() || ip.is_unspecified() => "localhost".to_owned(),
+            _ => host.to_owned(),
+        };
+        Url::parse(&format!("https://{host}:{port}/"))
+            .unwrap_or_else(|_| Url::parse("https://localhost/").expect("a constant URL parses"))
+    }
+
     /// The lifetime of a certificate for this role.
     #[must_use]
     pub fn ttl_for(&self, role: palisade_proto::identity::PeerRole) -> Duration {
@@ -207,8 +320,61 @@ impl Config {
         if let Some(addr) = &self.public_addr {
             check_host_port("public_addr", addr)?;
         }
+        check_login(&self.login)?;
+        if let Some(oidc) = &self.oidc {
+            check_oidc(oidc)?;
+        }
         check_services(&self.services)
     }
+}
+
+fn check_login(login: &LoginConfig) -> Result<(), ConfigError> {
+    check_ttl("login.session_ttl", login.session_ttl)?;
+    check_ttl("login.user_ttl", login.user_ttl)?;
+    if login.ceremony_ttl.is_zero() || login.ceremony_ttl > Duration::from_secs(600) {
+        return Err(invalid("login.ceremony_ttl", "must be more than 0 and at most 10m"));
+    }
+    if login.device_code_ttl.is_zero() || login.device_code_ttl > Duration::from_secs(3600) {
+        return Err(invalid("login.device_code_ttl", "must be more than 0 and at most 1h"));
+    }
+    if let Some(url) = &login.public_url
+        && (url.scheme() != "https" || url.host_str().is_none() || url.path() != "/" || url.query().is_some())
+    {
+        return Err(invalid(
+            "login.public_url",
+            format!("{url} is not an https:// origin such as https://broker.example.com:8443"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_oidc(oidc: &OidcConfig) -> Result<(), ConfigError> {
+    let issuer =
+        Url::parse(&oidc.issuer).map_err(|e| invalid("oidc.issuer", format!("invalid URL {:?}: {e}", oidc.issuer)))?;
+    if issuer.query().is_some() || issuer.fragment().is_some() {
+        return Err(invalid("oidc.issuer", "must not have a query or fragment"));
+    }
+    let local = issuer.host().is_some_and(|h| match h {
+        url::Host::Domain(d) => d == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    });
+    if issuer.scheme() != "https" && !(issuer.scheme() == "http" && local) {
+        return Err(invalid("oidc.issuer", format!("{} must be an https:// URL", oidc.issuer)));
+    }
+    if oidc.client_id.is_empty() {
+        return Err(invalid("oidc.client_id", "must not be empty"));
+    }
+    if oidc.client_secret.expose().is_empty() {
+        return Err(invalid("oidc.client_secret", "must not be empty (or set PALISADE_OIDC__CLIENT_SECRET)"));
+    }
+    if !oidc.scopes.iter().any(|s| s == "openid") {
+        return Err(invalid("oidc.scopes", "must include \"openid\""));
+    }
+    if oidc.groups_claim.is_empty() {
+        return Err(invalid("oidc.groups_claim", "must not be empty"));
+    }
+    Ok(())
 }
 
 fn check_ttl(key: &str, ttl: Duration) -> Result<(), ConfigError> {
@@ -277,6 +443,30 @@ struct RawConfig {
     ca: Option<Value>,
     services: Option<Vec<Value>>,
     relay: Option<Value>,
+    oidc: Option<Value>,
+    login: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: Option<Value>,
+    client_id: Option<Value>,
+    client_secret: Option<Value>,
+    scopes: Option<Value>,
+    groups_claim: Option<Value>,
+    allowed_email_domains: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    session_ttl: Option<Value>,
+    user_ttl: Option<Value>,
+    trusted_proxies: Option<Value>,
+    public_url: Option<Value>,
+    ceremony_ttl: Option<Value>,
+    device_code_ttl: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -322,7 +512,14 @@ impl RawConfig {
         let certs: RawCertificates = section("certificates", self.certificates)?;
         let ca: RawCa = section("ca", self.ca)?;
         let relay: RawRelay = section("relay", self.relay)?;
+        let oidc = match self.oidc {
+            None => None,
+            Some(v) => Some(oidc_section(section("oidc", Some(v))?)?),
+        };
+        let login = login_section(section("login", self.login)?)?;
         Ok(Config {
+            oidc,
+            login,
             listen: opt(self.listen, |v| socket_addr("listen", v))?.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
             public_addr: opt(self.public_addr, |v| string("public_addr", v))?,
             server_names: opt(self.server_names, |v| string_list("server_names", v))?
@@ -352,6 +549,59 @@ impl RawConfig {
             },
             data_dir,
         })
+    }
+}
+
+fn oidc_section(raw: RawOidc) -> Result<OidcConfig, ConfigError> {
+    let required = |key: &str, v: Option<Value>| {
+        v.ok_or_else(|| invalid(key, "missing: [oidc] needs issuer, client_id and client_secret"))
+    };
+    let issuer = string("oidc.issuer", required("oidc.issuer", raw.issuer)?)?;
+    let client_id = string("oidc.client_id", required("oidc.client_id", raw.client_id)?)?;
+    let client_secret = Secret::new(string("oidc.client_secret", required("oidc.client_secret", raw.client_secret)?)?);
+    let scopes = opt(raw.scopes, |v| word_list("oidc.scopes", v))?
+        .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+    let groups_claim = opt(raw.groups_claim, |v| string("oidc.groups_claim", v))?.unwrap_or_else(|| "groups".into());
+    let allowed_email_domains = opt(raw.allowed_email_domains, |v| string_list("oidc.allowed_email_domains", v))?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+        .collect();
+    Ok(OidcConfig { issuer, client_id, client_secret, scopes, groups_claim, allowed_email_domains })
+}
+
+fn login_section(raw: RawLogin) -> Result<LoginConfig, ConfigError> {
+    let d = LoginConfig::default();
+    Ok(LoginConfig {
+        session_ttl: opt(raw.session_ttl, |v| duration("login.session_ttl", v))?.unwrap_or(d.session_ttl),
+        user_ttl: opt(raw.user_ttl, |v| duration("login.user_ttl", v))?.unwrap_or(d.user_ttl),
+        trusted_proxies: opt(raw.trusted_proxies, |v| ip_list("login.trusted_proxies", v))?.unwrap_or_default(),
+        public_url: opt(raw.public_url, |v| url("login.public_url", v))?,
+        ceremony_ttl: opt(raw.ceremony_ttl, |v| duration("login.ceremony_ttl", v))?.unwrap_or(d.ceremony_ttl),
+        device_code_ttl: opt(raw.device_code_ttl, |v| duration("login.device_code_ttl", v))?
+            .unwrap_or(d.device_code_ttl),
+    })
+}
+
+fn url(key: &str, v: Value) -> Result<Url, ConfigError> {
+    let s = string(key, v)?;
+    Url::parse(&s).map_err(|e| invalid(key, format!("invalid URL {s:?}: {e}")))
+}
+
+fn ip_list(key: &str, v: Value) -> Result<Vec<IpAddr>, ConfigError> {
+    string_list(key, v)?
+        .into_iter()
+        .map(|s| s.parse().map_err(|_| invalid(key, format!("{s:?} is not an IP address"))))
+        .collect()
+}
+
+/// A list given as a TOML array, or a string split on commas or spaces (`openid email profile`).
+fn word_list(key: &str, v: Value) -> Result<Vec<String>, ConfigError> {
+    match v {
+        Value::String(s) => {
+            Ok(s.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        }
+        other => string_list(key, other),
     }
 }
 
@@ -423,5 +673,54 @@ fn string_list(key: &str, v: Value) -> Result<Vec<String>, ConfigError> {
             items.into_iter().enumerate().map(|(i, item)| string(&format!("{key}[{i}]"), item)).collect()
         }
         other => Err(invalid(key, format!("expected a list of strings, found {}", other.type_str()))),
+    }
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_toml_str(text, Path::new("/data"), &env)
+    }
+
+    #[test]
+    fn oidc_and_login_sections_parse_with_defaults_and_env() {
+        let text = "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"palisade\"\n\
+                    allowed_email_domains = [\"@Example.com\"]\n[login]\ntrusted_proxies = [\"10.0.0.1\"]\n";
+        let config =
+            parse(text, &[("PALISADE_OIDC__CLIENT_SECRET", "s3cret"), ("PALISADE_LOGIN__USER_TTL", "1h")]).unwrap();
+        let oidc = config.oidc.clone().unwrap();
+        assert_eq!(oidc.client_secret.expose(), "s3cret");
+        assert_eq!(format!("{oidc:?}").matches("s3cret").count(), 0, "Debug hides the secret");
+        assert_eq!(oidc.scopes, ["openid", "email", "profile"]);
+        assert_eq!(oidc.groups_claim, "groups");
+        assert_eq!(oidc.allowed_email_domains, ["example.com"]);
+        assert_eq!(config.login.user_ttl, Duration::from_secs(3600));
+        assert_eq!(config.login.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(config.login.trusted_proxies, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(config.public_url().as_str(), "https://localhost:8443/");
+        assert!(parse("", &[]).unwrap().oidc.is_none());
+    }
+
+    #[test]
+    fn bad_login_settings_name_their_key() {
+        let cases = [
+            ("[oidc]\nclient_id = \"x\"\nclient_secret = \"y\"\n", "oidc.issuer"),
+            ("[oidc]\nissuer = \"http://idp.example.com\"\nclient_id = \"x\"\nclient_secret = \"y\"\n", "oidc.issuer"),
+            (
+                "[oidc]\nissuer = \"https://i\"\nclient_id = \"x\"\nclient_secret = \"y\"\nscopes = \"email\"\n",
+                "oidc.scopes",
+            ),
+            ("[oidc]\nissuer = \"https://i\"\nclient_id = \"x\"\nclient_secret = \"y\"\nbogus = 1\n", "oidc"),
+            ("[login]\npublic_url = \"http://broker.example.com\"\n", "login.public_url"),
+            ("[login]\ntrusted_proxies = [\"proxy\"]\n", "login.trusted_proxies"),
+            ("[login]\nsession_ttl = \"0s\"\n", "login.session_ttl"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
     }
 }

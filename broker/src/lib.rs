@@ -3,7 +3,8 @@
 //! The flow, in module order:
 //! - [`init`] creates a data directory; [`config`] reads `broker.toml`.
 //! - [`issuance`] is the CA: CSR checks ([`issuance::csr`]) and signing ([`issuance::ca`]).
-//! - [`web`] serves HTTPS: enrollment (`POST /api/v1/enroll`), health.
+//! - [`web`] serves HTTPS: enrollment (`POST /api/v1/enroll`), health, and
+//!   [`login`]: people signing in with OIDC + WebAuthn, sessions, device codes.
 //! - [`relay`] accepts QUIC connections, decides with [`policy`] and splices
 //!   client streams to connectors; [`control`] is the connector's control stream.
 //! - [`audit`] is the hash-chained trail every step writes to; [`db`] holds the SQL.
@@ -16,6 +17,7 @@ pub mod control;
 pub mod db;
 pub mod init;
 pub mod issuance;
+pub mod login;
 pub mod policy;
 pub mod quickstart;
 pub mod relay;

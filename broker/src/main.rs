@@ -18,6 +18,9 @@ use palisade_broker::{audit, issuance, quickstart};
 use palisade_proto::identity::PeerRole;
 use tokio_util::sync::CancellationToken;
 
+#[path = "main/people.rs"]
+mod people;
+
 /// The Palisade broker: issuing CA, policy decision point and QUIC relay.
 #[derive(Debug, Parser)]
 #[command(name = "palisade-broker", version, about)]
@@ -53,6 +56,12 @@ enum Command {
     /// Machines and connectors.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// People: invites for local accounts, listing, disabling, credential resets.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Sign-in sessions of people.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Everything on this machine: broker, demo model server, connector, and a machine token.
     Quickstart {
         /// Data directory (created if missing).
@@ -159,6 +168,67 @@ enum IdentityCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a local (passkey-only) account; prints its one-time invite link (valid 7 days).
+    Invite {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The person's email.
+        email: String,
+        /// Group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Identity name (default: from the email).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List people.
+    List {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Disable a person: their sessions and certificates stop working, live tunnels close.
+    Disable {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Name, email or id.
+        who: String,
+    },
+    /// Delete a person's WebAuthn credentials and revoke their sessions; they register anew.
+    ResetCredentials {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Name, email or id.
+        who: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// List active sessions.
+    List {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only this person's (name, email or id).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a session: its certificates stop working and its live tunnels close.
+    Revoke {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The session id.
+        id: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = matches!(cli.command, Command::Run(_) | Command::Quickstart { .. });
@@ -196,6 +266,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Reload { data_dir }) => policy_reload(&data_dir).await,
         Command::Audit(AuditCommand::Verify { data_dir }) => audit_verify(&data_dir).await,
         Command::Identity(IdentityCommand::Disable { data_dir, id }) => identity_disable(&data_dir, &id).await,
+        Command::User(command) => people::user(command).await,
+        Command::Session(command) => people::session(command).await,
         Command::Quickstart { data_dir, listen } => {
             quickstart::quickstart(quickstart::Options { data_dir, listen }, ctrl_c_token()).await?;
             Ok(ExitCode::SUCCESS)

@@ -112,6 +112,7 @@ pub async fn enroll(broker_url: &str, token: &str, home: &Path, force: bool) -> 
             identity: answer.identity.clone(),
             broker_url: base.as_str().trim_end_matches('/').to_owned(),
             quic_addr: quic_addr.clone(),
+            ..ProfileFile::default()
         },
         key_pem: key.serialize_pem(),
         cert_pem: answer.certificate_pem.clone(),
@@ -128,7 +129,7 @@ pub async fn enroll(broker_url: &str, token: &str, home: &Path, force: bool) -> 
     })
 }
 
-fn parse_broker_url(text: &str) -> Result<reqwest::Url, EnrollError> {
+pub(crate) fn parse_broker_url(text: &str) -> Result<reqwest::Url, EnrollError> {
     let bad = |reason: &str| EnrollError::BrokerUrl { url: text.to_owned(), reason: reason.to_owned() };
     let mut url = reqwest::Url::parse(text.trim()).map_err(|e| bad(&e.to_string()))?;
     if url.scheme() != "https" {
@@ -182,7 +183,7 @@ fn send_error(e: &reqwest::Error, url: &reqwest::Url) -> EnrollError {
 
 /// Whether a rustls certificate error is somewhere in the chain. reqwest nests it
 /// in io errors, whose `source()` skips the wrapped error, so those are unwrapped by hand.
-fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(err) = next {
         if matches!(err.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidCertificate(_))) {
@@ -196,7 +197,7 @@ fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut next = e.source();
     while let Some(err) = next {
@@ -235,7 +236,7 @@ fn check_answer(
     Ok(peer)
 }
 
-fn public_key_of(der: &CertificateDer<'_>) -> Result<Vec<u8>, EnrollError> {
+pub(crate) fn public_key_of(der: &CertificateDer<'_>) -> Result<Vec<u8>, EnrollError> {
     use x509_parser::prelude::FromDer as _;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
         .map_err(|e| EnrollError::BadAnswer(format!("unparsable certificate: {e}")))?;
@@ -245,7 +246,7 @@ fn public_key_of(der: &CertificateDer<'_>) -> Result<Vec<u8>, EnrollError> {
 /// The QUIC address to store: the broker's, with an unspecified or missing host
 /// (a broker bound to 0.0.0.0 that does not know its public name) replaced by
 /// the host the broker was reached at over HTTPS.
-fn quic_addr(announced: &str, base: &reqwest::Url) -> Result<String, EnrollError> {
+pub(crate) fn quic_addr(announced: &str, base: &reqwest::Url) -> Result<String, EnrollError> {
     let bad = || EnrollError::BadAnswer(format!("QUIC address {announced:?} is not host:port"));
     let (host, port) = announced.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;

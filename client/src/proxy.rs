@@ -279,9 +279,10 @@ async fn reply_failure(tcp: &mut TcpStream, flavor: Flavor, error: &TunnelError)
     match flavor {
         Flavor::Socks5 => {
             let reply = match error {
-                TunnelError::Rejected { .. } | TunnelError::CertificateExpired | TunnelError::IdentityRefused => {
-                    SocksReply::NotAllowed
-                }
+                TunnelError::Rejected { .. }
+                | TunnelError::CertificateExpired
+                | TunnelError::IdentityRefused
+                | TunnelError::Revoked => SocksReply::NotAllowed,
                 TunnelError::Unreachable { .. } => SocksReply::NetworkUnreachable,
                 _ => SocksReply::GeneralFailure,
             };
@@ -289,9 +290,10 @@ async fn reply_failure(tcp: &mut TcpStream, flavor: Flavor, error: &TunnelError)
         }
         Flavor::Http => {
             let status = match error {
-                TunnelError::Rejected { .. } | TunnelError::CertificateExpired | TunnelError::IdentityRefused => {
-                    "403 Forbidden"
-                }
+                TunnelError::Rejected { .. }
+                | TunnelError::CertificateExpired
+                | TunnelError::IdentityRefused
+                | TunnelError::Revoked => "403 Forbidden",
                 _ => "502 Bad Gateway",
             };
             http_reply(tcp, status, &error.to_string()).await

@@ -1,10 +1,13 @@
-//! `palisade services` and `palisade whoami`: what the broker says, for people and scripts.
+//! `palisade services`, `palisade whoami` and `palisade status`: what the
+//! broker and the local files say, for people and scripts.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use palisade_proto::wire::{ServiceInfo, ServiceListing, WhoAmI};
 use serde::Serialize;
+
+use crate::status::Status;
 
 /// The command that reaches `service` through a local port.
 #[must_use]
@@ -98,6 +101,81 @@ pub fn whoami_text(who: &WhoAmI, now: SystemTime) -> String {
         who.name,
         humantime::format_rfc3339_seconds(expires),
     )
+}
+
+/// "in 7h 59m" / "3m ago", to the minute.
+fn relative(at: SystemTime, now: SystemTime) -> String {
+    let minutes = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs() / 60 * 60)).to_string();
+    match at.duration_since(now) {
+        Ok(d) if d.as_secs() < 60 => "in less than a minute".to_owned(),
+        Ok(d) => format!("in {}", minutes(d)),
+        Err(e) if e.duration().as_secs() < 60 => "less than a minute ago".to_owned(),
+        Err(e) => format!("{} ago", minutes(e.duration())),
+    }
+}
+
+fn when(at: SystemTime, now: SystemTime) -> String {
+    format!("{} ({})", humantime::format_rfc3339_seconds(at), relative(at, now))
+}
+
+/// `palisade status` for people.
+#[must_use]
+pub fn status_text(status: &Status, now: SystemTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "identity:    {}", status.identity);
+    let Some(cert) = &status.certificate else {
+        let _ = writeln!(out, "certificate: none (logged out): run `palisade login`");
+        let _ = writeln!(out, "broker:      {}", status.broker_url);
+        return out;
+    };
+    let groups = if cert.groups.is_empty() { "(none)".to_owned() } else { cert.groups.join(", ") };
+    let _ = writeln!(out, "name:        {}\ngroups:      {groups}", cert.name);
+    if let Some(session) = &cert.session {
+        let ends = status.session_expires.map(|at| format!(", ends {}", when(at, now))).unwrap_or_default();
+        let _ = writeln!(out, "session:     {session}{ends}");
+    }
+    if let Some(mfa_at) = cert.mfa_at {
+        let _ = writeln!(out, "mfa:         {}", when(mfa_at, now));
+    }
+    let validity = if cert.expired {
+        format!("EXPIRED {}: run `palisade login`", when(cert.not_after, now))
+    } else {
+        format!("valid until {}", when(cert.not_after, now))
+    };
+    let _ = writeln!(out, "certificate: {validity}");
+    if let Some(problem) = &cert.problem {
+        let _ = writeln!(out, "problem:     {problem}");
+    }
+    let _ = writeln!(out, "broker:      {} (tunnels to {})", status.broker_url, status.quic_addr);
+    out
+}
+
+/// `palisade status --json`: times as seconds since the epoch.
+#[must_use]
+pub fn status_json(status: &Status, now: SystemTime) -> serde_json::Value {
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let certificate = status.certificate.as_ref().map(|c| {
+        serde_json::json!({
+            "name": c.name,
+            "groups": c.groups,
+            "session": c.session,
+            "auth_methods": c.auth_methods,
+            "mfa_at_unix": c.mfa_at.map(secs),
+            "mfa_age_secs": c.mfa_age.map(|d| d.as_secs()),
+            "not_after_unix": secs(c.not_after),
+            "expired": c.expired,
+            "problem": c.problem,
+        })
+    });
+    serde_json::json!({
+        "identity": status.identity,
+        "broker_url": status.broker_url,
+        "quic_addr": status.quic_addr,
+        "session_expires_unix": status.session_expires.map(secs),
+        "usable": status.is_usable(),
+        "checked_at_unix": secs(now),
+        "certificate": certificate,
+    })
 }
 
 #[cfg(test)]

@@ -5,18 +5,22 @@
 //!   key.pem                  0600  the private key, made on this machine
 //!   cert.pem                 0600  the certificate the broker issued for it
 //!   ca.pem                   0644  the broker's CA (trust bundle)
-//!   profile.json             0644  {identity, broker_url, quic_addr}
+//!   profile.json             0644  {identity, broker_url, quic_addr[, session_id, session_expires_unix]}
 //! ```
 //!
 //! Every file is written atomically (temporary file, fsync, rename), and
-//! `profile.json` last: its presence is what "enrolled" means.
+//! `profile.json` last: its presence is what "enrolled" means. A person who
+//! logged out keeps `key.pem`, `ca.pem` and `profile.json` (without the
+//! session fields) so that the next `palisade login` knows the broker and
+//! trusts it; only `cert.pem` is gone.
 
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use palisade_proto::identity::{SpiffeId, TrustAnchors};
+use palisade_proto::id::SessionId;
+use palisade_proto::identity::{ATTRIBUTES_OID_STR, IdentityAttributes, SpiffeId, TrustAnchors};
 use palisade_proto::tls::TlsIdentity;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
@@ -34,9 +38,20 @@ pub const PROFILE_FILE: &str = "profile.json";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Nothing is stored yet.
-    #[error("not enrolled (nothing in {}): run `palisade enroll --broker URL --token TOKEN`", home.display())]
+    #[error(
+        "not signed in or enrolled (nothing in {}): run `palisade login --broker URL` to sign in, or `palisade enroll --broker URL --token TOKEN` for a machine",
+        home.display()
+    )]
     NotEnrolled {
         /// The home directory that was looked at.
+        home: PathBuf,
+    },
+    /// The profile is there but its certificate was deleted by `palisade logout`.
+    #[error("logged out ({identity} has no certificate in {}): run `palisade login`", home.display())]
+    LoggedOut {
+        /// The identity that logged out.
+        identity: String,
+        /// The home directory.
         home: PathBuf,
     },
     /// An enrollment exists and `--force` was not given.
@@ -94,15 +109,22 @@ fn config_dir() -> Option<PathBuf> {
     var("XDG_CONFIG_HOME").filter(|p| p.is_absolute()).or_else(|| var("HOME").map(|h| h.join(".config")))
 }
 
-/// The JSON in `profile.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The JSON in `profile.json`. Files written before sign-in existed have no
+/// session fields; they read as `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileFile {
     /// The SPIFFE id the certificate names.
     pub identity: String,
-    /// The broker's HTTPS URL, as given to `palisade enroll`.
+    /// The broker's HTTPS URL, as given to `palisade enroll` or `palisade login`.
     pub broker_url: String,
     /// The broker's QUIC address, `host:port`.
     pub quic_addr: String,
+    /// The sign-in session the certificate belongs to (people only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    /// When that session ends, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_expires_unix: Option<u64>,
 }
 
 /// Everything written by one enrollment.
@@ -218,6 +240,61 @@ fn read_profile_file(path: &Path) -> Result<ProfileFile, StoreError> {
     serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path: path.to_owned(), problem: e.to_string() })
 }
 
+/// `profile.json` alone, or `None` when there is none.
+///
+/// # Errors
+/// An unreadable or unparsable file.
+pub fn read_profile(home: &Path) -> Result<Option<ProfileFile>, StoreError> {
+    let path = home.join(PROFILE_FILE);
+    match fs::metadata(&path) {
+        Ok(_) => read_profile_file(&path).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io { path, source: e }),
+    }
+}
+
+/// The text of a file under `home`, or `None` when it does not exist.
+///
+/// # Errors
+/// Any other read error.
+pub fn read_optional(home: &Path, name: &str) -> Result<Option<String>, StoreError> {
+    let path = home.join(name);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io { path, source: e }),
+    }
+}
+
+/// Logs out locally: deletes `cert.pem`, then drops the session fields from
+/// `profile.json`. The key, the CA and the rest of the profile stay. Returns
+/// whether there was a certificate to delete.
+///
+/// # Errors
+/// An IO error naming the file; the certificate is deleted first, so a later
+/// failure leaves only stale session fields behind.
+pub fn forget_session(home: &Path) -> Result<bool, StoreError> {
+    let cert = home.join(CERT_FILE);
+    let deleted = match fs::remove_file(&cert) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(StoreError::Io { path: cert, source: e }),
+    };
+    if let Some(mut profile) = read_profile(home)?
+        && (profile.session_id.is_some() || profile.session_expires_unix.is_some())
+    {
+        profile.session_id = None;
+        profile.session_expires_unix = None;
+        let json = serde_json::to_vec_pretty(&profile)
+            .map_err(|e| StoreError::Corrupt { path: home.join(PROFILE_FILE), problem: e.to_string() })?;
+        let tmp = write_temp(home, PROFILE_FILE, &json, 0o644)?;
+        let path = home.join(PROFILE_FILE);
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    }
+    sync_dir(home)?;
+    Ok(deleted)
+}
+
 /// A loaded enrollment: identity, key, certificate and the broker's CA.
 #[derive(Clone)]
 pub struct Profile {
@@ -251,6 +328,9 @@ impl Profile {
             return Err(StoreError::NotEnrolled { home: home.to_owned() });
         }
         let file = read_profile_file(&profile_path)?;
+        if !home.join(CERT_FILE).exists() {
+            return Err(StoreError::LoggedOut { identity: file.identity, home: home.to_owned() });
+        }
         let corrupt = |name: &str, problem: String| StoreError::Corrupt { path: home.join(name), problem };
         let id: SpiffeId = file.identity.parse().map_err(|e| corrupt(PROFILE_FILE, format!("identity: {e}")))?;
         let chain = read_pem(home, CERT_FILE, palisade_proto::pem::certs)?;
@@ -281,6 +361,16 @@ impl Profile {
     #[must_use]
     pub fn quic_addr(&self) -> &str {
         &self.file.quic_addr
+    }
+    /// The sign-in session this certificate belongs to, as stored at login.
+    #[must_use]
+    pub fn session_id(&self) -> Option<&SessionId> {
+        self.file.session_id.as_ref()
+    }
+    /// When the sign-in session ends, as stored at login.
+    #[must_use]
+    pub fn session_expires(&self) -> Option<SystemTime> {
+        self.file.session_expires_unix.map(|s| UNIX_EPOCH + Duration::from_secs(s))
     }
     /// The home directory it was loaded from.
     #[must_use]
@@ -326,4 +416,19 @@ pub(crate) fn leaf_not_after(der: &CertificateDer<'_>) -> Result<SystemTime, Str
         x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| format!("unparsable certificate: {e}"))?;
     let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
     Ok(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The identity attributes of our own stored certificate, read without
+/// validating it (for display, and to learn the session to refresh; the
+/// broker and every later check validate for real).
+pub(crate) fn leaf_attributes(der: &CertificateDer<'_>) -> Result<IdentityAttributes, String> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| format!("unparsable certificate: {e}"))?;
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == ATTRIBUTES_OID_STR)
+        .ok_or("the certificate has no identity attributes")?;
+    IdentityAttributes::from_der(ext.value).map_err(|e| e.to_string())
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use palisade_proto::id::ServiceName;
 use palisade_proto::reject::{RejectCode, close};
-use palisade_proto::wire::{self, OpenStream, Query, ServiceListing, StreamHeader, WhoAmI};
+use palisade_proto::wire::{self, LogoutDone, OpenStream, Query, ServiceListing, StreamHeader, WhoAmI};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, VarInt};
 use rand::Rng as _;
@@ -50,11 +50,15 @@ pub enum TunnelError {
         service: String,
     },
     /// No enrollment is stored.
-    #[error("not enrolled: run `palisade enroll --broker URL --token TOKEN`")]
+    #[error("not signed in or enrolled: run `palisade login --broker URL` (or `palisade enroll` for a machine)")]
     NotEnrolled,
     /// The local certificate has expired.
-    #[error("certificate expired: enroll or log in again")]
+    #[error("certificate expired: run `palisade login` (or enroll again)")]
     CertificateExpired,
+    /// The broker closed the connection (or a connector cut the stream)
+    /// because the session or the identity was revoked.
+    #[error("your session was revoked: run `palisade login` to sign in again")]
+    Revoked,
     /// The broker refused this client's certificate.
     #[error("the broker refused this identity: enroll or log in again")]
     IdentityRefused,
@@ -98,6 +102,7 @@ impl TunnelError {
         match self {
             Self::Rejected { code, .. } => Some(*code),
             Self::IdentityRefused => Some(RejectCode::IdentityRejected),
+            Self::Revoked => Some(RejectCode::Revoked),
             _ => None,
         }
     }
@@ -107,6 +112,7 @@ impl TunnelError {
         let raw = code.into_inner();
         match RejectCode::from_u64(raw) {
             Some(RejectCode::IdentityRejected) => Self::IdentityRefused,
+            Some(RejectCode::Revoked) => Self::Revoked,
             Some(code) => Self::Rejected { code, service: service.to_owned() },
             None => Self::Reset { code: raw, service: service.to_owned() },
         }
@@ -117,6 +123,7 @@ impl TunnelError {
         match e {
             ConnectionError::ApplicationClosed(c) => match c.error_code.into_inner() {
                 code if code == u64::from(close::IDENTITY_REJECTED) => Self::IdentityRefused,
+                code if code == u64::from(close::REVOKED) => Self::Revoked,
                 code if code == u64::from(close::SHUTTING_DOWN) => {
                     Self::Rejected { code: RejectCode::ShuttingDown, service: service.to_owned() }
                 }
@@ -240,6 +247,16 @@ impl Tunnel {
     /// No connection, a refusal, or an answer that does not parse.
     pub async fn whoami(&self) -> Result<WhoAmI, TunnelError> {
         self.query(Query::WhoAmI).await
+    }
+
+    /// Ends this identity's sign-in session on the broker. The broker may close
+    /// the connection (code `0x1b`) right after answering; that arrives as
+    /// [`TunnelError::Revoked`] if it wins the race with the answer.
+    ///
+    /// # Errors
+    /// No connection, a refusal, or an answer that does not parse.
+    pub async fn logout(&self) -> Result<LogoutDone, TunnelError> {
+        self.query(Query::Logout).await
     }
 
     async fn query<T: serde::de::DeserializeOwned>(&self, query: Query) -> Result<T, TunnelError> {
@@ -463,5 +480,20 @@ mod tests {
         assert!(matches!(e, TunnelError::IdentityRefused));
         let e = TunnelError::from_code(VarInt::from_u32(0x999), "llm-prod");
         assert!(matches!(e, TunnelError::Reset { code: 0x999, .. }));
+        let e = TunnelError::from_code(VarInt::from_u32(RejectCode::Revoked.as_u32()), "llm-prod");
+        assert!(matches!(e, TunnelError::Revoked));
+        assert_eq!(e.reject_code(), Some(RejectCode::Revoked));
+    }
+
+    #[test]
+    fn the_revoked_close_code_tells_people_to_log_in() {
+        let closed = ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: VarInt::from_u32(close::REVOKED),
+            reason: bytes::Bytes::from_static(b"revoked"),
+        });
+        let e = TunnelError::from_connection(&closed, "llm-prod");
+        assert!(matches!(e, TunnelError::Revoked), "{e:?}");
+        assert_eq!(e.to_string(), "your session was revoked: run `palisade login` to sign in again");
+        assert!(matches!(handshake_error(&closed, "broker:4433"), TunnelError::Revoked));
     }
 }

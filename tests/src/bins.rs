@@ -1,7 +1,9 @@
 //! Where the binaries under test are: next to the test executable's directory
 //! (`target/<profile>/deps/e2e-…` → `target/<profile>/<bin>`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::SystemTime;
 
 /// Path of a workspace binary built by `cargo build --workspace --bins`.
 ///
@@ -20,5 +22,33 @@ pub fn bin_path(name: &str) -> PathBuf {
         "{} does not exist: build the binaries first with `cargo build --workspace --bins` (scripts/test does)",
         path.display()
     );
+    static STALE_CHECK: Once = Once::new();
+    STALE_CHECK.call_once(|| warn_if_stale(&dir));
     path
+}
+
+/// `cargo test` rebuilds the libraries but not the binaries: a binary older
+/// than the newest Palisade library it links was most likely not rebuilt,
+/// and a failure would then be about old code. Printed with the test's output.
+fn warn_if_stale(dir: &Path) {
+    let newest_lib = std::fs::read_dir(dir.join("deps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("libpalisade_") && !name.starts_with("libpalisade_tests") && name.ends_with(".rlib")
+        })
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max();
+    let Some(newest_lib) = newest_lib else { return };
+    for bin in ["palisade-broker", "palisade-connector", "palisade"] {
+        let built = std::fs::metadata(dir.join(bin)).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+        if built < newest_lib {
+            eprintln!(
+                "warning: {bin} is older than the Palisade libraries: run `cargo build --workspace --bins` \
+                 (scripts/test does) or the tests run stale binaries"
+            );
+        }
+    }
 }

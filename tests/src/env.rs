@@ -1,6 +1,7 @@
 //! One test's world: a temporary directory and the output of every process
 //! started in it.
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -56,13 +57,13 @@ impl TestEnv {
         &self.inner.path
     }
 
-    /// A new, empty directory under the root, named after `name` (with a
-    /// number appended if the name was used before in this test).
+    /// A new, empty, private (0700) directory under the root, named after
+    /// `name` (with a number appended if the name was used before in this test).
     #[must_use]
     pub fn fresh_dir(&self, name: &str) -> PathBuf {
         for n in 1.. {
             let dir = if n == 1 { self.path().join(name) } else { self.path().join(format!("{name}-{n}")) };
-            match std::fs::create_dir(&dir) {
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => return dir,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => panic!("create {}: {e}", dir.display()),

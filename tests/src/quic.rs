@@ -22,17 +22,41 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum Probe {
     /// The request was served; these are the bytes that came back.
     Served(Vec<u8>),
-    /// The connection or the stream was refused; the error as quinn reports it.
+    /// The stream was reset (or stopped) with this application code.
+    Reset(u64),
+    /// The connection was refused or closed; the error as quinn reports it.
     Refused(String),
     /// No answer, and no refusal, within the probe's timeout.
     TimedOut,
 }
 
 impl Probe {
-    /// Whether the broker explicitly refused.
+    /// Whether the broker explicitly refused, by closing or resetting.
     #[must_use]
     pub fn is_refused(&self) -> bool {
-        matches!(self, Self::Refused(_))
+        matches!(self, Self::Refused(_) | Self::Reset(_))
+    }
+}
+
+/// Why a round trip did not come back.
+enum Failure {
+    Reset(u64),
+    Other(String),
+}
+
+impl Failure {
+    fn read(what: &str, e: quinn::ReadExactError) -> Self {
+        match e {
+            quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)) => Self::Reset(code.into_inner()),
+            other => Self::Other(format!("{what}: {other}")),
+        }
+    }
+
+    fn write(what: &str, e: quinn::WriteError) -> Self {
+        match e {
+            quinn::WriteError::Stopped(code) => Self::Reset(code.into_inner()),
+            other => Self::Other(format!("{what}: {other}")),
+        }
     }
 }
 
@@ -67,6 +91,12 @@ impl QuicProbe {
             .await
     }
 
+    /// As a client: sends `bytes` as they are (a header of our own making),
+    /// finishes the stream and reads everything that comes back.
+    pub async fn raw_stream(&self, identity: &TlsIdentity, bytes: &[u8]) -> Probe {
+        self.exchange(identity, ALPN_CLIENT, bytes.to_vec(), Vec::new(), Expect::ToEnd).await
+    }
+
     async fn exchange(
         &self,
         identity: &TlsIdentity,
@@ -82,17 +112,21 @@ impl QuicProbe {
         let attempt = async {
             let conn = endpoint
                 .connect_with(config, self.addr, &self.addr.ip().to_string())
-                .map_err(|e| e.to_string())?
+                .map_err(|e| Failure::Other(e.to_string()))?
                 .await
-                .map_err(|e| format!("handshake: {e}"))?;
+                .map_err(|e| Failure::Other(format!("handshake: {e}")))?;
             let result = round_trip(&conn, &header, &body, expect).await;
             let close = conn.close_reason().map(|r| format!(" (connection: {r})")).unwrap_or_default();
             conn.close(0u32.into(), b"probe done");
-            result.map_err(|e| format!("{e}{close}"))
+            result.map_err(|e| match e {
+                Failure::Reset(code) => Failure::Reset(code),
+                Failure::Other(e) => Failure::Other(format!("{e}{close}")),
+            })
         };
         let probe = match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
             Ok(Ok(bytes)) => Probe::Served(bytes),
-            Ok(Err(e)) => Probe::Refused(e),
+            Ok(Err(Failure::Reset(code))) => Probe::Reset(code),
+            Ok(Err(Failure::Other(e))) => Probe::Refused(e),
             Err(_) => Probe::TimedOut,
         };
         endpoint.close(0u32.into(), b"");
@@ -104,25 +138,35 @@ impl QuicProbe {
 enum Expect {
     Bytes(usize),
     Frame,
+    ToEnd,
 }
 
-async fn round_trip(conn: &quinn::Connection, header: &[u8], body: &[u8], expect: Expect) -> Result<Vec<u8>, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("open stream: {e}"))?;
-    send.write_all(header).await.map_err(|e| format!("write header: {e}"))?;
-    send.write_all(body).await.map_err(|e| format!("write: {e}"))?;
+async fn round_trip(conn: &quinn::Connection, header: &[u8], body: &[u8], expect: Expect) -> Result<Vec<u8>, Failure> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Failure::Other(format!("open stream: {e}")))?;
+    send.write_all(header).await.map_err(|e| Failure::write("write header", e))?;
+    send.write_all(body).await.map_err(|e| Failure::write("write", e))?;
     match expect {
-        Expect::Bytes(n) => {
-            let mut reply = vec![0u8; n];
-            recv.read_exact(&mut reply).await.map_err(|e| format!("read: {e}"))?;
-            Ok(reply)
-        }
+        Expect::Bytes(n) => read_exact(&mut recv, n, "read").await,
         Expect::Frame => {
-            let mut prefix = [0u8; 4];
-            recv.read_exact(&mut prefix).await.map_err(|e| format!("read frame length: {e}"))?;
-            let len = frame_len(prefix).map_err(|e| e.to_string())?;
-            let mut frame = vec![0u8; len];
-            recv.read_exact(&mut frame).await.map_err(|e| format!("read frame: {e}"))?;
-            Ok(frame)
+            let prefix = read_exact(&mut recv, 4, "read frame length").await?;
+            let len = frame_len(prefix.try_into().expect("four bytes")).map_err(|e| Failure::Other(e.to_string()))?;
+            read_exact(&mut recv, len, "read frame").await
+        }
+        Expect::ToEnd => {
+            let _ = send.finish();
+            match recv.read_to_end(64 * 1024).await {
+                Ok(bytes) => Ok(bytes),
+                Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+                    Err(Failure::Reset(code.into_inner()))
+                }
+                Err(e) => Err(Failure::Other(format!("read: {e}"))),
+            }
         }
     }
+}
+
+async fn read_exact(recv: &mut quinn::RecvStream, n: usize, what: &str) -> Result<Vec<u8>, Failure> {
+    let mut buf = vec![0u8; n];
+    recv.read_exact(&mut buf).await.map_err(|e| Failure::read(what, e))?;
+    Ok(buf)
 }

@@ -46,6 +46,8 @@ const MAY_BE_ZERO: &[&str] = &[
     "download_cpu_client",
     "download_cpu_broker",
     "download_cpu_server",
+    "connect_cpu_total",
+    "connect_cpu_broker",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,7 @@ pub fn router(broker: Broker) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(enroll::routes())
+        .merge(crate::login::routes(&broker))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(broker)
 }

@@ -41,6 +41,7 @@ fn stored_secrets_are_private_and_force_is_needed_to_replace() {
             identity: second.identity.clone(),
             broker_url: "https://b".into(),
             quic_addr: "127.0.0.1:1".into(),
+            ..Default::default()
         },
         key_pem: second.key_pem.clone(),
         cert_pem: second.cert_pem.clone(),
@@ -61,7 +62,8 @@ fn an_empty_home_is_not_enrolled() {
     let home = tempfile::tempdir().unwrap();
     let err = Profile::load(home.path()).unwrap_err();
     assert!(matches!(err, StoreError::NotEnrolled { .. }));
-    assert!(err.to_string().contains("run `palisade enroll --broker URL --token TOKEN`"), "{err}");
+    assert!(err.to_string().contains("run `palisade login --broker URL`"), "{err}");
+    assert!(err.to_string().contains("`palisade enroll --broker URL --token TOKEN`"), "{err}");
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ fn routing(service: &str) -> Action {
         "secret" => Action::Reject(RejectCode::Forbidden),
         "llm-prod" => Action::Reject(RejectCode::NoConnector),
         "evicted" => Action::CloseConnection(0x17),
+        "revoked" => Action::CloseConnection(palisade_proto::reject::close::REVOKED),
         "greeter" => Action::GreetThenCollect,
         _ => Action::Echo,
     }
@@ -160,6 +161,16 @@ async fn an_identity_refused_by_the_broker_says_so() {
 }
 
 #[tokio::test]
+async fn a_revoked_session_tells_the_person_to_log_in_again() {
+    let env = env().await;
+    let (_app, local) = tcp_pair().await;
+    let err = forward::forward(local, &env.tunnel, &"revoked".parse().unwrap()).await.unwrap_err();
+    assert!(matches!(err, TunnelError::Revoked), "{err:?}");
+    assert_eq!(err.reject_code(), Some(palisade_proto::reject::RejectCode::Revoked));
+    assert_eq!(err.to_string(), "your session was revoked: run `palisade login` to sign in again");
+}
+
+#[tokio::test]
 async fn a_certificate_from_another_ca_is_refused_in_the_handshake() {
     let env = env().await;
     let stranger = Pki::new();
@@ -182,7 +193,7 @@ async fn an_expired_certificate_is_caught_before_connecting() {
     let tunnel = Tunnel::new(profile).unwrap();
     let err = tunnel.open(&"echo-svc".parse().unwrap()).await.unwrap_err();
     assert!(matches!(err, TunnelError::CertificateExpired), "{err:?}");
-    assert_eq!(err.to_string(), "certificate expired: enroll or log in again");
+    assert_eq!(err.to_string(), "certificate expired: run `palisade login` (or enroll again)");
     assert_eq!(env.broker.connections.load(Ordering::SeqCst), 0, "an expired certificate was sent to the broker");
 }
 

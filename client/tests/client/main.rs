@@ -4,6 +4,8 @@
 
 mod cli;
 mod enroll;
+mod fake_login;
 mod forward;
+mod login;
 mod proxy;
 mod support;

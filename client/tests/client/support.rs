@@ -13,7 +13,7 @@ use palisade_proto::enroll::{EnrollRequest, EnrollResponse, EnrollmentToken};
 use palisade_proto::identity::{ATTRIBUTES_OID, IdentityAttributes, PeerRole, TrustAnchors, verify_peer};
 use palisade_proto::reject::RejectCode;
 use palisade_proto::tls::TlsIdentity;
-use palisade_proto::wire::{self, Query, ServiceInfo, ServiceListing, StreamHeader, WhoAmI};
+use palisade_proto::wire::{self, LogoutDone, Query, ServiceInfo, ServiceListing, StreamHeader, WhoAmI};
 use quinn::VarInt;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, CustomExtension, DistinguishedName, DnType,
@@ -62,11 +62,6 @@ impl Pki {
 
     /// Client certificate params as the broker writes them.
     fn client_params(&self, identity: &str, name: &str, not_after: OffsetDateTime) -> CertificateParams {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let attrs = IdentityAttributes {
             v: 1,
             name: name.into(),
@@ -75,6 +70,15 @@ impl Pki {
             mfa_at: None,
             auth_methods: Vec::new(),
         };
+        Self::params_with(identity, &attrs, not_after)
+    }
+
+    fn params_with(identity: &str, attrs: &IdentityAttributes, not_after: OffsetDateTime) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.custom_extensions = vec![CustomExtension::from_oid_content(ATTRIBUTES_OID, attrs.to_der())];
         params.not_before = OffsetDateTime::now_utc() - time::Duration::hours(1);
         params.not_after = not_after;
@@ -99,6 +103,26 @@ impl Pki {
         params.signed_by(&csr.public_key, &self.ca).unwrap().pem()
     }
 
+    /// Signs a CSR's key for `identity` with these attributes, as the broker's sign-in does.
+    pub fn sign_csr_with(
+        &self,
+        csr_pem: &str,
+        identity: &str,
+        attrs: &IdentityAttributes,
+        not_after: OffsetDateTime,
+    ) -> String {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+        Self::params_with(identity, attrs, not_after).signed_by(&csr.public_key, &self.ca).unwrap().pem()
+    }
+
+    /// A person's certificate (with a session) and its key.
+    pub fn user_cert(&self, attrs: &IdentityAttributes, not_after: OffsetDateTime) -> ClientCert {
+        let identity = format!("spiffe://{TRUST_DOMAIN}/user/{}", uuid::Uuid::new_v4());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = Self::params_with(&identity, attrs, not_after).signed_by(&key, &self.ca).unwrap();
+        ClientCert { identity, cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
     /// The broker's server certificate for 127.0.0.1, chain [leaf, CA].
     pub fn server_identity(&self) -> TlsIdentity {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -120,6 +144,7 @@ pub fn write_home(home: &Path, cert: &ClientCert, ca_pem: &str, quic_addr: Socke
             identity: cert.identity.clone(),
             broker_url: "https://127.0.0.1:1".into(),
             quic_addr: quic_addr.to_string(),
+            ..ProfileFile::default()
         },
         key_pem: cert.key_pem.clone(),
         cert_pem: cert.cert_pem.clone(),
@@ -147,6 +172,8 @@ pub struct FakeBroker {
     pub connections: Arc<AtomicUsize>,
     pub services_asked: Arc<Mutex<Vec<String>>>,
     pub collected: Arc<Mutex<Vec<u8>>>,
+    /// Sessions that asked to log out.
+    pub logouts: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl FakeBroker {
@@ -177,9 +204,14 @@ impl FakeBroker {
             connections: Arc::default(),
             services_asked: Arc::default(),
             collected: Arc::default(),
+            logouts: Arc::default(),
         };
         let (connections, trust) = (broker.connections.clone(), pki.trust());
-        let sinks = Sinks { asked: broker.services_asked.clone(), collected: broker.collected.clone() };
+        let sinks = Sinks {
+            asked: broker.services_asked.clone(),
+            collected: broker.collected.clone(),
+            logouts: broker.logouts.clone(),
+        };
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let (behavior, sinks, trust) = (behavior.clone(), sinks.clone(), trust.clone());
@@ -205,6 +237,7 @@ impl FakeBroker {
 struct Sinks {
     asked: Arc<Mutex<Vec<String>>>,
     collected: Arc<Mutex<Vec<u8>>>,
+    logouts: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 async fn serve_connection(conn: quinn::Connection, behavior: Behavior, sinks: Sinks, trust: TrustAnchors) {
@@ -281,6 +314,18 @@ async fn serve_stream(
             send.write_all(&wire::encode_frame(&who)?).await?;
             send.finish()?;
             send.stopped().await?;
+        }
+        StreamHeader::Query(Query::Logout) => {
+            // As the broker does: revoke, answer, then cut the caller's connections.
+            let chain = conn.peer_identity().unwrap().downcast::<Vec<CertificateDer<'static>>>().unwrap();
+            let peer = verify_peer(&chain, trust, std::time::SystemTime::now(), &[PeerRole::User])?;
+            let session = peer.session().map(str::to_owned);
+            sinks.logouts.lock().unwrap().push(session.clone());
+            let done = LogoutDone { revoked: session.is_some(), session };
+            send.write_all(&wire::encode_frame(&done)?).await?;
+            send.finish()?;
+            send.stopped().await?;
+            conn.close(VarInt::from_u32(palisade_proto::reject::close::REVOKED), b"revoked");
         }
         other => anyhow::bail!("unexpected header {other:?}"),
     }

@@ -37,6 +37,40 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / clock_ticks())
 }
 
+/// CPU seconds of each live thread of `pid`, by thread id, from
+/// `/proc/PID/task/TID/schedstat` (nanoseconds on the CPU). Where that is not
+/// readable, the whole process's [`cpu_seconds`] (10 ms ticks) under its pid.
+///
+/// Comparing two such maps thread by thread is exact except for a thread
+/// that exits in between; `/proc/PID/stat` counts those too but only in
+/// ticks, too coarse for a transfer of a few MiB.
+#[must_use]
+pub fn thread_cpu_seconds(pid: u32) -> HashMap<u32, f64> {
+    let mut threads = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for entry in dir.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let ns = std::fs::read_to_string(entry.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()));
+            match ns {
+                Some(ns) => threads.insert(tid, ns as f64 / 1e9),
+                None => return cpu_seconds(pid).map(|s| HashMap::from([(pid, s)])).unwrap_or_default(),
+            };
+        }
+    }
+    if threads.is_empty() {
+        return cpu_seconds(pid).map(|s| HashMap::from([(pid, s)])).unwrap_or_default();
+    }
+    threads
+}
+
+/// CPU seconds used between two [`thread_cpu_seconds`] readings (merged over processes).
+#[must_use]
+pub fn cpu_used(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> f64 {
+    after.iter().map(|(tid, now)| (now - before.get(tid).copied().unwrap_or(0.0)).max(0.0)).sum()
+}
+
 /// `pid` and every process whose parent chain leads to it (sshd forks per connection).
 #[must_use]
 pub fn with_descendants(pid: u32) -> Vec<u32> {
@@ -137,6 +171,11 @@ mod tests {
     fn reads_our_own_process() {
         let me = std::process::id();
         assert!(cpu_seconds(me).is_some_and(|s| s >= 0.0));
+        let before = thread_cpu_seconds(me);
+        assert!(!before.is_empty());
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(20) {}
+        assert!(cpu_used(&before, &thread_cpu_seconds(me)) > 0.0);
         assert!(peak_rss(me).is_some_and(|b| b > 0));
         assert!(rss(me).is_some_and(|b| b > 0));
         assert!(alive(me));

@@ -108,114 +108,91 @@ struct Row {
     target: Target,
 }
 
-const fn row(id: &'static str, label: &'static str, unit: &'static str, workload: Workload, key: &'static str) -> Row {
-    Row { id, label, unit, workload, key, vs_direct: true, target: Target::None }
+impl Row {
+    const fn new(
+        id: &'static str,
+        workload: Workload,
+        key: &'static str,
+        unit: &'static str,
+        label: &'static str,
+    ) -> Row {
+        Row { id, label, unit, workload, key, vs_direct: true, target: Target::None }
+    }
+
+    /// A row about tunnel processes: direct TCP has none, so no Palisade / direct ratio.
+    const fn tunnel(mut self) -> Row {
+        self.vs_direct = false;
+        self
+    }
+
+    const fn target(mut self, target: Target) -> Row {
+        self.target = target;
+        self
+    }
 }
 
-const fn no_direct(mut r: Row) -> Row {
-    r.vs_direct = false;
-    r
-}
-
-const fn target(mut r: Row, t: Target) -> Row {
-    r.target = t;
-    r
-}
+const CPU_GIB: &str = "CPU-s/GiB";
+const CPU_CONN: &str = "CPU-µs/conn";
+const CLIENT: &str = "… client (`palisade connect` / `ssh`)";
+const SERVER: &str = "… connector / sshd";
 
 fn rows() -> Vec<Row> {
+    use Target::{AtMost, AtMostSsh, BrokerMemory, Bulk};
     use Workload::{BulkDownload as Down, BulkUpload as Up, Connect, Echo, Idle, Sse};
     vec![
-        target(row("bulk_upload_mb_s", "bulk upload", "MB/s", Up, "mb_per_s"), Target::Bulk),
-        target(row("bulk_download_mb_s", "bulk download", "MB/s", Down, "mb_per_s"), Target::Bulk),
-        target(
-            no_direct(row(
-                "upload_cpu_total",
-                "upload: CPU, all tunnel processes",
-                "CPU-s/GiB",
-                Up,
-                "cpu_s_per_gib.total",
-            )),
-            Target::AtMost(8.0),
-        ),
-        no_direct(row(
-            "upload_cpu_client",
-            "… client (`palisade connect` / `ssh`)",
-            "CPU-s/GiB",
-            Up,
-            "cpu_s_per_gib.client",
-        )),
-        target(
-            no_direct(row("upload_cpu_broker", "… broker", "CPU-s/GiB", Up, "cpu_s_per_gib.broker")),
-            Target::AtMost(4.0),
-        ),
-        no_direct(row("upload_cpu_server", "… connector / sshd", "CPU-s/GiB", Up, "cpu_s_per_gib.server")),
-        target(
-            no_direct(row(
-                "download_cpu_total",
-                "download: CPU, all tunnel processes",
-                "CPU-s/GiB",
-                Down,
-                "cpu_s_per_gib.total",
-            )),
-            Target::AtMost(8.0),
-        ),
-        no_direct(row(
-            "download_cpu_client",
-            "… client (`palisade connect` / `ssh`)",
-            "CPU-s/GiB",
-            Down,
-            "cpu_s_per_gib.client",
-        )),
-        target(
-            no_direct(row("download_cpu_broker", "… broker", "CPU-s/GiB", Down, "cpu_s_per_gib.broker")),
-            Target::AtMost(4.0),
-        ),
-        no_direct(row("download_cpu_server", "… connector / sshd", "CPU-s/GiB", Down, "cpu_s_per_gib.server")),
-        target(row("echo_p50_us", "1 KiB echo p50", "µs", Echo, "p50_us"), Target::AtMostSsh(1.5)),
-        target(row("echo_p99_us", "1 KiB echo p99", "µs", Echo, "p99_us"), Target::AtMostSsh(0.1)),
-        target(
-            row("connect_p50_us", "new connection → first echoed byte, p50", "µs", Connect, "p50_us"),
-            Target::AtMostSsh(2.0),
-        ),
-        row("connect_p99_us", "new connection → first echoed byte, p99", "µs", Connect, "p99_us"),
-        row("sse_first_event_ms", "SSE: connect → first event", "ms", Sse, "first_event_ms"),
-        row("sse_gap_p50_us", "SSE: inter-event gap p50", "µs", Sse, "gap_p50_us"),
-        row("sse_gap_p99_us", "SSE: inter-event gap p99", "µs", Sse, "gap_p99_us"),
-        row("sse_delay_p50_us", "SSE: event delay (upstream write → arrival) p50", "µs", Sse, "delay_p50_us"),
-        row("sse_delay_p99_us", "SSE: event delay p99", "µs", Sse, "delay_p99_us"),
-        row("idle_open_s", "idle: open all connections", "s", Idle, "open_all_s"),
-        no_direct(row(
+        Row::new("bulk_upload_mb_s", Up, "mb_per_s", "MB/s", "bulk upload").target(Bulk),
+        Row::new("bulk_download_mb_s", Down, "mb_per_s", "MB/s", "bulk download").target(Bulk),
+        Row::new("upload_cpu_total", Up, "cpu_s_per_gib.total", CPU_GIB, "upload: CPU, all tunnel processes")
+            .tunnel()
+            .target(AtMost(8.0)),
+        Row::new("upload_cpu_client", Up, "cpu_s_per_gib.client", CPU_GIB, CLIENT).tunnel(),
+        Row::new("upload_cpu_broker", Up, "cpu_s_per_gib.broker", CPU_GIB, "… broker").tunnel().target(AtMost(4.0)),
+        Row::new("upload_cpu_server", Up, "cpu_s_per_gib.server", CPU_GIB, SERVER).tunnel(),
+        Row::new("download_cpu_total", Down, "cpu_s_per_gib.total", CPU_GIB, "download: CPU, all tunnel processes")
+            .tunnel()
+            .target(AtMost(8.0)),
+        Row::new("download_cpu_client", Down, "cpu_s_per_gib.client", CPU_GIB, CLIENT).tunnel(),
+        Row::new("download_cpu_broker", Down, "cpu_s_per_gib.broker", CPU_GIB, "… broker").tunnel().target(AtMost(4.0)),
+        Row::new("download_cpu_server", Down, "cpu_s_per_gib.server", CPU_GIB, SERVER).tunnel(),
+        Row::new("echo_p50_us", Echo, "p50_us", "µs", "1 KiB echo p50").target(AtMostSsh(1.5)),
+        Row::new("echo_p99_us", Echo, "p99_us", "µs", "1 KiB echo p99").target(AtMostSsh(0.1)),
+        Row::new("connect_p50_us", Connect, "p50_us", "µs", "new connection → first echoed byte, p50")
+            .target(AtMostSsh(2.0)),
+        Row::new("connect_p99_us", Connect, "p99_us", "µs", "new connection → first echoed byte, p99"),
+        Row::new(
+            "connect_cpu_total",
+            Connect,
+            "cpu_us_per_conn.total",
+            CPU_CONN,
+            "new connection: CPU, all tunnel processes",
+        )
+        .tunnel(),
+        Row::new("connect_cpu_broker", Connect, "cpu_us_per_conn.broker", CPU_CONN, "… broker").tunnel(),
+        Row::new("sse_first_event_ms", Sse, "first_event_ms", "ms", "SSE: connect → first event"),
+        Row::new("sse_gap_p50_us", Sse, "gap_p50_us", "µs", "SSE: inter-event gap p50"),
+        Row::new("sse_gap_p99_us", Sse, "gap_p99_us", "µs", "SSE: inter-event gap p99"),
+        Row::new("sse_delay_p50_us", Sse, "delay_p50_us", "µs", "SSE: event delay (upstream write → arrival) p50"),
+        Row::new("sse_delay_p99_us", Sse, "delay_p99_us", "µs", "SSE: event delay p99"),
+        Row::new("idle_open_s", Idle, "open_all_s", "s", "idle: open all connections"),
+        Row::new(
             "idle_rss_client_mib",
-            "idle: peak RSS, client (`palisade connect` / `ssh`)",
-            "MiB",
             Idle,
             "peak_rss_mib.client",
-        )),
-        target(
-            no_direct(row("idle_rss_broker_mib", "idle: peak RSS, broker", "MiB", Idle, "peak_rss_mib.broker")),
-            Target::BrokerMemory,
-        ),
-        no_direct(row(
-            "idle_rss_server_mib",
-            "idle: peak RSS, connector / sshd (all processes)",
             "MiB",
+            "idle: peak RSS, client (`palisade connect` / `ssh`)",
+        )
+        .tunnel(),
+        Row::new("idle_rss_broker_mib", Idle, "peak_rss_mib.broker", "MiB", "idle: peak RSS, broker")
+            .tunnel()
+            .target(BrokerMemory),
+        Row::new(
+            "idle_rss_server_mib",
             Idle,
             "peak_rss_mib.server",
-        )),
-        no_direct(row(
-            "idle_broker_kib_per_conn",
-            "idle: broker KiB per connection",
-            "KiB",
-            Idle,
-            "kib_per_connection.broker",
-        )),
-        no_direct(row(
-            "idle_server_kib_per_conn",
-            "idle: connector / sshd KiB per connection",
-            "KiB",
-            Idle,
-            "kib_per_connection.server",
-        )),
+            "MiB",
+            "idle: peak RSS, connector / sshd (all processes)",
+        )
+        .tunnel(),
     ]
 }
 

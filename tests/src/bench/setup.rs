@@ -1,7 +1,7 @@
 //! The ways a benchmark connection reaches the upstream, and the processes
 //! whose CPU time and memory each one costs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -122,10 +122,18 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// CPU seconds used so far, per role.
+    /// CPU time of every thread of every tunnel process, per role; subtract
+    /// two readings with [`CpuReading::used_since`].
     #[must_use]
-    pub fn cpu(&self) -> BTreeMap<Role, f64> {
-        self.per_role(|pid| procfs::cpu_seconds(pid).unwrap_or(0.0))
+    pub fn cpu(&self) -> CpuReading {
+        let mut roles: BTreeMap<Role, HashMap<u32, f64>> = BTreeMap::new();
+        for p in &self.processes {
+            let threads = roles.entry(p.role).or_default();
+            for pid in p.pids() {
+                threads.extend(procfs::thread_cpu_seconds(pid));
+            }
+        }
+        CpuReading(roles)
     }
 
     /// Peak RSS in bytes, per role.
@@ -166,6 +174,19 @@ impl Setup {
             *out.entry(p.role).or_insert(0.0) += sum;
         }
         out
+    }
+}
+
+/// CPU seconds per thread, per role, at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct CpuReading(BTreeMap<Role, HashMap<u32, f64>>);
+
+impl CpuReading {
+    /// CPU seconds each role used between `before` and this reading.
+    #[must_use]
+    pub fn used_since(&self, before: &CpuReading) -> BTreeMap<Role, f64> {
+        let empty = HashMap::new();
+        self.0.iter().map(|(role, now)| (*role, procfs::cpu_used(before.0.get(role).unwrap_or(&empty), now))).collect()
     }
 }
 

@@ -216,8 +216,7 @@ async fn bulk(setup: &Setup, bytes: u64, upload: bool, run: usize) -> WorkloadRe
     if !setup.processes.is_empty() {
         let gib = bytes as f64 / GIB;
         let mut total = 0.0;
-        for (role, after) in &cpu_after {
-            let used = (after - cpu_before.get(role).copied().unwrap_or(0.0)).max(0.0);
+        for (role, used) in cpu_after.used_since(&cpu_before) {
             total += used;
             sample.value(format!("cpu_s_per_gib.{}", role.as_str()), used / gib);
         }
@@ -253,6 +252,7 @@ async fn echo(setup: &Setup, params: &Params, run: usize) -> WorkloadResult {
 
 /// New connections, one after the other: `connect()` to the first echoed byte.
 async fn connections(setup: &Setup, rounds: usize, run: usize) -> WorkloadResult {
+    let cpu_before = setup.cpu();
     let mut latencies = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let started = Instant::now();
@@ -262,8 +262,19 @@ async fn connections(setup: &Setup, rounds: usize, run: usize) -> WorkloadResult
         stream.read_exact(&mut byte).await.map_err(io("read the first echoed byte"))?;
         latencies.push(micros(started.elapsed()));
     }
+    let cpu_after = setup.cpu();
     let mut sample = Sample::new(run, setup, Workload::Connect);
     sample.distribution("", "latency_us", latencies);
+    if !setup.processes.is_empty() {
+        // Includes tearing down the previous connections that overlapped with the next ones.
+        let per_conn = |seconds: f64| seconds * 1e6 / rounds.max(1) as f64;
+        let mut total = 0.0;
+        for (role, used) in cpu_after.used_since(&cpu_before) {
+            total += used;
+            sample.value(format!("cpu_us_per_conn.{}", role.as_str()), per_conn(used));
+        }
+        sample.value("cpu_us_per_conn.total", per_conn(total));
+    }
     Ok(sample)
 }
 

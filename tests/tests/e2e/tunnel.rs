@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use palisade_proto::reject::RejectCode;
 use palisade_tests::{
-    ALLOW_ML_AGENTS, DigestUpstream, EchoUpstream, TestEnv, assert_eventually, exchange, random_bytes, sha256, within,
+    ALLOW_ML_AGENTS, DigestUpstream, EchoUpstream, Probe, QuicProbe, TestEnv, assert_eventually, exchange,
+    random_bytes, sha256, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -94,4 +96,39 @@ async fn two_hundred_concurrent_connections_through_one_client_all_complete() {
         forward.process().stderr()
     );
     assert_eq!(upstream.accepted(), 200, "every tunnelled connection is one upstream connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stream_headers_are_reset_with_a_reason_and_reach_nothing() {
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let probe = QuicProbe::new(broker.quic_addr(), broker.trust_anchors(&agent.trust_domain()));
+    let identity = agent.identity();
+
+    // Control: a well-formed header, hand-made, is served.
+    let mut valid = vec![0x50, 0x01, 0x01, 0x00, 0x05, 0x04];
+    valid.extend_from_slice(b"echoping");
+    assert_eq!(probe.raw_stream(&identity, &valid).await, Probe::Served(b"ping".to_vec()));
+
+    let bad_request = u64::from(RejectCode::BadRequest.as_u32());
+    let cases: [(&str, Vec<u8>, u64); 6] = [
+        ("an unknown version", vec![0x50, 0x02, 0x01, 0x00, 0x05, 0x04, b'e', b'c', b'h', b'o'], bad_request),
+        ("a bad magic byte", vec![0x51, 0x01, 0x01, 0x00, 0x05, 0x04, b'e', b'c', b'h', b'o'], bad_request),
+        ("an unknown stream kind", vec![0x50, 0x01, 0x7f, 0x00, 0x00], bad_request),
+        ("a length of 65535", vec![0x50, 0x01, 0x01, 0xff, 0xff, 0x04], bad_request),
+        ("a truncated body", vec![0x50, 0x01, 0x01, 0x00, 0x20, 0x04, b'e'], bad_request),
+        (
+            "an unknown service",
+            vec![0x50, 0x01, 0x01, 0x00, 0x05, 0x04, b'n', b'o', b'p', b'e'],
+            u64::from(RejectCode::UnknownService.as_u32()),
+        ),
+    ];
+    for (what, bytes, code) in &cases {
+        let outcome = probe.raw_stream(&identity, bytes).await;
+        assert_eq!(outcome, Probe::Reset(*code), "a header with {what}");
+    }
+    assert_eq!(upstream.accepted(), 1, "only the well-formed stream may reach the workload");
 }

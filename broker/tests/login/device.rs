@@ -1,0 +1,95 @@
+//! Device codes: a headless CLI gets a code, a signed-in person approves it.
+
+use serde_json::{Value, json};
+
+use crate::support::{Browser, Idp, Key, TestBroker, csr, person};
+use crate::webauthn_cases::{at_mfa, signed_up};
+
+async fn issue(broker: &TestBroker) -> Value {
+    let r = broker.browser().post_json(&broker.url("/api/v1/login/device"), &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+async fn poll(broker: &TestBroker, device_code: &str) -> (u16, Value) {
+    let body = json!({ "device_code": device_code, "csr_pem": csr() });
+    let r = broker.browser().post_json(&broker.url("/api/v1/login/device/token"), &body).await;
+    (r.status, r.json())
+}
+
+/// A portal session for `user` (signed up with `key` first if needed).
+async fn portal(broker: &TestBroker, user: &str, key: &mut Key) -> Browser {
+    let browser = at_mfa(broker, user).await;
+    let finish = crate::support::authenticate(&browser, broker, key).await;
+    assert_eq!(finish.status, 200, "{}", finish.body);
+    browser
+}
+
+async fn approve(broker: &TestBroker, browser: &Browser, user_code: &str) -> u16 {
+    let page = browser.get(&broker.url(&format!("/device?user_code={user_code}"))).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let at = page.body.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &page.body[at..at + 64];
+    browser.post_form(&broker.url("/device/approve"), &[("user_code", user_code), ("csrf", csrf)]).await.status
+}
+
+#[tokio::test]
+async fn a_device_code_binds_to_the_person_who_approves_it() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let (mut alice_key, mut bob_key) = (Key::new(), Key::new());
+    let alice = signed_up(&broker, "alice", &mut alice_key).await;
+    let bob = signed_up(&broker, "bob", &mut bob_key).await;
+    let code = issue(&broker).await;
+    assert_eq!(code["interval"], 2);
+    assert_eq!(code["expires_in"], 600);
+    assert!(code["verification_uri"].as_str().unwrap().ends_with("/device"));
+    let device_code = code["device_code"].as_str().unwrap();
+    let user_code = code["user_code"].as_str().unwrap();
+    assert_eq!(user_code.len(), 9);
+    assert_eq!(poll(&broker, device_code).await, (400, json!({ "error": "authorization_pending" })));
+
+    // Not signed in: /device sends the browser to sign in first, and back.
+    let anonymous = broker.browser().get(&broker.url(&format!("/device?user_code={user_code}"))).await;
+    assert_eq!(anonymous.status, 303);
+    assert!(anonymous.location.unwrap().as_str().contains("return_to=%2Fdevice%3Fuser_code%3D"));
+
+    // Without the CSRF token: refused.
+    let bob_browser = portal(&broker, "bob", &mut bob_key).await;
+    let forged =
+        bob_browser.post_form(&broker.url("/device/approve"), &[("user_code", user_code), ("csrf", "x")]).await;
+    assert_eq!(forged.status, 403);
+
+    // Bob approves alice's terminal: the certificate is bob's, not alice's.
+    assert_eq!(approve(&broker, &bob_browser, user_code).await, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, answer) = poll(&broker, device_code).await;
+    assert_eq!(status, 200, "{answer}");
+    let peer = person(&broker, &answer);
+    assert_eq!(peer.id().id, bob);
+    assert_ne!(peer.id().id, alice);
+    assert!(peer.auth_methods().contains(&"device_code".to_owned()));
+    let alice_browser = portal(&broker, "alice", &mut alice_key).await;
+    assert_eq!(approve(&broker, &alice_browser, user_code).await, 401, "a code is approved once");
+    broker.assert_failed("device", "user_code_used_or_expired").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(poll(&broker, device_code).await.1, json!({ "error": "access_denied" }), "redeemed once");
+}
+
+#[tokio::test]
+async fn device_codes_expire_refuse_wrong_codes_and_slow_down_fast_pollers() {
+    let broker = TestBroker::start(Idp::Real, |c| c.login.device_code_ttl = std::time::Duration::from_secs(1)).await;
+    let code = issue(&broker).await;
+    let device_code = code["device_code"].as_str().unwrap();
+    assert_eq!(poll(&broker, device_code).await.1, json!({ "error": "authorization_pending" }));
+    assert_eq!(poll(&broker, device_code).await.1, json!({ "error": "slow_down" }));
+    assert_eq!(poll(&broker, "not-a-device-code").await, (400, json!({ "error": "invalid_grant" })));
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(poll(&broker, device_code).await.1, json!({ "error": "expired_token" }));
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+    let browser = portal(&broker, "alice", &mut key).await;
+    let user_code = code["user_code"].as_str().unwrap();
+    assert_eq!(approve(&broker, &browser, user_code).await, 401, "an expired code cannot be approved");
+    assert_eq!(approve(&broker, &browser, "BBBB-CCCC").await, 401, "nor a wrong one");
+    broker.assert_failed("device", "user_code_unknown").await;
+}

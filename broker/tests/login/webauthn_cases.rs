@@ -1,0 +1,201 @@
+//! WA-01 … WA-09: the second factor's ceremonies under attack.
+
+use base64::Engine as _;
+use palisade_broker::audit::EventKind;
+use palisade_broker::db::credentials;
+use serde_json::Value;
+use webauthn_rs::prelude::PublicKeyCredential;
+
+use crate::support::{Browser, Idp, Key, TestBroker, auth_finish, auth_start, authenticate, mfa_mode, register};
+
+/// First sign-in of `user` through the portal, registering `key`. Returns the person's id.
+pub async fn signed_up(broker: &TestBroker, user: &str, key: &mut Key) -> String {
+    let browser = broker.browser();
+    let mfa = browser.sign_in(&broker.url("/login"), user).await;
+    assert_eq!(mfa_mode(&mfa), "register");
+    let finish = register(&browser, broker, key).await;
+    assert_eq!(finish.status, 200, "{}", finish.body);
+    broker.count("SELECT COUNT(*) FROM users").await;
+    let id: String = sqlx::query_scalar("SELECT identity_id FROM users WHERE subject = ?")
+        .bind(user)
+        .fetch_one(broker.db.pool())
+        .await
+        .unwrap();
+    id
+}
+
+/// A browser that has passed the OIDC step and waits for the passkey.
+pub async fn at_mfa(broker: &TestBroker, user: &str) -> Browser {
+    let browser = broker.browser();
+    let mfa = browser.sign_in(&broker.url("/login"), user).await;
+    assert_eq!(mfa_mode(&mfa), "authenticate");
+    browser
+}
+
+#[tokio::test]
+async fn wa_01_an_assertion_works_once_even_in_parallel() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+
+    let browser = at_mfa(&broker, "alice").await;
+    let replayer = browser.fork();
+    let rcr = auth_start(&browser, &broker).await;
+    let cred = key.assert(&broker.origin(), rcr);
+    assert_eq!(auth_finish(&browser, &broker, &cred).await.status, 200);
+    let replay = auth_finish(&replayer, &broker, &cred).await;
+    assert_eq!(replay.status, 400, "{}", replay.body);
+
+    let browser = at_mfa(&broker, "alice").await;
+    let twin = browser.fork();
+    let rcr = auth_start(&browser, &broker).await;
+    let cred = key.assert(&broker.origin(), rcr);
+    let (a, b) = tokio::join!(auth_finish(&browser, &broker, &cred), auth_finish(&twin, &broker, &cred));
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400], "exactly one of two parallel finishes wins");
+    assert_eq!(broker.sessions().await, 3, "sign-up + one per ceremony");
+    let failures = broker.failures().await;
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(
+        failures
+            .iter()
+            .all(|(step, reason)| step == "webauthn" && (reason == "no_pending_login" || reason == "no_ceremony"))
+    );
+}
+
+#[tokio::test]
+async fn wa_02_wa_09_another_users_challenge_or_credential_is_refused() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut alice_key = Key::new();
+    let mut bob_key = Key::new();
+    signed_up(&broker, "alice", &mut alice_key).await;
+    let bob = signed_up(&broker, "bob", &mut bob_key).await;
+    let bob_cred = credentials::all_for(&broker.db, &bob).await.unwrap().remove(0);
+    let sessions = broker.sessions().await;
+
+    // Bob's authenticator answers a challenge issued to alice's sign-in.
+    let browser = at_mfa(&broker, "alice").await;
+    let mut rcr = auth_start(&browser, &broker).await;
+    let bob_raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&bob_cred.id).unwrap();
+    rcr.public_key.allow_credentials[0].id = bob_raw;
+    let cred = bob_key.assert(&broker.origin(), rcr);
+    let refused = auth_finish(&browser, &broker, &cred).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    broker.assert_failed("webauthn", "credential_not_owned").await;
+    assert_eq!(broker.sessions().await, sessions);
+}
+
+#[tokio::test]
+async fn wa_03_an_expired_ceremony_is_refused_and_purged() {
+    let broker = TestBroker::start(Idp::Real, |c| c.login.ceremony_ttl = std::time::Duration::from_secs(1)).await;
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+    let browser = at_mfa(&broker, "alice").await;
+    let rcr = auth_start(&browser, &broker).await;
+    let cred = key.assert(&broker.origin(), rcr);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let late = auth_finish(&browser, &broker, &cred).await;
+    assert_eq!(late.status, 401, "{}", late.body);
+    broker.assert_failed("webauthn", "ceremony_expired").await;
+    assert_eq!(broker.count("SELECT COUNT(*) FROM webauthn_ceremonies").await, 0);
+    assert_eq!(auth_finish(&browser, &broker, &cred).await.status, 400);
+}
+
+fn edit_client_data(cred: &PublicKeyCredential, edit: impl FnOnce(&mut Value)) -> PublicKeyCredential {
+    let mut cred = cred.clone();
+    let mut data: Value = serde_json::from_slice(&cred.response.client_data_json).unwrap();
+    edit(&mut data);
+    cred.response.client_data_json = serde_json::to_vec(&data).unwrap();
+    cred
+}
+
+#[tokio::test]
+async fn wa_04_wa_05_wrong_origin_or_type_is_refused() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+
+    let browser = at_mfa(&broker, "alice").await;
+    let rcr = auth_start(&browser, &broker).await;
+    let other_port = url::Url::parse(&format!("https://localhost:{}", broker.ready.https.port() + 1)).unwrap();
+    let cred = key.assert(&other_port, rcr);
+    assert_eq!(auth_finish(&browser, &broker, &cred).await.status, 401);
+    broker.assert_failed("webauthn", "origin").await;
+
+    for (field, value, reason) in [
+        ("origin", format!("http://localhost:{}", broker.ready.https.port()), "origin"),
+        ("origin", format!("https://evil.localhost:{}", broker.ready.https.port()), "origin"),
+        ("type", "webauthn.create".to_owned(), "client_data_type"),
+    ] {
+        let browser = at_mfa(&broker, "alice").await;
+        let rcr = auth_start(&browser, &broker).await;
+        let cred = edit_client_data(&key.assert(&broker.origin(), rcr), |d| d[field] = Value::String(value.clone()));
+        let r = auth_finish(&browser, &broker, &cred).await;
+        assert_eq!(r.status, 401, "{field}={value}: {}", r.body);
+        broker.assert_failed("webauthn", reason).await;
+    }
+    let browser = at_mfa(&broker, "alice").await;
+    let rcr = auth_start(&browser, &broker).await;
+    let cred = edit_client_data(&key.assert(&broker.origin(), rcr), |d| d["crossOrigin"] = Value::Bool(true));
+    assert_eq!(auth_finish(&browser, &broker, &cred).await.status, 401);
+    assert_eq!(broker.sessions().await, 1);
+}
+
+#[tokio::test]
+async fn wa_06_user_verification_is_required() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    // Registration without UV.
+    let browser = broker.browser();
+    assert_eq!(mfa_mode(&browser.sign_in(&broker.url("/login"), "alice").await), "register");
+    let start = browser.post_json(&broker.url("/login/webauthn/register/start"), &serde_json::json!({})).await;
+    let mut ccr: webauthn_rs::prelude::CreationChallengeResponse = serde_json::from_str(&start.body).unwrap();
+    ccr.public_key.authenticator_selection.as_mut().unwrap().user_verification = discouraged();
+    let mut key = Key::new();
+    let reg = key.register(&broker.origin(), ccr);
+    let r = browser.post_json(&broker.url("/login/webauthn/register/finish"), &reg).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    broker.assert_failed("webauthn", "user_not_verified").await;
+
+    // Authentication without UV.
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+    let browser = at_mfa(&broker, "alice").await;
+    let mut rcr = auth_start(&browser, &broker).await;
+    rcr.public_key.user_verification = discouraged();
+    let cred = key.assert(&broker.origin(), rcr);
+    let r = auth_finish(&browser, &broker, &cred).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    broker.assert_failed("webauthn", "user_not_verified").await;
+    assert_eq!(broker.sessions().await, 1);
+}
+
+#[tokio::test]
+async fn wa_07_a_counter_regression_disables_the_credential_and_alerts() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    let alice = signed_up(&broker, "alice", &mut key).await;
+    let mut clone = key.clone_key();
+    for _ in 0..2 {
+        let browser = at_mfa(&broker, "alice").await;
+        assert_eq!(authenticate(&browser, &broker, &mut key).await.status, 200);
+    }
+    let browser = at_mfa(&broker, "alice").await;
+    let r = authenticate(&browser, &broker, &mut clone).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    broker.assert_failed("webauthn", "counter_regression").await;
+    let creds = credentials::all_for(&broker.db, &alice).await.unwrap();
+    assert_eq!(creds[0].disabled_reason.as_deref(), Some("counter regression"));
+    let alerts = broker.events(EventKind::CredentialAlert).await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["reason"], "counter_regression");
+    // The genuine key no longer works either until an admin resets the person.
+    let browser = broker.browser();
+    let page = browser.sign_in(&broker.url("/login"), "alice").await;
+    assert_eq!(page.status, 401, "a person whose only credential is disabled cannot register a new one: {}", page.body);
+}
+
+/// `userVerification: "discouraged"`: the authenticator then signs with UV=0.
+fn discouraged<T: serde::de::DeserializeOwned>() -> T {
+    serde_json::from_value(Value::String("discouraged".into())).unwrap()
+}
