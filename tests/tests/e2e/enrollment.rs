@@ -85,6 +85,7 @@ async fn the_ca_refuses_bad_csrs_and_ignores_every_name_a_csr_asks_for() {
     ];
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let answer = api.enroll(&token, &csr_pem(&params, &KeyPair::generate().unwrap())).await;
+    eprintln!("a CSR asking for names and CA:TRUE: {} {}", answer.status, answer.body["identity"]);
     if answer.status == 200 {
         let identity = answer.body["identity"].as_str().expect("identity").to_owned();
         let leaf = leaf_info(answer.certificate_pem().as_bytes());
