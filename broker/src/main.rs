@@ -382,6 +382,11 @@ async fn policy_reload(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let config = load_config(data_dir)?;
     if let Err(e) = PolicyStore::load(&config) {
         eprintln!("policy error: {e}");
+        // The running broker re-checks, refuses and audits the attempt; without a
+        // running broker the refusal is audited here.
+        if admin::request(&config.data_dir, &AdminRequest::PolicyReload).await.is_err() {
+            audit_rejected_policy(&config, &e.to_string()).await?;
+        }
         return Ok(ExitCode::FAILURE);
     }
     let answer = admin::request(&config.data_dir, &AdminRequest::PolicyReload).await?;
@@ -395,6 +400,16 @@ async fn policy_reload(data_dir: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+async fn audit_rejected_policy(config: &Config, error: &str) -> anyhow::Result<()> {
+    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let event = audit::AuditEvent::new(audit::EventKind::PolicyRejected, audit::Outcome::Failure)
+        .actor("cli")
+        .detail(serde_json::json!({ "error": error, "dir": config.policy_dir.display().to_string() }));
+    audit::Audit::new(db.clone()).record(event).await?;
+    db.close().await;
+    Ok(())
 }
 
 async fn audit_verify(data_dir: &Path) -> anyhow::Result<ExitCode> {

@@ -4,14 +4,15 @@
 //! EOF finishes the QUIC send side, the QUIC stream finishing shuts down the
 //! TCP write side, and the other direction carries on until it ends too.
 
+use bytes::BytesMut;
 use quinn::VarInt;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use crate::tunnel::TunnelError;
 
-/// Size of the reusable TCP → QUIC buffer.
+/// Largest TCP → QUIC chunk read at once.
 const CHUNK: usize = 64 * 1024;
 
 /// How many bytes went each way through one spliced connection.
@@ -55,16 +56,25 @@ pub async fn splice_tcp(
 }
 
 /// Local application → service.
-async fn copy_up(mut tcp: ReadHalf<'_>, send: &mut quinn::SendStream, service: &str) -> Result<u64, TunnelError> {
-    let mut buf = vec![0u8; CHUNK];
+///
+/// The buffer is allocated only once data is readable and handed to quinn
+/// without a copy, so an idle tunnel holds no buffer at all (10,000 idle
+/// tunnels would otherwise pin 640 MiB of zeroed 64 KiB buffers).
+async fn copy_up(tcp: ReadHalf<'_>, send: &mut quinn::SendStream, service: &str) -> Result<u64, TunnelError> {
     let mut total = 0u64;
     loop {
-        let n = tcp.read(&mut buf).await?;
+        tcp.readable().await?;
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        let n = match tcp.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             let _ = send.finish();
             return Ok(total);
         }
-        match send.write_all(&buf[..n]).await {
+        match send.write_chunk(buf.freeze()).await {
             Ok(()) => total += n as u64,
             // The far side has stopped reading without refusing anything: behave as
             // a TCP peer that shut down its read side, and keep the other direction.

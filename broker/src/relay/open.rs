@@ -84,7 +84,9 @@ async fn relay(broker: &Broker, peer: &Peer, service: ServiceName, mut send: Sen
         caller_chain: peer.chain.clone(),
         source_addr: peer.remote.to_string(),
     };
-    let connector = match open_towards(&link, &dispatch).await {
+    let timeout = broker.config().relay.connect_timeout;
+    let opened = tokio::time::timeout(timeout, open_towards(&link, &dispatch)).await;
+    let connector = match opened.unwrap_or_else(|_| Err("timed out opening a stream to the connector".into())) {
         Ok(streams) => streams,
         Err(e) => {
             tracing::warn!(connector = %link.name, error = %e, "could not open a stream to the connector");

@@ -31,7 +31,15 @@ pub(super) async fn endpoint_config(broker: &Broker) -> Result<quinn::EndpointCo
     let secret =
         crate::db::meta::insert_once(&mut conn, RESET_KEY, &fresh).await.map_err(|e| RelayError::Db(e.to_string()))?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    Ok(quinn::EndpointConfig::new(Arc::new(key)))
+    // Connection ids must be recognisable by the next process too, or it drops
+    // old peers' packets silently instead of answering with a stateless reset.
+    let cid_key = ring::hmac::sign(&key, b"palisade connection id key");
+    let mut cid_seed = [0u8; 8];
+    cid_seed.copy_from_slice(&cid_key.as_ref()[..8]);
+    let cid_seed = u64::from_be_bytes(cid_seed);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_seed)));
+    Ok(config)
 }
 
 const RESET_KEY: &str = "quic_stateless_reset_key";

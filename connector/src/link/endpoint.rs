@@ -11,9 +11,11 @@
 //! - `max_concurrent_bidi_streams` 16384: the broker opens one stream per
 //!   tunnel towards us; 10 000 idle tunnels must fit.
 //! - `max_concurrent_uni_streams` 0: nothing uses them, so the broker may open none.
-//! - `keep_alive_interval` 5 s and `max_idle_timeout` 30 s: NAT and
-//!   firewall state on the way out stays fresh, and a dead broker is noticed
-//!   within 30 s so the connector reconnects.
+//! - `keep_alive_interval` 2 s and `max_idle_timeout` 10 s: NAT and
+//!   firewall state on the way out stays fresh, and a dead peer is noticed
+//!   within 10 s on both sides (the effective idle timeout is the smaller of
+//!   the two peers'), so the connector reconnects and the broker stops
+//!   sending tunnels to a connector that is gone.
 //! - UDP socket buffers 4 MiB: the kernel default (about 200 KiB) drops
 //!   packets in bursts at a few hundred Mbit/s.
 
@@ -49,8 +51,8 @@ pub(crate) fn transport_config() -> TransportConfig {
         .send_window(u64::from(32 * MIB))
         .max_concurrent_bidi_streams(VarInt::from_u32(16_384))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
     transport
 }
 
