@@ -80,11 +80,16 @@ pub(crate) struct Validity {
     pub(crate) not_after: SystemTime,
 }
 
+/// The broker backdates `not_before` by this much to absorb clock skew; it
+/// is not part of the lifetime the renewal schedule divides.
+const BACKDATED: Duration = Duration::from_secs(60);
+
 impl Validity {
     /// True once more than two thirds of the lifetime has passed.
     pub(crate) fn renewal_due(&self, now: SystemTime) -> bool {
-        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or(Duration::ZERO);
-        let elapsed = now.duration_since(self.not_before).unwrap_or(Duration::ZERO);
+        let start = (self.not_before + BACKDATED).min(self.not_after);
+        let lifetime = self.not_after.duration_since(start).unwrap_or(Duration::ZERO);
+        let elapsed = now.duration_since(start).unwrap_or(Duration::ZERO);
         elapsed.as_secs_f64() * 3.0 > lifetime.as_secs_f64() * 2.0
     }
 }
@@ -280,14 +285,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renewal_is_due_after_two_thirds() {
-        let start = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let v = Validity { not_before: start, not_after: start + Duration::from_secs(300) };
+    fn renewal_is_due_after_two_thirds_of_the_lifetime_after_the_backdating() {
+        let issued = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let v = Validity { not_before: issued - BACKDATED, not_after: issued + Duration::from_secs(300) };
+        let start = issued;
         assert!(!v.renewal_due(start));
         assert!(!v.renewal_due(start + Duration::from_secs(199)));
         assert!(v.renewal_due(start + Duration::from_secs(201)));
         assert!(v.renewal_due(start + Duration::from_secs(400)));
         assert!(!v.renewal_due(start - Duration::from_secs(10)));
+        // A short certificate is not due the moment it is issued.
+        let short = Validity { not_before: issued - BACKDATED, not_after: issued + Duration::from_secs(30) };
+        assert!(!short.renewal_due(issued + Duration::from_secs(1)));
+        assert!(short.renewal_due(issued + Duration::from_secs(21)));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::client::MachineBuilder;
 use crate::connector::ConnectorBuilder;
 use crate::enroll_api::EnrollApi;
 use crate::env::TestEnv;
+use crate::oidc::OidcProvider;
+use crate::person::PersonBuilder;
 use crate::process::{CliOutput, Proc, command, run_cli};
 
 const BIN: &str = "palisade-broker";
@@ -33,11 +35,29 @@ pub struct BrokerBuilder {
     trust_domain: Option<String>,
     services: Vec<ServiceDef>,
     policies: Vec<(String, String)>,
+    oidc: Option<OidcClient>,
+}
+
+/// This broker's client at an OpenID provider.
+struct OidcClient {
+    provider: OidcProvider,
+    client_id: String,
+    client_secret: String,
 }
 
 impl BrokerBuilder {
     pub(crate) fn new(env: TestEnv) -> Self {
-        Self { env, trust_domain: None, services: Vec::new(), policies: Vec::new() }
+        Self { env, trust_domain: None, services: Vec::new(), policies: Vec::new(), oidc: None }
+    }
+
+    /// Signs people in at `provider`: writes `[oidc]` with a client of this
+    /// broker's own, which is registered at the provider once the broker's
+    /// port (part of its callback URL) is known.
+    pub fn oidc(mut self, provider: &OidcProvider) -> Self {
+        let client_id = format!("palisade-{}", hex(&crate::random_bytes(8)));
+        let client_secret = hex(&crate::random_bytes(16));
+        self.oidc = Some(OidcClient { provider: provider.clone(), client_id, client_secret });
+        self
     }
 
     /// Sets the trust domain given to `init` (the default is the broker's own).
@@ -76,7 +96,7 @@ impl BrokerBuilder {
         }
         run_cli(init, self.env.logs()).await.expect_success();
 
-        write_config(&data_dir, &self.services);
+        write_config(&data_dir, &self.services, self.oidc.as_ref());
         let policy_dir = data_dir.join("policies");
         if !self.policies.is_empty() {
             for entry in std::fs::read_dir(&policy_dir).expect("init created the policy directory") {
@@ -89,13 +109,22 @@ impl BrokerBuilder {
 
         let (proc, https, quic) = start(&self.env, &data_dir, None).await;
         let info = Arc::new(BrokerInfo { env: self.env, data_dir, https, quic });
+        if let Some(oidc) = &self.oidc {
+            let callback = format!("{}/login/oidc/callback", info.public_url());
+            oidc.provider.register_client(&oidc.client_id, &oidc.client_secret, &callback).await;
+        }
         Broker { proc: Some(proc), info }
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Patches the `broker.toml` that `init` wrote: our listen address, policy
-/// directory and services, keeping every other key as `init` chose it.
-fn write_config(data_dir: &Path, services: &[ServiceDef]) {
+/// directory, services and identity provider, keeping every other key as
+/// `init` chose it.
+fn write_config(data_dir: &Path, services: &[ServiceDef], oidc: Option<&OidcClient>) {
     let path = data_dir.join("broker.toml");
     let mut config: toml::Table = match std::fs::read_to_string(&path) {
         Ok(text) => text.parse().unwrap_or_else(|e| panic!("init wrote an unreadable {}: {e}", path.display())),
@@ -115,6 +144,15 @@ fn write_config(data_dir: &Path, services: &[ServiceDef]) {
         })
         .collect();
     config.insert("services".into(), toml::Value::Array(services));
+    if let Some(oidc) = oidc {
+        let mut t = toml::Table::new();
+        t.insert("issuer".into(), oidc.provider.issuer().into());
+        t.insert("client_id".into(), oidc.client_id.clone().into());
+        t.insert("client_secret".into(), oidc.client_secret.clone().into());
+        t.insert("scopes".into(), toml::Value::Array(vec!["openid".into(), "email".into(), "profile".into()]));
+        t.insert("groups_claim".into(), "groups".into());
+        config.insert("oidc".into(), toml::Value::Table(t));
+    }
     std::fs::write(&path, toml::to_string(&config).expect("serialise broker.toml")).expect("write broker.toml");
 }
 
@@ -152,6 +190,17 @@ pub(crate) struct BrokerInfo {
 impl BrokerInfo {
     pub(crate) fn https_url(&self) -> String {
         format!("https://{}", self.https)
+    }
+
+    /// Where people sign in: the broker names a loopback address `localhost`
+    /// (WebAuthn needs a domain), and its cookies and passkeys belong to that origin.
+    pub(crate) fn public_url(&self) -> String {
+        format!("https://localhost:{}", self.https.port())
+    }
+
+    pub(crate) fn ca_der(&self) -> CertificateDer<'static> {
+        let pem = std::fs::read_to_string(self.data_dir.join("ca.pem")).expect("read ca.pem");
+        palisade_proto::pem::certs(&pem).expect("ca.pem holds the CA").remove(0)
     }
 
     pub(crate) async fn cli(&self, args: &[&str]) -> CliOutput {
@@ -194,6 +243,12 @@ impl Broker {
     #[must_use]
     pub fn https_url(&self) -> String {
         self.info.https_url()
+    }
+
+    /// Where people sign in: `https://localhost:PORT`.
+    #[must_use]
+    pub fn public_url(&self) -> String {
+        self.info.public_url()
     }
 
     /// The QUIC (UDP) address.
@@ -244,6 +299,20 @@ impl Broker {
         MachineBuilder::new(self.info.clone(), name)
     }
 
+    /// Starts describing a person, who signs in at the broker's identity provider.
+    pub fn person(&self, name: &str) -> PersonBuilder {
+        PersonBuilder::new(self.info.clone(), name)
+    }
+
+    /// The ids of `user`'s active sessions, from `palisade-broker session list --user USER`.
+    pub async fn active_sessions(&self, user: &str) -> Vec<String> {
+        let out = self.cli(&["session", "list", "--user", user]).await;
+        let stdout = out.expect_success();
+        let mut lines = stdout.lines();
+        assert!(lines.next().is_some_and(|header| header.starts_with("SESSION")), "no header:\n{out}");
+        lines.filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect()
+    }
+
     /// Starts describing a connector.
     pub fn connector(&self, name: &str) -> ConnectorBuilder {
         ConnectorBuilder::new(self.info.clone(), name)
@@ -284,8 +353,7 @@ impl Broker {
     /// The CA certificate from `ca.pem`.
     #[must_use]
     pub fn ca_der(&self) -> CertificateDer<'static> {
-        let pem = std::fs::read_to_string(self.info.data_dir.join("ca.pem")).expect("read ca.pem");
-        palisade_proto::pem::certs(&pem).expect("ca.pem holds the CA").remove(0)
+        self.info.ca_der()
     }
 
     /// Our CA as a verifier sees it, for the given trust domain.

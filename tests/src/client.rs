@@ -71,6 +71,15 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// A `palisade` home that already holds a key and certificate.
+    pub(crate) fn at(broker: Arc<BrokerInfo>, home: PathBuf, name: &str) -> Agent {
+        Agent { broker, home, name: name.to_owned() }
+    }
+
+    pub(crate) fn broker(&self) -> &Arc<BrokerInfo> {
+        &self.broker
+    }
+
     /// The home directory (`--home`).
     #[must_use]
     pub fn home(&self) -> &Path {

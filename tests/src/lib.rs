@@ -28,11 +28,15 @@ pub mod bench;
 mod bins;
 mod broker;
 mod broker_ca;
+pub mod browser;
 mod certs;
 mod client;
 mod connector;
 mod enroll_api;
 mod env;
+mod flow;
+pub mod oidc;
+mod person;
 mod process;
 mod quic;
 mod socks;
@@ -47,11 +51,15 @@ pub mod __private {
 pub use audit::{AuditLog, AuditRow, open as open_db};
 pub use bins::bin_path;
 pub use broker::{Broker, BrokerBuilder};
+pub use browser::{Browser, Page, Passkey};
 pub use certs::{ForeignCa, LeafInfo, LeafSpec, OurCa, csr_pem, leaf_info};
 pub use client::{Agent, Forward, MachineBuilder, Proxy, exchange};
 pub use connector::{Connector, ConnectorBuilder};
 pub use enroll_api::{EnrollAnswer, EnrollApi};
 pub use env::TestEnv;
+pub use flow::{Flow, FlowEnd};
+pub use oidc::OidcProvider;
+pub use person::{Person, PersonBuilder};
 pub use process::{CliOutput, Proc};
 pub use quic::{Probe, QuicProbe};
 pub use socks::socks5_connect;
@@ -65,6 +73,17 @@ permit (
   action == Action::"connect",
   resource in Segment::"inference"
 );
+"#;
+
+/// People in `ml-team` may connect to every service in the `inference`
+/// segment when their second factor is less than 12 hours old.
+pub const ALLOW_ML_TEAM_WITH_MFA: &str = r#"@id("ml-team-inference-mfa")
+permit (
+  principal is User in Group::"ml-team",
+  action == Action::"connect",
+  resource in Segment::"inference"
+)
+when { context has mfa_age_secs && context.mfa_age_secs < 43200 };
 "#;
 
 /// `n` random bytes.

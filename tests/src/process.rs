@@ -238,6 +238,15 @@ impl Proc {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Waits for the process to exit by itself; fails the test if it takes
+    /// longer than [`CLI_TIMEOUT`].
+    pub async fn wait(&mut self) -> ExitStatus {
+        match tokio::time::timeout(CLI_TIMEOUT, self.child.wait()).await {
+            Ok(status) => status.unwrap_or_else(|e| panic!("waiting for {}: {e}", self.name)),
+            Err(_) => panic!("{} did not exit within {CLI_TIMEOUT:?}\nstderr:\n{}", self.name, self.stderr()),
+        }
+    }
+
     /// Kills the process (SIGKILL: a crash, not a clean stop) and reaps it.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();

@@ -304,7 +304,7 @@ impl Audit {
     }
 }
 
-async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error> {
+pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error> {
     let head = sqlx::query_as::<Sqlite, (i64, String)>("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
         .fetch_optional(conn)
         .await?;
@@ -312,7 +312,18 @@ async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error>
 }
 
 pub(crate) async fn append(conn: &mut SqliteConnection, event: &AuditEvent, at: SystemTime) -> Result<u64, AuditError> {
-    let (prev_seq, prev_hash) = head(conn).await?;
+    let head = head(conn).await?;
+    append_after(conn, head, event, at).await.map(|(seq, _)| u64::try_from(seq).unwrap_or(0))
+}
+
+/// Appends after a chain head the caller read inside the same write
+/// transaction (so a batch reads the head once), returning the new head.
+pub(crate) async fn append_after(
+    conn: &mut SqliteConnection,
+    (prev_seq, prev_hash): (i64, String),
+    event: &AuditEvent,
+    at: SystemTime,
+) -> Result<(i64, String), AuditError> {
     let mut row = EventRow {
         seq: prev_seq + 1,
         ts_ms: at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
@@ -342,7 +353,7 @@ pub(crate) async fn append(conn: &mut SqliteConnection, event: &AuditEvent, at: 
     .bind(&row.hash)
     .execute(conn)
     .await?;
-    Ok(u64::try_from(row.seq).unwrap_or(0))
+    Ok((row.seq, row.hash))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AuditError, AuditEvent, append};
+use super::{AuditError, AuditEvent, append_after, head};
 use crate::db::Db;
 
 pub(super) const QUEUE: usize = 8192;
@@ -44,8 +44,10 @@ pub(super) async fn run(db: Db, mut jobs: mpsc::Receiver<Job>) {
 async fn write_batch(db: &Db, batch: &[Job]) -> Result<Vec<u64>, AuditError> {
     let mut tx = db.begin_write().await?;
     let mut seqs = Vec::with_capacity(batch.len());
+    let mut head = head(&mut tx).await?;
     for job in batch {
-        seqs.push(append(&mut tx, &job.event, job.at).await?);
+        head = append_after(&mut tx, head, &job.event, job.at).await?;
+        seqs.push(u64::try_from(head.0).unwrap_or(0));
     }
     tx.commit().await?;
     Ok(seqs)

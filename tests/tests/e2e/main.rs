@@ -1,7 +1,7 @@
 //! Palisade end to end: real broker, connector and client processes on
 //! 127.0.0.1, one deployment per test. Suites follow the flow:
-//! enrollment → certificates → tunnel → policy → restart → audit, plus the
-//! client's own tools.
+//! enrollment → login → certificates → tunnel → policy → revocation →
+//! restart → audit, plus the client's own tools.
 //!
 //! Build the binaries first (`scripts/test` does): `cargo build --workspace --bins`.
 
@@ -12,5 +12,6 @@ mod certificates;
 mod client_tools;
 mod enrollment;
 mod policy;
+mod renewal;
 mod restart;
 mod tunnel;
