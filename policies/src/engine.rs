@@ -100,6 +100,28 @@ impl Engine {
         self.services.get(name).and_then(|&index| self.bundle.services.get(index))
     }
 
+    /// The compiled set, the schema vocabulary and the catalog entry, for
+    /// the explainer: everything [`Engine::decide`] hands to Cedar.
+    pub(crate) fn prepare(
+        &self,
+        request: &AccessRequest<'_>,
+    ) -> Result<(cedar_policy::Request, cedar_policy::Entities), Decision> {
+        let Some(service) = self.service(request.service) else {
+            return Err(Decision::Deny(DenyReason::UnknownService));
+        };
+        if matches!(request.action, crate::Action::Http { .. }) && service.protocol != "http" {
+            return Err(Decision::Deny(DenyReason::Invalid(format!(
+                "service `{}` does not speak HTTP",
+                service.name
+            ))));
+        }
+        to_cedar(self.vocab, request, service).map_err(|message| Decision::Deny(DenyReason::Invalid(message)))
+    }
+
+    pub(crate) fn policy_set(&self) -> &PolicySet {
+        &self.set
+    }
+
     /// Decides a request. Never fails: anything that prevents a clear
     /// answer is a [`DenyReason`].
     #[must_use]

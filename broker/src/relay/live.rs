@@ -3,9 +3,13 @@
 //! revocations to every connector link.
 
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::accept::Peer;
 
 /// A batch of revocations, as pushed to connectors.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,20 +25,51 @@ struct Entry {
     conn: quinn::Connection,
 }
 
-/// Every live client connection on this broker.
+/// A relayed stream, kept so a policy change can re-evaluate and cut it.
+#[derive(Clone)]
+pub struct LiveStream {
+    /// Who opened it.
+    pub peer: Arc<Peer>,
+    /// The service it reaches.
+    pub service: String,
+    /// Cancelling ends the tunnel with the `Revoked` code.
+    pub cut: CancellationToken,
+}
+
+/// Every live client connection and relayed stream on this broker.
 pub struct Live {
     by_identity: RwLock<HashMap<String, Vec<Entry>>>,
+    streams: Mutex<HashMap<u64, LiveStream>>,
+    next_stream: AtomicU64,
     revoked: broadcast::Sender<RevokedBatch>,
 }
 
 impl Default for Live {
     fn default() -> Self {
         let (revoked, _) = broadcast::channel(256);
-        Self { by_identity: RwLock::default(), revoked }
+        Self { by_identity: RwLock::default(), streams: Mutex::default(), next_stream: AtomicU64::new(1), revoked }
     }
 }
 
 impl Live {
+    /// Tracks a relayed stream until [`Live::remove_stream`]; returns its key.
+    pub fn add_stream(&self, peer: Arc<Peer>, service: String, cut: CancellationToken) -> u64 {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner).insert(id, LiveStream { peer, service, cut });
+        id
+    }
+
+    /// Stops tracking a stream.
+    pub fn remove_stream(&self, id: u64) {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+
+    /// A copy of every live stream, for re-evaluation.
+    #[must_use]
+    pub fn streams(&self) -> Vec<LiveStream> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
     /// Tracks a client connection until [`Live::remove`].
     pub fn add(&self, identity: &str, session: Option<&str>, conn: &quinn::Connection) {
         let entry = Entry { session: session.map(str::to_owned), conn: conn.clone() };

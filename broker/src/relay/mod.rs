@@ -8,6 +8,7 @@ pub mod accept;
 pub mod live;
 pub mod open;
 pub mod query;
+mod reevaluate;
 pub mod registry;
 pub mod revoke;
 pub mod splice;
@@ -47,6 +48,7 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
         Arc::new(quinn::TokioRuntime),
     )?;
     tokio::spawn(revoke::watch(broker.clone(), shutdown.clone()));
+    tokio::spawn(reevaluate::watch(broker.clone(), shutdown.clone()));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

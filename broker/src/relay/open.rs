@@ -55,7 +55,7 @@ fn reset(send: &mut SendStream, recv: &mut RecvStream, code: RejectCode, why: &s
     let _ = recv.stop(code);
 }
 
-async fn relay(broker: &Broker, peer: &Peer, service: ServiceName, mut send: SendStream, mut recv: RecvStream) {
+async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send: SendStream, mut recv: RecvStream) {
     let decision_id = DecisionId::random();
     let decision = decide(broker, &peer.identity, peer.remote.ip(), service.as_str());
     let (grant_ids, version) = match &decision {
@@ -93,7 +93,10 @@ async fn relay(broker: &Broker, peer: &Peer, service: ServiceName, mut send: Sen
             return reset(&mut send, &mut recv, RejectCode::NoConnector, "connector stream failed");
         }
     };
-    let stats = splice((send, recv), connector).await;
+    let cut = tokio_util::sync::CancellationToken::new();
+    let live_id = broker.live().add_stream(peer.clone(), service.to_string(), cut.clone());
+    let stats = splice((send, recv), connector, &cut).await;
+    broker.live().remove_stream(live_id);
     ended(broker, peer, &service, decision_id, &link, stats).await;
 }
 

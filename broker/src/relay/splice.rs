@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use palisade_proto::reject::RejectCode;
 use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
+use tokio_util::sync::CancellationToken;
 
 /// What a finished tunnel moved.
 #[derive(Clone, Copy, Debug, Default)]
@@ -31,11 +32,18 @@ struct Pipe {
 }
 
 /// Splices the two streams until both directions are finished.
-pub async fn splice(client: (SendStream, RecvStream), connector: (SendStream, RecvStream)) -> SpliceStats {
+///
+/// Cancelling `cut` ends both directions at once with the `Revoked` code
+/// (continuous enforcement: a policy change that no longer allows the tunnel).
+pub async fn splice(
+    client: (SendStream, RecvStream),
+    connector: (SendStream, RecvStream),
+    cut: &CancellationToken,
+) -> SpliceStats {
     let started = Instant::now();
     let (client_send, client_recv) = client;
     let (connector_send, connector_recv) = connector;
-    let (up, down) = tokio::join!(pipe(client_recv, connector_send), pipe(connector_recv, client_send));
+    let (up, down) = tokio::join!(pipe(client_recv, connector_send, cut), pipe(connector_recv, client_send, cut));
     SpliceStats {
         bytes_up: up.bytes,
         bytes_down: down.bytes,
@@ -44,10 +52,20 @@ pub async fn splice(client: (SendStream, RecvStream), connector: (SendStream, Re
     }
 }
 
-async fn pipe(mut from: RecvStream, mut to: SendStream) -> Pipe {
+async fn pipe(mut from: RecvStream, mut to: SendStream, cut: &CancellationToken) -> Pipe {
     let mut bytes = 0u64;
     loop {
-        match from.read_chunk(usize::MAX, true).await {
+        let read = tokio::select! {
+            biased;
+            () = cut.cancelled() => {
+                let code = VarInt::from_u32(RejectCode::Revoked.as_u32());
+                let _ = to.reset(code);
+                let _ = from.stop(code);
+                return Pipe { bytes, reset: Some(code.into_inner()) };
+            }
+            read = from.read_chunk(usize::MAX, true) => read,
+        };
+        match read {
             Ok(Some(chunk)) => {
                 bytes += chunk.bytes.len() as u64;
                 if let Err(e) = to.write_chunk(chunk.bytes).await {

@@ -5,7 +5,8 @@
 use palisade_proto::reject::RejectCode;
 use palisade_tests::{ALLOW_ML_TEAM_WITH_MFA, Broker, EchoUpstream, OidcProvider, TestEnv, assert_eventually};
 
-async fn broker_for_people(env: &TestEnv) -> Broker {
+/// A broker whose people sign in at the shared provider; ml-team may reach `echo`.
+pub(crate) async fn broker_for_people(env: &TestEnv) -> Broker {
     let provider = OidcProvider::shared().await;
     env.broker()
         .oidc(&provider)
@@ -51,7 +52,8 @@ async fn a_person_signs_in_with_the_provider_and_a_passkey_and_reaches_what_thei
 
     assert_eq!(upstream.accepted(), 1, "only alice's connection reaches the workload");
     let audit = broker.audit_events().await;
-    let allowed = audit.last_of_kind("stream.allowed").unwrap_or_else(|| panic!("no stream.allowed:\n{}", audit.summary()));
+    let allowed =
+        audit.last_of_kind("stream.allowed").unwrap_or_else(|| panic!("no stream.allowed:\n{}", audit.summary()));
     assert_eq!(allowed.actor.as_deref(), Some(alice.spiffe_id().as_str()), "{:?}", allowed);
     assert!(audit.of_kind("session.created").len() >= 2, "a session per sign-in:\n{}", audit.summary());
 }

@@ -10,8 +10,11 @@
 mod audit;
 mod certificates;
 mod client_tools;
+mod enforcement;
 mod enrollment;
+mod login;
 mod policy;
 mod renewal;
 mod restart;
+mod revocation;
 mod tunnel;
