@@ -37,6 +37,9 @@ const ENV_KEYS: &[&str] = &[
     "ca.kek_file",
     "relay.connect_timeout",
     "relay.udp_buffer_bytes",
+    "relay.max_connections",
+    "relay.max_connections_per_identity",
+    "relay.retry",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",
@@ -194,6 +197,22 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     /// UDP socket send and receive buffer size. Default 4 MiB.
     pub udp_buffer_bytes: usize,
+    /// QUIC connections accepted at once, all identities together; more are refused. Default 10000.
+    pub max_connections: usize,
+    /// QUIC connections one identity may hold at once. Default 64.
+    pub max_connections_per_identity: usize,
+    /// When to validate a client's address with a QUIC Retry before keeping any state for it.
+    pub retry: RetryPolicy,
+}
+
+/// `relay.retry`: when the broker makes a new client prove its address (one
+/// extra round trip) before it keeps state for the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Every new connection (strongest against spoofed floods; +1 RTT per connect).
+    Always,
+    /// Only while many handshakes are in progress (the default).
+    UnderLoad,
 }
 
 /// The configuration could not be used.
@@ -305,6 +324,9 @@ impl Config {
         check_ttl("certificates.connector_ttl", self.certificates.connector_ttl)?;
         if self.relay.connect_timeout.is_zero() {
             return Err(invalid("relay.connect_timeout", "must be greater than zero"));
+        }
+        if self.relay.max_connections == 0 || self.relay.max_connections_per_identity == 0 {
+            return Err(invalid("relay.max_connections", "connection limits must be at least 1"));
         }
         if !(64 * 1024..=1 << 30).contains(&self.relay.udp_buffer_bytes) {
             return Err(invalid("relay.udp_buffer_bytes", "must be between 65536 (64 KiB) and 1073741824 (1 GiB)"));
@@ -487,6 +509,9 @@ struct RawCa {
 struct RawRelay {
     connect_timeout: Option<Value>,
     udp_buffer_bytes: Option<Value>,
+    max_connections: Option<Value>,
+    max_connections_per_identity: Option<Value>,
+    retry: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -546,6 +571,12 @@ impl RawConfig {
                     .unwrap_or(Duration::from_secs(10)),
                 udp_buffer_bytes: opt(relay.udp_buffer_bytes, |v| size("relay.udp_buffer_bytes", v))?
                     .unwrap_or(4 << 20),
+                max_connections: opt(relay.max_connections, |v| size("relay.max_connections", v))?.unwrap_or(10_000),
+                max_connections_per_identity: opt(relay.max_connections_per_identity, |v| {
+                    size("relay.max_connections_per_identity", v)
+                })?
+                .unwrap_or(64),
+                retry: opt(relay.retry, retry_policy)?.unwrap_or(RetryPolicy::UnderLoad),
             },
             data_dir,
         })
@@ -655,6 +686,14 @@ fn duration(key: &str, v: Value) -> Result<Duration, ConfigError> {
     let s = string(key, v)?;
     humantime::parse_duration(&s)
         .map_err(|_| invalid(key, format!("invalid duration {s:?}: expected a number with a unit such as 15m or 8h")))
+}
+
+fn retry_policy(v: Value) -> Result<RetryPolicy, ConfigError> {
+    match string("relay.retry", v)?.as_str() {
+        "always" => Ok(RetryPolicy::Always),
+        "under_load" => Ok(RetryPolicy::UnderLoad),
+        other => Err(invalid("relay.retry", format!("{other:?} is not one of \"always\", \"under_load\""))),
+    }
 }
 
 fn size(key: &str, v: Value) -> Result<usize, ConfigError> {

@@ -112,7 +112,8 @@ impl TunnelError {
         let raw = code.into_inner();
         match RejectCode::from_u64(raw) {
             Some(RejectCode::IdentityRejected) => Self::IdentityRefused,
-            Some(RejectCode::Revoked) => Self::Revoked,
+            // A single tunnel cut (e.g. by a policy change) is not the end of the
+            // session: say which access went away.
             Some(code) => Self::Rejected { code, service: service.to_owned() },
             None => Self::Reset { code: raw, service: service.to_owned() },
         }
@@ -126,6 +127,9 @@ impl TunnelError {
                 code if code == u64::from(close::REVOKED) => Self::Revoked,
                 code if code == u64::from(close::SHUTTING_DOWN) => {
                     Self::Rejected { code: RejectCode::ShuttingDown, service: service.to_owned() }
+                }
+                code if code == u64::from(close::TOO_MANY_CONNECTIONS) => {
+                    Self::Rejected { code: RejectCode::RateLimited, service: service.to_owned() }
                 }
                 code if code == u64::from(close::BAD_PROTOCOL) => {
                     Self::Protocol("the broker refused this client's protocol".into())
@@ -481,8 +485,8 @@ mod tests {
         let e = TunnelError::from_code(VarInt::from_u32(0x999), "llm-prod");
         assert!(matches!(e, TunnelError::Reset { code: 0x999, .. }));
         let e = TunnelError::from_code(VarInt::from_u32(RejectCode::Revoked.as_u32()), "llm-prod");
-        assert!(matches!(e, TunnelError::Revoked));
         assert_eq!(e.reject_code(), Some(RejectCode::Revoked));
+        assert_eq!(e.to_string(), "access to llm-prod was revoked");
     }
 
     #[test]

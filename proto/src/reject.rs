@@ -124,6 +124,8 @@ pub mod close {
     pub const BAD_PROTOCOL: u32 = 0x16;
     /// The identity or session was revoked (logout, session revoke, identity disabled).
     pub const REVOKED: u32 = 0x1b;
+    /// The identity already holds as many connections as the broker allows.
+    pub const TOO_MANY_CONNECTIONS: u32 = 0x19;
 }
 
 #[cfg(test)]

@@ -81,6 +81,12 @@ impl Live {
             .push(entry);
     }
 
+    /// How many live connections an identity holds.
+    #[must_use]
+    pub fn connections_of(&self, identity: &str) -> usize {
+        self.by_identity.read().unwrap_or_else(PoisonError::into_inner).get(identity).map_or(0, Vec::len)
+    }
+
     /// Stops tracking a connection.
     pub fn remove(&self, identity: &str, conn: &quinn::Connection) {
         let mut map = self.by_identity.write().unwrap_or_else(PoisonError::into_inner);

@@ -34,6 +34,34 @@ pub enum RelayError {
     Db(String),
 }
 
+/// Above this many connections in progress, new clients must prove their
+/// address with a Retry before the broker keeps any handshake state.
+const RETRY_ABOVE: usize = 256;
+
+/// Decides, before any TLS work, whether to take an incoming connection:
+/// refuse over the global cap, ask for address validation when configured
+/// or under load, otherwise hand it to [`accept::handle`].
+fn admit(broker: &Broker, endpoint: &quinn::Endpoint, incoming: quinn::Incoming, shutdown: &CancellationToken) {
+    let relay = &broker.config().relay;
+    let open = endpoint.open_connections();
+    if open >= relay.max_connections {
+        tracing::warn!(open, limit = relay.max_connections, remote = %incoming.remote_address(), "QUIC connection refused: at capacity");
+        incoming.refuse();
+        return;
+    }
+    let must_validate = match relay.retry {
+        crate::config::RetryPolicy::Always => true,
+        crate::config::RetryPolicy::UnderLoad => open >= RETRY_ABOVE,
+    };
+    if must_validate && !incoming.remote_address_validated() && incoming.may_retry() {
+        if let Err(e) = incoming.retry() {
+            tracing::debug!(error = %e, "could not send a QUIC Retry");
+        }
+        return;
+    }
+    tokio::spawn(accept::handle(broker.clone(), incoming, shutdown.clone()));
+}
+
 /// Serves QUIC on `socket` until `shutdown` fires, then closes every
 /// connection with the "shutting down" code so clients reconnect.
 ///
@@ -53,9 +81,7 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
         tokio::select! {
             () = shutdown.cancelled() => break,
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => {
-                    tokio::spawn(accept::handle(broker.clone(), incoming, shutdown.clone()));
-                }
+                Some(incoming) => admit(&broker, &endpoint, incoming, &shutdown),
                 None => break,
             },
         }

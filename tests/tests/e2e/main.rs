@@ -12,6 +12,7 @@ mod certificates;
 mod client_tools;
 mod enforcement;
 mod enrollment;
+mod limits;
 mod login;
 mod policy;
 mod renewal;
