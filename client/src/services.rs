@@ -95,12 +95,19 @@ pub fn whoami_text(who: &WhoAmI, now: SystemTime) -> String {
         Err(_) => "expired: enroll or log in again".to_owned(),
     };
     let groups = if who.groups.is_empty() { "(none)".to_owned() } else { who.groups.join(", ") };
-    format!(
+    let mut text = format!(
         "identity: {}\nname:     {}\ngroups:   {groups}\nexpires:  {} ({left})\n",
         who.identity,
         who.name,
         humantime::format_rfc3339_seconds(expires),
-    )
+    );
+    if let Some(session) = &who.session {
+        let _ = writeln!(text, "session:  {session}");
+    }
+    if let Some(mfa_at) = who.mfa_at_unix {
+        let _ = writeln!(text, "mfa:      {}", relative(UNIX_EPOCH + Duration::from_secs(mfa_at), now));
+    }
+    text
 }
 
 /// "in 7h 59m" / "3m ago", to the minute.

@@ -301,6 +301,12 @@ pub struct WhoAmI {
     pub groups: Vec<String>,
     /// Certificate expiry, seconds since the epoch.
     pub not_after_unix: u64,
+    /// The sign-in session the certificate names (people only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// When the second factor was last proved, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa_at_unix: Option<u64>,
 }
 
 /// Answer to [`Query::Logout`].

@@ -54,7 +54,7 @@ impl PersonBuilder {
         let line = login.wait_for_line("`Session ID ends …`", |l| l.starts_with("Session ")).await;
         let session_id = line.split_whitespace().nth(1).expect("a session id").to_owned();
         let agent = Agent::at(self.broker, home, &self.name);
-        Person { agent, session_id, _browser: browser, _passkey: passkey }
+        Person { agent, session_id }
     }
 }
 
@@ -64,8 +64,6 @@ impl PersonBuilder {
 pub struct Person {
     agent: Agent,
     session_id: String,
-    _browser: Browser,
-    _passkey: Passkey,
 }
 
 impl Person {

@@ -56,6 +56,8 @@ fn whoami(peer: &Peer) -> WhoAmI {
         name: peer.identity.name().to_owned(),
         groups: peer.identity.groups().to_vec(),
         not_after_unix: peer.identity.not_after().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        session: peer.identity.session().map(str::to_owned),
+        mfa_at_unix: peer.identity.mfa_at(),
     }
 }
 

@@ -310,6 +310,8 @@ async fn serve_stream(
                 name: peer.name().into(),
                 groups: peer.groups().to_vec(),
                 not_after_unix: peer.not_after().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+                session: peer.session().map(str::to_owned),
+                mfa_at_unix: peer.mfa_at(),
             };
             send.write_all(&wire::encode_frame(&who)?).await?;
             send.finish()?;
