@@ -299,6 +299,22 @@ pub(crate) fn now_unix() -> i64 {
     crate::db::unix_seconds(SystemTime::now())
 }
 
+/// The pending login of a portal sign-in, once `return_to` is known to be safe.
+pub(crate) fn portal_pending(
+    kind: &str,
+    return_to: Option<String>,
+) -> Result<crate::db::login_state::PendingLogin, Failure> {
+    let return_to = return_to.unwrap_or_else(|| "/".into());
+    if !is_safe_return_to(&return_to) {
+        return Err(Failure::bad("start", "return_to", format!("refused return_to {return_to:?}")));
+    }
+    Ok(crate::db::login_state::PendingLogin {
+        kind: kind.into(),
+        return_to: Some(return_to),
+        ..crate::db::login_state::PendingLogin::default()
+    })
+}
+
 /// Whether `return_to` is a same-origin relative path: `/x`, never `//host`,
 /// `/\host`, a scheme, or control characters.
 #[must_use]

@@ -66,13 +66,11 @@ pub(crate) async fn start_portal(
     Query(q): Query<PortalStart>,
 ) -> Response {
     let client = Client::new(&login, peer, &headers);
-    let return_to = q.return_to.unwrap_or_else(|| "/".into());
-    if !super::is_safe_return_to(&return_to) {
-        let f = Failure::bad("start", "return_to", format!("refused return_to {return_to:?}"));
-        return report(&broker, &login, &client, &f, Shape::Page).await;
-    }
-    let pending = PendingLogin { kind: "portal".into(), return_to: Some(return_to), ..PendingLogin::default() };
-    match begin(&broker, &login, &client, pending).await {
+    let started = match super::portal_pending("portal", q.return_to) {
+        Ok(pending) => begin(&broker, &login, &client, pending).await,
+        Err(f) => Err(f),
+    };
+    match started {
         Ok(response) => response,
         Err(f) => report(&broker, &login, &client, &f, Shape::Page).await,
     }
