@@ -5,6 +5,7 @@
 //! - [`issuance`] is the CA: CSR checks ([`issuance::csr`]) and signing ([`issuance::ca`]).
 //! - [`web`] serves HTTPS: enrollment (`POST /api/v1/enroll`), health, and
 //!   [`login`]: people signing in with OIDC + WebAuthn, sessions, device codes.
+//! - [`policy_store`] keeps every applied policy set as a version in the database.
 //! - [`relay`] accepts QUIC connections, decides with [`policy`] and splices
 //!   client streams to connectors; [`control`] is the connector's control stream.
 //! - [`audit`] is the hash-chained trail every step writes to; [`db`] holds the SQL.
@@ -19,6 +20,7 @@ pub mod init;
 pub mod issuance;
 pub mod login;
 pub mod policy;
+pub mod policy_store;
 pub mod quickstart;
 pub mod relay;
 pub mod run;

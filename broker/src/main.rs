@@ -1,4 +1,4 @@
-//! `palisade-broker`: init, run, tokens, policy reload, audit verify, identities, quickstart.
+//! `palisade-broker`: init, run, tokens, policy reload, audit verify/export, identities, quickstart.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,19 +7,22 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use palisade_broker::admin::{self, AdminRequest};
+use palisade_broker::admin;
 use palisade_broker::config::Config;
 use palisade_broker::db::Db;
 use palisade_broker::init::{self, CONFIG_FILE, InitOptions};
 use palisade_broker::issuance::enroll::{MAX_TOKEN_TTL, TokenRequest, create_token};
 use palisade_broker::issuance::keystore::KEK_ENV;
-use palisade_broker::policy::PolicyStore;
 use palisade_broker::{audit, issuance, quickstart};
 use palisade_proto::identity::PeerRole;
 use tokio_util::sync::CancellationToken;
 
 #[path = "main/people.rs"]
 mod people;
+#[path = "main/policy_cmd.rs"]
+mod policy_cmd;
+
+use policy_cmd::PolicyCommand;
 
 /// The Palisade broker: issuing CA, policy decision point and QUIC relay.
 #[derive(Debug, Parser)]
@@ -136,23 +139,68 @@ struct TokenArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum PolicyCommand {
-    /// Validate the policy directory, then make the running broker load it.
-    Reload {
-        /// Data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of the audit trail.
+    /// Check the hash chain and the signed checkpoints of the audit trail.
     Verify {
         /// Data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// Trust only checkpoints signed by this hex Ed25519 public key
+        /// (default: the key in DATA_DIR/audit-signing.key, else those recorded in the database).
+        #[arg(long)]
+        public_key: Option<String>,
     },
+    /// Write the audit trail as JSON lines or CSV (see docs/audit-events.md).
+    Export(AuditExportArgs),
+    /// Delete events older than a time, under a signed anchor that keeps the chain verifiable.
+    Prune {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Delete events recorded before this time (RFC 3339 in UTC, or a duration ago such as `90d`).
+        #[arg(long, value_parser = parse_when)]
+        before: SystemTime,
+        /// First write the deleted events to this file as JSON lines.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AuditExportArgs {
+    /// Data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Only events at or after this time: RFC 3339 in UTC (`2026-11-01T00:00:00Z`) or a duration ago (`24h`).
+    #[arg(long, value_parser = parse_when)]
+    since: Option<SystemTime>,
+    /// Only events before this time (same forms as --since).
+    #[arg(long, value_parser = parse_when)]
+    until: Option<SystemTime>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+    format: ExportFormat,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Keep running and write new events as they are appended (jsonl to stdout only).
+    #[arg(long, conflicts_with_all = ["output", "until"])]
+    follow: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+fn parse_when(s: &str) -> Result<SystemTime, String> {
+    if let Ok(ago) = humantime::parse_duration(s) {
+        return SystemTime::now().checked_sub(ago).ok_or_else(|| format!("{s:?} is too long ago"));
+    }
+    let s = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
+    humantime::parse_rfc3339(&s)
+        .map_err(|e| format!("{s:?}: {e} (give RFC 3339 in UTC, e.g. 2026-11-01T00:00:00Z, or a duration like 24h)"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,8 +311,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init_cmd(args).await,
         Command::Run(args) => run_cmd(args).await,
         Command::Token(TokenCommand::Create(args)) => token_create(args).await,
-        Command::Policy(PolicyCommand::Reload { data_dir }) => policy_reload(&data_dir).await,
-        Command::Audit(AuditCommand::Verify { data_dir }) => audit_verify(&data_dir).await,
+        Command::Policy(command) => policy_cmd::policy(command).await,
+        Command::Audit(AuditCommand::Verify { data_dir, public_key }) => {
+            audit_verify(&data_dir, public_key.as_deref()).await
+        }
+        Command::Audit(AuditCommand::Export(args)) => audit_export(args).await,
+        Command::Audit(AuditCommand::Prune { data_dir, before, archive }) => {
+            audit_prune(&data_dir, before, archive.as_deref()).await
+        }
         Command::Identity(IdentityCommand::Disable { data_dir, id }) => identity_disable(&data_dir, &id).await,
         Command::User(command) => people::user(command).await,
         Command::Session(command) => people::session(command).await,
@@ -378,55 +432,105 @@ async fn token_create(args: TokenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn policy_reload(data_dir: &Path) -> anyhow::Result<ExitCode> {
+async fn audit_verify(data_dir: &Path, public_key: Option<&str>) -> anyhow::Result<ExitCode> {
     let config = load_config(data_dir)?;
-    if let Err(e) = PolicyStore::load(&config) {
-        eprintln!("policy error: {e}");
-        // The running broker re-checks, refuses and audits the attempt; without a
-        // running broker the refusal is audited here.
-        if admin::request(&config.data_dir, &AdminRequest::PolicyReload).await.is_err() {
-            audit_rejected_policy(&config, &e.to_string()).await?;
-        }
-        return Ok(ExitCode::FAILURE);
-    }
-    let answer = admin::request(&config.data_dir, &AdminRequest::PolicyReload).await?;
-    match (answer.ok, answer.version) {
-        (true, Some(version)) => {
-            println!("policy version {version} active");
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => {
-            eprintln!("the broker refused the policy: {}", answer.error.unwrap_or_else(|| "no reason given".into()));
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-async fn audit_rejected_policy(config: &Config, error: &str) -> anyhow::Result<()> {
+    let trusted = match public_key {
+        Some(hex) => Some(audit::checkpoint::unhex(hex).context("--public-key: not hex")?),
+        None => audit::Signer::load(&config.data_dir.join(audit::checkpoint::KEY_FILE))
+            .context("cannot read the audit signing key")?
+            .map(|signer| signer.public_key().to_vec()),
+    };
     let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
-    let event = audit::AuditEvent::new(audit::EventKind::PolicyRejected, audit::Outcome::Failure)
-        .actor("cli")
-        .detail(serde_json::json!({ "error": error, "dir": config.policy_dir.display().to_string() }));
-    audit::Audit::new(db.clone()).record(event).await?;
+    let report = audit::verify_with(&db, trusted.as_deref()).await?;
     db.close().await;
-    Ok(())
-}
-
-async fn audit_verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let config = load_config(data_dir)?;
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
-    let report = audit::verify(&db).await?;
-    db.close().await;
-    match report.broken {
+    let code = match &report.broken {
         None => {
             println!("audit chain intact: {} events", report.events);
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Some(broken) => {
-            println!("audit chain broken at event #{}: {}", broken.seq, broken.reason);
-            Ok(ExitCode::FAILURE)
+            println!("audit chain broken at event #{}: {}: {}", broken.seq, broken.kind.as_str(), broken.reason);
+            ExitCode::FAILURE
         }
+    };
+    if let Some(seq) = report.pruned_through {
+        println!("pruned through event #{seq} (signed anchor)");
     }
+    match &report.last_checkpoint {
+        Some(cp) => println!(
+            "checkpoints: {} confirmed; newest at event #{}, signed {} by key {}",
+            report.checkpoints,
+            cp.seq,
+            audit::export::rfc3339_ms(cp.ts_ms),
+            cp.key_id
+        ),
+        None => println!("checkpoints: none (a truncated tail cannot be detected until one is written)"),
+    }
+    for key in &report.keys {
+        let source = if trusted.as_deref().map(audit::checkpoint::key_id_of).as_deref() == Some(key.key_id.as_str()) {
+            "trusted"
+        } else {
+            "recorded"
+        };
+        println!("signing key {} ({source}): ed25519 {}", key.key_id, key.public_key);
+    }
+    Ok(code)
+}
+
+async fn audit_export(args: AuditExportArgs) -> anyhow::Result<ExitCode> {
+    use audit::export::{Filter, Format};
+    let config = load_config(&args.data_dir)?;
+    let ms = |t: SystemTime| i64::try_from(t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis());
+    let filter = Filter {
+        since_ms: args.since.map(ms).transpose()?,
+        until_ms: args.until.map(ms).transpose()?,
+        ..Filter::default()
+    };
+    let format = match args.format {
+        ExportFormat::Jsonl => Format::Jsonl,
+        ExportFormat::Csv => Format::Csv,
+    };
+    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let last = audit::export::export(&db, filter, format, &mut out).await?;
+    if args.follow {
+        let filter = Filter { after_seq: last, ..filter };
+        audit::export::follow(&db, filter, format, &mut out, Duration::from_millis(500), ctrl_c_token()).await?;
+    }
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit_prune(data_dir: &Path, before: SystemTime, archive: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = load_config(data_dir)?;
+    let signer = audit::Signer::load_or_create(&config.data_dir.join(audit::checkpoint::KEY_FILE))?;
+    let before_ms = i64::try_from(before.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis())?;
+    let mut file = match archive {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let report = audit::retention::prune(&db, &signer, before_ms, file.as_mut()).await;
+    db.close().await;
+    let report = report?;
+    match report.anchor {
+        Some(anchor) => {
+            println!("pruned {} events up to #{} (anchor signed by key {})", report.deleted, anchor.seq, anchor.key_id)
+        }
+        None => println!("nothing to prune"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn identity_disable(data_dir: &Path, id: &str) -> anyhow::Result<ExitCode> {

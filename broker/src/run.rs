@@ -86,11 +86,16 @@ pub async fn run_with_ready(
 
     tracing::info!(%https_addr, %quic_addr, trust_domain = %broker.ca().trust_domain(), "broker ready");
     print_ready(https_addr, quic_addr)?;
-    drop(broker);
     if let Some(ready) = ready {
         let _ = ready.send(Ready { https: https_addr, quic: quic_addr });
     }
-    supervise(tasks, shutdown).await
+    let result = supervise(tasks, shutdown).await;
+    // Sign the chain head on the way out, so a truncation of the last events
+    // before the next start is detectable.
+    if let Err(e) = broker.audit().checkpoint().await {
+        tracing::error!(error = %e, "could not write the shutdown audit checkpoint");
+    }
+    result
 }
 
 fn print_ready(https: SocketAddr, quic: SocketAddr) -> std::io::Result<()> {

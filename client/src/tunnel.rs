@@ -57,7 +57,9 @@ pub enum TunnelError {
     CertificateExpired,
     /// The broker closed the connection (or a connector cut the stream)
     /// because the session or the identity was revoked.
-    #[error("session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)")]
+    #[error(
+        "session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)"
+    )]
     Revoked,
     /// The broker refused this client's certificate.
     #[error("the broker refused this identity: enroll or log in again")]
@@ -497,7 +499,10 @@ mod tests {
         });
         let e = TunnelError::from_connection(&closed, "llm-prod");
         assert!(matches!(e, TunnelError::Revoked), "{e:?}");
-        assert_eq!(e.to_string(), "session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)");
+        assert_eq!(
+            e.to_string(),
+            "session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)"
+        );
         assert!(matches!(handshake_error(&closed, "broker:4433"), TunnelError::Revoked));
     }
 }

@@ -27,3 +27,23 @@ CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN
     SELECT RAISE(ABORT, 'audit checkpoints are append-only');
 END;
+
+-- Retention: `palisade-broker audit prune` deletes the oldest events up to a seq
+-- and records a signed anchor (that seq and its hash) in the same transaction;
+-- `audit verify` then starts the chain from the newest valid anchor. Deletes are
+-- allowed only at or below an anchor.
+CREATE TABLE audit_prune_anchors (
+    seq       INTEGER PRIMARY KEY NOT NULL,
+    hash      TEXT NOT NULL,
+    ts_ms     INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    key_id    TEXT NOT NULL
+);
+
+DROP TRIGGER audit_events_no_delete;
+
+CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+WHEN OLD.seq > (SELECT COALESCE(MAX(seq), 0) FROM audit_prune_anchors)
+BEGIN
+    SELECT RAISE(ABORT, 'audit events are append-only');
+END;

@@ -110,10 +110,7 @@ impl Engine {
             return Err(Decision::Deny(DenyReason::UnknownService));
         };
         if matches!(request.action, crate::Action::Http { .. }) && service.protocol != "http" {
-            return Err(Decision::Deny(DenyReason::Invalid(format!(
-                "service `{}` does not speak HTTP",
-                service.name
-            ))));
+            return Err(Decision::Deny(DenyReason::Invalid(format!("service `{}` does not speak HTTP", service.name))));
         }
         to_cedar(self.vocab, request, service).map_err(|message| Decision::Deny(DenyReason::Invalid(message)))
     }

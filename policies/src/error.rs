@@ -125,4 +125,30 @@ pub enum LoadError {
         /// What is wrong.
         message: String,
     },
+
+    /// A file nests brackets or `if`s deeper than [`MAX_NESTING`](crate::MAX_NESTING):
+    /// refused before parsing, as Cedar's recursive parser and validator
+    /// would exhaust the stack.
+    #[error("{file}:{line}:{column}: nested more than {limit} levels deep")]
+    TooDeep {
+        /// The file's name.
+        file: String,
+        /// 1-based line where the limit was passed.
+        line: usize,
+        /// 1-based column where the limit was passed.
+        column: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A file is larger than [`MAX_FILE_BYTES`](crate::MAX_FILE_BYTES).
+    #[error("{file}: {bytes} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// The file's name.
+        file: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
 }

@@ -73,23 +73,29 @@
 
 mod bundle;
 mod cases;
+mod compare;
 mod compile;
 mod decision;
 mod engine;
 mod error;
+mod explain;
 mod request;
 mod schema;
 mod source;
 
 pub use bundle::{PolicyBundle, PolicyFile, ServiceEntry};
 pub use cases::{CaseError, CaseOutcome, CaseReport, run_case_dir, run_case_file, run_cases};
-pub use compile::{PolicyEffect, PolicyInfo};
+pub use compare::{AccessChange, Comparison, compare};
+pub use compile::{MAX_FILE_BYTES, MAX_NESTING, PolicyEffect, PolicyInfo};
 pub use decision::{Decision, DenyReason, Grant};
 pub use engine::Engine;
 pub use error::LoadError;
+pub use explain::{Explanation, PolicyOutcome, PolicyTrace, ScopePart};
 pub use request::{AccessRequest, Action, Principal, PrincipalKind, RequestContext};
 pub use schema::{SCHEMA_TEXT, schema};
 pub use source::read_policy_dir;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod what_if_tests;

@@ -4,11 +4,16 @@
 //! batched into one write transaction by a single writer task (group commit),
 //! so the relay can record an event per stream. [`Audit::record_in`] appends
 //! inside a caller's transaction, so an event commits together with the
-//! change it describes. [`verify`] walks the chain; see [`chain`] for the
-//! hash encoding.
+//! change it describes. [`verify`] walks the chain and checks the signed
+//! checkpoints; see [`chain`] for the hash encoding and [`checkpoint`] for the
+//! signatures. [`export`] writes the trail as JSON lines or CSV; the event
+//! catalogue is `docs/audit-events.md`.
 
 pub mod chain;
+pub mod checkpoint;
+pub mod export;
 pub mod query;
+pub mod retention;
 mod verify;
 mod writer;
 
@@ -22,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::db::Db;
 pub use chain::{EventRow, GENESIS};
-pub use verify::{Broken, VerifyReport, verify};
+pub use checkpoint::{Checkpoint, Signer};
+pub use verify::{BreakKind, Broken, VerifyReport, verify, verify_with};
+pub use writer::CheckpointPolicy;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,6 +159,51 @@ impl EventKind {
         }
     }
 
+    /// The OCSF class this kind maps to: `(class_uid, class name)`; the
+    /// category is `class_uid / 1000`. See `docs/audit-events.md`.
+    #[must_use]
+    pub fn ocsf_class(self) -> (u32, &'static str) {
+        const AUTHENTICATION: (u32, &str) = (3002, "Authentication");
+        const ACCOUNT_CHANGE: (u32, &str) = (3001, "Account Change");
+        const AUTHORIZE_SESSION: (u32, &str) = (3003, "Authorize Session");
+        const ENTITY_MANAGEMENT: (u32, &str) = (3004, "Entity Management");
+        const NETWORK_ACTIVITY: (u32, &str) = (4001, "Network Activity");
+        const DETECTION_FINDING: (u32, &str) = (2004, "Detection Finding");
+        const APPLICATION_LIFECYCLE: (u32, &str) = (6002, "Application Lifecycle");
+        match self {
+            Self::BrokerInitialized => APPLICATION_LIFECYCLE,
+            Self::TokenCreated | Self::PolicyActivated | Self::PolicyRejected => ENTITY_MANAGEMENT,
+            Self::TokenRedeemed
+            | Self::TokenRefused
+            | Self::LoginSucceeded
+            | Self::LoginFailed
+            | Self::SessionCreated
+            | Self::SessionRevoked
+            | Self::DeviceCodeIssued
+            | Self::DeviceCodeApproved => AUTHENTICATION,
+            Self::CertificateIssued
+            | Self::CertificateRefused
+            | Self::IdentityDisabled
+            | Self::CredentialRegistered
+            | Self::CredentialRemoved
+            | Self::UserInvited => ACCOUNT_CHANGE,
+            Self::StreamAllowed | Self::StreamDenied | Self::ConnectorStreamDenied => AUTHORIZE_SESSION,
+            Self::QuicAccepted
+            | Self::QuicRefused
+            | Self::StreamEnded
+            | Self::ConnectorOnline
+            | Self::ConnectorOffline
+            | Self::TunnelsRevoked => NETWORK_ACTIVITY,
+            Self::CredentialAlert => DETECTION_FINDING,
+        }
+    }
+
+    /// Every kind, in catalogue order.
+    #[must_use]
+    pub fn all() -> [Self; 28] {
+        Self::ALL
+    }
+
     /// The kind stored under this name, if any.
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
@@ -270,15 +322,47 @@ impl From<sqlx::Error> for AuditError {
 #[derive(Clone, Debug)]
 pub struct Audit {
     jobs: mpsc::Sender<writer::Job>,
+    checkpoints: mpsc::Sender<writer::CheckpointReply>,
 }
 
 impl Audit {
     /// Starts the writer task. Must be called inside a Tokio runtime.
+    ///
+    /// Checkpoints are signed with the key in [`checkpoint::KEY_FILE`] beside
+    /// the database file (created on first use); if that key cannot be loaded
+    /// or created the error is logged and the trail is kept without
+    /// checkpoints rather than refusing every event.
     #[must_use]
     pub fn new(db: Db) -> Self {
+        let signer = checkpoint::key_path_beside(&db).and_then(|path| match Signer::load_or_create(&path) {
+            Ok(signer) => Some(Arc::new(signer)),
+            Err(e) => {
+                tracing::error!(error = %e, "audit checkpoints disabled");
+                None
+            }
+        });
+        Self::with_signer(db, signer, CheckpointPolicy::default())
+    }
+
+    /// Starts the writer task with an explicit signer (or none) and checkpoint policy.
+    #[must_use]
+    pub fn with_signer(db: Db, signer: Option<Arc<Signer>>, policy: CheckpointPolicy) -> Self {
         let (jobs, rx) = mpsc::channel(writer::QUEUE);
-        tokio::spawn(writer::run(db, rx));
-        Self { jobs }
+        let (checkpoints, requests) = mpsc::channel(16);
+        tokio::spawn(writer::Writer { db, signer, policy }.run(rx, requests));
+        Self { jobs, checkpoints }
+    }
+
+    /// Signs the current chain head now (for a clean shutdown, or before a
+    /// prune). Returns the new checkpoint, or `None` if the head was already
+    /// checkpointed, the chain is empty or there is no signing key.
+    ///
+    /// # Errors
+    /// The database refused the write, or the writer has stopped.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.checkpoints.send(done).await.map_err(|_| AuditError::Closed)?;
+        wait.await.map_err(|_| AuditError::Closed)?
     }
 
     /// Appends an event; it is committed when this returns. Returns its seq.
@@ -358,3 +442,9 @@ pub(crate) async fn append_after(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_checkpoint;
+#[cfg(test)]
+mod tests_export;
+#[cfg(test)]
+mod tests_retention;

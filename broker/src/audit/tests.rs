@@ -12,6 +12,11 @@ async fn fresh() -> (tempfile::TempDir, Db, Audit) {
     (dir, db, audit)
 }
 
+async fn assert_intact(db: &Db, events: u64) {
+    let report = verify(db).await.unwrap();
+    assert_eq!((report.events, report.broken), (events, None));
+}
+
 async fn record_n(audit: &Audit, n: u64) {
     for i in 0..n {
         let event = AuditEvent::new(EventKind::StreamAllowed, Outcome::Allow).actor("tester").detail(json!({ "i": i }));
@@ -29,9 +34,9 @@ async fn tamper(db: &Db, sql: &'static str) {
 #[tokio::test]
 async fn a_fresh_chain_verifies() {
     let (_dir, db, audit) = fresh().await;
-    assert_eq!(verify(&db).await.unwrap(), VerifyReport { events: 0, broken: None });
+    assert_intact(&db, 0).await;
     record_n(&audit, 5).await;
-    assert_eq!(verify(&db).await.unwrap(), VerifyReport { events: 5, broken: None });
+    assert_intact(&db, 5).await;
     let first = query::recent(&db, None, 10).await.unwrap().pop().unwrap();
     assert_eq!(first.prev_hash, GENESIS);
 }
@@ -56,6 +61,7 @@ async fn an_edited_row_is_named() {
     let broken = report.broken.unwrap();
     assert_eq!(broken.seq, 3);
     assert!(broken.reason.contains("edited"), "{}", broken.reason);
+    assert_eq!(broken.kind, BreakKind::Edited);
 }
 
 #[tokio::test]
@@ -75,6 +81,7 @@ async fn an_edit_that_recomputes_the_hash_breaks_the_next_link() {
     let broken = verify(&db).await.unwrap().broken.unwrap();
     assert_eq!(broken.seq, 3);
     assert!(broken.reason.contains("prev_hash"), "{}", broken.reason);
+    assert_eq!(broken.kind, BreakKind::Reordered);
 }
 
 #[tokio::test]
@@ -87,6 +94,7 @@ async fn a_deleted_middle_row_is_named() {
     let broken = report.broken.unwrap();
     assert_eq!(broken.seq, 4);
     assert!(broken.reason.contains("#3 is missing"), "{}", broken.reason);
+    assert_eq!(broken.kind, BreakKind::Deleted);
 }
 
 #[tokio::test]
@@ -116,7 +124,7 @@ async fn concurrent_records_keep_one_valid_chain() {
     let mut all: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
     all.sort_unstable();
     assert_eq!(all, (1..=2000).collect::<Vec<u64>>());
-    assert_eq!(verify(&db).await.unwrap(), VerifyReport { events: 2000, broken: None });
+    assert_intact(&db, 2000).await;
 }
 
 #[tokio::test]

@@ -1,20 +1,46 @@
-//! The single writer task: group commit for [`super::Audit::record`].
+//! The single writer task: group commit for [`super::Audit::record`], and
+//! the periodic signed checkpoints.
 //!
 //! Callers queue a job and wait for its oneshot. The task takes every job
 //! already queued (up to [`MAX_BATCH`]), appends them in one `BEGIN IMMEDIATE`
 //! transaction, commits, and only then answers each caller. SQLite's write
 //! lock, taken before the chain head is read, keeps the chain linear when
 //! other processes (the admin CLI) append to the same file.
+//!
+//! With a signer, the batch that brings [`CheckpointPolicy::every_events`]
+//! events since the last checkpoint also signs its new head, in the same
+//! transaction; a timer checkpoints the head every
+//! [`CheckpointPolicy::every`] if it moved (events appended by other
+//! processes included), and the task checkpoints once more when the last
+//! [`super::Audit`] is dropped.
 
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
 
+use super::checkpoint::{self, Checkpoint, Signer};
 use super::{AuditError, AuditEvent, append_after, head};
 use crate::db::Db;
 
 pub(super) const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 512;
+
+/// When the writer signs a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// After this many events recorded through this writer.
+    pub every_events: u64,
+    /// After this long, if the head moved.
+    pub every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self { every_events: 1000, every: Duration::from_secs(60) }
+    }
+}
 
 pub(super) struct Job {
     pub(super) event: AuditEvent,
@@ -22,11 +48,62 @@ pub(super) struct Job {
     pub(super) done: oneshot::Sender<Result<u64, AuditError>>,
 }
 
-pub(super) async fn run(db: Db, mut jobs: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match write_batch(&db, &batch).await {
+pub(super) type CheckpointReply = oneshot::Sender<Result<Option<Checkpoint>, AuditError>>;
+
+pub(super) struct Writer {
+    pub(super) db: Db,
+    pub(super) signer: Option<Arc<Signer>>,
+    pub(super) policy: CheckpointPolicy,
+}
+
+impl Writer {
+    pub(super) async fn run(self, mut jobs: mpsc::Receiver<Job>, mut requests: mpsc::Receiver<CheckpointReply>) {
+        if let Some(signer) = &self.signer
+            && let Err(e) = checkpoint::register_key(&self.db, signer).await
+        {
+            tracing::error!(error = %e, "could not record the audit signing key");
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + self.policy.every, self.policy.every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut since_checkpoint = 0u64;
+        loop {
+            tokio::select! {
+                n = jobs.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.commit(&mut batch, &mut since_checkpoint).await;
+                }
+                Some(reply) = requests.recv() => {
+                    let _ = reply.send(self.checkpoint(&mut since_checkpoint).await);
+                }
+                _ = tick.tick(), if self.signer.is_some() => {
+                    if let Err(e) = self.checkpoint(&mut since_checkpoint).await {
+                        tracing::error!(error = %e, "could not checkpoint the audit trail");
+                    }
+                }
+            }
+        }
+        // A CLI process that recorded one event may have closed the pool already.
+        if self.signer.is_some() && !self.db.pool().is_closed() {
+            match self.checkpoint(&mut since_checkpoint).await {
+                Ok(_) => {}
+                Err(AuditError::Db(e)) if matches!(*e, sqlx::Error::PoolClosed) => {}
+                Err(e) => tracing::error!(error = %e, "could not checkpoint the audit trail at shutdown"),
+            }
+        }
+    }
+
+    async fn commit(&self, batch: &mut Vec<Job>, since_checkpoint: &mut u64) {
+        let sign = self
+            .signer
+            .as_deref()
+            .filter(|_| *since_checkpoint + u64::try_from(batch.len()).unwrap_or(u64::MAX) >= self.policy.every_events);
+        match write_batch(&self.db, batch, sign).await {
             Ok(seqs) => {
+                *since_checkpoint =
+                    if sign.is_some() { 0 } else { *since_checkpoint + u64::try_from(seqs.len()).unwrap_or(0) };
                 for (job, seq) in batch.drain(..).zip(seqs) {
                     let _ = job.done.send(Ok(seq));
                 }
@@ -39,15 +116,25 @@ pub(super) async fn run(db: Db, mut jobs: mpsc::Receiver<Job>) {
             }
         }
     }
+
+    async fn checkpoint(&self, since_checkpoint: &mut u64) -> Result<Option<Checkpoint>, AuditError> {
+        let Some(signer) = &self.signer else { return Ok(None) };
+        let cp = checkpoint::checkpoint_now(&self.db, signer).await?;
+        *since_checkpoint = 0;
+        Ok(cp)
+    }
 }
 
-async fn write_batch(db: &Db, batch: &[Job]) -> Result<Vec<u64>, AuditError> {
+async fn write_batch(db: &Db, batch: &[Job], sign: Option<&Signer>) -> Result<Vec<u64>, AuditError> {
     let mut tx = db.begin_write().await?;
     let mut seqs = Vec::with_capacity(batch.len());
     let mut head = head(&mut tx).await?;
     for job in batch {
         head = append_after(&mut tx, head, &job.event, job.at).await?;
         seqs.push(u64::try_from(head.0).unwrap_or(0));
+    }
+    if let Some(signer) = sign {
+        checkpoint::write(&mut tx, signer, (head.0, &head.1), SystemTime::now()).await?;
     }
     tx.commit().await?;
     Ok(seqs)

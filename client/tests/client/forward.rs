@@ -167,7 +167,10 @@ async fn a_revoked_session_tells_the_person_to_log_in_again() {
     let err = forward::forward(local, &env.tunnel, &"revoked".parse().unwrap()).await.unwrap_err();
     assert!(matches!(err, TunnelError::Revoked), "{err:?}");
     assert_eq!(err.reject_code(), Some(palisade_proto::reject::RejectCode::Revoked));
-    assert_eq!(err.to_string(), "session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)");
+    assert_eq!(
+        err.to_string(),
+        "session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)"
+    );
 }
 
 #[tokio::test]

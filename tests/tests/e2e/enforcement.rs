@@ -49,10 +49,11 @@ async fn a_policy_change_closes_live_tunnels_it_no_longer_allows() {
     assert!(closed_after <= CUT_WITHIN, "the tunnel closed {closed_after:?} after the change (bound {CUT_WITHIN:?})");
 
     assert!(!forward.echoes(b"a new connection").await, "new connections must be denied by the new set");
-    let revoked = wait_for_some("a tunnels.revoked event naming the policy version", Duration::from_secs(5), || async {
-        broker.audit_events().await.last_of_kind("tunnels.revoked").cloned()
-    })
-    .await;
+    let revoked =
+        wait_for_some("a tunnels.revoked event naming the policy version", Duration::from_secs(5), || async {
+            broker.audit_events().await.last_of_kind("tunnels.revoked").cloned()
+        })
+        .await;
     assert_eq!(revoked.detail_str("reason"), Some("policy change"));
     assert!(revoked.detail.get("policy_version").and_then(serde_json::Value::as_u64).is_some(), "{revoked:?}");
     assert_eq!(revoked.detail.get("streams_closed").and_then(serde_json::Value::as_u64), Some(1));
