@@ -57,6 +57,11 @@ fn reset(send: &mut SendStream, recv: &mut RecvStream, code: RejectCode, why: &s
 
 async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send: SendStream, mut recv: RecvStream) {
     let decision_id = DecisionId::random();
+    if !broker.live().revocation_view_fresh() {
+        let detail = "the revocation feed could not be read recently";
+        deny(broker, peer, &service, decision_id, "revocation_view_stale", detail, &[]).await;
+        return reset(&mut send, &mut recv, RejectCode::Internal, detail);
+    }
     let decision = decide(broker, &peer.identity, peer.remote.ip(), service.as_str());
     let (grant_ids, version) = match &decision {
         Decision::Allow(grant) => (grant.policy_ids().to_vec(), grant.policy_version()),

@@ -25,7 +25,10 @@ const LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Polls the revocation feed until shutdown.
 pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
     let mut last = match revocations::head(broker.db()).await {
-        Ok(seq) => seq,
+        Ok(seq) => {
+            broker.live().feed_read();
+            seq
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot read the revocation feed; retrying");
             0
@@ -39,12 +42,15 @@ pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         match revocations::after(broker.db(), last).await {
-            Ok(rows) if rows.is_empty() => {}
+            Ok(rows) if rows.is_empty() => broker.live().feed_read(),
             Ok(rows) => {
                 last = rows.last().map_or(last, |r| r.seq);
                 apply(&broker, &rows).await;
+                broker.live().feed_read();
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the revocation feed"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the revocation feed; new streams are refused until it can")
+            }
         }
     }
 }

@@ -58,3 +58,38 @@ async fn a_policy_change_closes_live_tunnels_it_no_longer_allows() {
     assert!(revoked.detail.get("policy_version").and_then(serde_json::Value::as_u64).is_some(), "{revoked:?}");
     assert_eq!(revoked.detail.get("streams_closed").and_then(serde_json::Value::as_u64), Some(1));
 }
+
+/// REV-02: when the broker cannot read the revocation feed, it cannot know
+/// whether a session was revoked, so after a short bound it refuses new
+/// streams (deny on doubt), and serves again once the feed is readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_streams_are_refused_while_the_revocation_feed_cannot_be_read() {
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let forward = agent.connect("echo").await;
+    forward.assert_echoes(b"before the outage").await;
+
+    let db = palisade_tests::open_db(&broker.db_path()).await;
+    sqlx::query("ALTER TABLE revocations RENAME TO revocations_unavailable").execute(&db).await.expect("break the feed");
+    palisade_tests::wait_for("new streams refused while the feed is unreadable", Duration::from_secs(10), || async {
+        !forward.echoes(b"during the outage").await
+    })
+    .await;
+    let err = agent.tunnel_exchange("echo", b"library view").await.expect_err("refused while the feed is unreadable");
+    assert_eq!(err.reject_code(), Some(palisade_proto::reject::RejectCode::Internal), "{err}");
+    let denied = broker.audit_events().await;
+    assert!(
+        denied.of_kind("stream.denied").iter().any(|r| r.detail_str("reason") == Some("revocation_view_stale")),
+        "{}",
+        denied.summary()
+    );
+
+    sqlx::query("ALTER TABLE revocations_unavailable RENAME TO revocations").execute(&db).await.expect("restore");
+    palisade_tests::wait_for("streams served again once the feed is readable", Duration::from_secs(10), || async {
+        forward.echoes(b"after the outage").await
+    })
+    .await;
+}
