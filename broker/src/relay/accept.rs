@@ -168,11 +168,10 @@ async fn refused(broker: &Broker, remote: SocketAddr, actor: Option<String>, rea
 async fn serve_client(broker: Broker, conn: quinn::Connection, peer: Arc<Peer>, shutdown: CancellationToken) {
     let identity = peer.identity.id().id.clone();
     let limit = broker.config().relay.max_connections_per_identity;
-    if broker.live().connections_of(&identity) >= limit {
+    if !broker.live().try_add(&identity, peer.identity.session(), &conn, limit) {
         conn.close(VarInt::from_u32(close::TOO_MANY_CONNECTIONS), b"too many connections for this identity");
         return refused(&broker, peer.remote, Some(peer.identity.id().uri()), "per-identity connection limit").await;
     }
-    broker.live().add(&identity, peer.identity.session(), &conn);
     accept_streams(&broker, &conn, &peer, &shutdown).await;
     broker.live().remove(&identity, &conn);
 }

@@ -99,21 +99,17 @@ impl Live {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
-    /// Tracks a client connection until [`Live::remove`].
-    pub fn add(&self, identity: &str, session: Option<&str>, conn: &quinn::Connection) {
-        let entry = Entry { session: session.map(str::to_owned), conn: conn.clone() };
-        self.by_identity
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(identity.to_owned())
-            .or_default()
-            .push(entry);
-    }
-
-    /// How many live connections an identity holds.
-    #[must_use]
-    pub fn connections_of(&self, identity: &str) -> usize {
-        self.by_identity.read().unwrap_or_else(PoisonError::into_inner).get(identity).map_or(0, Vec::len)
+    /// Tracks a client connection unless its identity already holds
+    /// `limit` connections; check and insert happen under one lock, so
+    /// concurrent handshakes cannot overshoot the cap.
+    pub fn try_add(&self, identity: &str, session: Option<&str>, conn: &quinn::Connection, limit: usize) -> bool {
+        let mut map = self.by_identity.write().unwrap_or_else(PoisonError::into_inner);
+        let entries = map.entry(identity.to_owned()).or_default();
+        if entries.len() >= limit {
+            return false;
+        }
+        entries.push(Entry { session: session.map(str::to_owned), conn: conn.clone() });
+        true
     }
 
     /// Stops tracking a connection.

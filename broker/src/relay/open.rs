@@ -57,52 +57,94 @@ fn reset(send: &mut SendStream, recv: &mut RecvStream, code: RejectCode, why: &s
 
 async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send: SendStream, mut recv: RecvStream) {
     let decision_id = DecisionId::random();
-    if !broker.live().revocation_view_fresh() {
-        let detail = "the revocation feed could not be read recently";
-        deny(broker, peer, &service, decision_id, "revocation_view_stale", detail, &[]).await;
-        return reset(&mut send, &mut recv, RejectCode::Internal, detail);
-    }
-    let decision = decide(broker, &peer.identity, peer.remote.ip(), service.as_str());
-    let (grant_ids, version) = match &decision {
-        Decision::Allow(grant) => (grant.policy_ids().to_vec(), grant.policy_version()),
-        Decision::Deny(reason) => {
-            deny(broker, peer, &service, decision_id, reason_code(reason), &reason.to_string(), reason.policy_ids())
-                .await;
-            return reset(&mut send, &mut recv, reject_for(reason), "denied by policy");
-        }
+    let admitted = match admit(broker, peer, &service, decision_id).await {
+        Ok(admitted) => admitted,
+        Err(code) => return reset(&mut send, &mut recv, code, "refused"),
     };
-    let Some(link) = broker.registry().pick(service.as_str()) else {
-        deny(broker, peer, &service, decision_id, "no_connector", "no connector is serving the service", &[]).await;
-        return reset(&mut send, &mut recv, RejectCode::NoConnector, "no connector");
-    };
-    let allowed = stream_event(EventKind::StreamAllowed, Outcome::Allow, peer, &service, decision_id)
-        .detail(json!({ "policy_ids": grant_ids, "policy_version": version, "connector": link.connector_id,
-                        "remote": peer.remote.to_string() }));
-    if let Err(e) = broker.audit().record(allowed).await {
-        tracing::error!(error = %e, "audit unavailable; denying the stream");
-        return reset(&mut send, &mut recv, RejectCode::Internal, "audit unavailable");
-    }
-    let dispatch = Dispatch {
-        decision_id,
-        service: service.clone(),
-        policy_version: version,
-        caller_chain: peer.chain.clone(),
-        source_addr: peer.remote.to_string(),
-    };
-    let timeout = broker.config().relay.connect_timeout;
-    let opened = tokio::time::timeout(timeout, open_towards(&link, &dispatch)).await;
-    let connector = match opened.unwrap_or_else(|_| Err("timed out opening a stream to the connector".into())) {
+    let connector = match dispatch(broker, peer, &service, decision_id, &admitted).await {
         Ok(streams) => streams,
-        Err(e) => {
-            tracing::warn!(connector = %link.name, error = %e, "could not open a stream to the connector");
-            return reset(&mut send, &mut recv, RejectCode::NoConnector, "connector stream failed");
-        }
+        Err(code) => return reset(&mut send, &mut recv, code, "dispatch failed"),
     };
     let cut = tokio_util::sync::CancellationToken::new();
     let live_id = broker.live().add_stream(peer.clone(), service.to_string(), cut.clone());
     let stats = splice((send, recv), connector, &cut).await;
     broker.live().remove_stream(live_id);
-    ended(broker, peer, &service, decision_id, &link, stats).await;
+    ended(broker, peer, &service, decision_id, &admitted.link, stats).await;
+}
+
+/// An allowed stream and the connector chosen for it.
+struct Admitted {
+    link: Link,
+    policy_ids: Vec<String>,
+    policy_version: u64,
+}
+
+/// Decides the stream: a fresh revocation view, the policy, a live connector.
+/// Every refusal is audited here.
+async fn admit(
+    broker: &Broker,
+    peer: &Peer,
+    service: &ServiceName,
+    decision_id: DecisionId,
+) -> Result<Admitted, RejectCode> {
+    if !broker.live().revocation_view_fresh() {
+        let detail = "the revocation feed could not be read recently";
+        deny(broker, peer, service, decision_id, "revocation_view_stale", detail, &[]).await;
+        return Err(RejectCode::Internal);
+    }
+    let (policy_ids, policy_version) = match decide(broker, &peer.identity, peer.remote.ip(), service.as_str()) {
+        Decision::Allow(grant) => (grant.policy_ids().to_vec(), grant.policy_version()),
+        Decision::Deny(reason) => {
+            deny(broker, peer, service, decision_id, reason.code(), &reason.to_string(), reason.policy_ids()).await;
+            return Err(reject_for(&reason));
+        }
+    };
+    let Some(link) = broker.registry().pick(service.as_str()) else {
+        deny(broker, peer, service, decision_id, "no_connector", "no connector is serving the service", &[]).await;
+        return Err(RejectCode::NoConnector);
+    };
+    Ok(Admitted { link, policy_ids, policy_version })
+}
+
+/// Makes the `stream.allowed` event durable and opens the connector's stream
+/// at the same time: the connector may start dialling the workload, but no
+/// tunnelled byte moves before the event is committed (splicing starts only
+/// after both). If the event cannot be written, the connector's stream is
+/// reset and the client is refused.
+async fn dispatch(
+    broker: &Broker,
+    peer: &Peer,
+    service: &ServiceName,
+    decision_id: DecisionId,
+    admitted: &Admitted,
+) -> Result<(SendStream, RecvStream), RejectCode> {
+    let link = &admitted.link;
+    let allowed = stream_event(EventKind::StreamAllowed, Outcome::Allow, peer, service, decision_id).detail(json!({
+        "policy_ids": admitted.policy_ids, "policy_version": admitted.policy_version,
+        "connector": link.connector_id, "remote": peer.remote.to_string(),
+    }));
+    let header = Dispatch {
+        decision_id,
+        service: service.clone(),
+        policy_version: admitted.policy_version,
+        caller_chain: peer.chain.clone(),
+        source_addr: peer.remote.to_string(),
+    };
+    let timeout = broker.config().relay.connect_timeout;
+    let open = tokio::time::timeout(timeout, open_towards(link, &header));
+    let (recorded, opened) = tokio::join!(broker.audit().record(allowed), open);
+    let opened = opened.unwrap_or_else(|_| Err("timed out opening a stream to the connector".into()));
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, "audit unavailable; denying the stream");
+        if let Ok((mut send, mut recv)) = opened {
+            reset(&mut send, &mut recv, RejectCode::Internal, "audit unavailable");
+        }
+        return Err(RejectCode::Internal);
+    }
+    opened.map_err(|e| {
+        tracing::warn!(connector = %link.name, error = %e, "could not open a stream to the connector");
+        RejectCode::NoConnector
+    })
 }
 
 /// Evaluates the active policy set for this peer and service.
@@ -124,10 +166,6 @@ pub(crate) fn decide(broker: &Broker, peer: &VerifiedPeer, source: std::net::IpA
 pub(crate) fn principal_of(peer: &VerifiedPeer) -> Principal {
     let kind = if peer.role() == PeerRole::User { PrincipalKind::User } else { PrincipalKind::Machine };
     Principal { kind, id: peer.id().id.clone(), name: peer.name().to_owned(), groups: peer.groups().to_vec() }
-}
-
-fn reason_code(reason: &DenyReason) -> &'static str {
-    reason.code()
 }
 
 fn reject_for(reason: &DenyReason) -> RejectCode {
