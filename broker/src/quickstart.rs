@@ -185,6 +185,7 @@ async fn start_connector(
         connect_timeout: Duration::from_secs(10),
         services: vec![palisade_connector::ServiceConfig { name: SERVICE.parse()?, upstream: demo.to_string() }],
         policy_dir: None,
+        bundle_max_age: palisade_connector::DEFAULT_BUNDLE_MAX_AGE,
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     tasks.spawn(async move {

@@ -7,27 +7,48 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use palisade_policies::{
     AccessRequest, Action, Decision, DenyReason, Engine, Grant, LoadError, PolicyBundle, PolicyFile, Principal,
     PrincipalKind, RequestContext,
 };
+use palisade_proto::bundle::VerifiedBundle;
 use palisade_proto::identity::{PeerRole, TrustAnchors, VerifiedPeer, VerifyPeerError, verify_peer};
 use palisade_proto::wire::Dispatch;
 use rustls_pki_types::CertificateDer;
 
-use crate::config::ServiceConfig;
+use crate::config::{DEFAULT_BUNDLE_MAX_AGE, ServiceConfig};
 
-/// The policy bundle currently enforced; replaced only by a valid bundle of
-/// the same or a newer version.
-#[derive(Default)]
+/// The policy bundle currently enforced; replaced only by a verified, valid
+/// bundle of the same or a newer version. A bundle signed longer than
+/// `max_age` ago is no longer enforced: the connector denies everything
+/// until a fresh one arrives.
 pub(crate) struct PolicyState {
-    current: RwLock<Option<Arc<Engine>>>,
+    current: RwLock<Option<Enforced>>,
+    max_age: Duration,
     /// Local guardrail files, compiled against each bundle's service catalog.
     local_files: Option<Vec<PolicyFile>>,
     local: RwLock<Option<Arc<Engine>>>,
     revoked: RwLock<Revocations>,
+}
+
+#[derive(Clone)]
+struct Enforced {
+    engine: Arc<Engine>,
+    signed_at_unix: u64,
+}
+
+impl Default for PolicyState {
+    fn default() -> Self {
+        Self {
+            current: RwLock::default(),
+            max_age: DEFAULT_BUNDLE_MAX_AGE,
+            local_files: None,
+            local: RwLock::default(),
+            revoked: RwLock::default(),
+        }
+    }
 }
 
 /// Sessions and identities the broker has revoked. Kept for the life of the
@@ -69,6 +90,12 @@ pub(crate) enum BundleError {
     Conflict { version: u64 },
     #[error("the local guardrail policies do not load with bundle version {version}: {source}")]
     Local { version: u64, source: LoadError },
+    #[error("policy bundle was signed {age_secs}s ago, more than the maximum age of {max_age_secs}s")]
+    Expired { age_secs: u64, max_age_secs: u64 },
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl PolicyState {
@@ -79,9 +106,28 @@ impl PolicyState {
         Ok(Self { local_files: Some(files), ..Self::default() })
     }
 
-    /// The enforced engine, or `None` before the first valid bundle.
-    pub(crate) fn current(&self) -> Option<Arc<Engine>> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// This state, with bundles expiring `max_age` after they were signed.
+    pub(crate) fn with_max_age(self, max_age: Duration) -> Self {
+        Self { max_age, ..self }
+    }
+
+    /// The latest verified engine, fresh or not, or `None` before the first valid bundle.
+    fn latest(&self) -> Option<Arc<Engine>> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(|e| e.engine.clone())
+    }
+
+    /// The engine to enforce at `now`: `None` before the first valid bundle
+    /// and once the bundle is older than the maximum age.
+    pub(crate) fn current(&self, now: SystemTime) -> Option<Arc<Engine>> {
+        let slot = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        let enforced = slot.as_ref()?;
+        (self.age_error(enforced.signed_at_unix, now).is_none()).then(|| enforced.engine.clone())
+    }
+
+    fn age_error(&self, signed_at_unix: u64, now: SystemTime) -> Option<BundleError> {
+        let age_secs = unix_secs(now).saturating_sub(signed_at_unix);
+        let max_age_secs = self.max_age.as_secs();
+        (age_secs > max_age_secs).then_some(BundleError::Expired { age_secs, max_age_secs })
     }
 
     /// Adds revocations pushed by the broker.
@@ -107,14 +153,20 @@ impl PolicyState {
         Engine::new(&local).map(Some).map_err(|source| BundleError::Local { version: bundle.version, source })
     }
 
-    /// Validates and installs a bundle sent by the broker. CPU-heavy (Cedar
+    /// Validates and installs a bundle whose signature was verified. A bundle
+    /// already past the maximum age at `now` is refused. CPU-heavy (Cedar
     /// validation): call it off the async workers.
-    pub(crate) fn apply(&self, policy: serde_json::Value) -> Result<BundleApplied, BundleError> {
-        let bundle: PolicyBundle = serde_json::from_value(policy)?;
+    pub(crate) fn apply(&self, verified: &VerifiedBundle, now: SystemTime) -> Result<BundleApplied, BundleError> {
+        let signed_at_unix = verified.signed_at_unix();
+        if let Some(expired) = self.age_error(signed_at_unix, now) {
+            return Err(expired);
+        }
+        let bundle: PolicyBundle = serde_json::from_str(verified.bundle_json())?;
         let version = bundle.version;
-        if let Some(current) = self.current() {
+        if let Some(current) = self.latest() {
             check_succession(&current, &bundle)?;
             if current.version() == version {
+                self.refresh(version, signed_at_unix);
                 return Ok(BundleApplied::Unchanged { version });
             }
         }
@@ -123,11 +175,20 @@ impl PolicyState {
         let mut slot = self.current.write().unwrap_or_else(PoisonError::into_inner);
         // Another apply may have won the race while Cedar validated: check again under the lock.
         if let Some(current) = slot.as_ref() {
-            check_succession(current, &bundle)?;
+            check_succession(&current.engine, &bundle)?;
         }
         *self.local.write().unwrap_or_else(PoisonError::into_inner) = local.map(Arc::new);
-        let previous = slot.replace(Arc::new(engine)).map(|e| e.version());
+        let enforced = Enforced { engine: Arc::new(engine), signed_at_unix };
+        let previous = slot.replace(enforced).map(|e| e.engine.version());
         Ok(BundleApplied::Installed { version, previous })
+    }
+
+    /// The same bundle, signed again later, extends how long it may be enforced.
+    fn refresh(&self, version: u64, signed_at_unix: u64) {
+        let mut slot = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(enforced) = slot.as_mut().filter(|e| e.engine.version() == version) {
+            enforced.signed_at_unix = enforced.signed_at_unix.max(signed_at_unix);
+        }
     }
 }
 
@@ -156,7 +217,7 @@ pub(crate) enum Denied {
     Identity(#[from] VerifyPeerError),
     #[error("this connector does not serve {0}")]
     NotServed(String),
-    #[error("no valid policy bundle has been received yet")]
+    #[error("no valid policy bundle younger than the maximum age")]
     NoBundle,
     #[error("{0}")]
     Policy(DenyReason),

@@ -6,6 +6,7 @@
 //! broker = "broker.example.com:443"           # optional: default from identity.json
 //! connect_timeout = "10s"                     # optional
 //! policy_dir = "/etc/palisade/guardrails"     # optional: local Cedar guardrails
+//! bundle_max_age = "24h"                      # optional: enforce a saved bundle this long
 //!
 //! [[service]]
 //! name = "llm-prod"
@@ -25,6 +26,8 @@ pub const STATE_DIR_ENV: &str = "PALISADE_CONNECTOR_STATE_DIR";
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long after signing a policy bundle is enforced without a fresher one.
+pub const DEFAULT_BUNDLE_MAX_AGE: Duration = Duration::from_secs(24 * 3_600);
 
 /// Everything `run` needs. Build it in code (public fields) or read it with
 /// [`ConnectorConfig::load`].
@@ -42,6 +45,10 @@ pub struct ConnectorConfig {
     /// Local guardrails: Cedar files this connector enforces in addition to
     /// the broker's bundle. Both must allow; the broker cannot loosen them.
     pub policy_dir: Option<PathBuf>,
+    /// How long after the broker signed it a policy bundle is enforced. The
+    /// last good bundle is saved and rides out a broker outage this long;
+    /// after that the connector denies every stream until a fresh one arrives.
+    pub bundle_max_age: Duration,
 }
 
 /// One service behind this connector.
@@ -94,6 +101,8 @@ struct RawConfig {
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
     policy_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    bundle_max_age: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +139,10 @@ impl ConnectorConfig {
         if connect_timeout.is_zero() || connect_timeout > MAX_CONNECT_TIMEOUT {
             return Err(invalid("connect_timeout".into(), "must be between 1ms and 5m".into()));
         }
+        let bundle_max_age = raw.bundle_max_age.unwrap_or(DEFAULT_BUNDLE_MAX_AGE);
+        if bundle_max_age.as_secs() == 0 {
+            return Err(invalid("bundle_max_age".into(), "must be at least 1s".into()));
+        }
         if raw.services.is_empty() {
             return Err(invalid("service".into(), "at least one [[service]] with name and upstream is needed".into()));
         }
@@ -147,7 +160,14 @@ impl ConnectorConfig {
             services.push(ServiceConfig { name, upstream: svc.upstream });
         }
         let state_dir = raw.state_dir.unwrap_or_else(default_state_dir);
-        Ok(Self { state_dir, broker: raw.broker, connect_timeout, services, policy_dir: raw.policy_dir })
+        Ok(Self {
+            state_dir,
+            broker: raw.broker,
+            connect_timeout,
+            services,
+            policy_dir: raw.policy_dir,
+            bundle_max_age,
+        })
     }
 }
 
@@ -203,11 +223,14 @@ mod tests {
 
     #[test]
     fn a_full_config_parses() {
-        let text = format!("state_dir = \"/tmp/x\"\nbroker = \"[::1]:4433\"\nconnect_timeout = \"3s\"\n{SERVICE}");
+        let text = format!(
+            "state_dir = \"/tmp/x\"\nbroker = \"[::1]:4433\"\nconnect_timeout = \"3s\"\nbundle_max_age = \"2h\"\n{SERVICE}"
+        );
         let config = parse(&text).expect("valid");
         assert_eq!(config.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.broker.as_deref(), Some("[::1]:4433"));
         assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.bundle_max_age, Duration::from_secs(7_200));
         assert_eq!(config.services[0].name.as_str(), "llm-prod");
     }
 
@@ -215,6 +238,7 @@ mod tests {
     fn defaults_apply() {
         let config = parse(SERVICE).expect("valid");
         assert_eq!(config.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(config.bundle_max_age, DEFAULT_BUNDLE_MAX_AGE);
         assert_eq!(config.broker, None);
     }
 
@@ -224,6 +248,8 @@ mod tests {
             (format!("conect_timeout = \"1s\"\n{SERVICE}"), "conect_timeout"),
             (format!("connect_timeout = \"soon\"\n{SERVICE}"), "connect_timeout"),
             (format!("connect_timeout = \"0s\"\n{SERVICE}"), "connect_timeout"),
+            (format!("bundle_max_age = \"0s\"\n{SERVICE}"), "bundle_max_age"),
+            (format!("bundle_max_age = \"a while\"\n{SERVICE}"), "bundle_max_age"),
             (format!("broker = \"broker.example.com\"\n{SERVICE}"), "broker"),
             ("[[service]]\nname = \"llm prod\"\nupstream = \"127.0.0.1:1\"\n".to_owned(), "service[0].name"),
             ("[[service]]\nname = \"llm\"\nupstream = \"localhost\"\n".to_owned(), "service[0].upstream"),

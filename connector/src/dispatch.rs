@@ -50,9 +50,10 @@ pub(crate) async fn handle(ctx: Arc<StreamContext>, mut send: SendStream, mut re
 
 async fn tunnel(ctx: &StreamContext, dispatch: Dispatch, mut send: SendStream, mut recv: RecvStream) {
     let started = Instant::now();
-    let (engine, local) = (ctx.policy.current(), ctx.policy.local());
+    let now = SystemTime::now();
+    let (engine, local) = (ctx.policy.current(now), ctx.policy.local());
     let engines = Engines { bundle: engine.as_deref(), local: local.as_deref(), revoked: Some(&ctx.policy) };
-    let authorized = match authorize(&dispatch, &ctx.trust, engines, &ctx.services, SystemTime::now()) {
+    let authorized = match authorize(&dispatch, &ctx.trust, engines, &ctx.services, now) {
         Ok(authorized) => authorized,
         Err(denied) => {
             tracing::info!(reason = denied.code(), detail = %denied, "stream denied by the connector");

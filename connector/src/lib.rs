@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ConfigError, ConnectorConfig, ServiceConfig, default_state_dir};
+pub use config::{ConfigError, ConnectorConfig, DEFAULT_BUNDLE_MAX_AGE, ServiceConfig, default_state_dir};
 pub use enroll::{EnrollError, Enrolled, enroll};
 pub use store::StoreError;
 
@@ -94,10 +94,20 @@ pub async fn run_with_ready(
             let files = palisade_policies::read_policy_dir(dir).map_err(ConnectorError::Guardrails)?;
             let state = authorize::PolicyState::with_local(files).map_err(ConnectorError::Guardrails)?;
             tracing::info!(dir = %dir.display(), "enforcing local guardrail policies");
-            Arc::new(state)
+            state
         }
-        None => Arc::default(),
+        None => authorize::PolicyState::default(),
     };
+    let policy = Arc::new(policy.with_max_age(config.bundle_max_age));
+    let (state, loader, trust) = (policy.clone(), store.clone(), identity.trust.clone());
+    let restored = tokio::task::spawn_blocking(move || {
+        link::bundle::restore(&state, &loader, &trust, std::time::SystemTime::now())
+    });
+    match restored.await? {
+        Ok(Some(applied)) => tracing::info!(?applied, "enforcing the saved policy bundle until the broker sends one"),
+        Ok(None) => tracing::info!("no saved policy bundle: denying every stream until the broker sends one"),
+        Err(e) => tracing::warn!(error = %e, "saved policy bundle not used: denying until the broker sends one"),
+    }
     let link = link::Link {
         store,
         broker,

@@ -8,13 +8,16 @@
 //! exponential backoff.
 
 mod backoff;
+pub(crate) mod bundle;
 mod endpoint;
 mod renew;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use palisade_proto::bundle::SignedBundle;
 use palisade_proto::control::{BrokerToConnector, ConnectorToBroker};
+use palisade_proto::identity::TrustAnchors;
 use palisade_proto::identity::{PeerRole, VerifyPeerError, verify_peer};
 use palisade_proto::reject::close;
 use palisade_proto::wire::{self, StreamHeader};
@@ -22,7 +25,7 @@ use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarIn
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::authorize::{BundleApplied, PolicyState};
+use crate::authorize::PolicyState;
 use crate::config::{ServiceConfig, split_host_port};
 use crate::dispatch::{self, StreamContext};
 use crate::store::{Store, StoredIdentity};
@@ -193,7 +196,15 @@ async fn serve(
         control: out_tx.clone(),
     });
     let renewal = Renewal::new(link.store.clone(), identity.spiffe.clone(), identity.validity);
-    let mut control = Control { policy: link.policy.clone(), renewal, out: out_tx, welcomed: false, ready };
+    let mut control = Control {
+        policy: link.policy.clone(),
+        store: link.store.clone(),
+        trust: identity.trust.clone(),
+        renewal,
+        out: out_tx,
+        welcomed: false,
+        ready,
+    };
     let reason = tokio::select! {
         reason = write_frames(&mut control_send, out_rx) => reason,
         reason = read_frames(control_recv, in_tx) => reason,
@@ -285,6 +296,9 @@ async fn read_frames(mut recv: RecvStream, frames: mpsc::Sender<BrokerToConnecto
 /// The control stream's state machine: welcome, policy updates, renewal.
 struct Control<'a> {
     policy: Arc<PolicyState>,
+    store: Store,
+    /// The CA bundle of this connection's identity: it verifies bundle signatures.
+    trust: TrustAnchors,
     renewal: Renewal,
     out: mpsc::Sender<ConnectorToBroker>,
     welcomed: bool,
@@ -312,7 +326,7 @@ impl Control<'_> {
         }
     }
 
-    async fn welcome(&mut self, connector_id: &str, policy: serde_json::Value) {
+    async fn welcome(&mut self, connector_id: &str, policy: SignedBundle) {
         tracing::info!(connector_id, "welcomed by the broker");
         self.welcomed = true;
         self.apply_policy(policy).await;
@@ -348,14 +362,12 @@ impl Control<'_> {
         }
     }
 
-    async fn apply_policy(&self, policy: serde_json::Value) {
-        let state = self.policy.clone();
-        match tokio::task::spawn_blocking(move || state.apply(policy)).await {
-            Ok(Ok(BundleApplied::Installed { version, previous })) => {
-                tracing::info!(version, previous, "policy bundle installed");
-            }
-            Ok(Ok(BundleApplied::Unchanged { version })) => tracing::debug!(version, "policy bundle unchanged"),
-            Ok(Err(e)) => tracing::error!(error = %e, "policy bundle refused; the previous one stays in force"),
+    async fn apply_policy(&self, policy: SignedBundle) {
+        let (state, store, trust) = (self.policy.clone(), self.store.clone(), self.trust.clone());
+        let accepted =
+            tokio::task::spawn_blocking(move || bundle::accept(&state, &store, &trust, policy, SystemTime::now()));
+        match accepted.await {
+            Ok(result) => bundle::log_accepted(&result),
             Err(e) => tracing::error!(error = %e, "policy bundle check failed; the previous one stays in force"),
         }
     }

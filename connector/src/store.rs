@@ -7,6 +7,7 @@
 //!   cert.pem              0600  the connector's certificate (renewed in place)
 //!   ca.pem                0644  the broker's CA bundle: verifies the broker and every caller
 //!   identity.json         0644  {identity, broker_url, quic_addr}; written last, marks "enrolled"
+//!   policy-bundle.json    0600  the last good signed policy bundle, verified again on load
 //! ```
 //!
 //! Every file is replaced atomically (temp file, fsync, rename, fsync of the
@@ -21,6 +22,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use palisade_proto::bundle::SignedBundle;
 use palisade_proto::identity::{PeerRole, SpiffeId, TrustAnchors};
 use palisade_proto::pem;
 use palisade_proto::tls::TlsIdentity;
@@ -33,6 +35,7 @@ const CA: &str = "ca.pem";
 const IDENTITY: &str = "identity.json";
 const KEY_NEXT: &str = "key.pem.new";
 const CERT_NEXT: &str = "cert.pem.new";
+const POLICY_BUNDLE: &str = "policy-bundle.json";
 
 /// `identity.json`: what enrollment learnt about this connector.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +229,24 @@ impl Store {
             fs::set_permissions(&self.dir, Permissions::from_mode(0o700)).map_err(io_err)?;
         }
         Ok(())
+    }
+
+    /// Saves the last good signed policy bundle, replacing the previous one.
+    pub(crate) fn save_bundle(&self, bundle: &SignedBundle) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(bundle).map_err(|e| self.corrupt(POLICY_BUNDLE, e.to_string()))?;
+        self.write(POLICY_BUNDLE, &json, 0o600)
+    }
+
+    /// The saved signed policy bundle, if any. Its signature is not checked here.
+    pub(crate) fn load_bundle(&self) -> Result<Option<SignedBundle>, StoreError> {
+        let path = self.path(POLICY_BUNDLE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { path, reason: e.to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
     fn read(&self, name: &str) -> Result<String, StoreError> {

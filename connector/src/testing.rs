@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use palisade_proto::bundle::SignedBundle;
 use palisade_proto::identity::{ATTRIBUTES_OID, IdentityAttributes, PeerRole, TrustAnchors};
 use palisade_proto::pem;
 use palisade_proto::tls::TlsIdentity;
@@ -118,6 +119,18 @@ impl TestCa {
         params.not_before = at(not_before);
         params.not_after = at(not_after);
         params.signed_by(key, &Issuer::from_params(&self.params, &self.key)).expect("sign")
+    }
+
+    /// `bundle` as the broker sends it: JSON signed with this CA's key at `signed_at`.
+    pub(crate) fn sign_bundle(&self, bundle: &serde_json::Value, signed_at: SystemTime) -> SignedBundle {
+        use rcgen::SigningKey as _;
+        let at = signed_at.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+        SignedBundle::sign(bundle.to_string(), at, |input| self.key.sign(input)).expect("sign bundle")
+    }
+
+    /// [`bundle`], signed now.
+    pub(crate) fn signed(&self, version: u64, permitted_group: &str) -> SignedBundle {
+        self.sign_bundle(&bundle(version, permitted_group), SystemTime::now())
     }
 
     /// The broker's QUIC server certificate: IP SAN 127.0.0.1, DNS localhost.

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bundle::SignedBundle;
 use crate::id::DecisionId;
 
 /// Connector → broker.
@@ -65,20 +66,20 @@ pub enum StreamOutcome {
 }
 
 /// Broker → connector.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BrokerToConnector {
     /// Answer to `Hello`: the policy bundle to enforce.
     Welcome {
         /// The connector's identity as the broker sees it.
         connector_id: String,
-        /// The policy bundle (`palisade_policies::PolicyBundle` as JSON).
-        policy: serde_json::Value,
+        /// The policy bundle (`palisade_policies::PolicyBundle` as JSON), signed by the CA.
+        policy: SignedBundle,
     },
     /// A new policy bundle replaces the current one.
     PolicyUpdate {
-        /// The policy bundle (`palisade_policies::PolicyBundle` as JSON).
-        policy: serde_json::Value,
+        /// The policy bundle (`palisade_policies::PolicyBundle` as JSON), signed by the CA.
+        policy: SignedBundle,
     },
     /// A renewed certificate.
     Renewed {

@@ -5,6 +5,7 @@
 //!   the only way to get a [`identity::VerifiedPeer`].
 //! - [`wire`]: the versioned stream header and control-frame encoding.
 //! - [`control`]: the connector's control-stream messages.
+//! - [`bundle`]: signed policy bundles sent on the control stream.
 //! - [`reject`]: reason codes in stream resets and their messages.
 //! - [`enroll`]: the enrollment token and the enrollment API's JSON.
 //! - [`tls`]: rustls configurations built on the one crypto provider.
@@ -12,6 +13,7 @@
 //!
 //! This crate does no IO and never reads the clock: callers pass `now`.
 
+pub mod bundle;
 pub mod control;
 pub mod enroll;
 pub mod id;

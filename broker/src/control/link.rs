@@ -3,8 +3,10 @@
 //! and renews its certificate before it expires.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use palisade_policies::PolicyBundle;
+use palisade_proto::bundle::SignedBundle;
 use palisade_proto::control::{BrokerToConnector, ConnectorToBroker, StreamOutcome};
 use palisade_proto::identity::PeerRole;
 use palisade_proto::reject::close;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::{FrameError, read_frame, write_frame};
 use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::issuance::ca::{Ca, CaError, unix};
 use crate::relay::accept::Peer;
 use crate::relay::open::read_header;
 use crate::relay::registry::Link;
@@ -76,9 +79,10 @@ async fn run_link(
     shutdown: &CancellationToken,
 ) {
     let mut policy = broker.policy().subscribe();
-    let welcome = BrokerToConnector::Welcome {
-        connector_id: link.connector_id.clone(),
-        policy: serde_json::to_value(policy.borrow_and_update().bundle()).unwrap_or_default(),
+    let signed = sign_bundle(broker.ca(), policy.borrow_and_update().bundle(), SystemTime::now());
+    let welcome = match signed {
+        Ok(policy) => BrokerToConnector::Welcome { connector_id: link.connector_id.clone(), policy },
+        Err(e) => return tracing::error!(connector = %link.name, error = %e, "cannot sign the policy bundle"),
     };
     let mut revocations = broker.live().subscribe();
     let recent = crate::relay::revoke::recent(broker).await;
@@ -112,9 +116,13 @@ async fn run_link(
             },
         };
         let reply = match next {
-            Next::Policy => Some(BrokerToConnector::PolicyUpdate {
-                policy: serde_json::to_value(policy.borrow_and_update().bundle()).unwrap_or_default(),
-            }),
+            Next::Policy => match sign_bundle(broker.ca(), policy.borrow_and_update().bundle(), SystemTime::now()) {
+                Ok(policy) => Some(BrokerToConnector::PolicyUpdate { policy }),
+                Err(e) => {
+                    // The connector keeps its last good bundle; closing makes it reconnect and get a fresh one.
+                    return tracing::error!(connector = %link.name, error = %e, "cannot sign the policy bundle");
+                }
+            },
             Next::Frame(frame) => on_frame(broker, peer, frame).await,
             Next::Revoked(batch) => {
                 Some(BrokerToConnector::Revoked { sessions: batch.sessions, identities: batch.identities })
@@ -126,6 +134,21 @@ async fn run_link(
             return tracing::warn!(connector = %link.name, error = %e, "control stream write failed");
         }
     }
+}
+
+/// Why a bundle could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SignBundleError {
+    #[error("cannot serialize the policy bundle: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("cannot sign the policy bundle: {0}")]
+    Sign(#[from] CaError),
+}
+
+/// The bundle as JSON, signed by the CA at `now`.
+pub(crate) fn sign_bundle(ca: &Ca, bundle: &PolicyBundle, now: SystemTime) -> Result<SignedBundle, SignBundleError> {
+    let json = serde_json::to_string(bundle)?;
+    Ok(SignedBundle::sign(json, unix(now), |input| ca.sign_bundle(input))?)
 }
 
 enum Next {
@@ -205,5 +228,24 @@ async fn audit(broker: &Broker, peer: &Peer, kind: EventKind, detail: serde_json
     let event = AuditEvent::new(kind, Outcome::Success).actor(peer.identity.id().uri()).detail(detail);
     if let Err(e) = broker.audit().record(event).await {
         tracing::error!(error = %e, "could not audit a connector event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_bundle_verifies_with_the_ca_certificate() {
+        let now = SystemTime::now();
+        let (ca, _) = Ca::create(&"td.example".parse().expect("td"), now).expect("ca");
+        let bundle = PolicyBundle { version: 7, files: Vec::new(), services: Vec::new() };
+        let signed = sign_bundle(&ca, &bundle, now).expect("signed");
+        let verified = signed.clone().verify(std::slice::from_ref(ca.cert_der())).expect("verifies");
+        let back: PolicyBundle = serde_json::from_str(verified.bundle_json()).expect("json");
+        assert_eq!(back.version, 7);
+        assert_eq!(verified.signed_at_unix(), unix(now));
+        let (other, _) = Ca::create(&"td.example".parse().expect("td"), now).expect("ca");
+        assert!(signed.verify(std::slice::from_ref(other.cert_der())).is_err());
     }
 }

@@ -183,6 +183,17 @@ impl Ca {
         self.issuer.key().public_key_raw()
     }
 
+    /// Signs a policy bundle's signature input
+    /// ([`palisade_proto::bundle::signing_input`]) with the CA key: ECDSA
+    /// P-256 SHA-256, ASN.1 DER.
+    ///
+    /// # Errors
+    /// The signing primitive failed.
+    pub fn sign_bundle(&self, input: &[u8]) -> Result<Vec<u8>, CaError> {
+        use rcgen::SigningKey as _;
+        Ok(self.issuer.key().sign(input)?)
+    }
+
     /// Signs a client certificate for `profile` over the CSR's public key.
     ///
     /// # Errors

@@ -36,8 +36,17 @@ impl Fixture {
         vec![self.ca.issue(PeerRole::Machine, AGENT_ID, "summariser", &["ml-agents"]).der.to_vec()]
     }
 
+    fn apply(&self, bundle: serde_json::Value) -> Result<BundleApplied, BundleError> {
+        let verified = self
+            .ca
+            .sign_bundle(&bundle, SystemTime::now())
+            .verify(std::slice::from_ref(&self.ca.der))
+            .expect("verifies");
+        self.policy.apply(&verified, SystemTime::now())
+    }
+
     fn check(&self, d: &Dispatch) -> Result<Authorized<'_>, Denied> {
-        let (engine, local) = (self.policy.current(), self.policy.local());
+        let (engine, local) = (self.policy.current(SystemTime::now()), self.policy.local());
         let engines = Engines { bundle: engine.as_deref(), local: local.as_deref(), revoked: Some(&self.policy) };
         authorize(d, &self.ca.trust(), engines, &self.services, SystemTime::now())
     }
@@ -46,7 +55,7 @@ impl Fixture {
 #[test]
 fn a_machine_in_a_permitted_group_is_allowed() {
     let f = Fixture::new();
-    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
     let ok = f.check(&dispatch(f.agent_chain(), "llm-prod")).expect("allowed");
     assert_eq!(ok.grant.service(), "llm-prod");
     assert_eq!(ok.grant.policy_ids(), ["agents"]);
@@ -57,7 +66,7 @@ fn a_machine_in_a_permitted_group_is_allowed() {
 #[test]
 fn denied_when_the_bundle_does_not_permit() {
     let f = Fixture::new();
-    f.policy.apply(bundle(1, "someone-else")).expect("bundle");
+    f.apply(bundle(1, "someone-else")).expect("bundle");
     let denied = f.check(&dispatch(f.agent_chain(), "llm-prod")).expect_err("denied");
     assert_eq!(denied.code(), "no_policy");
 }
@@ -72,7 +81,7 @@ fn denied_when_no_bundle_has_arrived() {
 #[test]
 fn denied_for_a_certificate_from_another_ca() {
     let f = Fixture::new();
-    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
     let other = TestCa::new();
     let chain = vec![other.issue(PeerRole::Machine, AGENT_ID, "summariser", &["ml-agents"]).der.to_vec()];
     let denied = f.check(&dispatch(chain, "llm-prod")).expect_err("denied");
@@ -82,7 +91,7 @@ fn denied_for_a_certificate_from_another_ca() {
 #[test]
 fn denied_for_a_connector_certificate_as_caller() {
     let f = Fixture::new();
-    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
     let chain = vec![f.ca.issue(PeerRole::Connector, AGENT_ID, "gpu-rack", &["ml-agents"]).der.to_vec()];
     let denied = f.check(&dispatch(chain, "llm-prod")).expect_err("denied");
     assert!(matches!(denied, Denied::Identity(VerifyPeerError::WrongRole { .. })), "{denied:?}");
@@ -92,7 +101,7 @@ fn denied_for_a_connector_certificate_as_caller() {
 #[test]
 fn denied_for_a_service_this_connector_does_not_serve() {
     let f = Fixture::new();
-    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
     let denied = f.check(&dispatch(f.agent_chain(), "vector-db")).expect_err("denied");
     assert!(matches!(denied, Denied::NotServed(_)), "{denied:?}");
 }
@@ -100,37 +109,34 @@ fn denied_for_a_service_this_connector_does_not_serve() {
 #[test]
 fn a_rollback_bundle_is_refused_and_the_current_one_stays() {
     let f = Fixture::new();
-    f.policy.apply(bundle(5, "ml-agents")).expect("bundle");
-    let err = f.policy.apply(bundle(4, "someone-else")).expect_err("rollback");
+    f.apply(bundle(5, "ml-agents")).expect("bundle");
+    let err = f.apply(bundle(4, "someone-else")).expect_err("rollback");
     assert!(matches!(err, BundleError::Rollback { offered: 4, current: 5 }), "{err}");
-    assert_eq!(f.policy.current().map(|e| e.version()), Some(5));
+    assert_eq!(f.policy.current(SystemTime::now()).map(|e| e.version()), Some(5));
     assert!(f.check(&dispatch(f.agent_chain(), "llm-prod")).is_ok());
 }
 
 #[test]
 fn an_invalid_bundle_is_refused_and_the_current_one_stays() {
     let f = Fixture::new();
-    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
     let mut broken = bundle(2, "ml-agents");
     broken["files"][0]["text"] = json!("permit (principal, action, resource) when { nonsense };");
-    assert!(matches!(f.policy.apply(broken), Err(BundleError::Invalid { version: 2, .. })));
+    assert!(matches!(f.apply(broken), Err(BundleError::Invalid { version: 2, .. })));
     let mut unknown_field = bundle(3, "ml-agents");
     unknown_field["admin"] = json!(true);
-    assert!(matches!(f.policy.apply(unknown_field), Err(BundleError::Malformed(_))));
-    assert_eq!(f.policy.current().map(|e| e.version()), Some(1));
+    assert!(matches!(f.apply(unknown_field), Err(BundleError::Malformed(_))));
+    assert_eq!(f.policy.current(SystemTime::now()).map(|e| e.version()), Some(1));
 }
 
 #[test]
 fn newer_bundles_replace_and_the_same_bundle_is_a_no_op() {
     let f = Fixture::new();
+    assert_eq!(f.apply(bundle(1, "ml-agents")).expect("v1"), BundleApplied::Installed { version: 1, previous: None });
+    assert_eq!(f.apply(bundle(1, "ml-agents")).expect("v1 again"), BundleApplied::Unchanged { version: 1 });
+    assert!(matches!(f.apply(bundle(1, "someone-else")), Err(BundleError::Conflict { version: 1 })));
     assert_eq!(
-        f.policy.apply(bundle(1, "ml-agents")).expect("v1"),
-        BundleApplied::Installed { version: 1, previous: None }
-    );
-    assert_eq!(f.policy.apply(bundle(1, "ml-agents")).expect("v1 again"), BundleApplied::Unchanged { version: 1 });
-    assert!(matches!(f.policy.apply(bundle(1, "someone-else")), Err(BundleError::Conflict { version: 1 })));
-    assert_eq!(
-        f.policy.apply(bundle(2, "someone-else")).expect("v2"),
+        f.apply(bundle(2, "someone-else")).expect("v2"),
         BundleApplied::Installed { version: 2, previous: Some(1) }
     );
     assert!(f.check(&dispatch(f.agent_chain(), "llm-prod")).is_err());
@@ -155,7 +161,7 @@ fn local_guardrails_deny_what_the_bundle_allows() {
         "@id(\"only-evals\") permit (principal in Group::\"evals\", action, resource in Segment::\"inference\");",
     ))
     .expect("guardrails load");
-    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
     let denied = f.check(&dispatch(f.agent_chain(), "llm-prod")).expect_err("denied by the guardrail");
     assert!(matches!(denied, Denied::Local(_)), "{denied:?}");
     assert_eq!(denied.code(), "local_guardrail");
@@ -168,9 +174,9 @@ fn local_guardrails_that_permit_leave_the_bundle_in_charge() {
         "@id(\"agents-ok\") permit (principal in Group::\"ml-agents\", action, resource);",
     ))
     .expect("guardrails load");
-    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
     assert!(f.check(&dispatch(f.agent_chain(), "llm-prod")).is_ok());
-    f.policy.apply(bundle(2, "someone-else")).expect("bundle");
+    f.apply(bundle(2, "someone-else")).expect("bundle");
     assert!(matches!(f.check(&dispatch(f.agent_chain(), "llm-prod")), Err(Denied::Policy(_))));
 }
 
@@ -182,7 +188,7 @@ fn invalid_guardrails_are_refused_at_startup() {
 #[test]
 fn revoked_identities_are_denied_even_when_the_bundle_allows() {
     let f = Fixture::new();
-    f.policy.apply(bundle(1, "ml-agents")).expect("bundle");
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
     assert!(f.check(&dispatch(f.agent_chain(), "llm-prod")).is_ok());
     f.policy.revoke(Vec::new(), vec![AGENT_ID.to_owned()]);
     let denied = f.check(&dispatch(f.agent_chain(), "llm-prod")).expect_err("revoked");

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::*;
 use crate::config::ConnectorConfig;
 use crate::store::IdentityRecord;
-use crate::testing::{TRUST_DOMAIN, TestCa, bundle, first_cert};
+use crate::testing::{TRUST_DOMAIN, TestCa, first_cert};
 
 const CONNECTOR_ID: &str = "0f8e4a9c-1d2b-4c3d-8e9f-a0b1c2d3e4f5";
 const AGENT_ID: &str = "5b0c33f4-5f0b-4a8e-9a53-0d7e0c4c2f11";
@@ -95,12 +95,14 @@ impl Harness {
             connect_timeout: Duration::from_secs(2),
             services: vec![ServiceConfig { name: "llm-prod".parse().expect("name"), upstream: upstream.to_string() }],
             policy_dir: None,
+            bundle_max_age: crate::DEFAULT_BUNDLE_MAX_AGE,
         };
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(crate::run_with_ready(config, shutdown.clone(), Some(ready_tx)));
         let (conn, mut control_send, control_recv) = accept_connector(&broker).await;
-        let welcome = BrokerToConnector::Welcome { connector_id: CONNECTOR_ID.into(), policy: bundle(1, "ml-agents") };
+        let welcome =
+            BrokerToConnector::Welcome { connector_id: CONNECTOR_ID.into(), policy: ca.signed(1, "ml-agents") };
         send_frame(&mut control_send, &welcome).await;
         within("ready", ready_rx).await.expect("ready signalled");
         Self { ca, dir, broker, conn, control_send, control_recv, upstream_accepts, shutdown, task }
@@ -237,8 +239,8 @@ async fn a_denied_dispatch_never_dials_the_upstream() {
 async fn a_policy_update_takes_effect_and_a_rollback_does_not() {
     let mut h = Harness::start(valid_for_hours()).await;
     assert!(h.tunnel(&["interns"]).await.is_err(), "v1 does not permit interns");
-    send_frame(&mut h.control_send, &BrokerToConnector::PolicyUpdate { policy: bundle(3, "interns") }).await;
-    send_frame(&mut h.control_send, &BrokerToConnector::PolicyUpdate { policy: bundle(2, "ml-agents") }).await;
+    send_frame(&mut h.control_send, &BrokerToConnector::PolicyUpdate { policy: h.ca.signed(3, "interns") }).await;
+    send_frame(&mut h.control_send, &BrokerToConnector::PolicyUpdate { policy: h.ca.signed(2, "ml-agents") }).await;
     // Updates are applied in order but off the stream path: poll until v3 is in force.
     within("v3 in force", async {
         while h.tunnel(&["interns"]).await.is_err() {
@@ -326,5 +328,20 @@ async fn a_reset_from_the_caller_aborts_the_upstream_connection() {
     assert_eq!(ended, Err(std::io::ErrorKind::ConnectionReset), "the upstream saw an orderly close");
     let (reported, _) = h.next_report().await;
     assert_eq!(reported, decision_id);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_policy_update_with_a_bad_signature_is_refused_over_the_link() {
+    let mut h = Harness::start(valid_for_hours()).await;
+    assert!(h.dir.path().join("policy-bundle.json").exists(), "the welcome's bundle was saved");
+    let mut tampered = h.ca.signed(2, "interns");
+    tampered.bundle_json = tampered.bundle_json.replacen("\"version\":2", "\"version\":3", 1);
+    send_frame(&mut h.control_send, &BrokerToConnector::PolicyUpdate { policy: tampered }).await;
+    let foreign = TestCa::new().signed(4, "interns");
+    send_frame(&mut h.control_send, &BrokerToConnector::PolicyUpdate { policy: foreign }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.tunnel(&["interns"]).await.is_err(), "a refused bundle was applied");
+    assert_eq!(h.tunnel(&["ml-agents"]).await.expect("v1 still in force"), b"PING");
     h.stop().await;
 }
