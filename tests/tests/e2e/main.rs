@@ -10,6 +10,7 @@
 mod audit;
 mod certificates;
 mod client_tools;
+mod dos;
 mod enforcement;
 mod enrollment;
 mod limits;

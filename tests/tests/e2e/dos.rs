@@ -1,0 +1,325 @@
+//! QUIC denial of service (catalogue Q-04, Q-05): stalled handshakes and a
+//! client that opens thousands of streams and never reads the replies. The
+//! broker must free what stalled peers hold and keep serving everyone else.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_client::{Profile, Tunnel};
+use palisade_proto::id::ServiceName;
+use palisade_proto::identity::TrustAnchors;
+use palisade_proto::tls::TlsIdentity;
+use palisade_proto::wire::{ALPN_CLIENT, OpenStream, StreamHeader};
+use palisade_tests::{ALLOW_ML_AGENTS, Broker, EchoUpstream, TestEnv};
+
+/// The broker's QUIC handshake timeout (`broker/src/relay/accept.rs`).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn client_config(
+    identity: &TlsIdentity,
+    trust: &TrustAnchors,
+    transport: Option<quinn::TransportConfig>,
+) -> quinn::ClientConfig {
+    let tls = palisade_proto::tls::quic_client_config(identity, trust, ALPN_CLIENT).expect("client TLS config");
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("QUIC TLS config");
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(transport) = transport {
+        config.transport_config(Arc::new(transport));
+    }
+    config
+}
+
+/// `n` distinct client Initial datagrams (each a real quinn ClientHello with
+/// its own destination connection id), captured on a local socket instead of
+/// being sent to the broker.
+async fn capture_initials(n: usize, identity: &TlsIdentity, trust: &TrustAnchors) -> Vec<Vec<u8>> {
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind the capture socket");
+    let target = capture.local_addr().expect("capture address");
+    let config = client_config(identity, trust, None);
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+    let mut seen = HashSet::new();
+    let mut initials = Vec::with_capacity(n);
+    // The connection attempts stay alive until every Initial is captured;
+    // retransmissions (same connection id) are skipped.
+    let mut attempts = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 4096];
+    while initials.len() < n {
+        if attempts.len() < n {
+            attempts.push(endpoint.connect_with(config.clone(), target, "127.0.0.1").expect("start a connection"));
+        }
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), capture.recv_from(&mut buf))
+            .await
+            .expect("a client Initial within 5 s")
+            .expect("receive");
+        let packet = &buf[..len];
+        // Long header, Initial: 1 flag byte, 4 version bytes, then the DCID length and the DCID.
+        if len < 1200 || packet[0] & 0xc0 != 0xc0 || packet[0] & 0x30 != 0 {
+            continue;
+        }
+        let dcid_len = usize::from(packet[5]);
+        if seen.insert(packet[6..6 + dcid_len].to_vec()) {
+            initials.push(packet.to_vec());
+        }
+    }
+    drop(attempts);
+    endpoint.close(0u32.into(), b"");
+    initials
+}
+
+/// Replays each Initial from its own UDP socket (its own 4-tuple) and never
+/// answers the broker: every handshake stalls before the client's Finished
+/// and before the client certificate is sent. The sockets are returned so the
+/// ports stay open (no ICMP unreachable ends the attempts early).
+fn stall_handshakes(initials: &[Vec<u8>], broker: SocketAddr) -> Vec<UdpSocket> {
+    initials
+        .iter()
+        .map(|initial| {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a raw UDP socket");
+            socket.send_to(initial, broker).expect("send the Initial");
+            socket.set_nonblocking(true).expect("non-blocking");
+            socket
+        })
+        .collect()
+}
+
+/// How many of the raw sockets got at least one datagram back.
+fn answered(sockets: &[UdpSocket]) -> usize {
+    let mut buf = [0u8; 2048];
+    sockets.iter().filter(|s| s.recv_from(&mut buf).is_ok()).count()
+}
+
+async fn echo_once(agent: &palisade_tests::Agent, what: &str) {
+    let reply = tokio::time::timeout(Duration::from_secs(5), agent.tunnel_exchange("echo", what.as_bytes()))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no reply within 5 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(reply, what.as_bytes(), "{what}");
+}
+
+async fn timed_out_handshakes(broker: &Broker) -> usize {
+    broker
+        .audit_events()
+        .await
+        .of_kind("quic.refused")
+        .iter()
+        .filter(|r| r.detail_str("reason") == Some("handshake timed out"))
+        .count()
+}
+
+/// Q-04: 200 handshakes stalled at once (Initial sent, then silence). While
+/// they are pending a tunnel opened before keeps working and a new client
+/// connects; after the 10 s handshake timeout the broker has given up on
+/// every one of them (one `quic.refused` "handshake timed out" each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_time_out_while_legitimate_clients_connect() {
+    const STALLED: usize = 200;
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let other = broker.machine("agent-2").group("ml-agents").enroll().await;
+    let service: ServiceName = "echo".parse().expect("service name");
+
+    // A tunnel held across the whole attack.
+    let held = Tunnel::new(Profile::load(agent.home()).expect("profile")).expect("tunnel");
+    assert!(tunnel_echo(&held, &service, b"before").await, "the held tunnel works before the attack");
+
+    let trust = broker.trust_anchors(&agent.trust_domain());
+    let initials = capture_initials(STALLED, &agent.identity(), &trust).await;
+    let flood = Instant::now();
+    let sockets = stall_handshakes(&initials, broker.quic_addr());
+
+    // While every stalled handshake is still pending.
+    assert!(tunnel_echo(&held, &service, b"during").await, "the held tunnel keeps working during the stall");
+    echo_once(&agent, "a new client during the stall").await;
+    echo_once(&other, "another identity during the stall").await;
+    assert!(
+        flood.elapsed() < HANDSHAKE_TIMEOUT,
+        "the legitimate clients were served before the stalled ones timed out"
+    );
+    let answered = answered(&sockets);
+    assert!(
+        answered >= STALLED * 9 / 10,
+        "the broker started a handshake for the stalled peers (answered {answered} of {STALLED}), so they did hold state"
+    );
+
+    // The broker gives up on each stalled handshake and frees its slot.
+    palisade_tests::wait_for(
+        "every stalled handshake to time out",
+        HANDSHAKE_TIMEOUT + Duration::from_secs(8) - flood.elapsed().min(HANDSHAKE_TIMEOUT),
+        || async { timed_out_handshakes(&broker).await >= STALLED },
+    )
+    .await;
+    assert!(tunnel_echo(&held, &service, b"after").await, "the held tunnel still works after the stall");
+    drop(sockets);
+}
+
+/// Q-04, the slots: with the global cap (`relay.max_connections`) below the
+/// number of stalled handshakes, the stalled peers fill every slot; the
+/// handshake timeout frees them and a new legitimate client gets in without
+/// anyone restarting anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_timeout_frees_slots_filled_by_stalled_handshakes() {
+    const CAP: i64 = 40;
+    const STALLED: usize = 80;
+    let env = TestEnv::new();
+    let mut broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    set_relay(&broker, "max_connections", CAP.into());
+    broker.restart().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    echo_once(&agent, "before the stall").await;
+
+    let trust = broker.trust_anchors(&agent.trust_domain());
+    let initials = capture_initials(STALLED, &agent.identity(), &trust).await;
+    let flood = Instant::now();
+    let sockets = stall_handshakes(&initials, broker.quic_addr());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused_while_full = tokio::time::timeout(Duration::from_secs(5), agent.tunnel_exchange("echo", b"full"))
+        .await
+        .map_or(true, |r| r.is_err());
+    assert!(refused_while_full, "with every slot held by a stalled handshake, a new connection is refused");
+
+    // Slots free once quinn has also drained the abandoned connections (a
+    // few PTOs after the 10 s timeout), so allow some seconds beyond it.
+    palisade_tests::wait_for("a new client once the stalled handshakes time out", Duration::from_secs(18), || async {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(3), agent.tunnel_exchange("echo", b"freed")).await,
+            Ok(Ok(reply)) if reply == b"freed"
+        )
+    })
+    .await;
+    let waited = flood.elapsed();
+    eprintln!(
+        "Q-04: a legitimate client got in again {waited:?} after {STALLED} stalled handshakes filled {CAP} slots"
+    );
+    assert!(waited < HANDSHAKE_TIMEOUT + Duration::from_secs(8), "slots freed by the handshake timeout ({waited:?})");
+    drop(sockets);
+}
+
+fn set_relay(broker: &Broker, key: &str, value: toml::Value) {
+    let path = broker.data_dir().join("broker.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&path).expect("broker.toml").parse().expect("toml");
+    let relay = config.entry("relay").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    relay.as_table_mut().expect("[relay] is a table").insert(key.into(), value);
+    std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write broker.toml");
+}
+
+async fn tunnel_echo(tunnel: &Tunnel, service: &ServiceName, payload: &[u8]) -> bool {
+    let attempt = async {
+        let Ok((mut send, mut recv)) = tunnel.open(service).await else { return false };
+        if send.write_all(payload).await.is_err() || send.finish().is_err() {
+            return false;
+        }
+        matches!(recv.read_to_end(1024).await, Ok(bytes) if bytes == payload)
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt).await.unwrap_or(false)
+}
+
+/// The resident set size of a process, from /proc/<pid>/status, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Q-05: one authenticated client opens thousands of streams, sends a
+/// request on each and never reads a byte of the replies (its stream
+/// windows are 1 KiB, so the echoes back up into the broker). The broker's
+/// memory stays bounded and another identity is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_unread_streams_keep_broker_memory_bounded_and_others_served() {
+    const STREAMS: usize = 5_000;
+    const REQUEST: usize = 4 * 1024;
+    /// Allowed growth of the broker's RSS over its idle size.
+    const MAX_GROWTH_KIB: u64 = 256 * 1024;
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let greedy = broker.machine("greedy").group("ml-agents").enroll().await;
+    let other = broker.machine("other").group("ml-agents").enroll().await;
+    echo_once(&other, "before the flood").await;
+    let pid = broker.process().pid().expect("the broker runs");
+    let baseline = rss_kib(pid);
+
+    let trust = broker.trust_anchors(&greedy.trust_domain());
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(quinn::VarInt::from_u32(1024))
+        .receive_window(quinn::VarInt::from_u32(256 * 1024))
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(60_000))));
+    let config = client_config(&greedy.identity(), &trust, Some(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+    let conn = endpoint
+        .connect_with(config, broker.quic_addr(), &broker.quic_addr().ip().to_string())
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let header = StreamHeader::Open(OpenStream { service: "echo".parse().expect("service") })
+        .encode()
+        .expect("encode the header");
+    let request = vec![0x5a; REQUEST];
+
+    let opener = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::with_capacity(STREAMS);
+            for _ in 0..STREAMS {
+                let Ok((mut send, recv)) = conn.open_bi().await else { break };
+                if send.write_all(&header).await.is_err() || send.write_all(&request).await.is_err() {
+                    break;
+                }
+                // Never read `recv`; keep both halves so nothing is reset.
+                held.push((send, recv));
+            }
+            held
+        })
+    };
+
+    // Sample the broker's memory and check the other identity while the flood runs.
+    let started = Instant::now();
+    let mut peak = baseline;
+    let mut served_during = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        peak = peak.max(rss_kib(pid));
+        if opener.is_finished() && started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        echo_once(&other, "another identity during the flood").await;
+        served_during += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let held = if opener.is_finished() {
+        opener.await.expect("the opener task")
+    } else {
+        opener.abort();
+        Vec::new()
+    };
+    peak = peak.max(rss_kib(pid));
+    let opened = held.len();
+    eprintln!(
+        "Q-05: {opened} unread streams (of {STREAMS}) in {:?}; broker RSS {baseline} KiB idle, peak {peak} KiB (+{} KiB); \
+         the other identity was served {served_during} times during the flood",
+        started.elapsed(),
+        peak - baseline
+    );
+    assert!(served_during >= 3, "the other identity was served during the flood");
+    assert!(
+        peak - baseline <= MAX_GROWTH_KIB,
+        "broker RSS grew by {} KiB (limit {MAX_GROWTH_KIB} KiB) with {opened} unread streams",
+        peak - baseline
+    );
+    assert!(broker.process().pid().is_some(), "the broker is still running");
+    drop(held);
+    conn.close(0u32.into(), b"done");
+    endpoint.close(0u32.into(), b"");
+    echo_once(&other, "after the flood").await;
+}
