@@ -81,6 +81,49 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// Sign-in sessions and the login pages.
     pub login: LoginConfig,
+    /// `[audit]`: where the trail is streamed.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AuditConfig {
+    /// `[[audit.sinks]]`: each streams every event, in seq order, at least once.
+    pub sinks: Vec<AuditSinkConfig>,
+}
+
+/// One `[[audit.sinks]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditSinkConfig {
+    /// Names the sink's delivery cursor; renaming a sink starts it from the first event.
+    pub name: String,
+    /// Where the events go.
+    pub target: AuditSinkTarget,
+    /// Extra CA certificates (PEM) to trust for `https://` and syslog TLS; required for them.
+    pub ca_file: Option<PathBuf>,
+    /// Events per webhook request / syslog write. Default 100.
+    pub batch_size: usize,
+    /// Longest wait between retries while the receiver is down. Default 1 min.
+    pub max_backoff: Duration,
+}
+
+/// `type` of an `[[audit.sinks]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditSinkTarget {
+    /// `type = "webhook"`: POST JSON lines to `url`.
+    Webhook {
+        /// `https://`, or `http://` to localhost / 127.0.0.1 only.
+        url: Url,
+        /// Sent as `Authorization: Bearer …`.
+        bearer_token: Option<Secret>,
+    },
+    /// `type = "syslog"`: RFC 5424 over TCP with octet counting (RFC 6587), optionally TLS.
+    Syslog {
+        /// `host:port` of the receiver.
+        address: String,
+        /// Wrap the connection in TLS (RFC 5425).
+        tls: bool,
+    },
 }
 
 /// `[oidc]`: the broker as an OpenID Connect relying party.
@@ -346,7 +389,17 @@ impl Config {
         if let Some(oidc) = &self.oidc {
             check_oidc(oidc)?;
         }
-        check_services(&self.services)
+        check_services(&self.services)?;
+        let mut sinks = HashSet::new();
+        for (i, sink) in self.audit.sinks.iter().enumerate() {
+            if !sinks.insert(sink.name.as_str()) {
+                return Err(invalid(
+                    &format!("audit.sinks[{i}].name"),
+                    format!("sink {:?} is defined twice", sink.name),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -467,6 +520,27 @@ struct RawConfig {
     relay: Option<Value>,
     oidc: Option<Value>,
     login: Option<Value>,
+    audit: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    sinks: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    name: Option<Value>,
+    r#type: Option<Value>,
+    url: Option<Value>,
+    bearer_token: Option<Value>,
+    address: Option<Value>,
+    tls: Option<Value>,
+    ca_file: Option<Value>,
+    batch_size: Option<Value>,
+    max_backoff: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -542,9 +616,12 @@ impl RawConfig {
             Some(v) => Some(oidc_section(section("oidc", Some(v))?)?),
         };
         let login = login_section(section("login", self.login)?)?;
+        let audit: RawAudit = section("audit", self.audit)?;
+        let sinks = audit.sinks.unwrap_or_default().into_iter().enumerate().map(|(i, v)| audit_sink(i, v, base));
         Ok(Config {
             oidc,
             login,
+            audit: AuditConfig { sinks: sinks.collect::<Result<_, _>>()? },
             listen: opt(self.listen, |v| socket_addr("listen", v))?.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
             public_addr: opt(self.public_addr, |v| string("public_addr", v))?,
             server_names: opt(self.server_names, |v| string_list("server_names", v))?
@@ -656,6 +733,69 @@ fn service(i: usize, v: Value) -> Result<ServiceConfig, ConfigError> {
     Ok(ServiceConfig { name, segment, protocol, labels })
 }
 
+fn audit_sink(i: usize, v: Value, base: &Path) -> Result<AuditSinkConfig, ConfigError> {
+    let key = format!("audit.sinks[{i}]");
+    if !v.is_table() {
+        return Err(invalid(&key, "must be a table with name and type"));
+    }
+    let raw = RawSink::deserialize(v).map_err(|e| invalid(&key, e.message().to_owned()))?;
+    let k = |field: &str| format!("{key}.{field}");
+    let name = string(&k("name"), raw.name.ok_or_else(|| invalid(&k("name"), "missing"))?)?;
+    check_name("sink name", &name).map_err(|e| invalid(&k("name"), e.to_string()))?;
+    let kind =
+        string(&k("type"), raw.r#type.ok_or_else(|| invalid(&k("type"), "missing: \"webhook\" or \"syslog\""))?)?;
+    let (webhook_only, syslog_only) =
+        (raw.url.is_some() || raw.bearer_token.is_some(), raw.address.is_some() || raw.tls.is_some());
+    let target = match kind.as_str() {
+        "webhook" if !syslog_only => {
+            let url = url(&k("url"), raw.url.ok_or_else(|| invalid(&k("url"), "missing"))?)?;
+            let local = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+            if url.scheme() != "https" && !(url.scheme() == "http" && local) {
+                return Err(invalid(&k("url"), format!("{url} must be https:// (http:// only to localhost)")));
+            }
+            let bearer_token = opt(raw.bearer_token, |v| string(&k("bearer_token"), v).map(Secret::new))?;
+            AuditSinkTarget::Webhook { url, bearer_token }
+        }
+        "syslog" if !webhook_only => {
+            let address = string(&k("address"), raw.address.ok_or_else(|| invalid(&k("address"), "missing"))?)?;
+            check_host_port(&k("address"), &address)?;
+            let tls = opt(raw.tls, |v| v.as_bool().ok_or_else(|| invalid(&k("tls"), "expected true or false")))?;
+            AuditSinkTarget::Syslog { address, tls: tls.unwrap_or(false) }
+        }
+        "webhook" | "syslog" => {
+            return Err(invalid(
+                &key,
+                format!(
+                    "a {kind} sink takes {}",
+                    if kind == "webhook" {
+                        "url and bearer_token, not address or tls"
+                    } else {
+                        "address and tls, not url or bearer_token"
+                    }
+                ),
+            ));
+        }
+        other => return Err(invalid(&k("type"), format!("{other:?} is not one of \"webhook\", \"syslog\""))),
+    };
+    let ca_file = opt(raw.ca_file, |v| path(&k("ca_file"), v, base))?;
+    let needs_ca = match &target {
+        AuditSinkTarget::Webhook { url, .. } => url.scheme() == "https",
+        AuditSinkTarget::Syslog { tls, .. } => *tls,
+    };
+    if needs_ca && ca_file.is_none() {
+        return Err(invalid(&k("ca_file"), "missing: TLS to the receiver needs the CA that signed its certificate"));
+    }
+    let batch_size = opt(raw.batch_size, |v| size(&k("batch_size"), v))?.unwrap_or(100);
+    if !(1..=10_000).contains(&batch_size) {
+        return Err(invalid(&k("batch_size"), "must be between 1 and 10000"));
+    }
+    let max_backoff = opt(raw.max_backoff, |v| duration(&k("max_backoff"), v))?.unwrap_or(Duration::from_secs(60));
+    if max_backoff < Duration::from_millis(100) || max_backoff > Duration::from_secs(3600) {
+        return Err(invalid(&k("max_backoff"), "must be between 100ms and 1h"));
+    }
+    Ok(AuditSinkConfig { name, target, ca_file, batch_size, max_backoff })
+}
+
 fn opt<T>(v: Option<Value>, f: impl FnOnce(Value) -> Result<T, ConfigError>) -> Result<Option<T>, ConfigError> {
     v.map(f).transpose()
 }
@@ -759,6 +899,56 @@ mod login_tests {
         ];
         for (text, key) in cases {
             let err = parse(text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod audit_sink_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("/data"), &[])
+    }
+
+    #[test]
+    fn audit_sinks_parse_with_defaults() {
+        let text = "[[audit.sinks]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"https://siem.example.com/in\"\n\
+                    bearer_token = \"tok3n\"\nca_file = \"siem-ca.pem\"\n\
+                    [[audit.sinks]]\nname = \"syslog\"\ntype = \"syslog\"\naddress = \"127.0.0.1:514\"\n";
+        let config = parse(text).unwrap();
+        let [siem, syslog] = config.audit.sinks.as_slice() else { panic!("two sinks") };
+        assert!(!format!("{siem:?}").contains("tok3n"), "Debug hides the token");
+        assert_eq!(siem.ca_file.as_deref(), Some(Path::new("/data/siem-ca.pem")));
+        assert_eq!((siem.batch_size, siem.max_backoff), (100, Duration::from_secs(60)));
+        assert_eq!(syslog.target, AuditSinkTarget::Syslog { address: "127.0.0.1:514".into(), tls: false });
+        assert!(parse("").unwrap().audit.sinks.is_empty());
+    }
+
+    #[test]
+    fn bad_audit_sinks_name_their_key() {
+        let hook = "[[audit.sinks]]\nname = \"s\"\ntype = \"webhook\"\n";
+        let cases = [
+            (format!("{hook}url = \"http://siem.example.com/\"\n"), "audit.sinks[0].url"),
+            (format!("{hook}url = \"https://siem.example.com/\"\n"), "audit.sinks[0].ca_file"),
+            (format!("{hook}url = \"http://127.0.0.1:9/\"\nbatch_size = 0\n"), "audit.sinks[0].batch_size"),
+            (format!("{hook}url = \"http://127.0.0.1:9/\"\naddress = \"a:1\"\n"), "audit.sinks[0]"),
+            (format!("{hook}url = \"http://127.0.0.1:9/\"\nbogus = 1\n"), "audit.sinks[0]"),
+            ("[[audit.sinks]]\nname = \"s\"\ntype = \"kafka\"\n".to_owned(), "audit.sinks[0].type"),
+            (
+                "[[audit.sinks]]\nname = \"s\"\ntype = \"syslog\"\naddress = \"nope\"\n".to_owned(),
+                "audit.sinks[0].address",
+            ),
+            (
+                "[[audit.sinks]]\nname = \"s\"\ntype = \"syslog\"\naddress = \"h:1\"\ntls = true\n".to_owned(),
+                "audit.sinks[0].ca_file",
+            ),
+            (format!("{hook}url = \"http://localhost/\"\n{hook}url = \"http://localhost/\"\n"), "audit.sinks[1].name"),
+            ("[audit]\nsinkz = []\n".to_owned(), "audit"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
             assert!(err.starts_with(key), "{text}: {err}");
         }
     }

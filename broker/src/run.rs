@@ -84,6 +84,7 @@ pub async fn run_with_ready(
         Ok("sighup")
     });
 
+    tasks.spawn(crate::audit::sinks::serve_for(broker.clone(), shutdown.clone()));
     tracing::info!(%https_addr, %quic_addr, trust_domain = %broker.ca().trust_domain(), "broker ready");
     print_ready(https_addr, quic_addr)?;
     if let Some(ready) = ready {

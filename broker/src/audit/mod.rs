@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod query;
 pub mod retention;
+pub mod sinks;
 mod verify;
 mod writer;
 
@@ -90,10 +91,14 @@ pub enum EventKind {
     UserInvited,
     /// Live connections were closed because of a revocation.
     TunnelsRevoked,
+    /// A burst of failed sign-ins for one account or from one address.
+    AlertLoginFailures,
+    /// A burst of denied streams for one identity.
+    AlertStreamDenials,
 }
 
 impl EventKind {
-    const ALL: [Self; 28] = [
+    const ALL: [Self; 30] = [
         Self::BrokerInitialized,
         Self::TokenCreated,
         Self::TokenRedeemed,
@@ -122,6 +127,8 @@ impl EventKind {
         Self::DeviceCodeApproved,
         Self::UserInvited,
         Self::TunnelsRevoked,
+        Self::AlertLoginFailures,
+        Self::AlertStreamDenials,
     ];
 
     /// The stable name stored in the `kind` column.
@@ -156,6 +163,8 @@ impl EventKind {
             Self::DeviceCodeApproved => "device_code.approved",
             Self::UserInvited => "user.invited",
             Self::TunnelsRevoked => "tunnels.revoked",
+            Self::AlertLoginFailures => "alert.login_failures",
+            Self::AlertStreamDenials => "alert.stream_denials",
         }
     }
 
@@ -194,13 +203,13 @@ impl EventKind {
             | Self::ConnectorOnline
             | Self::ConnectorOffline
             | Self::TunnelsRevoked => NETWORK_ACTIVITY,
-            Self::CredentialAlert => DETECTION_FINDING,
+            Self::CredentialAlert | Self::AlertLoginFailures | Self::AlertStreamDenials => DETECTION_FINDING,
         }
     }
 
     /// Every kind, in catalogue order.
     #[must_use]
-    pub fn all() -> [Self; 28] {
+    pub fn all() -> [Self; 30] {
         Self::ALL
     }
 

@@ -73,7 +73,10 @@ async fn new_streams_are_refused_while_the_revocation_feed_cannot_be_read() {
     forward.assert_echoes(b"before the outage").await;
 
     let db = palisade_tests::open_db(&broker.db_path()).await;
-    sqlx::query("ALTER TABLE revocations RENAME TO revocations_unavailable").execute(&db).await.expect("break the feed");
+    sqlx::query("ALTER TABLE revocations RENAME TO revocations_unavailable")
+        .execute(&db)
+        .await
+        .expect("break the feed");
     palisade_tests::wait_for("new streams refused while the feed is unreadable", Duration::from_secs(10), || async {
         !forward.echoes(b"during the outage").await
     })
