@@ -17,6 +17,8 @@ use palisade_broker::{audit, issuance, quickstart};
 use palisade_proto::identity::PeerRole;
 use tokio_util::sync::CancellationToken;
 
+#[path = "main/audit_query.rs"]
+mod audit_query;
 #[path = "main/people.rs"]
 mod people;
 #[path = "main/policy_cmd.rs"]
@@ -152,6 +154,8 @@ enum AuditCommand {
     },
     /// Write the audit trail as JSON lines or CSV (see docs/audit-events.md).
     Export(AuditExportArgs),
+    /// Search the audit trail (person, machine, service, kind, outcome, time), or print a login trail.
+    Query(audit_query::QueryArgs),
     /// Delete events older than a time, under a signed anchor that keeps the chain verifiable.
     Prune {
         /// Data directory.
@@ -316,6 +320,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             audit_verify(&data_dir, public_key.as_deref()).await
         }
         Command::Audit(AuditCommand::Export(args)) => audit_export(args).await,
+        Command::Audit(AuditCommand::Query(args)) => audit_query::run(args).await,
         Command::Audit(AuditCommand::Prune { data_dir, before, archive }) => {
             audit_prune(&data_dir, before, archive.as_deref()).await
         }

@@ -241,7 +241,8 @@ pub fn visible(s: &str) -> String {
 /// Rewrites every [`is_invisible`] character in serialised JSON as a `\uXXXX`
 /// escape. Such characters can only occur inside JSON strings, where the
 /// escape means the same character, so the value is unchanged.
-fn escape_invisible_json(json: &str) -> String {
+#[must_use]
+pub fn escape_invisible_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
         if is_invisible(c) {

@@ -32,6 +32,9 @@ pub use checkpoint::{Checkpoint, Signer};
 pub use verify::{BreakKind, Broken, VerifyReport, verify, verify_with};
 pub use writer::CheckpointPolicy;
 
+/// How many event kinds there are.
+const KINDS: usize = 35;
+
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -95,10 +98,20 @@ pub enum EventKind {
     AlertLoginFailures,
     /// A burst of denied streams for one identity.
     AlertStreamDenials,
+    /// One HTTP request on an L7 service, as the connector saw it (model-access audit).
+    ConnectorHttpRequest,
+    /// A person signed in from a device (user agent) never seen for them before.
+    AlertNewDevice,
+    /// A person signed in from an address never seen for them before.
+    AlertNewAddress,
+    /// A connector stayed offline longer than `audit.connector_offline_alert`.
+    AlertConnectorOffline,
+    /// A connector that was alerted as offline came back.
+    AlertConnectorBackOnline,
 }
 
 impl EventKind {
-    const ALL: [Self; 30] = [
+    const ALL: [Self; KINDS] = [
         Self::BrokerInitialized,
         Self::TokenCreated,
         Self::TokenRedeemed,
@@ -129,6 +142,11 @@ impl EventKind {
         Self::TunnelsRevoked,
         Self::AlertLoginFailures,
         Self::AlertStreamDenials,
+        Self::ConnectorHttpRequest,
+        Self::AlertNewDevice,
+        Self::AlertNewAddress,
+        Self::AlertConnectorOffline,
+        Self::AlertConnectorBackOnline,
     ];
 
     /// The stable name stored in the `kind` column.
@@ -165,6 +183,11 @@ impl EventKind {
             Self::TunnelsRevoked => "tunnels.revoked",
             Self::AlertLoginFailures => "alert.login_failures",
             Self::AlertStreamDenials => "alert.stream_denials",
+            Self::ConnectorHttpRequest => "connector.http_request",
+            Self::AlertNewDevice => "alert.new_device",
+            Self::AlertNewAddress => "alert.new_address",
+            Self::AlertConnectorOffline => "alert.connector_offline",
+            Self::AlertConnectorBackOnline => "alert.connector_back_online",
         }
     }
 
@@ -197,19 +220,26 @@ impl EventKind {
             | Self::CredentialRemoved
             | Self::UserInvited => ACCOUNT_CHANGE,
             Self::StreamAllowed | Self::StreamDenied | Self::ConnectorStreamDenied => AUTHORIZE_SESSION,
+            Self::ConnectorHttpRequest => (4002, "HTTP Activity"),
             Self::QuicAccepted
             | Self::QuicRefused
             | Self::StreamEnded
             | Self::ConnectorOnline
             | Self::ConnectorOffline
             | Self::TunnelsRevoked => NETWORK_ACTIVITY,
-            Self::CredentialAlert | Self::AlertLoginFailures | Self::AlertStreamDenials => DETECTION_FINDING,
+            Self::CredentialAlert
+            | Self::AlertLoginFailures
+            | Self::AlertStreamDenials
+            | Self::AlertNewDevice
+            | Self::AlertNewAddress
+            | Self::AlertConnectorOffline
+            | Self::AlertConnectorBackOnline => DETECTION_FINDING,
         }
     }
 
     /// Every kind, in catalogue order.
     #[must_use]
-    pub fn all() -> [Self; 30] {
+    pub fn all() -> [Self; KINDS] {
         Self::ALL
     }
 
@@ -332,6 +362,7 @@ impl From<sqlx::Error> for AuditError {
 pub struct Audit {
     jobs: mpsc::Sender<writer::Job>,
     checkpoints: mpsc::Sender<writer::CheckpointReply>,
+    signer: Option<Arc<Signer>>,
 }
 
 impl Audit {
@@ -343,6 +374,17 @@ impl Audit {
     /// checkpoints rather than refusing every event.
     #[must_use]
     pub fn new(db: Db) -> Self {
+        Self::with_policy(db, CheckpointPolicy::default())
+    }
+
+    /// [`Audit::new`] with the checkpoint schedule of `[audit]` in `broker.toml`.
+    #[must_use]
+    pub fn configured(db: Db, trail: &crate::config::AuditTrailConfig) -> Self {
+        let policy = CheckpointPolicy { every_events: trail.checkpoint_events, every: trail.checkpoint_interval };
+        Self::with_policy(db, policy)
+    }
+
+    fn with_policy(db: Db, policy: CheckpointPolicy) -> Self {
         let signer = checkpoint::key_path_beside(&db).and_then(|path| match Signer::load_or_create(&path) {
             Ok(signer) => Some(Arc::new(signer)),
             Err(e) => {
@@ -350,7 +392,13 @@ impl Audit {
                 None
             }
         });
-        Self::with_signer(db, signer, CheckpointPolicy::default())
+        Self::with_signer(db, signer, policy)
+    }
+
+    /// The checkpoint signing key, if the trail has one (pruning needs it).
+    #[must_use]
+    pub fn signer(&self) -> Option<&Arc<Signer>> {
+        self.signer.as_ref()
     }
 
     /// Starts the writer task with an explicit signer (or none) and checkpoint policy.
@@ -358,8 +406,8 @@ impl Audit {
     pub fn with_signer(db: Db, signer: Option<Arc<Signer>>, policy: CheckpointPolicy) -> Self {
         let (jobs, rx) = mpsc::channel(writer::QUEUE);
         let (checkpoints, requests) = mpsc::channel(16);
-        tokio::spawn(writer::Writer { db, signer, policy }.run(rx, requests));
-        Self { jobs, checkpoints }
+        tokio::spawn(writer::Writer { db, signer: signer.clone(), policy }.run(rx, requests));
+        Self { jobs, checkpoints, signer }
     }
 
     /// Signs the current chain head now (for a clean shutdown, or before a
@@ -455,5 +503,7 @@ mod tests;
 mod tests_checkpoint;
 #[cfg(test)]
 mod tests_export;
+#[cfg(test)]
+mod tests_query;
 #[cfg(test)]
 mod tests_retention;

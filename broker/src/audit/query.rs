@@ -1,9 +1,11 @@
-//! Reading the audit trail back.
+//! Reading the audit trail back: recent events, filtered and paginated
+//! search ([`search`]) and a person's login trail ([`login_trail`]), for the
+//! web console and `palisade-broker audit query`.
 
 use sqlx::Sqlite;
 
 use super::chain::EventRow;
-use super::{AuditError, EventKind};
+use super::{AuditError, EventKind, Outcome};
 use crate::db::Db;
 
 pub(super) type RawRow =
@@ -53,4 +55,202 @@ pub async fn count(db: &Db, kind: EventKind) -> Result<u64, AuditError> {
         .fetch_one(db.pool())
         .await?;
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Which events [`search`] returns: every field that is set must match.
+/// Built by the web console and by `palisade-broker audit query`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// A person's identity id: events whose actor or subject is `user/ID` or
+    /// the person's SPIFFE id (`spiffe://TD/user/ID`).
+    pub person: Option<String>,
+    /// A machine's (or connector's) identity id: actor or subject
+    /// `machine/ID`, `connector/ID` or the SPIFFE id ending in them.
+    pub machine: Option<String>,
+    /// A service name: the subject of stream events.
+    pub service: Option<String>,
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<EventKind>,
+    /// Only kinds of this OCSF class (e.g. 3002 Authentication).
+    pub class_uid: Option<u32>,
+    /// Only this outcome (`allow`, `deny`, `success`, `failure`).
+    pub outcome: Option<Outcome>,
+    /// Recorded at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Recorded before this time (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Keyset pagination: only events older than this seq (the previous
+    /// page's [`Page::next_before`]). `None`: start at the newest.
+    pub before_seq: Option<i64>,
+    /// Page size; 0 means [`DEFAULT_PAGE`], and more than [`MAX_PAGE`] is capped.
+    pub limit: u32,
+}
+
+/// Page size when [`Query::limit`] is 0.
+pub const DEFAULT_PAGE: u32 = 100;
+/// Largest page [`search`] returns.
+pub const MAX_PAGE: u32 = 1000;
+
+/// One page of events, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The events (or login attempts), newest first.
+    pub items: Vec<T>,
+    /// Pass as [`Query::before_seq`] for the next (older) page; `None` when this was the last.
+    pub next_before: Option<i64>,
+}
+
+/// The events matching `q`, newest first, one page at a time.
+///
+/// Pagination is by `seq` (keyset), so pages stay consistent while events
+/// are appended: a new event never shifts an older page.
+///
+/// # Errors
+/// The table could not be read.
+pub async fn search(db: &Db, q: &Query) -> Result<Page<EventRow>, AuditError> {
+    let limit = match q.limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let mut sql = sqlx::QueryBuilder::<Sqlite>::new(
+        "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
+         FROM audit_events WHERE seq < ",
+    );
+    sql.push_bind(q.before_seq.unwrap_or(i64::MAX));
+    if let Some(since) = q.since_ms {
+        sql.push(" AND ts_ms >= ").push_bind(since);
+    }
+    if let Some(until) = q.until_ms {
+        sql.push(" AND ts_ms < ").push_bind(until);
+    }
+    if let Some(outcome) = q.outcome {
+        sql.push(" AND outcome = ").push_bind(outcome.as_str());
+    }
+    if let Some(service) = &q.service {
+        sql.push(" AND subject = ").push_bind(service.clone());
+    }
+    if let Some(person) = &q.person {
+        party(&mut sql, &["user"], person);
+    }
+    if let Some(machine) = &q.machine {
+        party(&mut sql, &["machine", "connector"], machine);
+    }
+    let mut kinds: Vec<EventKind> = q.kinds.clone();
+    if let Some(class) = q.class_uid {
+        let of_class = EventKind::all().into_iter().filter(|k| k.ocsf_class().0 == class);
+        kinds = if kinds.is_empty() {
+            of_class.collect()
+        } else {
+            kinds.into_iter().filter(|k| k.ocsf_class().0 == class).collect()
+        };
+        if kinds.is_empty() {
+            return Ok(Page { items: Vec::new(), next_before: None });
+        }
+    }
+    if !kinds.is_empty() {
+        sql.push(" AND kind IN (");
+        let mut list = sql.separated(", ");
+        for kind in kinds {
+            list.push_bind(kind.as_str());
+        }
+        sql.push(")");
+    }
+    sql.push(" ORDER BY seq DESC LIMIT ").push_bind(i64::from(limit) + 1);
+    let mut rows: Vec<EventRow> =
+        sql.build_query_as::<RawRow>().fetch_all(db.pool()).await?.into_iter().map(from_raw).collect();
+    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_before = if more { rows.last().map(|r| r.seq) } else { None };
+    Ok(Page { items: rows, next_before })
+}
+
+/// `AND (actor or subject names ROLE/ID for one of the roles)`.
+fn party(sql: &mut sqlx::QueryBuilder<Sqlite>, roles: &[&str], id: &str) {
+    sql.push(" AND (");
+    for (i, role) in roles.iter().enumerate() {
+        let short = format!("{role}/{id}");
+        let spiffe = format!("spiffe://%/{}", like_escape(&short));
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("actor = ").push_bind(short.clone());
+        sql.push(" OR subject = ").push_bind(short);
+        sql.push(" OR actor LIKE ").push_bind(spiffe.clone()).push(" ESCAPE '\\'");
+        sql.push(" OR subject LIKE ").push_bind(spiffe).push(" ESCAPE '\\'");
+    }
+    sql.push(")");
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+/// One sign-in attempt in a person's login trail.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LoginAttempt {
+    /// The event's position in the chain.
+    pub seq: i64,
+    /// When (ms since the epoch).
+    pub time_ms: i64,
+    /// `login.succeeded`, `login.failed` or `session.created` (the sign-in completed).
+    pub kind: String,
+    /// `success` or `failure`.
+    pub result: String,
+    /// Why it failed (a stable code), for failures.
+    pub reason: Option<String>,
+    /// The step or methods: `oidc`, `webauthn`, `device`, or for a session the
+    /// methods joined with `+` (e.g. `oidc+webauthn`).
+    pub method: Option<String>,
+    /// The client address.
+    pub address: Option<String>,
+    /// The client's user agent (attacker-controlled text: escape before display).
+    pub user_agent: Option<String>,
+    /// The session the sign-in created, if any.
+    pub session: Option<String>,
+}
+
+/// A person's login trail: every sign-in attempt (each step that succeeded
+/// or failed, and each completed sign-in), newest first, paginated like
+/// [`search`] (`q.before_seq`, `q.limit`, `q.since_ms`, `q.until_ms` apply;
+/// the other filters are ignored).
+///
+/// # Errors
+/// The table could not be read.
+pub async fn login_trail(db: &Db, person: &str, q: &Query) -> Result<Page<LoginAttempt>, AuditError> {
+    let q = Query {
+        person: Some(person.to_owned()),
+        kinds: vec![EventKind::LoginSucceeded, EventKind::LoginFailed, EventKind::SessionCreated],
+        before_seq: q.before_seq,
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        limit: q.limit,
+        ..Query::default()
+    };
+    let page = search(db, &q).await?;
+    Ok(Page { items: page.items.iter().map(attempt).collect(), next_before: page.next_before })
+}
+
+fn attempt(row: &EventRow) -> LoginAttempt {
+    let detail = serde_json::from_str::<serde_json::Value>(&row.detail).unwrap_or_default();
+    let text = |key: &str| detail.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let session_created = row.kind == EventKind::SessionCreated.as_str();
+    let method = if session_created {
+        detail
+            .get("auth_methods")
+            .and_then(serde_json::Value::as_array)
+            .map(|m| m.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>().join("+"))
+    } else {
+        text("step").or_else(|| detail.get("idp").map(|_| "oidc".to_owned()))
+    };
+    LoginAttempt {
+        seq: row.seq,
+        time_ms: row.ts_ms,
+        kind: row.kind.clone(),
+        result: if row.outcome == Outcome::Failure.as_str() { "failure" } else { "success" }.to_owned(),
+        reason: text("reason"),
+        method,
+        address: text("source"),
+        user_agent: text("user_agent"),
+        session: if session_created { row.subject.clone() } else { text("session") },
+    }
 }

@@ -200,3 +200,23 @@ fn the_catalogue_documents_every_kind_with_its_ocsf_class() {
         assert!(section.contains(&class), "{heading} must name OCSF class {class}");
     }
 }
+
+#[test]
+fn the_machine_checkable_schema_names_every_kind_with_its_class_and_matches_the_page() {
+    let schema: Value = serde_json::from_str(include_str!("../../../docs/audit-events.schema.json")).unwrap();
+    let kinds = schema["kinds"].as_object().unwrap();
+    let doc = include_str!("../../../docs/audit-events.md");
+    for kind in EventKind::all() {
+        let entry = kinds.get(kind.as_str()).unwrap_or_else(|| panic!("{kind} missing from the schema"));
+        assert_eq!(entry["class_uid"], json!(kind.ocsf_class().0), "{kind}: class_uid");
+        let section = doc.split(&format!("### `{}`", kind.as_str())).nth(1).unwrap().split("\n### ").next().unwrap();
+        for field in entry["detail"].as_object().unwrap().keys() {
+            assert!(section.contains(&format!("`{field}`")), "{kind}: detail field `{field}` is not on the page");
+        }
+        for outcome in entry["outcomes"].as_array().unwrap() {
+            let outcome = outcome.as_str().unwrap();
+            assert!(["success", "failure", "allow", "deny"].contains(&outcome), "{kind}: outcome {outcome}");
+        }
+    }
+    assert_eq!(kinds.len(), EventKind::all().len(), "the schema names a kind the code does not have");
+}

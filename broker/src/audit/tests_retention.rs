@@ -131,3 +131,40 @@ async fn prune_refuses_a_broken_chain() {
     assert!(matches!(err, PruneError::Broken(Broken { seq: 2, .. })), "{err}");
     assert_eq!(query::recent(&db, None, 100).await.unwrap().len(), 6);
 }
+
+#[tokio::test]
+async fn the_broker_prunes_past_the_retention_period_on_its_own_archiving_first() {
+    let (dir, db, audit, _signer) = fresh().await;
+    record_n(&audit, 5).await;
+    let archive = dir.path().join("archive.jsonl");
+    let trail = crate::config::AuditTrailConfig {
+        retention: Some(Duration::from_millis(300)),
+        archive: Some(archive.clone()),
+        prune_interval: Duration::from_secs(1),
+        ..crate::config::AuditTrailConfig::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(retention::prune_periodically(db.clone(), audit.clone(), trail, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while query::count(&db, EventKind::SessionCreated).await.unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    record_n(&audit, 2).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    let archived: Vec<Value> =
+        std::fs::read_to_string(&archive).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seqs: Vec<i64> = archived.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "every pruned event is in the archive, in order");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let report = verify_with(&db, None).await.unwrap();
+    assert!(report.broken.is_none(), "the chain verifies across the cut: {report:?}");
+    assert_eq!((report.pruned_through, report.events), (Some(5), 2), "{report:?}");
+}

@@ -116,7 +116,10 @@ pub async fn verify_with(db: &Db, trusted: Option<&[u8]>) -> Result<VerifyReport
         None => (1, GENESIS.to_owned()),
     };
     let start = expected_seq;
-    let mut pending = checkpoints.iter().filter(|cp| cp.seq >= start).peekable();
+    // Collected so no closure type is held across the awaits below: the
+    // future stays `Send` for every lifetime (spawned tasks, axum handlers).
+    let pending: Vec<&Checkpoint> = checkpoints.iter().filter(|cp| cp.seq >= start).collect();
+    let mut pending = pending.into_iter().peekable();
     let mut rows = sqlx::query_as::<Sqlite, RawRow>(
         "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
          FROM audit_events WHERE seq >= ? ORDER BY seq",

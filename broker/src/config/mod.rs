@@ -12,6 +12,10 @@
 //! Every error names the key and what is wrong with it. Relative paths are
 //! resolved against the directory of the config file.
 
+mod audit;
+
+pub use audit::AuditTrailConfig;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -90,6 +94,8 @@ pub struct Config {
 pub struct AuditConfig {
     /// `[[audit.sinks]]`: each streams every event, in seq order, at least once.
     pub sinks: Vec<AuditSinkConfig>,
+    /// Retention, checkpoints and alert thresholds (`broker/src/config/audit.rs`).
+    pub trail: AuditTrailConfig,
 }
 
 /// One `[[audit.sinks]]` entry.

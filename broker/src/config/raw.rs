@@ -21,12 +21,6 @@ pub(super) struct RawConfig {
     audit: Option<Value>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAudit {
-    sinks: Option<Vec<Value>>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSink {
@@ -114,12 +108,12 @@ impl RawConfig {
             Some(v) => Some(oidc_section(section("oidc", Some(v))?)?),
         };
         let login = login_section(section("login", self.login)?)?;
-        let audit: RawAudit = section("audit", self.audit)?;
-        let sinks = audit.sinks.unwrap_or_default().into_iter().enumerate().map(|(i, v)| audit_sink(i, v, base));
+        let (sinks, trail) = super::audit::build(self.audit, base)?;
+        let sinks = sinks.into_iter().enumerate().map(|(i, v)| audit_sink(i, v, base));
         Ok(Config {
             oidc,
             login,
-            audit: AuditConfig { sinks: sinks.collect::<Result<_, _>>()? },
+            audit: AuditConfig { sinks: sinks.collect::<Result<_, _>>()?, trail },
             listen: opt(self.listen, |v| socket_addr("listen", v))?.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
             public_addr: opt(self.public_addr, |v| string("public_addr", v))?,
             server_names: opt(self.server_names, |v| string_list("server_names", v))?

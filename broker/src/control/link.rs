@@ -45,7 +45,8 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
         .await;
     run_link(&broker, &link, &peer, send, recv, &shutdown).await;
     broker.registry().unregister(&link.conn);
-    audit(&broker, &peer, EventKind::ConnectorOffline, json!({ "remote": peer.remote.to_string() })).await;
+    let detail = json!({ "remote": peer.remote.to_string(), "broker_stopping": shutdown.is_cancelled() });
+    audit(&broker, &peer, EventKind::ConnectorOffline, detail).await;
     let code = if shutdown.is_cancelled() { close::SHUTTING_DOWN } else { close::NORMAL };
     link.conn.close(VarInt::from_u32(code), b"control stream ended");
 }

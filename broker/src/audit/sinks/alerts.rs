@@ -1,18 +1,22 @@
 //! Alerts as events: a task that follows the trail like a sink (its own
 //! cursor, [`CURSOR`]) and records an alert event when a burst crosses a
-//! threshold. The alert lands in the chain, so every sink streams it too.
+//! threshold, a person signs in from a new device or address
+//! ([`super::novelty`]) or a connector stays offline too long
+//! ([`super::offline`]). The alert lands in the chain, so every sink streams
+//! it too.
 //!
 //! [`Detector`] is pure: it takes events and their timestamps, keeps sliding
 //! windows per key and decides; the task only feeds it and records.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{POLL, SinkError, cursor, events_after, set_cursor};
+use super::{POLL, SinkError, cursor, events_after, novelty, offline, set_cursor};
 use crate::audit::chain::EventRow;
+use crate::audit::checkpoint::now_ms;
 use crate::audit::{Audit, AuditEvent, EventKind, Outcome};
 use crate::db::Db;
 
@@ -89,11 +93,11 @@ fn alert(kind: EventKind, field: &str, value: &str, rule: Rule, seqs: &[i64]) ->
     if field == "address" { event } else { event.subject(value) }
 }
 
-pub(super) async fn run(db: Db, audit: Audit, shutdown: CancellationToken) {
+pub(super) async fn run(db: Db, audit: Audit, offline_after: Duration, shutdown: CancellationToken) {
     let mut detector = Detector::default();
     let mut seen = 0;
     loop {
-        let wait = match step(&db, &audit, &mut detector, &mut seen).await {
+        let wait = match step(&db, &audit, &mut detector, &mut seen, offline_after).await {
             Ok(0) => POLL,
             Ok(_) => Duration::ZERO,
             Err(e) => {
@@ -108,20 +112,40 @@ pub(super) async fn run(db: Db, audit: Audit, shutdown: CancellationToken) {
     }
 }
 
-/// `seen` is the last seq fed to the detector, so a batch retried after a
-/// failed write is not counted twice.
-async fn step(db: &Db, audit: &Audit, detector: &mut Detector, seen: &mut i64) -> Result<usize, SinkError> {
+/// `seen` is the last seq fed to the burst detector, so a batch retried
+/// after a failed write is not counted twice (the database-backed rules are
+/// idempotent on their own). Offline connectors are checked only once the
+/// task has caught up, so a `connector.online` still unread cannot be missed.
+async fn step(
+    db: &Db,
+    audit: &Audit,
+    detector: &mut Detector,
+    seen: &mut i64,
+    offline_after: Duration,
+) -> Result<usize, SinkError> {
     let after = cursor(db, CURSOR).await?;
     let rows = events_after(db, after, BATCH).await?;
-    let Some(last) = rows.last().map(|r| r.seq) else { return Ok(0) };
+    let Some(last) = rows.last().map(|r| r.seq) else {
+        offline::overdue(db, offline_after, now_ms(SystemTime::now())).await?;
+        return Ok(0);
+    };
     let from = *seen;
-    for row in rows.iter().filter(|r| r.seq > from) {
-        *seen = row.seq;
-        for event in detector.observe(row) {
-            tracing::warn!(kind = %event.kind, "audit alert");
-            audit.record(event).await.map_err(|e| SinkError::Alert(e.to_string()))?;
+    for row in &rows {
+        if row.seq > from {
+            for event in detector.observe(row) {
+                tracing::warn!(kind = %event.kind, "audit alert");
+                audit.record(event).await.map_err(|e| SinkError::Alert(e.to_string()))?;
+            }
+            *seen = row.seq;
         }
+        for kind in novelty::observe(db, row).await? {
+            tracing::warn!(%kind, "audit alert");
+        }
+        offline::observe(db, row).await?;
     }
     set_cursor(db, CURSOR, last).await?;
+    if rows.len() < BATCH {
+        offline::overdue(db, offline_after, now_ms(SystemTime::now())).await?;
+    }
     Ok(rows.len())
 }

@@ -9,6 +9,8 @@
 //! [`alerts`] follows the trail the same way and records alert events.
 
 pub mod alerts;
+mod novelty;
+mod offline;
 mod syslog;
 mod webhook;
 
@@ -24,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::chain::EventRow;
 use super::query::{RawRow, from_raw};
 use crate::audit::Audit;
-use crate::config::{AuditSinkConfig, AuditSinkTarget};
+use crate::config::{AuditSinkConfig, AuditSinkTarget, AuditTrailConfig};
 use crate::db::{Db, unix_seconds};
 use crate::state::Broker;
 
@@ -54,7 +56,9 @@ pub enum SinkError {
 /// # Errors
 /// As [`serve`].
 pub async fn serve_for(broker: Broker, shutdown: CancellationToken) -> anyhow::Result<&'static str> {
-    serve(broker.db().clone(), broker.audit().clone(), broker.config().audit.sinks.clone(), shutdown).await
+    let audit = &broker.config().audit;
+    serve_configured(broker.db().clone(), broker.audit().clone(), audit.sinks.clone(), audit.trail.clone(), shutdown)
+        .await
 }
 
 /// Runs the alert rules and every configured sink until `shutdown`; returns
@@ -68,8 +72,31 @@ pub async fn serve(
     sinks: Vec<AuditSinkConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<&'static str> {
+    serve_configured(db, audit, sinks, AuditTrailConfig::default(), shutdown).await
+}
+
+/// [`serve`] with the `[audit]` settings: the connector-offline threshold of
+/// the alerts, and the periodic prune when `retention` is set.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_configured(
+    db: Db,
+    audit: Audit,
+    sinks: Vec<AuditSinkConfig>,
+    trail: AuditTrailConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<&'static str> {
     let mut tasks = JoinSet::new();
-    tasks.spawn(alerts::run(db.clone(), audit, shutdown.clone()));
+    if trail.retention.is_some() {
+        tasks.spawn(crate::audit::retention::prune_periodically(
+            db.clone(),
+            audit.clone(),
+            trail.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(alerts::run(db.clone(), audit, trail.connector_offline_alert, shutdown.clone()));
     for config in sinks {
         let output = Output::new(&config).with_context(|| format!("audit sink {:?}", config.name))?;
         tasks.spawn(run_sink(db.clone(), config, output, shutdown.clone()));
@@ -193,3 +220,5 @@ async fn events_after(db: &Db, after: i64, limit: usize) -> Result<Vec<EventRow>
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_alerts;

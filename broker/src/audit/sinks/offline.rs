@@ -1,0 +1,100 @@
+//! Connectors that stay away: `alert.connector_offline` when a connector's
+//! control link has been down for longer than `audit.connector_offline_alert`,
+//! `alert.connector_back_online` when an alerted connector returns.
+//!
+//! `connector.offline` puts the connector in `audit_connectors_offline` (its
+//! time, not the time the alert task saw it); `connector.online` takes it
+//! out. [`overdue`] alerts on the ones past the threshold. A link closed
+//! because the broker itself was stopping (`broker_stopping` in the detail)
+//! is not the connector's absence and is not tracked. State and alert commit
+//! in one transaction, so a restart neither repeats nor loses an alert.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::Sqlite;
+
+use super::SinkError;
+use crate::audit::chain::EventRow;
+use crate::audit::export::rfc3339_ms;
+use crate::audit::{Audit, AuditEvent, EventKind, Outcome};
+use crate::db::Db;
+
+/// Feeds one event; records `alert.connector_back_online` if due.
+pub(super) async fn observe(db: &Db, row: &EventRow) -> Result<(), SinkError> {
+    let Some(connector) = row.actor.as_deref() else { return Ok(()) };
+    if row.kind == EventKind::ConnectorOffline.as_str() {
+        let detail = serde_json::from_str::<Value>(&row.detail).unwrap_or(Value::Null);
+        if detail["broker_stopping"].as_bool() == Some(true) {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO audit_connectors_offline (connector, since_ms, alerted) VALUES (?, ?, 0) \
+             ON CONFLICT (connector) DO NOTHING",
+        )
+        .bind(connector)
+        .bind(row.ts_ms)
+        .execute(db.pool())
+        .await?;
+    } else if row.kind == EventKind::ConnectorOnline.as_str() {
+        back_online(db, connector, row.ts_ms).await?;
+    }
+    Ok(())
+}
+
+async fn back_online(db: &Db, connector: &str, now_ms: i64) -> Result<(), SinkError> {
+    let mut tx = db.begin_write().await?;
+    let state = sqlx::query_as::<Sqlite, (i64, i64)>(
+        "SELECT since_ms, alerted FROM audit_connectors_offline WHERE connector = ?",
+    )
+    .bind(connector)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((since_ms, alerted)) = state else { return Ok(()) };
+    if alerted != 0 {
+        let event = AuditEvent::new(EventKind::AlertConnectorBackOnline, Outcome::Success)
+            .subject(connector)
+            .detail(json!({ "offline_since": rfc3339_ms(since_ms), "offline_ms": now_ms.saturating_sub(since_ms) }));
+        Audit::record_in(&mut tx, event).await.map_err(|e| SinkError::Alert(e.to_string()))?;
+    }
+    sqlx::query("DELETE FROM audit_connectors_offline WHERE connector = ?").bind(connector).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records `alert.connector_offline` for every connector offline for longer
+/// than `threshold` at `now_ms` and not alerted yet; returns how many.
+pub(super) async fn overdue(db: &Db, threshold: Duration, now_ms: i64) -> Result<usize, SinkError> {
+    let limit = now_ms.saturating_sub(i64::try_from(threshold.as_millis()).unwrap_or(i64::MAX));
+    let due = sqlx::query_as::<Sqlite, (String, i64)>(
+        "SELECT connector, since_ms FROM audit_connectors_offline WHERE alerted = 0 AND since_ms <= ? ORDER BY since_ms",
+    )
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = db.begin_write().await?;
+    let mut alerted = 0;
+    for (connector, since_ms) in due {
+        let claimed =
+            sqlx::query("UPDATE audit_connectors_offline SET alerted = 1 WHERE connector = ? AND alerted = 0")
+                .bind(&connector)
+                .execute(&mut *tx)
+                .await?;
+        if claimed.rows_affected() == 0 {
+            continue;
+        }
+        let event =
+            AuditEvent::new(EventKind::AlertConnectorOffline, Outcome::Failure).subject(&connector).detail(json!({
+                "offline_since": rfc3339_ms(since_ms),
+                "offline_ms": now_ms.saturating_sub(since_ms),
+                "threshold_ms": u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX),
+            }));
+        Audit::record_in(&mut tx, event).await.map_err(|e| SinkError::Alert(e.to_string()))?;
+        alerted += 1;
+    }
+    tx.commit().await?;
+    Ok(alerted)
+}

@@ -1,0 +1,182 @@
+//! The database-backed alert rules against a real SQLite trail: sign-ins from
+//! a new device or address, connectors offline too long and back, and normal
+//! use that must not alert.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::serve_configured;
+use crate::audit::chain::EventRow;
+use crate::audit::{Audit, AuditEvent, CheckpointPolicy, EventKind, Outcome};
+use crate::config::AuditTrailConfig;
+use crate::db::{Db, sqlite_url};
+
+struct Trail {
+    _dir: tempfile::TempDir,
+    db: Db,
+    audit: Audit,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<&'static str>>,
+}
+
+async fn trail(offline_after: Duration) -> Trail {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&sqlite_url(&dir.path().join("palisade.db"))).await.unwrap();
+    let audit = Audit::with_signer(db.clone(), None, CheckpointPolicy::default());
+    let stop = CancellationToken::new();
+    let config = AuditTrailConfig { connector_offline_alert: offline_after, ..AuditTrailConfig::default() };
+    let task = tokio::spawn(serve_configured(db.clone(), audit.clone(), Vec::new(), config, stop.clone()));
+    Trail { _dir: dir, db, audit, stop, task }
+}
+
+impl Trail {
+    async fn sign_in(&self, user: &str, source: &str, user_agent: &str) {
+        let event = AuditEvent::new(EventKind::SessionCreated, Outcome::Success)
+            .actor(format!("user/{user}"))
+            .subject(format!("session-{}", uuid::Uuid::new_v4()))
+            .detail(json!({ "expires_at": 0, "auth_methods": ["oidc", "webauthn"], "source": source,
+                            "user_agent": user_agent, "via": "browser" }));
+        self.audit.record(event).await.unwrap();
+    }
+
+    async fn link(&self, kind: EventKind, connector: &str, detail: Value) {
+        let event = AuditEvent::new(kind, Outcome::Success).actor(connector).detail(detail);
+        self.audit.record(event).await.unwrap();
+    }
+
+    /// Waits until the alert task has read everything (its cursor is at the head).
+    async fn settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let head = crate::audit::query::recent(&self.db, None, 1).await.unwrap()[0].seq;
+            if super::cursor(&self.db, super::alerts::CURSOR).await.unwrap() >= head {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the alert task did not catch up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn alerts(&self) -> Vec<EventRow> {
+        let mut rows = crate::audit::query::recent(&self.db, None, 1000).await.unwrap();
+        rows.retain(|r| r.kind.starts_with("alert."));
+        rows.reverse();
+        rows
+    }
+
+    async fn stop(self) -> (tempfile::TempDir, Db) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+        let report = crate::audit::verify(&self.db).await.unwrap();
+        assert!(report.broken.is_none(), "{report:?}");
+        (self._dir, self.db)
+    }
+}
+
+fn detail(row: &EventRow) -> Value {
+    serde_json::from_str(&row.detail).unwrap()
+}
+
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+const PHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148";
+
+#[tokio::test]
+async fn repeated_sign_ins_from_the_usual_device_and_address_do_not_alert() {
+    let t = trail(Duration::from_secs(300)).await;
+    for _ in 0..4 {
+        t.sign_in("alice", "192.0.2.10", FIREFOX).await;
+        t.sign_in("bob", "192.0.2.20", PHONE).await;
+    }
+    // A port in the source is not a new address.
+    t.sign_in("alice", "192.0.2.10:51234", FIREFOX).await;
+    t.settled().await;
+    assert_eq!(t.alerts().await, Vec::new(), "first sign-ins set the baseline; repeats are normal");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_sign_in_from_a_new_device_or_address_alerts_once_for_that_person() {
+    let t = trail(Duration::from_secs(300)).await;
+    t.sign_in("alice", "192.0.2.10", FIREFOX).await;
+    // Bob's phone and address are new to Alice, not to Bob's own baseline.
+    t.sign_in("bob", "203.0.113.66", PHONE).await;
+    t.sign_in("alice", "203.0.113.66", FIREFOX).await;
+    t.sign_in("alice", "192.0.2.10", PHONE).await;
+    t.sign_in("alice", "203.0.113.66", PHONE).await;
+    t.settled().await;
+    let alerts = t.alerts().await;
+    let got: Vec<(String, Option<String>, Value)> =
+        alerts.iter().map(|a| (a.kind.clone(), a.subject.clone(), detail(a)["value"].clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("alert.new_address".to_owned(), Some("user/alice".to_owned()), json!("203.0.113.66")),
+            ("alert.new_device".to_owned(), Some("user/alice".to_owned()), json!(PHONE)),
+        ],
+        "one alert per new value, none for a value already seen"
+    );
+    assert_eq!(detail(&alerts[0])["known"], json!(1));
+    assert_eq!(alerts[0].outcome, "failure");
+    let (dir, db) = t.stop().await;
+
+    // A restarted alert task remembers what was seen (the table, not memory).
+    let audit = Audit::with_signer(db.clone(), None, CheckpointPolicy::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(serve_configured(
+        db.clone(),
+        audit.clone(),
+        Vec::new(),
+        AuditTrailConfig::default(),
+        stop.clone(),
+    ));
+    let again = Trail { _dir: dir, db, audit, stop, task };
+    again.sign_in("alice", "203.0.113.66", PHONE).await;
+    again.settled().await;
+    assert_eq!(again.alerts().await.len(), 2, "no new alert after a restart for a known device and address");
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn a_connector_offline_past_the_threshold_alerts_and_its_return_is_recorded() {
+    let t = trail(Duration::from_millis(600)).await;
+    let (rack1, rack2) = ("spiffe://corp/connector/rack-1", "spiffe://corp/connector/rack-2");
+    t.link(EventKind::ConnectorOnline, rack1, json!({ "services": ["llm"], "remote": "10.0.0.1:4433" })).await;
+    t.link(EventKind::ConnectorOnline, rack2, json!({ "services": ["llm"], "remote": "10.0.0.2:4433" })).await;
+    // rack-2 blips: offline and back within the threshold: no alert.
+    t.link(EventKind::ConnectorOffline, rack2, json!({ "remote": "10.0.0.2:4433", "broker_stopping": false })).await;
+    t.link(EventKind::ConnectorOnline, rack2, json!({ "services": ["llm"], "remote": "10.0.0.2:4433" })).await;
+    // A broker shutdown closing a link is not the connector's absence.
+    t.link(EventKind::ConnectorOffline, rack2, json!({ "remote": "10.0.0.2:4433", "broker_stopping": true })).await;
+    t.link(EventKind::ConnectorOffline, rack1, json!({ "remote": "10.0.0.1:4433", "broker_stopping": false })).await;
+    t.settled().await;
+    assert_eq!(t.alerts().await, Vec::new(), "nothing is overdue yet");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let alert = loop {
+        if let Some(a) = t.alerts().await.into_iter().next() {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no alert.connector_offline");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((alert.kind.as_str(), alert.subject.as_deref()), ("alert.connector_offline", Some(rack1)));
+    assert!(detail(&alert)["offline_ms"].as_i64().unwrap() >= 600, "{}", alert.detail);
+    assert_eq!(detail(&alert)["threshold_ms"], json!(600));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(t.alerts().await.len(), 1, "one alert per outage, not one per check");
+
+    t.link(EventKind::ConnectorOnline, rack1, json!({ "services": ["llm"], "remote": "10.0.0.1:4434" })).await;
+    t.settled().await;
+    let alerts = t.alerts().await;
+    let kinds: Vec<(&str, Option<&str>)> = alerts.iter().map(|a| (a.kind.as_str(), a.subject.as_deref())).collect();
+    assert_eq!(
+        kinds,
+        vec![("alert.connector_offline", Some(rack1)), ("alert.connector_back_online", Some(rack1))],
+        "rack-2 never alerted"
+    );
+    assert_eq!(alerts[1].outcome, "success");
+    t.stop().await;
+}
