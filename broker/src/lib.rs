@@ -14,9 +14,11 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod db;
 pub mod init;
+pub mod inventory;
 pub mod issuance;
 pub mod login;
 pub mod policy;

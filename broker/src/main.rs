@@ -23,6 +23,8 @@ mod audit_query;
 mod people;
 #[path = "main/policy_cmd.rs"]
 mod policy_cmd;
+#[path = "main/inventory_cmd.rs"]
+mod inventory_cmd;
 
 use policy_cmd::PolicyCommand;
 
@@ -55,6 +57,12 @@ enum Command {
     /// Policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Services: the inventory, segment assignment, labels.
+    #[command(subcommand)]
+    Service(inventory_cmd::ServiceCommand),
+    /// Segments: sets of services that policies grant together.
+    #[command(subcommand)]
+    Segment(inventory_cmd::SegmentCommand),
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -316,6 +324,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_cmd(args).await,
         Command::Token(TokenCommand::Create(args)) => token_create(args).await,
         Command::Policy(command) => policy_cmd::policy(command).await,
+        Command::Service(command) => inventory_cmd::service(command).await,
+        Command::Segment(command) => inventory_cmd::segment(command).await,
         Command::Audit(AuditCommand::Verify { data_dir, public_key }) => {
             audit_verify(&data_dir, public_key.as_deref()).await
         }

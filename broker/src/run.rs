@@ -158,8 +158,9 @@ async fn assemble(config: Config) -> anyhow::Result<Broker> {
     }
     let server_identity = server_identity(&config, &ca).context("server certificate")?;
     let trust: TrustAnchors = ca.trust_anchors().clone();
-    let policy =
-        PolicyStore::load(&config).map_err(|e| anyhow::anyhow!("policy in {}: {e}", config.policy_dir.display()))?;
+    let policy = PolicyStore::load(&config, &db)
+        .await
+        .map_err(|e| anyhow::anyhow!("policy in {}: {e}", config.policy_dir.display()))?;
     let audit = Audit::configured(db.clone(), &config.audit.trail);
     Ok(Broker::new(BrokerParts { config, db, audit, ca, trust, server_identity, policy }))
 }

@@ -55,7 +55,9 @@ async fn init_creates_a_complete_data_directory() {
     }
     let config = Config::load(&dir.join("broker.toml")).unwrap();
     assert_eq!(config.data_dir, dir);
-    palisade_broker::policy::PolicyStore::load(&config).expect("the default policy validates");
+    let seed_db = Db::open(&config.database_url()).await.unwrap();
+    palisade_broker::policy::PolicyStore::load(&config, &seed_db).await.expect("the default policy validates");
+    seed_db.close().await;
     let kek = Kek::from_file(&dir.join("kek")).unwrap();
     let ca = Ca::load(&dir, &kek).unwrap();
     assert_eq!(ca.trust_domain().as_str(), "palisade.local");

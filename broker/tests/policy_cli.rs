@@ -75,6 +75,9 @@ async fn apply_explain_compare_diff_and_rollback_from_the_command_line() {
     std::fs::create_dir(&proposed).unwrap();
     for entry in std::fs::read_dir(&examples).unwrap() {
         let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap().replace("ml-agents", "ml-bots");
         std::fs::write(proposed.join(path.file_name().unwrap()), text).unwrap();
     }

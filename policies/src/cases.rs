@@ -16,6 +16,7 @@
 //! expect = "allow"                            # or "deny"
 //! expect_reason = "no_policy"                 # optional, deny code (DenyReason::code)
 //! expect_policies = ["machines-inference"]    # optional, permitting or forbidding ids
+//! expect_dry_run = "would_deny"               # optional: "would_allow", "would_deny" or "none"
 //! http = { method = "POST", path = "/v1/chat" }   # optional: the `http` action instead of `connect`
 //! [case.context]                              # optional, every key optional
 //! mfa_age_secs = 600
@@ -35,7 +36,7 @@ use serde::Deserialize;
 
 use crate::source::{list_dir, read_text};
 use crate::{
-    AccessRequest, Action, Decision, Engine, LoadError, PolicyBundle, PolicyFile, Principal, PrincipalKind,
+    AccessRequest, Action, Decision, DryRun, Engine, LoadError, PolicyBundle, PolicyFile, Principal, PrincipalKind,
     RequestContext, ServiceEntry,
 };
 
@@ -177,7 +178,9 @@ fn run_one(engine: &Engine, case: &Case) -> CaseOutcome {
             None => Action::Connect,
         };
         let request = AccessRequest { principal: &principal, action, service: &case.service, context: &context };
-        check(case, &engine.decide(&request))
+        let verdict = engine.verdict(&request);
+        let detail = check(case, &verdict.decision)?;
+        check_dry_run(case, verdict.dry_run.as_ref()).map(|()| detail)
     });
     let (passed, detail) = match result {
         Ok(detail) => (true, detail),
@@ -213,6 +216,19 @@ fn check(case: &Case, decision: &Decision) -> Result<String, String> {
     Ok(actual)
 }
 
+/// `Ok` if the dry-run policies did what the case expects (or it expects nothing).
+fn check_dry_run(case: &Case, dry_run: Option<&DryRun>) -> Result<(), String> {
+    let Some(expected) = case.expect_dry_run.as_deref() else {
+        return Ok(());
+    };
+    let actual = dry_run.map_or("none", DryRun::outcome);
+    if expected == actual {
+        return Ok(());
+    }
+    let ids = dry_run.map(|d| d.policy_ids().join(", ")).unwrap_or_default();
+    Err(format!("expected dry run {expected}, got {actual} [{ids}]"))
+}
+
 fn describe(decision: &Decision) -> String {
     match decision {
         Decision::Allow(grant) => format!("allow by {}", grant.policy_ids().join(", ")),
@@ -239,8 +255,18 @@ struct Case {
     expect: Expect,
     expect_reason: Option<String>,
     expect_policies: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "dry_run_expectation")]
+    expect_dry_run: Option<String>,
     #[serde(default)]
     context: CaseContext,
+}
+
+fn dry_run_expectation<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let value = String::deserialize(deserializer)?;
+    match value.as_str() {
+        "would_allow" | "would_deny" | "none" => Ok(Some(value)),
+        _ => Err(serde::de::Error::custom("expect_dry_run must be \"would_allow\", \"would_deny\" or \"none\"")),
+    }
 }
 
 #[derive(Clone, Copy, Deserialize)]

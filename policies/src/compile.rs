@@ -26,7 +26,15 @@ pub struct PolicyInfo {
     pub column: usize,
     /// Whether it permits or forbids.
     pub effect: PolicyEffect,
+    /// Annotated `@mode("dry_run")`: it never changes a decision; its
+    /// matches are reported as "would allow" / "would deny".
+    pub dry_run: bool,
 }
+
+/// The annotation that marks a policy as audit-only.
+pub const MODE_ANNOTATION: &str = "mode";
+/// The `@mode` value of an audit-only policy; `"enforce"` is the default.
+pub const DRY_RUN_MODE: &str = "dry_run";
 
 /// A policy's effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +46,13 @@ pub enum PolicyEffect {
 }
 
 pub(crate) struct Compiled {
+    /// Every policy, enforced or not (the explainer traces them all).
+    pub(crate) all: PolicySet,
+    /// The policies that decide.
     pub(crate) set: PolicySet,
+    /// Dry-run permits and forbids, evaluated apart so every match is seen.
+    pub(crate) dry_permits: PolicySet,
+    pub(crate) dry_forbids: PolicySet,
     pub(crate) policies: Vec<PolicyInfo>,
 }
 
@@ -47,8 +61,13 @@ pub(crate) fn compile(files: &[PolicyFile], vocab: &Vocabulary) -> Result<Compil
     if let Some(file) = files.iter().find(|f| !names.insert(f.name.as_str())) {
         return Err(LoadError::DuplicateFile { name: file.name.clone() });
     }
-    let mut set = PolicySet::new();
-    let mut policies: Vec<PolicyInfo> = Vec::new();
+    let mut compiled = Compiled {
+        all: PolicySet::new(),
+        set: PolicySet::new(),
+        dry_permits: PolicySet::new(),
+        dry_forbids: PolicySet::new(),
+        policies: Vec::new(),
+    };
     let mut owner: HashMap<String, String> = HashMap::new();
     for file in files {
         check_shape(file)?;
@@ -58,14 +77,21 @@ pub(crate) fn compile(files: &[PolicyFile], vocab: &Vocabulary) -> Result<Compil
             if let Some(first) = owner.insert(info.id.clone(), file.name.clone()) {
                 return Err(duplicate(&info.id, first, &file.name));
             }
-            file_set.add(policy.clone()).map_err(|_| duplicate(&info.id, file.name.clone(), &file.name))?;
-            set.add(policy.clone()).map_err(|_| duplicate(&info.id, file.name.clone(), &file.name))?;
+            let twice = || duplicate(&info.id, file.name.clone(), &file.name);
+            file_set.add(policy.clone()).map_err(|_| twice())?;
+            compiled.all.add(policy.clone()).map_err(|_| twice())?;
+            let target = match (info.dry_run, info.effect) {
+                (false, _) => &mut compiled.set,
+                (true, PolicyEffect::Permit) => &mut compiled.dry_permits,
+                (true, PolicyEffect::Forbid) => &mut compiled.dry_forbids,
+            };
+            target.add(policy.clone()).map_err(|_| twice())?;
         }
         let infos: Vec<PolicyInfo> = parsed.into_iter().map(|(_, info)| info).collect();
         validate_file(file, &file_set, &infos, vocab)?;
-        policies.extend(infos);
+        compiled.policies.extend(infos);
     }
-    Ok(Compiled { set, policies })
+    Ok(compiled)
 }
 
 fn duplicate(id: &str, first: String, second: &str) -> LoadError {
@@ -148,13 +174,14 @@ fn parse_file(file: &PolicyFile) -> Result<Vec<(Policy, PolicyInfo)>, LoadError>
         cursor = offset + text.len();
         let (line, column) = line_column(&file.text, offset);
         let id = policy_id(file, policy, line)?;
+        let dry_run = dry_run(file, policy, line)?;
         let effect = match policy.effect() {
             cedar_policy::Effect::Permit => PolicyEffect::Permit,
             cedar_policy::Effect::Forbid => PolicyEffect::Forbid,
         };
         let renamed = policy.new_id(PolicyId::new(&id));
         let file = file.name.clone();
-        out.push((renamed, PolicyInfo { id, file, line, column, effect }));
+        out.push((renamed, PolicyInfo { id, file, line, column, effect, dry_run }));
     }
     Ok(out)
 }
@@ -176,6 +203,16 @@ fn policy_id(file: &PolicyFile, policy: &Policy, line: usize) -> Result<String, 
         Some(id) if id.trim().is_empty() => Err(LoadError::EmptyPolicyId { file: file.name.clone(), line }),
         Some(id) => Ok(id.to_owned()),
         None => Ok(format!("{}:{line}", file.name)),
+    }
+}
+
+/// Whether `@mode(...)` makes the policy audit-only; an unknown mode is
+/// refused rather than guessed (a typo must not silently enforce or not).
+fn dry_run(file: &PolicyFile, policy: &Policy, line: usize) -> Result<bool, LoadError> {
+    match policy.annotation(MODE_ANNOTATION) {
+        None | Some("enforce") => Ok(false),
+        Some(DRY_RUN_MODE) => Ok(true),
+        Some(other) => Err(LoadError::UnknownMode { file: file.name.clone(), line, mode: other.to_owned() }),
     }
 }
 

@@ -6,17 +6,22 @@ use std::path::Path;
 
 use cedar_policy::{AuthorizationError, Authorizer, Effect, PolicyId, PolicySet, Response};
 
+use crate::cache::ContextUse;
 use crate::compile::{PolicyInfo, compile};
+use crate::dry_run::DryRunSets;
 use crate::request::{AccessRequest, to_cedar};
 use crate::schema::{Vocabulary, vocabulary};
-use crate::{Decision, DenyReason, Grant, LoadError, PolicyBundle, ServiceEntry, read_policy_dir};
+use crate::{Decision, DenyReason, Grant, LoadError, PolicyBundle, ServiceEntry, Verdict, read_policy_dir};
 
 /// A validated policy bundle, ready to decide. Cheap to share behind an
 /// `Arc`; deciding takes `&self`.
 pub struct Engine {
     bundle: PolicyBundle,
     digest: String,
+    all: PolicySet,
     set: PolicySet,
+    dry_run: DryRunSets,
+    context_use: ContextUse,
     policies: Vec<PolicyInfo>,
     services: HashMap<String, usize>,
     vocab: &'static Vocabulary,
@@ -49,10 +54,16 @@ impl Engine {
         let vocab = vocabulary()?;
         let services = index_services(&bundle.services)?;
         let compiled = compile(&bundle.files, vocab)?;
+        let context_use = ContextUse::scan(
+            compiled.all.policies().map(|p| p.to_cedar()).collect::<Vec<_>>().iter().map(Option::as_deref),
+        );
         Ok(Self {
             bundle: bundle.clone(),
             digest: bundle.digest(),
+            all: compiled.all,
             set: compiled.set,
+            dry_run: DryRunSets { permits: compiled.dry_permits, forbids: compiled.dry_forbids },
+            context_use,
             policies: compiled.policies,
             services,
             vocab,
@@ -115,26 +126,58 @@ impl Engine {
         to_cedar(self.vocab, request, service).map_err(|message| Decision::Deny(DenyReason::Invalid(message)))
     }
 
+    /// Every policy, enforced and dry-run, for the explainer.
     pub(crate) fn policy_set(&self) -> &PolicySet {
-        &self.set
+        &self.all
+    }
+
+    /// Which time-dependent context fields the policies read (the
+    /// [`crate::DecisionCache`] keys on exactly those).
+    #[must_use]
+    pub fn context_use(&self) -> ContextUse {
+        self.context_use
+    }
+
+    /// Whether any policy is marked `@mode("dry_run")`.
+    #[must_use]
+    pub fn has_dry_run(&self) -> bool {
+        !self.dry_run.is_empty()
     }
 
     /// Decides a request. Never fails: anything that prevents a clear
-    /// answer is a [`DenyReason`].
+    /// answer is a [`DenyReason`]. Dry-run policies are not evaluated.
     #[must_use]
     pub fn decide(&self, request: &AccessRequest<'_>) -> Decision {
+        self.evaluate(request, false).decision
+    }
+
+    /// Decides a request like [`Engine::decide`] and also reports what the
+    /// dry-run policies made of it. They never change the decision.
+    #[must_use]
+    pub fn verdict(&self, request: &AccessRequest<'_>) -> Verdict {
+        self.evaluate(request, true)
+    }
+
+    fn evaluate(&self, request: &AccessRequest<'_>, with_dry_run: bool) -> Verdict {
+        let denied = |reason| Verdict { decision: Decision::Deny(reason), dry_run: None };
         let Some(service) = self.service(request.service) else {
-            return Decision::Deny(DenyReason::UnknownService);
+            return denied(DenyReason::UnknownService);
         };
         if matches!(request.action, crate::Action::Http { .. }) && service.protocol != "http" {
-            return Decision::Deny(DenyReason::Invalid(format!("service `{}` does not speak HTTP", service.name)));
+            return denied(DenyReason::Invalid(format!("service `{}` does not speak HTTP", service.name)));
         }
         let (cedar_request, entities) = match to_cedar(self.vocab, request, service) {
             Ok(built) => built,
-            Err(message) => return Decision::Deny(DenyReason::Invalid(message)),
+            Err(message) => return denied(DenyReason::Invalid(message)),
         };
         let response = self.authorizer.is_authorized(&cedar_request, &self.set, &entities);
-        self.interpret(&response, service)
+        let decision = self.interpret(&response, service);
+        let dry_run = if with_dry_run {
+            self.dry_run.evaluate(&self.authorizer, &cedar_request, &entities, &decision)
+        } else {
+            None
+        };
+        Verdict { decision, dry_run }
     }
 
     fn interpret(&self, response: &Response, service: &ServiceEntry) -> Decision {

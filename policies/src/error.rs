@@ -83,6 +83,17 @@ pub enum LoadError {
         line: usize,
     },
 
+    /// A policy's `@mode("...")` annotation is neither `enforce` nor `dry_run`.
+    #[error("{file}:{line}: unknown @mode({mode:?}): use \"enforce\" (the default) or \"dry_run\"")]
+    UnknownMode {
+        /// The policy file's name.
+        file: String,
+        /// 1-based line where the policy starts.
+        line: usize,
+        /// The mode given.
+        mode: String,
+    },
+
     /// Two policies share an id.
     #[error("policy id `{id}` is used more than once (in {})", files.join(" and "))]
     DuplicatePolicyId {

@@ -33,6 +33,20 @@
 //! across the bundle, or else `<file name>:<line>`. Decisions report these
 //! ids.
 //!
+//! # Dry-run policies
+//!
+//! A policy annotated `@mode("dry_run")` is validated like any other but
+//! never changes a decision. [`Engine::verdict`] reports the dry-run
+//! policies that matched and whether enforcing them would allow or deny
+//! ([`DryRun`]); the broker puts that in the decision's audit event. Any
+//! `@mode` other than `"enforce"` or `"dry_run"` is refused.
+//!
+//! # Caching
+//!
+//! [`DecisionCache`] keeps verdicts per principal, service, action and the
+//! context fields the policies read, for one engine (version and digest) at
+//! a time.
+//!
 //! # Deciding
 //!
 //! ```
@@ -72,10 +86,12 @@
 //! ```
 
 mod bundle;
+mod cache;
 mod cases;
 mod compare;
 mod compile;
 mod decision;
+mod dry_run;
 mod engine;
 mod error;
 mod explain;
@@ -84,10 +100,12 @@ mod schema;
 mod source;
 
 pub use bundle::{PolicyBundle, PolicyFile, ServiceEntry};
+pub use cache::{ContextUse, DecisionCache};
 pub use cases::{CaseError, CaseOutcome, CaseReport, run_case_dir, run_case_file, run_cases};
 pub use compare::{AccessChange, Comparison, compare};
-pub use compile::{MAX_FILE_BYTES, MAX_NESTING, PolicyEffect, PolicyInfo};
+pub use compile::{DRY_RUN_MODE, MAX_FILE_BYTES, MAX_NESTING, MODE_ANNOTATION, PolicyEffect, PolicyInfo};
 pub use decision::{Decision, DenyReason, Grant};
+pub use dry_run::{DryRun, Verdict};
 pub use engine::Engine;
 pub use error::LoadError;
 pub use explain::{Explanation, PolicyOutcome, PolicyTrace, ScopePart};

@@ -31,6 +31,7 @@ fn examples_load_and_validate_with_their_ids() {
         ids,
         [
             "break-glass",
+            "inference-business-hours",
             "machines-inference",
             "ml-team-inference-mfa",
             "model-admin-only",
@@ -41,6 +42,10 @@ fn examples_load_and_validate_with_their_ids() {
     let forbid = engine.policies().iter().find(|p| p.id == "quarantined-services").expect("forbid present");
     assert_eq!(forbid.effect, PolicyEffect::Forbid);
     assert_eq!(forbid.file, "guardrails.cedar");
+    assert!(!forbid.dry_run);
+    let rollout = engine.policies().iter().find(|p| p.id == "inference-business-hours").expect("dry-run present");
+    assert!(rollout.dry_run, "@mode(\"dry_run\") marks the policy audit-only");
+    assert!(engine.has_dry_run());
 }
 
 #[test]

@@ -2,9 +2,14 @@
 //! rollback, explain, compare, reload.
 //!
 //! `apply` and `rollback` write a new version to the policy store in the
-//! database. Until the running broker loads the store's active version
-//! itself, they also mirror the set into `policy_dir` (the directory the
-//! broker reads) and ask a running broker to reload over the admin socket.
+//! database, which is what the running broker decides with (it follows the
+//! store within a fraction of a second). They also mirror the set into
+//! `policy_dir`, so that directory always shows the active version and a
+//! later `reload` imports only what an admin edited there, and ask a
+//! running broker to load it at once over the admin socket.
+//!
+//! Sets are validated against the service catalog in the database
+//! (`palisade-broker service list`).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,7 @@ use palisade_broker::admin::{self, AdminError, AdminRequest};
 use palisade_broker::audit;
 use palisade_broker::config::Config;
 use palisade_broker::db::Db;
-use palisade_broker::policy::PolicyStore;
+use palisade_broker::inventory;
 use palisade_broker::policy_store::{self, PolicyStoreError, Proposal, VersionInfo};
 use palisade_policies::{
     AccessRequest, Action, Engine, PolicyBundle, PolicyFile, RequestContext, ServiceEntry, compare, read_policy_dir,
@@ -165,8 +170,8 @@ impl ContextArgs {
 pub(super) async fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Reload { data_dir } => reload(&data_dir).await,
-        PolicyCommand::Validate { dir, data_dir } => validate(dir, data_dir.as_deref()),
-        PolicyCommand::Test { dir, cases, data_dir } => test(dir, cases, data_dir.as_deref()),
+        PolicyCommand::Validate { dir, data_dir } => validate(dir, data_dir.as_deref()).await,
+        PolicyCommand::Test { dir, cases, data_dir } => test(dir, cases, data_dir.as_deref()).await,
         PolicyCommand::Apply { dir, comment, parent, common } => apply(&dir, &comment, parent, &common).await,
         PolicyCommand::Diff { a, b, data_dir } => diff(&data_dir, a, b).await,
         PolicyCommand::History { data_dir } => history(&data_dir).await,
@@ -178,16 +183,27 @@ pub(super) async fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Opens the database with the catalog seeded from the config's
+/// `[[services]]`, as the broker does at start (insert-if-missing).
 async fn open(data_dir: &Path) -> anyhow::Result<(Config, Db)> {
     let config = load_config(data_dir)?;
     let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    inventory::seed_from_config(&db, &config).await.context("cannot seed the service catalog")?;
     Ok((config, db))
 }
 
-/// The policy directory to read: the one given, else the configured one.
-fn policy_dir(dir: Option<PathBuf>, data_dir: Option<&Path>) -> anyhow::Result<(PathBuf, Vec<ServiceEntry>)> {
-    let config = data_dir.map(load_config).transpose()?;
-    let services = config.as_ref().map(policy_store::catalog).unwrap_or_default();
+/// The policy directory to read (the one given, else the configured one)
+/// and, with a data directory, the service catalog from its database.
+async fn policy_dir(dir: Option<PathBuf>, data_dir: Option<&Path>) -> anyhow::Result<(PathBuf, Vec<ServiceEntry>)> {
+    let (config, services) = match data_dir {
+        Some(data_dir) => {
+            let (config, db) = open(data_dir).await?;
+            let catalog = inventory::catalog(&db).await;
+            db.close().await;
+            (Some(config), catalog?.1)
+        }
+        None => (None, Vec::new()),
+    };
     match (dir, config) {
         (Some(dir), _) => Ok((dir, services)),
         (None, Some(config)) => Ok((config.policy_dir, services)),
@@ -195,12 +211,18 @@ fn policy_dir(dir: Option<PathBuf>, data_dir: Option<&Path>) -> anyhow::Result<(
     }
 }
 
-fn validate(dir: Option<PathBuf>, data_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (dir, services) = policy_dir(dir, data_dir)?;
+async fn validate(dir: Option<PathBuf>, data_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (dir, services) = policy_dir(dir, data_dir).await?;
     let files = read_policy_dir(&dir)?;
     match policy_store::validate(&files, &services, None) {
         Ok(engine) => {
-            println!("{}: {} policies in {} files valid", dir.display(), engine.policies().len(), files.len());
+            let dry = engine.policies().iter().filter(|p| p.dry_run).count();
+            println!(
+                "{}: {} policies ({dry} dry-run) in {} files valid",
+                dir.display(),
+                engine.policies().len(),
+                files.len()
+            );
             if data_dir.is_none() {
                 println!("(without --data-dir the service catalog was not checked)");
             }
@@ -213,8 +235,8 @@ fn validate(dir: Option<PathBuf>, data_dir: Option<&Path>) -> anyhow::Result<Exi
     }
 }
 
-fn test(dir: Option<PathBuf>, cases: Option<PathBuf>, data_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (dir, _) = policy_dir(dir, data_dir)?;
+async fn test(dir: Option<PathBuf>, cases: Option<PathBuf>, data_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (dir, _) = policy_dir(dir, data_dir).await?;
     let cases = cases.unwrap_or_else(|| dir.join("cases"));
     let files = read_policy_dir(&dir)?;
     let reports = run_case_dir(&files, &cases)?;
@@ -248,7 +270,7 @@ async fn apply(dir: &Path, comment: &str, parent: Option<u64>, common: &StoreArg
             active
         }
     };
-    let services = policy_store::catalog(&config);
+    let services = inventory::catalog(&db).await?.1;
     let author = author(common);
     let proposal = Proposal { files: &files, parent, author: &author, comment, services: &services, cases_dir: cases };
     let result = policy_store::apply(&db, &proposal).await;
@@ -265,7 +287,7 @@ async fn rollback(version: u64, parent: Option<u64>, common: &StoreArgs) -> anyh
         Some(parent) => Some(parent),
         None => policy_store::active_version(&db).await?,
     };
-    let services = policy_store::catalog(&config);
+    let services = inventory::catalog(&db).await?.1;
     let result =
         policy_store::rollback(&db, version, parent, &author(common), &services, common.cases.as_deref()).await;
     db.close().await;
@@ -291,7 +313,7 @@ async fn activate(config: &Config, result: Result<VersionInfo, PolicyStoreError>
     })?;
     match admin::request(&config.data_dir, &AdminRequest::PolicyReload).await {
         Ok(answer) if answer.ok => {
-            println!("the running broker loaded it (engine version {})", answer.version.unwrap_or_default());
+            println!("the running broker decides with it (policy version {})", answer.version.unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
         Ok(answer) => {
@@ -356,7 +378,8 @@ async fn history(data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The set the broker decides with: the store's active version, else policy_dir.
+/// The set the broker decides with: the store's active version, else (before
+/// the broker first started and seeded the store) policy_dir.
 async fn active_files(config: &Config, db: &Db) -> anyhow::Result<(String, Vec<PolicyFile>)> {
     let on_disk = read_policy_dir(&config.policy_dir);
     match policy_store::active(db).await? {
@@ -366,7 +389,8 @@ async fn active_files(config: &Config, db: &Db) -> anyhow::Result<(String, Vec<P
             };
             if on_disk.as_ref().is_ok_and(|disk| digest(disk) != digest(&files)) {
                 eprintln!(
-                    "warning: {} differs from store version {version}; the running broker decides with the directory",
+                    "note: {} differs from store version {version}, which is what the broker decides with; \
+                     `policy reload` would import the directory as a new version",
                     config.policy_dir.display()
                 );
             }
@@ -393,9 +417,10 @@ async fn explain(
         Some(dir) => read_policy_dir(dir).map(|files| (dir.display().to_string(), files)).map_err(Into::into),
         None => active_files(&config, &db).await,
     };
+    let catalog = inventory::catalog(&db).await;
     db.close().await;
-    let ((principal, disabled), (source, files)) = (found?, active?);
-    let engine = engine(files, &policy_store::catalog(&config))?;
+    let ((principal, disabled), (source, files), (_, services)) = (found?, active?, catalog?);
+    let engine = engine(files, &services)?;
     let context = context.to_context();
     let request = AccessRequest { principal: &principal, action: Action::Connect, service, context: &context };
     println!("policies: {source}");
@@ -411,9 +436,9 @@ async fn compare_cmd(data_dir: &Path, dir: &Path, context: &ContextArgs) -> anyh
     let (config, db) = open(data_dir).await?;
     let principals = policy_store::known_principals(&db).await;
     let active = active_files(&config, &db).await;
+    let catalog = inventory::catalog(&db).await;
     db.close().await;
-    let (principals, (source, files)) = (principals?, active?);
-    let services = policy_store::catalog(&config);
+    let (principals, (source, files), (_, services)) = (principals?, active?, catalog?);
     let before = engine(files, &services)?;
     let after = match policy_store::validate(&read_policy_dir(dir)?, &services, None) {
         Ok(engine) => engine,
@@ -429,14 +454,25 @@ async fn compare_cmd(data_dir: &Path, dir: &Path, context: &ContextArgs) -> anyh
     Ok(ExitCode::SUCCESS)
 }
 
+/// Imports the policy directory as a new store version if it was edited,
+/// through the running broker (which validates, stores, audits and loads it).
 async fn reload(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let config = load_config(data_dir)?;
-    if let Err(e) = PolicyStore::load(&config) {
+    let checked = match read_policy_dir(&config.policy_dir) {
+        Ok(files) => {
+            let (_, db) = open(data_dir).await?;
+            let catalog = inventory::catalog(&db).await;
+            db.close().await;
+            policy_store::validate(&files, &catalog?.1, None).map(|_| ()).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = checked {
         eprintln!("policy error: {e}");
         // The running broker re-checks, refuses and audits the attempt; without a
         // running broker the refusal is audited here.
         if admin::request(&config.data_dir, &AdminRequest::PolicyReload).await.is_err() {
-            audit_rejected_policy(&config, &e.to_string()).await?;
+            audit_rejected_policy(&config, &e).await?;
         }
         return Ok(ExitCode::FAILURE);
     }

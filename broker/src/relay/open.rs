@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use palisade_policies::{AccessRequest, Action, Decision, DenyReason, Principal, PrincipalKind, RequestContext};
+use palisade_policies::{
+    AccessRequest, Action, Decision, DenyReason, Principal, PrincipalKind, RequestContext, Verdict,
+};
 use palisade_proto::id::{DecisionId, ServiceName};
 use palisade_proto::identity::{PeerRole, VerifiedPeer};
 use palisade_proto::reject::RejectCode;
@@ -19,6 +21,7 @@ use super::accept::Peer;
 use super::registry::Link;
 use super::splice::{SpliceStats, splice};
 use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::policy::ActivePolicy;
 use crate::state::Broker;
 
 /// A client that opens a stream and never sends its header is cut off.
@@ -76,7 +79,10 @@ async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send
 struct Admitted {
     link: Link,
     policy_ids: Vec<String>,
-    policy_version: u64,
+    /// The signed bundle's version, handed to the connector.
+    bundle_version: u64,
+    /// Which versions decided, and what dry-run policies said, for the audit event.
+    decided: serde_json::Value,
 }
 
 /// Decides the stream: a fresh revocation view, the policy, a live connector.
@@ -89,21 +95,24 @@ async fn admit(
 ) -> Result<Admitted, RejectCode> {
     if !broker.live().revocation_view_fresh() {
         let detail = "the revocation feed could not be read recently";
-        deny(broker, peer, service, decision_id, "revocation_view_stale", detail, &[]).await;
+        deny(broker, peer, service, decision_id, ("revocation_view_stale", detail, &[]), json!({})).await;
         return Err(RejectCode::Internal);
     }
-    let (policy_ids, policy_version) = match decide(broker, &peer.identity, peer.remote.ip(), service.as_str()) {
+    let decided = decide(broker, &peer.identity, peer.remote.ip(), service.as_str());
+    let (policy_ids, bundle_version) = match &decided.verdict.decision {
         Decision::Allow(grant) => (grant.policy_ids().to_vec(), grant.policy_version()),
         Decision::Deny(reason) => {
-            deny(broker, peer, service, decision_id, reason.code(), &reason.to_string(), reason.policy_ids()).await;
-            return Err(reject_for(&reason));
+            let why = (reason.code(), reason.to_string(), reason.policy_ids());
+            deny(broker, peer, service, decision_id, (why.0, &why.1, why.2), decided.audit_detail()).await;
+            return Err(reject_for(reason));
         }
     };
     let Some(link) = broker.registry().pick(service.as_str()) else {
-        deny(broker, peer, service, decision_id, "no_connector", "no connector is serving the service", &[]).await;
+        let why = ("no_connector", "no connector is serving the service", &[][..]);
+        deny(broker, peer, service, decision_id, why, decided.audit_detail()).await;
         return Err(RejectCode::NoConnector);
     };
-    Ok(Admitted { link, policy_ids, policy_version })
+    Ok(Admitted { link, policy_ids, bundle_version, decided: decided.audit_detail() })
 }
 
 /// Makes the `stream.allowed` event durable and opens the connector's stream
@@ -119,14 +128,15 @@ async fn dispatch(
     admitted: &Admitted,
 ) -> Result<(SendStream, RecvStream), RejectCode> {
     let link = &admitted.link;
-    let allowed = stream_event(EventKind::StreamAllowed, Outcome::Allow, peer, service, decision_id).detail(json!({
-        "policy_ids": admitted.policy_ids, "policy_version": admitted.policy_version,
-        "connector": link.connector_id, "remote": peer.remote.to_string(),
-    }));
+    let mut detail = json!({
+        "policy_ids": admitted.policy_ids, "connector": link.connector_id, "remote": peer.remote.to_string(),
+    });
+    merge(&mut detail, &admitted.decided);
+    let allowed = stream_event(EventKind::StreamAllowed, Outcome::Allow, peer, service, decision_id).detail(detail);
     let header = Dispatch {
         decision_id,
         service: service.clone(),
-        policy_version: admitted.policy_version,
+        policy_version: admitted.bundle_version,
         caller_chain: peer.chain.clone(),
         source_addr: peer.remote.to_string(),
     };
@@ -147,8 +157,35 @@ async fn dispatch(
     })
 }
 
-/// Evaluates the active policy set for this peer and service.
-pub(crate) fn decide(broker: &Broker, peer: &VerifiedPeer, source: std::net::IpAddr, service: &str) -> Decision {
+/// A decision, what dry-run policies said, and the set that made it.
+pub(crate) struct Decided {
+    pub(crate) verdict: Verdict,
+    pub(crate) active: Arc<ActivePolicy>,
+}
+
+impl Decided {
+    /// The versions that decided and the dry-run outcome, for audit details.
+    pub(crate) fn audit_detail(&self) -> serde_json::Value {
+        let mut detail = json!({
+            "policy_version": self.active.store_version,
+            "entity_version": self.active.entity_version,
+            "bundle_version": self.active.version(),
+        });
+        if let Some(dry) = &self.verdict.dry_run {
+            detail["dry_run"] = json!({
+                "outcome": dry.outcome(),
+                "changes_decision": dry.changes(&self.verdict.decision),
+                "permits": dry.permits,
+                "forbids": dry.forbids,
+            });
+        }
+        detail
+    }
+}
+
+/// Evaluates the active policy set for this peer and service (through the
+/// decision cache, which never outlives the set it was filled by).
+pub(crate) fn decide(broker: &Broker, peer: &VerifiedPeer, source: std::net::IpAddr, service: &str) -> Decided {
     let principal = principal_of(peer);
     let now_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let context = RequestContext {
@@ -159,7 +196,14 @@ pub(crate) fn decide(broker: &Broker, peer: &VerifiedPeer, source: std::net::IpA
         client_version: None,
     };
     let request = AccessRequest { principal: &principal, action: Action::Connect, service, context: &context };
-    broker.policy().current().decide(&request)
+    let (verdict, active) = broker.policy().verdict(&request);
+    Decided { verdict, active }
+}
+
+fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
+    if let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) {
+        into.extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
 }
 
 /// The Cedar principal for a verified peer.
@@ -193,18 +237,22 @@ fn stream_event(
     AuditEvent::new(kind, outcome).actor(peer.identity.id().uri()).subject(service.to_string()).decision(decision_id)
 }
 
+/// Audits a refused stream: `why` is (reason code, detail, policy ids);
+/// `decided` adds the versions and dry-run outcome when a decision was made.
 async fn deny(
     broker: &Broker,
     peer: &Peer,
     service: &ServiceName,
     decision_id: DecisionId,
-    reason: &str,
-    detail: &str,
-    policy_ids: &[String],
+    why: (&str, &str, &[String]),
+    decided: serde_json::Value,
 ) {
-    let event = stream_event(EventKind::StreamDenied, Outcome::Deny, peer, service, decision_id).detail(json!({
+    let (reason, detail, policy_ids) = why;
+    let mut detail = json!({
         "reason": reason, "detail": detail, "policy_ids": policy_ids, "remote": peer.remote.to_string(),
-    }));
+    });
+    merge(&mut detail, &decided);
+    let event = stream_event(EventKind::StreamDenied, Outcome::Deny, peer, service, decision_id).detail(detail);
     if let Err(e) = broker.audit().record(event).await {
         tracing::error!(error = %e, "could not audit a denied stream");
     }

@@ -39,7 +39,9 @@ fn services(broker: &Broker, peer: &Peer) -> ServiceListing {
         .bundle()
         .services
         .iter()
-        .filter(|s| matches!(decide(broker, &peer.identity, peer.remote.ip(), &s.name), Decision::Allow(_)))
+        .filter(|s| {
+            matches!(decide(broker, &peer.identity, peer.remote.ip(), &s.name).verdict.decision, Decision::Allow(_))
+        })
         .map(|s| ServiceInfo {
             name: s.name.clone(),
             segment: s.segment.clone(),

@@ -1,30 +1,41 @@
-//! Continuous enforcement: when the policy set changes, every live tunnel is
-//! decided again with the new set, and the ones it no longer allows are cut.
+//! Continuous enforcement: when the active set changes (a new policy
+//! version, or a catalog change such as a service moving to another
+//! segment), every live tunnel is decided again with the new set, and the
+//! ones it no longer allows are cut, audited with what changed.
 
-use palisade_policies::Decision;
+use std::sync::Arc;
+
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::open::decide;
 use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::policy::ActivePolicy;
 use crate::state::Broker;
 
-/// Re-evaluates live streams on every policy change until shutdown.
+/// Follows the database for new sets and re-evaluates live streams on every
+/// change, until shutdown.
 pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
+    tokio::spawn(crate::policy::follow(broker.clone(), shutdown.clone()));
     let mut policy = broker.policy().subscribe();
+    let mut previous = policy.borrow_and_update().clone();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = policy.changed() => if changed.is_err() { return },
         }
-        let version = policy.borrow_and_update().version();
+        let active = policy.borrow_and_update().clone();
         let cut = cut_disallowed(&broker);
+        let reason = reason(&previous, &active);
+        previous = active.clone();
         if cut.is_empty() {
             continue;
         }
-        tracing::info!(version, streams = cut.len(), "policy change closed live tunnels");
+        tracing::info!(policy_version = active.store_version, streams = cut.len(), change = %active.change, "{reason} closed live tunnels");
         let event = AuditEvent::new(EventKind::TunnelsRevoked, Outcome::Success).detail(json!({
-            "reason": "policy change", "policy_version": version, "streams_closed": cut.len(), "streams": cut,
+            "reason": reason, "change": active.change,
+            "policy_version": active.store_version, "entity_version": active.entity_version,
+            "bundle_version": active.version(), "streams_closed": cut.len(), "streams": cut,
         }));
         if let Err(e) = broker.audit().record(event).await {
             tracing::error!(error = %e, "could not audit tunnels closed by a policy change");
@@ -32,12 +43,21 @@ pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
     }
 }
 
-/// Cuts every live stream the current policy denies; returns who and what.
+fn reason(previous: &Arc<ActivePolicy>, active: &Arc<ActivePolicy>) -> &'static str {
+    if previous.store_version == active.store_version && previous.entity_version != active.entity_version {
+        "catalog change"
+    } else {
+        "policy change"
+    }
+}
+
+/// Cuts every live stream the current set denies; returns who and what.
 fn cut_disallowed(broker: &Broker) -> Vec<serde_json::Value> {
     let mut cut = Vec::new();
     for stream in broker.live().streams() {
         let peer = &stream.peer;
-        if let Decision::Deny(reason) = decide(broker, &peer.identity, peer.remote.ip(), &stream.service) {
+        let decided = decide(broker, &peer.identity, peer.remote.ip(), &stream.service);
+        if let palisade_policies::Decision::Deny(reason) = &decided.verdict.decision {
             stream.cut.cancel();
             cut.push(json!({
                 "identity": peer.identity.id().uri(), "service": stream.service,
