@@ -34,10 +34,14 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
         Ok(Err(e)) => return refuse(&conn, &peer, &e),
         Err(_) => return refuse(&conn, &peer, "no control stream in time"),
     };
+    // Every advertised service is recorded (new ones without a segment, so
+    // nobody reaches them until an admin assigns one) and routable; the
+    // policy decides who reaches what.
+    let served = crate::inventory::on_hello(broker.db(), &peer.identity.id().id, peer.identity.name(), services).await;
     let engine = broker.policy().current();
-    let (served, unknown): (Vec<String>, Vec<String>) = services.into_iter().partition(|s| engine.service(s).is_some());
+    let unknown: Vec<&String> = served.iter().filter(|s| engine.service(s).is_none()).collect();
     if !unknown.is_empty() {
-        tracing::warn!(connector = %peer.identity.name(), ?unknown, "connector offers services the broker does not know");
+        tracing::warn!(connector = %peer.identity.name(), ?unknown, "connector offers services no segment holds yet: `palisade-broker service assign`");
     }
     let link = Link { connector_id: peer.identity.id().id.clone(), name: peer.identity.name().to_owned(), conn };
     broker.registry().register(&link, &served);
