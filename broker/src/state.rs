@@ -9,6 +9,7 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::db::Db;
 use crate::issuance::ca::Ca;
+use crate::issuance::rate::IssuanceLimits;
 use crate::policy::PolicyStore;
 use crate::relay::live::Live;
 use crate::relay::registry::Registry;
@@ -29,6 +30,7 @@ struct Inner {
     policy: PolicyStore,
     registry: Registry,
     live: Live,
+    issuance_limits: IssuanceLimits,
 }
 
 /// The parts a [`Broker`] is made of; built by [`crate::run`].
@@ -54,7 +56,9 @@ impl Broker {
     #[must_use]
     pub fn new(parts: BrokerParts) -> Self {
         let BrokerParts { config, db, audit, ca, trust, server_identity, policy } = parts;
+        let issuance_limits = IssuanceLimits::new(config.certificates.issuances_per_hour);
         let inner = Inner {
+            issuance_limits,
             config,
             db,
             audit,
@@ -66,6 +70,12 @@ impl Broker {
             live: Live::default(),
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// How often each identity may be issued a certificate.
+    #[must_use]
+    pub fn issuance_limits(&self) -> &IssuanceLimits {
+        &self.inner.issuance_limits
     }
 
     /// Parsed configuration.

@@ -61,7 +61,7 @@ pub use flow::{Flow, FlowEnd};
 pub use oidc::OidcProvider;
 pub use person::{Person, PersonBuilder};
 pub use process::{CliOutput, Proc};
-pub use quic::{Probe, QuicProbe};
+pub use quic::{ControlLink, Probe, QuicProbe};
 pub use socks::socks5_connect;
 pub use upstream::{DigestUpstream, EchoUpstream};
 pub use wait::{DEFAULT_TIMEOUT, wait_for, wait_for_some, wait_until_clock_passes, within};

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_proto::control::ConnectorToBroker;
+use palisade_proto::control::{BrokerToConnector, ConnectorToBroker};
 use palisade_proto::id::ServiceName;
 use palisade_proto::identity::TrustAnchors;
 use palisade_proto::tls::TlsIdentity;
@@ -169,4 +169,60 @@ async fn read_exact(recv: &mut quinn::RecvStream, n: usize, what: &str) -> Resul
     let mut buf = vec![0u8; n];
     recv.read_exact(&mut buf).await.map_err(|e| Failure::read(what, e))?;
     Ok(buf)
+}
+
+/// A connector's control stream held open by the test: frames sent and read
+/// one at a time, to act as a connector would never act.
+pub struct ControlLink {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl QuicProbe {
+    /// As a connector: opens the control stream and says hello. Panics if the
+    /// broker does not answer with its first frame.
+    pub async fn connector_link(&self, identity: &TlsIdentity, services: &[&str]) -> (ControlLink, BrokerToConnector) {
+        let tls = palisade_proto::tls::quic_client_config(identity, &self.trust, ALPN_CONNECTOR).expect("TLS config");
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("QUIC TLS config");
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+        let conn = endpoint
+            .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), self.addr, &self.addr.ip().to_string())
+            .expect("start the handshake")
+            .await
+            .expect("handshake");
+        let (mut send, recv) = conn.open_bi().await.expect("open the control stream");
+        send.write_all(&StreamHeader::ConnectorControl.encode().expect("header")).await.expect("write header");
+        let mut link = ControlLink { _endpoint: endpoint, conn, send, recv };
+        let hello = ConnectorToBroker::Hello {
+            version: "0.0.0-probe".into(),
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        link.send(&hello).await;
+        let first = link.next().await;
+        (link, first)
+    }
+}
+
+impl ControlLink {
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &ConnectorToBroker) {
+        self.send.write_all(&encode_frame(frame).expect("encode")).await.expect("write a control frame");
+    }
+
+    /// The next frame from the broker (panics after [`PROBE_TIMEOUT`]).
+    pub async fn next(&mut self) -> BrokerToConnector {
+        let read = async {
+            let prefix = read_exact(&mut self.recv, 4, "read frame length").await.ok()?;
+            let len = frame_len(prefix.try_into().ok()?).ok()?;
+            let body = read_exact(&mut self.recv, len, "read frame").await.ok()?;
+            palisade_proto::wire::decode_frame(&body).ok()
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, read).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => panic!("the control stream ended or sent garbage ({:?})", self.conn.close_reason()),
+            Err(_) => panic!("no control frame within {PROBE_TIMEOUT:?}"),
+        }
+    }
 }

@@ -38,6 +38,7 @@ const ENV_KEYS: &[&str] = &[
     "database_url",
     "certificates.machine_ttl",
     "certificates.connector_ttl",
+    "certificates.issuances_per_hour",
     "ca.kek_file",
     "relay.connect_timeout",
     "relay.udp_buffer_bytes",
@@ -216,6 +217,9 @@ pub struct CertificatesConfig {
     pub machine_ttl: Duration,
     /// Lifetime of connector certificates. Default 24 h.
     pub connector_ttl: Duration,
+    /// Certificates one existing identity may be issued per hour, after a
+    /// burst of 10 (renewals, a person's sign-ins). Default 60.
+    pub issuances_per_hour: u32,
 }
 
 /// `[ca]`.

@@ -62,6 +62,7 @@ struct RawLogin {
 struct RawCertificates {
     machine_ttl: Option<Value>,
     connector_ttl: Option<Value>,
+    issuances_per_hour: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -126,6 +127,9 @@ impl RawConfig {
                     .unwrap_or(Duration::from_secs(8 * 3600)),
                 connector_ttl: opt(certs.connector_ttl, |v| duration("certificates.connector_ttl", v))?
                     .unwrap_or(Duration::from_secs(24 * 3600)),
+                issuances_per_hour: opt(certs.issuances_per_hour, |v| size("certificates.issuances_per_hour", v))?
+                    .map_or(Ok(60), u32::try_from)
+                    .map_err(|_| invalid("certificates.issuances_per_hour", "must be at most 4294967295"))?,
             },
             ca: CaConfig { kek_file: opt(ca.kek_file, |v| path("ca.kek_file", v, base))? },
             services: self

@@ -6,6 +6,7 @@ pub mod ca;
 pub mod csr;
 pub mod enroll;
 pub mod keystore;
+pub mod rate;
 mod selfcheck;
 
 use std::net::SocketAddr;
@@ -87,6 +88,9 @@ pub enum IssueError {
     /// No such identity.
     #[error("identity {0} does not exist")]
     UnknownIdentity(String),
+    /// The identity was issued too many certificates lately (CA-08).
+    #[error("too many certificates issued to this identity; retry in {} s", .0.as_secs())]
+    RateLimited(Duration),
     /// The CA certificate has expired (or expires within the second).
     #[error("the CA certificate has expired")]
     CaExpired,
@@ -129,6 +133,7 @@ impl IssueError {
             Self::CaKey | Self::KeyReused => "key_reused",
             Self::Identity(_) => "bad_identity",
             Self::Disabled(_) => "identity_disabled",
+            Self::RateLimited(_) => "rate_limited",
             Self::UnknownIdentity(_) => "unknown_identity",
             Self::CaExpired | Self::Sign(_) | Self::SelfCheck(_) => "ca_unavailable",
             Self::Db(_) | Self::Audit(_) => "internal",
@@ -150,6 +155,11 @@ pub async fn issue_for_identity(
     csr_pem: &str,
 ) -> Result<Issued, IssueError> {
     let ttl = broker.config().ttl_for(identity.role);
+    if let Err(wait) = broker.issuance_limits().take(&format!("{}/{}", identity.role, identity.id)) {
+        let e = IssueError::RateLimited(wait);
+        record_refusal(broker.audit(), &format!("{}/{}", identity.role, identity.id), &e, None).await;
+        return Err(e);
+    }
     issue_with(broker.db(), broker.audit(), broker.ca(), ttl, identity, csr_pem, SystemTime::now()).await
 }
 

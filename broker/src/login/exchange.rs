@@ -133,6 +133,9 @@ pub(crate) async fn issue_for_session(
     let identity = identity
         .filter(|i| !i.disabled)
         .ok_or_else(|| Failure::refused("exchange", "identity_disabled", "").account(identity_id.clone()))?;
+    if broker.issuance_limits().take(&format!("{}/{}", identity.role, identity.id)).is_err() {
+        return Err(Failure::too_many("exchange").account(identity.id.clone()));
+    }
     issuance::check_key_unused(&mut tx, checked, &identity.id).await.map_err(|e| issue_failure(&e))?;
     let left = u64::try_from(session.record.expires_at - now_unix).unwrap_or(0);
     let profile = LeafProfile {

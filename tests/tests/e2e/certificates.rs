@@ -5,7 +5,9 @@
 //! groups, so the only thing wrong with it is the one defect under test: if
 //! the broker let it through, the echo would come back.
 
-use palisade_tests::{ALLOW_ML_AGENTS, EchoUpstream, ForeignCa, LeafSpec, Probe, QuicProbe, TestEnv};
+use palisade_proto::control::{BrokerToConnector, ConnectorToBroker};
+use palisade_proto::tls::TlsIdentity;
+use palisade_tests::{ALLOW_ML_AGENTS, EchoUpstream, ForeignCa, LeafSpec, Probe, QuicProbe, TestEnv, csr_pem};
 use rcgen::ExtendedKeyUsagePurpose;
 use time::{Duration, OffsetDateTime};
 
@@ -98,4 +100,65 @@ async fn forged_expired_misprofiled_and_misused_certificates_are_refused() {
     assert_eq!(upstream.accepted(), reached, "no refused identity may reach the workload");
     let audit = broker.audit_events().await;
     assert!(audit.has_kind("quic.refused"), "refusals are audited:\n{}", audit.summary());
+}
+
+/// A connector identity enrolled through the API with a key the test holds.
+async fn enrolled_connector(broker: &palisade_tests::Broker, name: &str) -> TlsIdentity {
+    let token = broker.connector_token(name).await;
+    let key = rcgen::KeyPair::generate().expect("a P-256 key");
+    let answer = broker.enroll_api(&token).enroll(&token, &csr_pem(&rcgen::CertificateParams::default(), &key)).await;
+    TlsIdentity {
+        chain: palisade_proto::pem::certs(answer.certificate_pem()).expect("the issued certificate"),
+        key: palisade_proto::pem::private_key(&key.serialize_pem()).expect("the key"),
+    }
+}
+
+fn fresh_csr() -> String {
+    csr_pem(&rcgen::CertificateParams::default(), &rcgen::KeyPair::generate().expect("a P-256 key"))
+}
+
+/// CA-08: one identity asking for certificate after certificate gets its
+/// burst, then "rate limited" (audited), while another identity is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_flooding_renewals_is_rate_limited_and_others_are_still_served() {
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let probe = QuicProbe::new(broker.quic_addr(), broker.trust_anchors(&agent.trust_domain()));
+    let (flooder, bystander) =
+        (enrolled_connector(&broker, "flooder").await, enrolled_connector(&broker, "calm").await);
+
+    let (mut link, welcome) = probe.connector_link(&flooder, &["echo"]).await;
+    assert!(matches!(welcome, BrokerToConnector::Welcome { .. }), "{welcome:?}");
+    let (mut renewed, mut limited) = (0, 0);
+    for _ in 0..25 {
+        link.send(&ConnectorToBroker::Renew { csr_pem: fresh_csr() }).await;
+        loop {
+            match link.next().await {
+                BrokerToConnector::Renewed { .. } => renewed += 1,
+                BrokerToConnector::RenewFailed { message } => {
+                    assert!(message.contains("too many certificates"), "{message}");
+                    limited += 1;
+                }
+                _ => continue,
+            }
+            break;
+        }
+    }
+    assert_eq!((renewed, limited), (10, 15), "a burst of 10, then refusals");
+
+    let (mut calm, _) = probe.connector_link(&bystander, &["echo"]).await;
+    calm.send(&ConnectorToBroker::Renew { csr_pem: fresh_csr() }).await;
+    let answer = loop {
+        let frame = calm.next().await;
+        if matches!(frame, BrokerToConnector::Renewed { .. } | BrokerToConnector::RenewFailed { .. }) {
+            break frame;
+        }
+    };
+    assert!(matches!(answer, BrokerToConnector::Renewed { .. }), "another identity is still served: {answer:?}");
+
+    let audit = broker.audit_events().await;
+    let refusals = audit.of_kind("certificate.refused");
+    let rate_limited = refusals.iter().filter(|r| r.detail["reason"] == "rate_limited").count();
+    assert_eq!(rate_limited, 15, "every refusal is audited:\n{}", audit.summary());
 }
