@@ -7,6 +7,15 @@
 //! lock, taken before the chain head is read, keeps the chain linear when
 //! other processes (the admin CLI) append to the same file.
 //!
+//! A lone event (the common case: one stream decision while nothing else is
+//! queued) skips the transaction: the task remembers the head it last wrote
+//! and appends after it in one autocommit `INSERT`, a single round trip to
+//! the database thread instead of four. `seq` is the primary key, so if
+//! anything else appended meanwhile (a state change recorded in its own
+//! transaction, another process) the insert fails as a duplicate, nothing is
+//! written, and the event goes the transactional way after a fresh read of
+//! the head.
+//!
 //! With a signer, the batch that brings [`CheckpointPolicy::every_events`]
 //! events since the last checkpoint also signs its new head, in the same
 //! transaction; a timer checkpoints the head every
@@ -67,13 +76,14 @@ impl Writer {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut since_checkpoint = 0u64;
+        let mut last_head = None;
         loop {
             tokio::select! {
                 n = jobs.recv_many(&mut batch, MAX_BATCH) => {
                     if n == 0 {
                         break;
                     }
-                    self.commit(&mut batch, &mut since_checkpoint).await;
+                    self.commit(&mut batch, &mut since_checkpoint, &mut last_head).await;
                 }
                 Some(reply) = requests.recv() => {
                     let _ = reply.send(self.checkpoint(&mut since_checkpoint).await);
@@ -95,12 +105,21 @@ impl Writer {
         }
     }
 
-    async fn commit(&self, batch: &mut Vec<Job>, since_checkpoint: &mut u64) {
+    async fn commit(&self, batch: &mut Vec<Job>, since_checkpoint: &mut u64, last_head: &mut Option<Head>) {
         let sign = self
             .signer
             .as_deref()
             .filter(|_| *since_checkpoint + u64::try_from(batch.len()).unwrap_or(u64::MAX) >= self.policy.every_events);
-        match write_batch(&self.db, batch, sign).await {
+        let written = match (sign, batch.as_slice(), last_head.take()) {
+            (None, [job], Some(head)) => match append_lone(&self.db, head, job).await {
+                Ok(Some(head)) => Ok(head),
+                Ok(None) => write_batch(&self.db, batch, None).await,
+                Err(e) => Err(e),
+            },
+            _ => write_batch(&self.db, batch, sign).await,
+        };
+        *last_head = written.as_ref().ok().map(|(_, head)| head.clone());
+        match written.map(|(seqs, _)| seqs) {
             Ok(seqs) => {
                 *since_checkpoint =
                     if sign.is_some() { 0 } else { *since_checkpoint + u64::try_from(seqs.len()).unwrap_or(0) };
@@ -125,7 +144,21 @@ impl Writer {
     }
 }
 
-async fn write_batch(db: &Db, batch: &[Job], sign: Option<&Signer>) -> Result<Vec<u64>, AuditError> {
+/// The chain head the writer last committed: `(seq, hash)`.
+type Head = (i64, String);
+
+/// Appends one event after `head` without a transaction. `Ok(None)`: the
+/// head moved (the insert hit an existing `seq`), nothing was written.
+async fn append_lone(db: &Db, head: Head, job: &Job) -> Result<Option<(Vec<u64>, Head)>, AuditError> {
+    let mut conn = db.pool().acquire().await?;
+    match append_after(&mut conn, head, &job.event, job.at).await {
+        Ok(head) => Ok(Some((vec![u64::try_from(head.0).unwrap_or(0)], head))),
+        Err(AuditError::Db(e)) if crate::db::is_unique_violation(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn write_batch(db: &Db, batch: &[Job], sign: Option<&Signer>) -> Result<(Vec<u64>, Head), AuditError> {
     let mut tx = db.begin_write().await?;
     let mut seqs = Vec::with_capacity(batch.len());
     let mut head = head(&mut tx).await?;
@@ -137,5 +170,5 @@ async fn write_batch(db: &Db, batch: &[Job], sign: Option<&Signer>) -> Result<Ve
         checkpoint::write(&mut tx, signer, (head.0, &head.1), SystemTime::now()).await?;
     }
     tx.commit().await?;
-    Ok(seqs)
+    Ok((seqs, head))
 }
