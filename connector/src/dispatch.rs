@@ -12,8 +12,9 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-use crate::authorize::{Engines, PolicyState, authorize};
+use crate::authorize::{Authorized, Engines, PolicyState, authorize};
 use crate::config::ServiceConfig;
+use crate::http;
 use crate::upstream::{self, SpliceEnd};
 
 /// The broker writes the header as soon as it opens the stream.
@@ -68,6 +69,11 @@ async fn tunnel(ctx: &StreamContext, dispatch: Dispatch, mut send: SendStream, m
         }
     };
     tracing::debug!(caller = %authorized.peer.id(), policies = ?authorized.grant.policy_ids(), "stream allowed");
+    if http::is_http_service(&ctx.policy, dispatch.service.as_str(), now) {
+        let outcome = serve_http(ctx, &dispatch, authorized, send, recv, started).await;
+        report(ctx, dispatch.decision_id, outcome).await;
+        return;
+    }
     let tcp = match upstream::connect(&authorized.grant, authorized.upstream, ctx.connect_timeout).await {
         Ok(tcp) => tcp,
         Err(e) => {
@@ -85,6 +91,38 @@ async fn tunnel(ctx: &StreamContext, dispatch: Dispatch, mut send: SendStream, m
     }
     let outcome = StreamOutcome::Completed { bytes_up: spliced.bytes_up, bytes_down: spliced.bytes_down, duration_ms };
     report(ctx, dispatch.decision_id, outcome).await;
+}
+
+/// An HTTP service: the connector serves HTTP in the tunnel and decides each request.
+async fn serve_http(
+    ctx: &StreamContext,
+    dispatch: &Dispatch,
+    authorized: Authorized<'_>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    started: Instant,
+) -> StreamOutcome {
+    let upstream = authorized.upstream.upstream.clone();
+    let Some(caller) = http::Caller::new(authorized.peer, &dispatch.source_addr) else {
+        reject(&mut send, &mut recv, RejectCode::ForbiddenByConnector);
+        let detail = "only people and machines call services".to_owned();
+        return StreamOutcome::Denied { reason: "identity_rejected".into(), detail, policy_ids: Vec::new() };
+    };
+    let tunnel = http::Tunnel {
+        policy: ctx.policy.clone(),
+        caller,
+        service: dispatch.service.to_string(),
+        upstream,
+        connect_timeout: ctx.connect_timeout,
+        control: ctx.control.clone(),
+        decision_id: dispatch.decision_id,
+        cut: http::CutSwitch::default(),
+    };
+    http::register_assertion_key(&ctx.control);
+    let served = http::serve(tunnel, send, recv).await;
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(served.bytes_up, served.bytes_down, duration_ms, served.revoked, "http tunnel ended");
+    StreamOutcome::Completed { bytes_up: served.bytes_up, bytes_down: served.bytes_down, duration_ms }
 }
 
 async fn read_dispatch(recv: &mut RecvStream) -> Result<Dispatch, String> {

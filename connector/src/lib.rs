@@ -18,6 +18,7 @@ mod authorize;
 pub mod config;
 mod dispatch;
 mod enroll;
+mod http;
 mod link;
 mod store;
 mod upstream;

@@ -34,6 +34,64 @@ pub enum ConnectorToBroker {
         /// PEM CSR made by the connector.
         csr_pem: String,
     },
+    /// One HTTP request on an L7 service, for the model-access audit.
+    HttpRequest {
+        /// The broker's decision id of the tunnel that carried it.
+        decision_id: DecisionId,
+        /// What was asked and what happened; never bodies.
+        record: Box<HttpRequestRecord>,
+    },
+    /// The public key this connector signs identity assertions with, for the broker's JWKS.
+    AssertionKey {
+        /// The key as a JWK (`kty` EC, `crv` P-256, `x`, `y`, `kid`, `alg` ES256, `use` sig).
+        jwk: serde_json::Value,
+    },
+}
+
+/// One HTTP request seen by a connector (model-access audit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequestRecord {
+    /// The connector's id for this request (also in the identity assertion).
+    pub request_id: String,
+    /// The caller's SPIFFE id.
+    pub identity: String,
+    /// The caller's session, if any.
+    pub session: Option<String>,
+    /// The service name.
+    pub service: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The canonical path (or the raw path, truncated, when it was refused as non-canonical).
+    pub path: String,
+    /// `allow`, `deny`, `invalid` (refused as malformed), `limited` (429) or `error` (upstream failed).
+    pub decision: String,
+    /// Short reason code when not plainly allowed.
+    pub reason: Option<String>,
+    /// Policies that decided.
+    pub policy_ids: Vec<String>,
+    /// The `model` field of an OpenAI-compatible request.
+    pub model: Option<String>,
+    /// Whether the request asked for log-probabilities.
+    pub logprobs: bool,
+    /// Whether the request asked for a streamed answer.
+    pub stream: bool,
+    /// The HTTP status returned to the caller.
+    pub status: u16,
+    /// Prompt tokens from the response's `usage`.
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens from the response's `usage`.
+    pub completion_tokens: Option<u64>,
+    /// Milliseconds from the request to the end of the response.
+    pub latency_ms: u64,
+    /// Request body bytes (when read).
+    pub bytes_up: u64,
+    /// Response body bytes.
+    pub bytes_down: u64,
+    /// SHA-256 (hex) of a JSON request body, for forensics.
+    pub body_sha256: Option<String>,
+    /// Whether the connector cut the response (revocation).
+    pub cut: bool,
 }
 
 /// How a dispatched stream ended at the connector.

@@ -184,6 +184,14 @@ async fn on_frame(broker: &Broker, peer: &Peer, frame: ConnectorToBroker) -> Opt
             None
         }
         ConnectorToBroker::Renew { csr_pem } => Some(renew(broker, peer, &csr_pem).await),
+        ConnectorToBroker::HttpRequest { decision_id, record } => {
+            super::http::record(broker, peer, decision_id, record).await;
+            None
+        }
+        ConnectorToBroker::AssertionKey { jwk } => {
+            super::http::register_key(broker, peer, &jwk).await;
+            None
+        }
         ConnectorToBroker::Hello { .. } => {
             tracing::warn!(connector = %peer.identity.id(), "ignoring a second hello");
             None

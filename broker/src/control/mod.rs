@@ -2,4 +2,5 @@
 //! distribution, stream reports for the audit trail and certificate renewal.
 
 mod frames;
+mod http;
 pub mod link;

@@ -7,6 +7,7 @@
 
 pub mod enroll;
 pub mod health;
+pub mod jwks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub fn router(broker: Broker) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(enroll::routes())
+        .merge(jwks::routes())
         .merge(crate::login::routes(&broker))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(broker)

@@ -13,6 +13,7 @@ mod client_tools;
 mod dos;
 mod enforcement;
 mod enrollment;
+mod l7;
 mod limits;
 mod login;
 mod policy;

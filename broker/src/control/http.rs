@@ -1,0 +1,44 @@
+//! What connectors report about L7 (HTTP) services: one audit event per
+//! request (model-access audit) and the keys they sign identity assertions with.
+
+use std::time::SystemTime;
+
+use palisade_proto::control::HttpRequestRecord;
+use palisade_proto::id::DecisionId;
+
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::relay::accept::Peer;
+use crate::state::Broker;
+
+/// Writes a connector's per-request record to the audit trail. The actor
+/// is the caller; the connector that saw the request is in the detail.
+pub(super) async fn record(broker: &Broker, peer: &Peer, decision_id: DecisionId, record: Box<HttpRequestRecord>) {
+    let outcome = match record.decision.as_str() {
+        "allow" => Outcome::Allow,
+        "error" => Outcome::Failure,
+        _ => Outcome::Deny,
+    };
+    let actor = record.identity.clone();
+    let mut detail = match serde_json::to_value(&record) {
+        Ok(detail) => detail,
+        Err(e) => return tracing::error!(error = %e, "cannot serialize an http request record"),
+    };
+    detail["connector"] = peer.identity.id().uri().into();
+    let event = AuditEvent::new(EventKind::ConnectorHttpRequest, outcome)
+        .actor(actor)
+        .subject(record.service)
+        .decision(decision_id)
+        .detail(detail);
+    if let Err(e) = broker.audit().record(event).await {
+        tracing::error!(error = %e, "could not audit an http request record");
+    }
+}
+
+/// Stores a connector's assertion key for the JWKS.
+pub(super) async fn register_key(broker: &Broker, peer: &Peer, jwk: &serde_json::Value) {
+    let connector = &peer.identity.id().id;
+    match crate::web::jwks::register(broker.db(), connector, jwk, SystemTime::now()).await {
+        Ok(()) => tracing::info!(%connector, kid = ?jwk.get("kid"), "connector registered an assertion key"),
+        Err(e) => tracing::warn!(%connector, error = %e, "refused a connector's assertion key"),
+    }
+}
