@@ -117,3 +117,72 @@ pub(crate) async fn read(db: &Path) -> AuditLog {
             .collect(),
     )
 }
+
+/// `docs/audit-events.schema.json`, the machine-checkable event catalogue.
+#[must_use]
+pub(crate) fn event_schema() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/audit-events.schema.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+impl AuditRow {
+    /// What is wrong with this event against `schema` ([`event_schema`]):
+    /// an unknown kind, an outcome the kind cannot have, a missing or
+    /// unexpected actor / subject / decision id, a missing detail field or
+    /// one of the wrong JSON type. Empty when it conforms.
+    #[must_use]
+    pub fn schema_violations(&self, schema: &serde_json::Value) -> Vec<String> {
+        let at = format!("#{} {}", self.seq, self.kind);
+        let Some(entry) = schema["kinds"].get(&self.kind) else { return vec![format!("{at}: kind not in the schema")] };
+        let mut wrong = Vec::new();
+        let outcome = self.outcome.as_deref().unwrap_or("");
+        if !entry["outcomes"].as_array().is_some_and(|o| o.iter().any(|v| v == outcome)) {
+            wrong.push(format!("{at}: outcome {outcome:?} not in {}", entry["outcomes"]));
+        }
+        for (field, value) in [("actor", &self.actor), ("subject", &self.subject), ("decision_id", &self.decision_id)] {
+            match (entry[field].as_str(), value) {
+                (Some("required"), None) => wrong.push(format!("{at}: {field} missing")),
+                (Some("absent"), Some(v)) => wrong.push(format!("{at}: {field} {v:?} where none belongs")),
+                (Some("required" | "optional" | "absent"), _) => {}
+                (other, _) => wrong.push(format!("{at}: schema has {other:?} for {field}")),
+            }
+        }
+        let Some(fields) = entry["detail"].as_object() else { return vec![format!("{at}: schema detail")] };
+        if !self.detail.is_object() {
+            wrong.push(format!("{at}: detail is not an object: {}", self.detail));
+            return wrong;
+        }
+        for (name, ty) in fields {
+            let ty = ty.as_str().unwrap_or("?");
+            match self.detail.get(name) {
+                None => wrong.push(format!("{at}: detail.{name} missing")),
+                Some(v) if !has_type(v, ty) => wrong.push(format!("{at}: detail.{name} = {v} is not {ty}")),
+                Some(_) => {}
+            }
+        }
+        wrong
+    }
+}
+
+fn has_type(v: &serde_json::Value, ty: &str) -> bool {
+    ty.split('|').any(|t| match t {
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "boolean" => v.is_boolean(),
+        "array" => v.is_array(),
+        "object" => v.is_object(),
+        "null" => v.is_null(),
+        "any" => true,
+        _ => false,
+    })
+}
+
+impl AuditLog {
+    /// Every schema violation in the log ([`AuditRow::schema_violations`]).
+    #[must_use]
+    pub fn schema_violations(&self) -> Vec<String> {
+        let schema = event_schema();
+        self.0.iter().flat_map(|r| r.schema_violations(&schema)).collect()
+    }
+}

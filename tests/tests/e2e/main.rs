@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit;
+mod audit_crash;
+mod audit_schema;
 mod certificates;
 mod client_tools;
 mod dos;
