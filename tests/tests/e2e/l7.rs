@@ -252,3 +252,88 @@ async fn sse_events_arrive_as_produced_and_revoking_the_caller_cuts_the_stream_w
     let cut_after = ended.duration_since(disabled);
     assert!(cut_after < Duration::from_secs(1), "the stream ran on for {cut_after:?} after the revocation");
 }
+
+/// The ai-http rules with limits: ml-team has a token quota, ml-burst a request rate.
+const LIMITED: &str = r#"@id("connect-inference")
+permit (principal, action == Action::"connect", resource in Segment::"inference");
+
+@id("ml-team-token-quota")
+@tokens_per_window("30")
+@token_window("3s")
+permit (principal in Group::"ml-team", action == Action::"http", resource in Segment::"inference")
+when { context.method == "POST" && context.path == "/v1/chat/completions" };
+
+@id("ml-burst-rate")
+@requests_per_second("1")
+@burst("2")
+permit (principal in Group::"ml-burst", action == Action::"http", resource in Segment::"inference")
+when { context.method == "POST" && context.path == "/v1/chat/completions" };
+"#;
+
+async fn chat(base: &str) -> reqwest::Response {
+    let url = format!("{base}/v1/chat/completions");
+    http().post(url).header("content-type", "application/json").body(CHAT).send().await.unwrap()
+}
+
+async fn assert_429(answer: reqwest::Response, what: &str) -> u64 {
+    assert_eq!(answer.status(), 429, "{what}");
+    let retry_after: u64 = answer.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1, "{what}: Retry-After {retry_after}");
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{what}: {body}");
+    retry_after
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_quotas_and_request_rates_are_per_identity_and_reset_with_the_window() {
+    let env = TestEnv::new();
+    let upstream = OpenAiUpstream::spawn(Duration::from_millis(10)).await;
+    let mut broker = env.broker().service("llm-prod", "inference").policy("limited.cedar", LIMITED).spawn().await;
+    broker.cli(&["service", "assign", "llm-prod", "inference", "--protocol", "http"]).await.expect_success();
+    broker.restart().await;
+    let _connector = broker.connector("rack-1").service("llm-prod", upstream.addr()).spawn().await;
+    let alice = broker.machine("alice-agent").group("ml-team").enroll().await;
+    let bob = broker.machine("bob-agent").group("ml-team").enroll().await;
+    let burst = broker.machine("burst-agent").group("ml-burst").enroll().await;
+    let (alice_fw, bob_fw, burst_fw) =
+        (alice.connect("llm-prod").await, bob.connect("llm-prod").await, burst.connect("llm-prod").await);
+    let (alice_url, bob_url, burst_url) = (
+        format!("http://{}", alice_fw.addr()),
+        format!("http://{}", bob_fw.addr()),
+        format!("http://{}", burst_fw.addr()),
+    );
+
+    // Each answer uses PROMPT_TOKENS + COMPLETION_TOKENS = 18 tokens of a 30-token quota:
+    // the second request crosses the quota, the third is refused.
+    assert_eq!(PROMPT_TOKENS + COMPLETION_TOKENS, 18);
+    let started = Instant::now();
+    assert_eq!(chat(&alice_url).await.status(), 200);
+    assert_eq!(chat(&alice_url).await.status(), 200);
+    let retry_after = assert_429(chat(&alice_url).await, "alice past her token quota").await;
+    assert!(retry_after <= 3, "Retry-After {retry_after} is beyond the 3 s window");
+    assert_eq!(chat(&bob_url).await.status(), 200, "bob's quota is not alice's");
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(200)).await;
+    assert_eq!(chat(&alice_url).await.status(), 200, "the window reset");
+
+    // One request per second with a burst of two: the third at once is refused.
+    assert_eq!(chat(&burst_url).await.status(), 200);
+    assert_eq!(chat(&burst_url).await.status(), 200);
+    assert_429(chat(&burst_url).await, "past the burst").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(chat(&burst_url).await.status(), 200, "the bucket refilled");
+
+    let forwarded = upstream.targets().len();
+    assert_eq!(forwarded, 7, "refused requests never reach the workload");
+    assert_eventually!(
+        broker
+            .audit_events()
+            .await
+            .of_kind("connector.http_request")
+            .iter()
+            .filter(|r| r.detail["decision"] == "limited")
+            .count()
+            == 2,
+        "two limited requests audited; audit:\n{}",
+        broker.audit_events().await.summary()
+    );
+}
