@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod db;
 pub mod init;

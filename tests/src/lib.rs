@@ -43,6 +43,7 @@ mod quic;
 mod socks;
 mod upstream;
 pub mod wait;
+pub mod webdriver;
 
 #[doc(hidden)]
 pub mod __private {

@@ -13,8 +13,10 @@
 //! resolved against the directory of the config file.
 
 mod audit;
+mod console;
 
 pub use audit::AuditTrailConfig;
+pub use console::ConsoleConfig;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -88,6 +90,8 @@ pub struct Config {
     pub login: LoginConfig,
     /// `[audit]`: where the trail is streamed.
     pub audit: AuditConfig,
+    /// `[console]`: web console admins and step-up.
+    pub console: ConsoleConfig,
 }
 
 /// `[audit]`.

@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     oidc: Option<Value>,
     login: Option<Value>,
     audit: Option<Value>,
+    console: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +113,7 @@ impl RawConfig {
         let (sinks, trail) = super::audit::build(self.audit, base)?;
         let sinks = sinks.into_iter().enumerate().map(|(i, v)| audit_sink(i, v, base));
         Ok(Config {
+            console: super::console::build(self.console)?,
             oidc,
             login,
             audit: AuditConfig { sinks: sinks.collect::<Result<_, _>>()?, trail },

@@ -8,6 +8,7 @@
 pub mod enroll;
 pub mod health;
 pub mod jwks;
+pub mod security;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +54,9 @@ pub fn router(broker: Broker) -> Router {
         .merge(enroll::routes())
         .merge(jwks::routes())
         .merge(crate::login::routes(&broker))
+        .merge(crate::console::routes(&broker))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::map_response(security::headers))
         .with_state(broker)
 }
 

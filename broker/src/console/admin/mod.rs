@@ -1,0 +1,31 @@
+//! The admin console: overview, policies, users and sessions, audit.
+//! Every handler takes [`super::viewer::Admin`]; every write also checks
+//! the viewer's WebAuthn proof is fresh ([`super::stepup`]).
+
+pub(crate) mod audit;
+pub(crate) mod history;
+pub(crate) mod overview;
+pub(crate) mod people;
+pub(crate) mod policies;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::Broker;
+
+/// The admin routes: overview, policies, people, audit.
+pub(crate) fn routes() -> Router<Broker> {
+    Router::new()
+        .route("/admin", get(overview::page))
+        .route("/admin/policies", get(policies::page).post(policies::submit))
+        .route("/admin/policies/explain", get(history::explain))
+        .route("/admin/policies/history", get(history::page))
+        .route("/admin/policies/diff", get(history::diff))
+        .route("/admin/policies/rollback/{version}", post(history::rollback))
+        .route("/admin/sessions", get(people::page))
+        .route("/admin/sessions/{id}/revoke", post(people::revoke))
+        .route("/admin/users/{id}/disable", post(people::disable))
+        .route("/admin/tunnels/kill", post(people::kill))
+        .route("/admin/audit", get(audit::page))
+        .route("/admin/audit/export", get(audit::export_all))
+}

@@ -1,0 +1,161 @@
+//! Users and sessions: every person, every active session (revoke one,
+//! disable a person), and the live tunnels with a button that cuts one.
+//! Revocations go through the revocation feed, so every broker replica
+//! closes the matching tunnels, not only this one.
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::Broker;
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::console::layout::{self, Nav};
+use crate::console::stepup;
+use crate::console::viewer::Admin;
+use crate::db::{sessions, users};
+use crate::login::manage::{self, ManageError};
+use crate::login::now_unix;
+
+const RETURN: &str = "/admin/sessions";
+
+pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> Response {
+    let (people, active) =
+        match (users::list(broker.db()).await, sessions::list_active(broker.db(), None, now_unix()).await) {
+            (Ok(p), Ok(a)) => (p, a),
+            (Err(e), _) | (_, Err(e)) => return layout::internal(&e),
+        };
+    let name_of = |id: &str| {
+        people.iter().find(|u| u.identity.id == id).map_or_else(|| id.to_owned(), |u| u.identity.name.clone())
+    };
+    let tunnels = broker.live().streams();
+    let body = html! {
+        (stepup::banner(&viewer, RETURN))
+        h2 { "Live tunnels" }
+        @if tunnels.is_empty() { p.empty { "No tunnel is open right now." } }
+        @else {
+            table #live-tunnels {
+                thead { tr { th { "Who" } th { "Service" } th { "From" } th { "Session" } th {} } }
+                tbody {
+                    @for t in &tunnels {
+                        tr {
+                            td { (t.peer.identity.name()) }
+                            td { (t.service) }
+                            td { (t.peer.remote.to_string()) }
+                            td { code { (t.peer.identity.session().unwrap_or("-")) } }
+                            td {
+                                form.inline method="post" action="/admin/tunnels/kill" {
+                                    (layout::csrf(&viewer))
+                                    input type="hidden" name="identity" value=(t.peer.identity.id().id);
+                                    input type="hidden" name="service" value=(t.service);
+                                    button.danger type="submit" { "Kill" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Active sessions" }
+        @if active.is_empty() { p.empty { "Nobody is signed in." } }
+        @else {
+            table #active-sessions {
+                thead { tr { th { "Person" } th { "Started" } th { "Last passkey" } th { "From" } th { "Device" } th {} } }
+                tbody {
+                    @for s in &active {
+                        tr data-session=(s.record.id) {
+                            td { (name_of(&s.record.identity_id)) }
+                            td { (layout::when(s.record.created_at)) }
+                            td { (s.record.mfa_at.map_or_else(|| "-".to_owned(), layout::when)) }
+                            td { (s.client_addr.as_deref().unwrap_or("-")) }
+                            td.ua { (s.user_agent.as_deref().unwrap_or("-")) }
+                            td { (layout::button_form(&viewer, &format!("/admin/sessions/{}/revoke", s.record.id), "Revoke", "danger")) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "People" }
+        table #people {
+            thead { tr { th { "Name" } th { "Email" } th { "Groups" } th { "Last sign-in" } th { "State" } th {} } }
+            tbody {
+                @for u in &people {
+                    tr data-user=(u.identity.id) {
+                        td { (u.display_name.as_deref().unwrap_or(&u.identity.name)) }
+                        td { (u.email.as_deref().unwrap_or("-")) }
+                        td { @for g in &u.identity.groups { span.tag { (g) } " " } }
+                        td { (u.last_login.map_or_else(|| "never".to_owned(), layout::when)) }
+                        td { @if u.identity.disabled { span.bad { "disabled" } } @else { span.ok { "active" } } }
+                        td { @if !u.identity.disabled {
+                            (layout::button_form(&viewer, &format!("/admin/users/{}/disable", u.identity.id), "Disable", "danger"))
+                        } }
+                    }
+                }
+            }
+        }
+    };
+    layout::page(&viewer, Nav::People, "Users & sessions", body)
+}
+
+pub(crate) async fn revoke(State(broker): State<Broker>, Admin(viewer): Admin, Path(id): Path<String>) -> Response {
+    if !viewer.fresh() {
+        return Redirect::to(&stepup::link(RETURN)).into_response();
+    }
+    match manage::revoke_session(broker.db(), &id, &viewer.actor()).await {
+        Ok(()) | Err(ManageError::UnknownSession(_)) => Redirect::to(RETURN).into_response(),
+        Err(e) => layout::internal(&e),
+    }
+}
+
+pub(crate) async fn disable(State(broker): State<Broker>, Admin(viewer): Admin, Path(id): Path<String>) -> Response {
+    if !viewer.fresh() {
+        return Redirect::to(&stepup::link(RETURN)).into_response();
+    }
+    if id == viewer.identity.id {
+        return layout::page(
+            &viewer,
+            Nav::People,
+            "Not disabled",
+            layout::notice("error", "You cannot disable yourself here."),
+        );
+    }
+    let result = async {
+        crate::admin::disable_identity(broker.db(), &id, &viewer.actor()).await.map_err(|e| e.to_string())?;
+        manage::revoke_sessions_of(broker.db(), &id, &viewer.actor(), "identity disabled")
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match result.await {
+        Ok(_) => Redirect::to(RETURN).into_response(),
+        Err(e) => layout::internal(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Kill {
+    identity: String,
+    service: String,
+}
+
+pub(crate) async fn kill(State(broker): State<Broker>, Admin(viewer): Admin, Form(k): Form<Kill>) -> Response {
+    if !viewer.fresh() {
+        return Redirect::to(&stepup::link(RETURN)).into_response();
+    }
+    let mut cut = 0;
+    for t in broker.live().streams() {
+        if t.peer.identity.id().id == k.identity && t.service == k.service {
+            t.cut.cancel();
+            cut += 1;
+        }
+    }
+    let event = AuditEvent::new(EventKind::TunnelsRevoked, Outcome::Success)
+        .actor(viewer.actor())
+        .subject(k.identity.clone())
+        .detail(json!({ "service": k.service, "tunnels": cut, "via": "console" }));
+    if let Err(e) = broker.audit().record(event).await {
+        return layout::internal(&e);
+    }
+    Redirect::to(RETURN).into_response()
+}

@@ -1,0 +1,40 @@
+//! The web console in a real browser: Debian's chromium driven through
+//! chromedriver, signing in at the real OpenID provider with a WebAuthn
+//! virtual authenticator, against a real broker, connector and clients.
+//!
+//! One browser session walks the whole story (starting chromium and a
+//! deployment is the expensive part): a person signs in and registers a
+//! passkey, sees their services; as an admin they fix a broken policy and
+//! apply it (a machine's tunnel is refused afterwards), revoke another
+//! person's session (their live tunnel closes), and find both in the audit
+//! trail. Then the attacks: hostile names and user agents render as text,
+//! cross-site and token-less posts change nothing, and every page carries
+//! the security headers. Screenshots land in `target/ui-screenshots/`.
+//!
+//! Needs `scripts/setup-test-deps` (chromium, chromium-driver, node).
+
+#![allow(clippy::unwrap_used)]
+
+mod attacks;
+mod deployment;
+mod people;
+mod policies;
+
+use deployment::Ui;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_chromium_from_sign_in_to_audit_and_under_attack() {
+    let ui = Ui::start().await;
+
+    people::person_signs_in_registers_a_passkey_and_sees_their_services(&ui).await;
+    policies::admin_fixes_a_policy_error_at_its_line_applies_it_and_a_tunnel_is_refused(&ui).await;
+    people::admin_revokes_a_session_and_its_tunnel_closes(&ui).await;
+    people::audit_page_shows_the_policy_change_and_the_revocation(&ui).await;
+
+    attacks::hostile_names_and_user_agents_render_as_text(&ui).await;
+    attacks::cross_site_and_tokenless_posts_change_nothing(&ui).await;
+    attacks::every_page_carries_the_security_headers(&ui).await;
+    attacks::a_person_who_is_not_an_admin_gets_a_bare_403(&ui).await;
+
+    ui.finish().await;
+}
