@@ -12,7 +12,7 @@
 // are registered by the test through a small admin API on the same port:
 //
 //   POST /admin/clients  {"client_id","client_secret","redirect_uris":[…]}
-//   POST /admin/users/NAME  {"groups":[…]}        change a user's groups
+//   POST /admin/users/NAME  {"groups":[…]}        set a user's groups (creating NAME, password NAME-pw, if new)
 //   POST /admin/rotate                            new signing key, same issuer
 //
 // The login form lives at the interaction URL `/interaction/UID`.
@@ -145,7 +145,9 @@ async function admin(req, res, url) {
     return send(res, 200, 'application/json', JSON.stringify({ ok: true }));
   }
   const user = url.pathname.match(/^\/admin\/users\/([a-z]+)$/);
-  if (user && USERS[user[1]]) {
+  if (user) {
+    // Unknown names become new people (password NAME-pw), for tests and the benchmark that need many.
+    USERS[user[1]] ??= { password: `${user[1]}-pw`, email: `${user[1]}@example.com`, name: user[1], groups: [] };
     USERS[user[1]].groups = body.groups ?? [];
     return send(res, 200, 'application/json', JSON.stringify({ ok: true }));
   }

@@ -60,6 +60,16 @@ impl OidcProvider {
         assert!(response.status().is_success(), "POST {url}: {}", response.status());
     }
 
+    /// Sets `user`'s groups at the provider, creating the person (password
+    /// [`OidcProvider::password`]) if the provider does not know them yet.
+    /// Names are lowercase ASCII letters.
+    pub async fn set_user(&self, user: &str, groups: &[&str]) {
+        let url = format!("{}/admin/users/{user}", self.issuer);
+        let body = json!({ "groups": groups });
+        let response = plain_http().post(&url).json(&body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert!(response.status().is_success(), "POST {url}: {}", response.status());
+    }
+
     /// A test person's password at the provider.
     #[must_use]
     pub fn password(user: &str) -> String {

@@ -154,3 +154,37 @@ fn assert_metrics(json: &Value, available: &[String]) {
     assert!(bulk["target"]["text"].as_str().is_some_and(|t| !t.is_empty()), "targets are stated: {bulk}");
     assert!(bulk["ratios"]["palisade_over_direct"].as_f64().is_some_and(|r| r.is_finite() && r > 0.0), "{bulk}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_control_plane_benchmark_writes_a_well_formed_table_and_json() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade-bench"));
+    cmd.args(["--control-plane", "--issuances", "6", "--sign-ins", "4", "--concurrency", "2", "--out"])
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let run = tokio::time::timeout(Duration::from_secs(300), cmd.output()).await;
+    let output =
+        run.expect("the tiny control-plane benchmark finishes within 5 minutes").expect("palisade-bench starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "palisade-bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+
+    let markdown = std::fs::read_to_string(out.path().join("control-plane.md")).expect("control-plane.md");
+    assert!(stdout.contains(markdown.trim()), "the table is printed on stdout too");
+    for operation in ["| issuance | 6 |", "| sign-in | 4 |"] {
+        assert!(markdown.contains(operation), "no row starting {operation:?}:\n{markdown}");
+    }
+    let json: Value = serde_json::from_slice(&std::fs::read(out.path().join("control-plane.json")).unwrap()).unwrap();
+    let results = json["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{json}");
+    for r in results {
+        for key in ["per_second", "p50_ms", "p99_ms"] {
+            let v = r[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{key} of {} is {v}", r["operation"]);
+        }
+        // A few operations may cost the broker less than one 10 ms clock tick.
+        let cpu = r["broker_cpu_ms"].as_f64().unwrap_or(f64::NAN);
+        assert!(cpu.is_finite() && cpu >= 0.0, "broker_cpu_ms of {} is {cpu}", r["operation"]);
+        assert!(r["p99_ms"].as_f64() >= r["p50_ms"].as_f64(), "{r}");
+    }
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use super::control_plane::ControlParams;
 use super::workload::{Params, Workload};
 
 /// Measures Palisade's tunnel against a direct TCP connection and `ssh -L`,
@@ -46,6 +47,20 @@ pub struct Options {
     /// network namespaces (needs root and `ip netns`; skipped with a note otherwise).
     #[arg(long)]
     pub netns: bool,
+    /// Measure the control plane instead of the tunnel: certificate
+    /// issuances and sign-ins per second, and the broker's CPU for each.
+    #[arg(long)]
+    pub control_plane: bool,
+    /// Certificates issued by `--control-plane` [default: 500; quick: 50].
+    #[arg(long, value_name = "N")]
+    pub issuances: Option<usize>,
+    /// Sign-ins measured by `--control-plane` [default: 24; quick: 12]. The
+    /// broker allows one address a burst of 30 sign-in starts, then one per 2 s.
+    #[arg(long, value_name = "N")]
+    pub sign_ins: Option<usize>,
+    /// Control-plane operations in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub concurrency: usize,
     /// Where `results.md` and `results.json` go.
     #[arg(long, value_name = "DIR", default_value = "bench-results")]
     pub out: PathBuf,
@@ -105,6 +120,17 @@ impl Options {
             sse_interval_us: self.sse_interval_us,
             sse_event_size: 100,
             idle: self.idle.unwrap_or(if q { 1_000 } else { 10_000 }),
+        }
+    }
+
+    /// Control-plane sizes after `--quick` and explicit flags.
+    #[must_use]
+    pub fn control_params(&self) -> ControlParams {
+        let q = self.quick;
+        ControlParams {
+            issuances: self.issuances.unwrap_or(if q { 50 } else { 500 }).max(1),
+            sign_ins: self.sign_ins.unwrap_or(if q { 12 } else { 24 }).max(1),
+            concurrency: self.concurrency.max(1),
         }
     }
 
