@@ -9,8 +9,8 @@
 //! ([`ConnectorToBroker::AssertionKey`]) and is served in the broker's JWKS
 //! (`/.well-known/palisade/jwks.json`). A restart simply registers a new key.
 
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -18,6 +18,7 @@ use palisade_proto::control::ConnectorToBroker;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 /// How long an assertion is valid.
 const LIFETIME_SECS: u64 = 60;
@@ -40,6 +41,33 @@ static KEY: OnceLock<Result<AssertionKey, AssertionError>> = OnceLock::new();
 /// This process's key, made on first use.
 pub(crate) fn key() -> Result<&'static AssertionKey, &'static AssertionError> {
     KEY.get_or_init(AssertionKey::generate).as_ref()
+}
+
+/// A link re-registers the key this often, so the broker keeps serving it (it drops keys unseen for a day).
+const REREGISTER_EVERY: Duration = Duration::from_secs(3_600);
+
+/// Sends the public key over `control` unless this link already has it (recently).
+/// Frames on one control stream are in order, so the key reaches the broker
+/// before the record of any request it signed.
+pub(crate) fn register(control: &mpsc::Sender<ConnectorToBroker>, now: Instant) {
+    static SENT: Mutex<Vec<(mpsc::WeakSender<ConnectorToBroker>, Instant)>> = Mutex::new(Vec::new());
+    let key = match key() {
+        Ok(key) => key,
+        Err(e) => return tracing::error!(error = %e, "no identity assertion key"),
+    };
+    let mut sent = SENT.lock().unwrap_or_else(PoisonError::into_inner);
+    sent.retain(|(link, _)| link.upgrade().is_some());
+    let fresh = |at: &Instant| now.saturating_duration_since(*at) < REREGISTER_EVERY;
+    if sent.iter().any(|(link, at)| link.upgrade().is_some_and(|l| l.same_channel(control)) && fresh(at)) {
+        return;
+    }
+    match control.try_send(key.registration()) {
+        Ok(()) => {
+            sent.retain(|(link, _)| !link.upgrade().is_some_and(|l| l.same_channel(control)));
+            sent.push((control.downgrade(), now));
+        }
+        Err(e) => tracing::warn!(error = %e, "could not queue the assertion key for the broker; will retry"),
+    }
 }
 
 /// What the assertion says about one request.
@@ -136,5 +164,20 @@ mod tests {
         let forged_body = B64.encode(body.to_string().replace("u1", "admin"));
         let forged = format!("{header}.{forged_body}");
         assert!(public.verify(forged.as_bytes(), &signature).is_err(), "a changed claim still verified");
+    }
+
+    #[tokio::test]
+    async fn the_key_is_sent_once_per_link_and_again_after_an_hour() {
+        let (link, mut frames) = mpsc::channel(8);
+        let (other, mut other_frames) = mpsc::channel(8);
+        let t0 = Instant::now();
+        register(&link, t0);
+        register(&link, t0 + Duration::from_secs(60));
+        register(&other, t0);
+        assert!(matches!(frames.try_recv(), Ok(ConnectorToBroker::AssertionKey { .. })));
+        assert!(frames.try_recv().is_err(), "sent twice on one link");
+        assert!(matches!(other_frames.try_recv(), Ok(ConnectorToBroker::AssertionKey { .. })), "a new link gets it");
+        register(&link, t0 + REREGISTER_EVERY);
+        assert!(matches!(frames.try_recv(), Ok(ConnectorToBroker::AssertionKey { .. })), "refreshed after an hour");
     }
 }

@@ -230,16 +230,9 @@ fn assert_identity(tunnel: &Tunnel, segment: &str, request_id: &str) -> Result<H
     HeaderValue::from_str(&token).map_err(|e| e.to_string())
 }
 
-/// Sends this connector's assertion key to the broker (again: the broker keeps the newest sighting).
+/// Makes sure the broker on this control link knows the assertion key.
 pub(crate) fn register_assertion_key(control: &mpsc::Sender<ConnectorToBroker>) {
-    match assertion::key() {
-        Ok(key) => {
-            if let Err(e) = control.try_send(key.registration()) {
-                tracing::warn!(error = %e, "could not queue the assertion key for the broker");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "no identity assertion key"),
-    }
+    assertion::register(control, std::time::Instant::now());
 }
 
 fn is_json(parts: &http::request::Parts) -> bool {

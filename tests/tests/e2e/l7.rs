@@ -26,14 +26,27 @@ async fn deployment(env: &TestEnv, upstream: &OpenAiUpstream) -> (Broker, Connec
     (broker, connector)
 }
 
-/// A plain-HTTP client (reqwest needs a TLS configuration even when it never uses it).
-fn http() -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(palisade_proto::tls::crypto_provider())
+fn http_tls() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(palisade_proto::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build().unwrap()
+        .with_no_client_auth()
+}
+
+/// A plain-HTTP client (reqwest needs a TLS configuration even when it never uses it).
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().build_with_tls(http_tls())
+}
+
+trait BuildWithTls {
+    fn build_with_tls(self, tls: rustls::ClientConfig) -> reqwest::Client;
+}
+
+impl BuildWithTls for reqwest::ClientBuilder {
+    fn build_with_tls(self, tls: rustls::ClientConfig) -> reqwest::Client {
+        self.use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build().unwrap()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,9 +102,16 @@ async fn http_requests_are_decided_per_path_and_ambiguous_paths_are_refused() {
     let twice = r#"{"model":"small","model":"llama-3.1-405b"}"#;
     assert_eq!(raw_request(forward.addr(), &raw_json("POST", "/v1/chat/completions", twice)).await.0, 400);
 
+    // The caller may speak HTTP/2 inside the tunnel; the workload still gets HTTP/1.1.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build_with_tls(http_tls());
+    let answer = h2.get(format!("{base}/v1/models")).send().await.unwrap();
+    assert_eq!((answer.version(), answer.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    let answer = h2.post(format!("{base}/v1/fine_tuning/jobs")).send().await.unwrap();
+    assert_eq!(answer.status(), 403, "HTTP/2 requests are decided like HTTP/1.1 ones");
+
     assert_eq!(
         upstream.targets(),
-        ["/v1/chat/completions", "/v1/models", "/v1/chat/completions", "/v1/chat/completions"],
+        ["/v1/chat/completions", "/v1/models", "/v1/chat/completions", "/v1/chat/completions", "/v1/models"],
         "only allowed requests reach the workload, in canonical form"
     );
     assert_eventually!(
