@@ -22,4 +22,5 @@ mod policy;
 mod renewal;
 mod restart;
 mod revocation;
+mod segments;
 mod tunnel;
