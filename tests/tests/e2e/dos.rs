@@ -34,7 +34,7 @@ fn client_config(
 /// `n` distinct client Initial datagrams (each a real quinn ClientHello with
 /// its own destination connection id), captured on a local socket instead of
 /// being sent to the broker.
-async fn capture_initials(n: usize, identity: &TlsIdentity, trust: &TrustAnchors) -> Vec<Vec<u8>> {
+pub(crate) async fn capture_initials(n: usize, identity: &TlsIdentity, trust: &TrustAnchors) -> Vec<Vec<u8>> {
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind the capture socket");
     let target = capture.local_addr().expect("capture address");
     let config = client_config(identity, trust, None);
@@ -90,7 +90,7 @@ fn answered(sockets: &[UdpSocket]) -> usize {
     sockets.iter().filter(|s| s.recv_from(&mut buf).is_ok()).count()
 }
 
-async fn echo_once(agent: &palisade_tests::Agent, what: &str) {
+pub(crate) async fn echo_once(agent: &palisade_tests::Agent, what: &str) {
     let reply = tokio::time::timeout(Duration::from_secs(5), agent.tunnel_exchange("echo", what.as_bytes()))
         .await
         .unwrap_or_else(|_| panic!("{what}: no reply within 5 s"))
@@ -209,7 +209,7 @@ fn set_relay(broker: &Broker, key: &str, value: toml::Value) {
     std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write broker.toml");
 }
 
-async fn tunnel_echo(tunnel: &Tunnel, service: &ServiceName, payload: &[u8]) -> bool {
+pub(crate) async fn tunnel_echo(tunnel: &Tunnel, service: &ServiceName, payload: &[u8]) -> bool {
     let attempt = async {
         let Ok((mut send, mut recv)) = tunnel.open(service).await else { return false };
         if send.write_all(payload).await.is_err() || send.finish().is_err() {
