@@ -23,4 +23,5 @@ mod policy;
 mod renewal;
 mod restart;
 mod revocation;
+mod segments;
 mod tunnel;
