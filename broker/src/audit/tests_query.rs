@@ -113,3 +113,31 @@ async fn the_login_trail_lists_every_attempt_with_result_reason_method_address_a
     assert_eq!(trail.items[2].user_agent.as_deref(), Some("UA-1"));
     assert!(login_trail(&db, AGENT, &Query::default()).await.unwrap().items.is_empty());
 }
+
+#[tokio::test]
+async fn sql_metacharacters_in_text_filters_are_data_and_match_nothing() {
+    let (_dir, db) = populated().await;
+    let hostile = [
+        "' OR '1'='1",
+        "x' OR 1=1 --",
+        "\"; DROP TABLE audit_events; --",
+        "%",
+        "_",
+        "\\",
+        "llm' UNION SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash FROM audit_events --",
+    ];
+    for text in hostile {
+        for q in [
+            Query { person: Some(text.into()), ..Query::default() },
+            Query { machine: Some(text.into()), ..Query::default() },
+            Query { service: Some(text.into()), ..Query::default() },
+        ] {
+            let page = search(&db, &q).await.unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(page.items.is_empty(), "{text:?} matched {:?}", page.items);
+        }
+        assert!(login_trail(&db, text, &Query::default()).await.unwrap().items.is_empty(), "{text:?}");
+    }
+    assert_eq!(seqs(&db, Query::default()).await.len(), 9, "the table is intact");
+    // A real id with LIKE wildcards around it still matches only itself.
+    assert_eq!(seqs(&db, Query { person: Some(format!("%{ALICE}")), ..Query::default() }).await, Vec::<i64>::new());
+}

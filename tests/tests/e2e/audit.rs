@@ -67,3 +67,41 @@ async fn audit_verify_passes_on_a_real_run_and_names_an_edited_or_deleted_row() 
         "verify must name the gap at #{deleted}:\n{out}"
     );
 }
+
+/// Retention (issue #6): with `[audit] retention` the running broker prunes
+/// old events on its own, archives them first, and the chain still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_prunes_past_its_retention_period_archiving_first_and_the_chain_still_verifies() {
+    let env = TestEnv::new();
+    let mut broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let _agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let old = broker.audit_events().await;
+    let last_old = old.last().unwrap().seq;
+    assert!(old.has_kind("token.redeemed"), "{}", old.summary());
+
+    let config_path = broker.data_dir().join("broker.toml");
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config.push_str("\n[audit]\nretention = \"8s\"\nprune_interval = \"1s\"\narchive = \"audit-archive.jsonl\"\n");
+    std::fs::write(&config_path, config).unwrap();
+    // Every event so far is past the retention period when the broker comes back.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    broker.restart().await;
+    let _later = broker.machine("agent-2").group("ml-agents").enroll().await;
+
+    assert_eventually!(broker.audit_events().await.iter().all(|r| r.seq > last_old));
+    let archive = std::fs::read_to_string(broker.data_dir().join("audit-archive.jsonl")).unwrap();
+    let archived: Vec<i64> = archive
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_i64().unwrap())
+        .collect();
+    assert!((1..=last_old).all(|seq| archived.contains(&seq)), "every pruned event is archived first: {archived:?}");
+    let kept = broker.audit_events().await;
+    assert!(
+        kept.of_kind("token.redeemed").iter().any(|r| r.subject.as_deref() == Some("machine:agent-2")),
+        "agent-2's enrollment, younger than the retention period, is kept:\n{}",
+        kept.summary()
+    );
+    let out = broker.cli(&["audit", "verify"]).await;
+    assert!(out.success(), "the chain verifies across the cut:\n{out}");
+    assert!(out.all_output().contains("audit chain intact"), "{out}");
+}
