@@ -3,6 +3,7 @@
 //! use that must not alert.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::serve_configured;
 use crate::audit::chain::EventRow;
 use crate::audit::{Audit, AuditEvent, CheckpointPolicy, EventKind, Outcome};
-use crate::config::AuditTrailConfig;
+use crate::config::{AuditSinkConfig, AuditSinkTarget, AuditTrailConfig};
 use crate::db::{Db, sqlite_url};
 
 struct Trail {
@@ -23,12 +24,16 @@ struct Trail {
 }
 
 async fn trail(offline_after: Duration) -> Trail {
+    trail_with(offline_after, Vec::new()).await
+}
+
+async fn trail_with(offline_after: Duration, sinks: Vec<AuditSinkConfig>) -> Trail {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&sqlite_url(&dir.path().join("palisade.db"))).await.unwrap();
     let audit = Audit::with_signer(db.clone(), None, CheckpointPolicy::default());
     let stop = CancellationToken::new();
     let config = AuditTrailConfig { connector_offline_alert: offline_after, ..AuditTrailConfig::default() };
-    let task = tokio::spawn(serve_configured(db.clone(), audit.clone(), Vec::new(), config, stop.clone()));
+    let task = tokio::spawn(serve_configured(db.clone(), audit.clone(), sinks, config, stop.clone()));
     Trail { _dir: dir, db, audit, stop, task }
 }
 
@@ -178,5 +183,51 @@ async fn a_connector_offline_past_the_threshold_alerts_and_its_return_is_recorde
         "rack-2 never alerted"
     );
     assert_eq!(alerts[1].outcome, "success");
+    t.stop().await;
+}
+
+async fn ingest(
+    axum::extract::State(received): axum::extract::State<Arc<Mutex<Vec<Value>>>>,
+    body: String,
+) -> axum::http::StatusCode {
+    received.lock().unwrap().extend(body.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    axum::http::StatusCode::NO_CONTENT
+}
+
+#[tokio::test]
+async fn the_new_alerts_reach_the_webhook_like_every_other_event() {
+    let received = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let app = axum::Router::new().route("/ingest", axum::routing::post(ingest)).with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sink = AuditSinkConfig {
+        name: "siem".into(),
+        target: AuditSinkTarget::Webhook {
+            url: format!("http://127.0.0.1:{port}/ingest").parse().unwrap(),
+            bearer_token: None,
+        },
+        ca_file: None,
+        batch_size: 10,
+        max_backoff: Duration::from_millis(400),
+    };
+    let t = trail_with(Duration::from_millis(300), vec![sink]).await;
+    t.sign_in("alice", "192.0.2.10", FIREFOX).await;
+    t.sign_in("alice", "198.51.100.23", FIREFOX).await;
+    let rack = "spiffe://corp/connector/rack-1";
+    t.link(EventKind::ConnectorOffline, rack, json!({ "remote": "10.0.0.1:4433", "broker_stopping": false })).await;
+    let kinds = || -> Vec<String> {
+        received.lock().unwrap().iter().filter_map(|v| v["kind"].as_str().map(str::to_owned)).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(kinds().contains(&"alert.new_address".to_owned())
+        && kinds().contains(&"alert.connector_offline".to_owned()))
+    {
+        assert!(Instant::now() < deadline, "the alerts did not reach the webhook: {:?}", kinds());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alert = received.lock().unwrap().iter().find(|v| v["kind"] == "alert.new_address").cloned().unwrap();
+    assert_eq!((alert["class_uid"].clone(), alert["subject"].clone()), (json!(2004), json!("user/alice")));
+    assert_eq!(alert["detail"]["value"], json!("198.51.100.23"));
     t.stop().await;
 }
