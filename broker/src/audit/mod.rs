@@ -33,7 +33,7 @@ pub use verify::{BreakKind, Broken, VerifyReport, verify, verify_with};
 pub use writer::CheckpointPolicy;
 
 /// How many event kinds there are.
-const KINDS: usize = 35;
+const KINDS: usize = 36;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,6 +108,8 @@ pub enum EventKind {
     AlertConnectorOffline,
     /// A connector that was alerted as offline came back.
     AlertConnectorBackOnline,
+    /// An identity's HTTP use of a model looks like extraction (prompt sweep, heavy logprobs, volume far above its baseline).
+    AlertModelExtraction,
 }
 
 impl EventKind {
@@ -147,6 +149,7 @@ impl EventKind {
         Self::AlertNewAddress,
         Self::AlertConnectorOffline,
         Self::AlertConnectorBackOnline,
+        Self::AlertModelExtraction,
     ];
 
     /// The stable name stored in the `kind` column.
@@ -188,6 +191,7 @@ impl EventKind {
             Self::AlertNewAddress => "alert.new_address",
             Self::AlertConnectorOffline => "alert.connector_offline",
             Self::AlertConnectorBackOnline => "alert.connector_back_online",
+            Self::AlertModelExtraction => "alert.model_extraction",
         }
     }
 
@@ -233,7 +237,8 @@ impl EventKind {
             | Self::AlertNewDevice
             | Self::AlertNewAddress
             | Self::AlertConnectorOffline
-            | Self::AlertConnectorBackOnline => DETECTION_FINDING,
+            | Self::AlertConnectorBackOnline
+            | Self::AlertModelExtraction => DETECTION_FINDING,
         }
     }
 

@@ -1,10 +1,12 @@
 //! What connectors report about L7 (HTTP) services: one audit event per
-//! request (model-access audit) and the keys they sign identity assertions with.
+//! request (model-access audit), extraction alerts drawn from those records
+//! (`extraction`), and the keys connectors sign identity assertions with.
 
 use std::time::SystemTime;
 
 use palisade_proto::control::HttpRequestRecord;
 use palisade_proto::id::DecisionId;
+use serde_json::json;
 
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::relay::accept::Peer;
@@ -18,6 +20,7 @@ pub(super) async fn record(broker: &Broker, peer: &Peer, decision_id: DecisionId
         "error" => Outcome::Failure,
         _ => Outcome::Deny,
     };
+    let alerts = super::extraction::detector().observe(&record, std::time::Instant::now());
     let actor = record.identity.clone();
     let mut detail = match serde_json::to_value(&record) {
         Ok(detail) => detail,
@@ -26,11 +29,30 @@ pub(super) async fn record(broker: &Broker, peer: &Peer, decision_id: DecisionId
     detail["connector"] = peer.identity.id().uri().into();
     let event = AuditEvent::new(EventKind::ConnectorHttpRequest, outcome)
         .actor(actor)
-        .subject(record.service)
+        .subject(record.service.clone())
         .decision(decision_id)
         .detail(detail);
     if let Err(e) = broker.audit().record(event).await {
         tracing::error!(error = %e, "could not audit an http request record");
+    }
+    for alert in alerts {
+        tracing::warn!(identity = %alert.identity, rule = alert.rule, "model extraction alert");
+        let detail = json!({
+            "rule": alert.rule,
+            "service": record.service,
+            "window_secs": super::extraction::WINDOW.as_secs(),
+            "requests": alert.requests,
+            "distinct_prompts": alert.distinct_prompts,
+            "logprobs_requests": alert.logprobs_requests,
+            "baseline_per_minute": alert.baseline_per_minute,
+        });
+        let event = AuditEvent::new(EventKind::AlertModelExtraction, Outcome::Success)
+            .actor(alert.identity)
+            .subject(record.service.clone())
+            .detail(detail);
+        if let Err(e) = broker.audit().record(event).await {
+            tracing::error!(error = %e, "could not audit a model extraction alert");
+        }
     }
 }
 

@@ -357,3 +357,41 @@ async fn token_quotas_and_request_rates_are_per_identity_and_reset_with_the_wind
         broker.audit_events().await.summary()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_sweep_of_distinct_prompts_raises_an_extraction_alert_and_normal_use_does_not() {
+    let env = TestEnv::new();
+    let upstream = OpenAiUpstream::spawn(Duration::from_millis(10)).await;
+    let (broker, _connector) = deployment(&env, &upstream).await;
+    let thief = broker.machine("sweeper").group("ml-team").enroll().await;
+    let normal = broker.machine("assistant").group("ml-team").enroll().await;
+    let (thief_fw, normal_fw) = (thief.connect("llm-prod").await, normal.connect("llm-prod").await);
+    let client = http();
+    let ask = |base: String, prompt: String| {
+        let body = json!({ "model": "llama-3.1-8b", "messages": [{ "role": "user", "content": prompt }] });
+        client.post(format!("{base}/v1/chat/completions")).json(&body).send()
+    };
+
+    for i in 0..10 {
+        let answer = ask(format!("http://{}", normal_fw.addr()), format!("question {}", i % 3)).await.unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    within("the sweep", Duration::from_secs(50), async {
+        for i in 0..110 {
+            let answer = ask(format!("http://{}", thief_fw.addr()), format!("probe {i}")).await.unwrap();
+            assert_eq!(answer.status(), 200);
+        }
+    })
+    .await;
+
+    assert_eventually!(
+        broker.audit_events().await.of_kind("alert.model_extraction").iter().any(|row| {
+            row.actor.as_deref() == Some(thief.spiffe_id().as_str()) && row.detail["rule"] == "prompt_sweep"
+        }),
+        "a prompt_sweep alert for the sweeper; audit:\n{}",
+        broker.audit_events().await.summary()
+    );
+    let audit = broker.audit_events().await;
+    let alerts = audit.of_kind("alert.model_extraction");
+    assert_eq!(alerts.len(), 1, "one alert for the sweep, none for normal use: {alerts:?}");
+}
