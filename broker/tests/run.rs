@@ -159,7 +159,12 @@ async fn the_admin_socket_reloads_policy_and_refuses_a_broken_one() {
     assert!(refused.error.unwrap().contains("broken.cedar"));
     std::fs::remove_file(dir.join("policies/broken.cedar")).unwrap();
     let again = admin::request(dir, &AdminRequest::PolicyReload).await.unwrap();
-    assert!(again.version.unwrap() > v1);
+    assert_eq!(again.version, Some(v1), "the refused set changed nothing; the unchanged directory imports nothing");
+    let mut edited = std::fs::read_to_string(dir.join("policies/default.cedar")).unwrap();
+    edited.push_str("\n// edited\n");
+    std::fs::write(dir.join("policies/default.cedar"), edited).unwrap();
+    let imported = admin::request(dir, &AdminRequest::PolicyReload).await.unwrap();
+    assert!(imported.ok && imported.version.unwrap() > v1, "an edited directory becomes a new store version");
     assert!(admin::request(dir, &AdminRequest::Ping).await.unwrap().ok);
     let _keep = broker.stop().await;
     let gone = admin::request(dir, &AdminRequest::Ping).await;
