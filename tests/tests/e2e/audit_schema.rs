@@ -67,6 +67,14 @@ async fn every_event_class_from_real_flows_matches_the_documented_schema() {
     let audit = broker.audit_events().await;
     let violations = audit.schema_violations();
     assert!(violations.is_empty(), "events that do not match the schema:\n{}", violations.join("\n"));
+    // The check has teeth: a stream end without its byte count, with a
+    // decision's outcome and no decision id, is three violations.
+    let mut forged = audit.last_of_kind("stream.ended").unwrap().clone();
+    forged.detail.as_object_mut().unwrap().remove("bytes_up");
+    forged.outcome = Some("allow".into());
+    forged.decision_id = None;
+    let caught = palisade_tests::AuditLog(vec![forged]).schema_violations();
+    assert_eq!(caught.len(), 3, "{caught:?}");
     for kind in [
         "token.created",
         "token.redeemed",
