@@ -96,6 +96,17 @@ fn alert(kind: EventKind, field: &str, value: &str, rule: Rule, seqs: &[i64]) ->
 pub(super) async fn run(db: Db, audit: Audit, offline_after: Duration, shutdown: CancellationToken) {
     let mut detector = Detector::default();
     let mut seen = 0;
+    let seeded = match cursor(&db, CURSOR).await {
+        Ok(after) => offline::seed(&db, after, now_ms(SystemTime::now())).await,
+        Err(e) => Err(e.into()),
+    };
+    match seeded {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(connectors = n, "audit alerts: waiting for connectors that were linked before the start")
+        }
+        Err(e) => tracing::warn!(error = %e, "audit alerts: cannot tell which connectors were linked before the start"),
+    }
     loop {
         let wait = match step(&db, &audit, &mut detector, &mut seen, offline_after).await {
             Ok(0) => POLL,

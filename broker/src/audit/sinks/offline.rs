@@ -6,8 +6,14 @@
 //! time, not the time the alert task saw it); `connector.online` takes it
 //! out. [`overdue`] alerts on the ones past the threshold. A link closed
 //! because the broker itself was stopping (`broker_stopping` in the detail)
-//! is not the connector's absence and is not tracked. State and alert commit
-//! in one transaction, so a restart neither repeats nor loses an alert.
+//! is not the connector's absence and is not tracked then; instead, when the
+//! broker starts, [`seed`] starts the clock for every connector whose last
+//! link event says it was connected (or was cut by the stop, or the broker
+//! was killed and wrote no offline event): it counts as offline from the
+//! broker's start until it links again, so the broker's own downtime never
+//! raises an alert but a connector that does not come back does. State and
+//! alert commit in one transaction, so a restart neither repeats nor loses
+//! an alert.
 
 use std::time::Duration;
 
@@ -97,4 +103,36 @@ pub(super) async fn overdue(db: &Db, threshold: Duration, now_ms: i64) -> Result
     }
     tx.commit().await?;
     Ok(alerted)
+}
+
+/// At the alert task's start (`now_ms`): puts every connector that was linked
+/// when the broker last stopped into `audit_connectors_offline`, from now.
+/// Only link events the task has already read (`seq <= cursor`) count, so a
+/// `connector.online` still to be read cannot clear a row it predates.
+pub(super) async fn seed(db: &Db, cursor: i64, now_ms: i64) -> Result<usize, SinkError> {
+    let last = sqlx::query_as::<Sqlite, (String, String, String, i64)>(
+        "SELECT e.actor, e.kind, e.detail, e.seq FROM audit_events e JOIN ( \
+             SELECT actor, MAX(seq) AS seq FROM audit_events \
+             WHERE kind IN ('connector.online', 'connector.offline') AND actor IS NOT NULL GROUP BY actor \
+         ) l ON e.seq = l.seq",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    let mut seeded = 0;
+    for (connector, kind, detail, seq) in last {
+        let stopped = serde_json::from_str::<Value>(&detail).is_ok_and(|d| d["broker_stopping"] == true);
+        if seq > cursor || !(kind == EventKind::ConnectorOnline.as_str() || stopped) {
+            continue;
+        }
+        let added = sqlx::query(
+            "INSERT INTO audit_connectors_offline (connector, since_ms, alerted) VALUES (?, ?, 0) \
+             ON CONFLICT (connector) DO NOTHING",
+        )
+        .bind(&connector)
+        .bind(now_ms)
+        .execute(db.pool())
+        .await?;
+        seeded += usize::try_from(added.rows_affected()).unwrap_or(0);
+    }
+    Ok(seeded)
 }

@@ -231,3 +231,47 @@ async fn the_new_alerts_reach_the_webhook_like_every_other_event() {
     assert_eq!(alert["detail"]["value"], json!("198.51.100.23"));
     t.stop().await;
 }
+
+#[tokio::test]
+async fn after_a_broker_restart_a_connector_that_does_not_come_back_alerts_and_one_that_does_not() {
+    let t = trail(Duration::from_secs(300)).await;
+    let (rack1, rack2, rack3) =
+        ("spiffe://corp/connector/rack-1", "spiffe://corp/connector/rack-2", "spiffe://corp/connector/rack-3");
+    for rack in [rack1, rack2, rack3] {
+        t.link(EventKind::ConnectorOnline, rack, json!({ "services": ["llm"], "remote": "10.0.0.1:4433" })).await;
+    }
+    // rack-1's link was cut by a SIGKILL of the broker (no offline event),
+    // rack-2's by a clean stop; rack-3 had really gone away before.
+    t.link(EventKind::ConnectorOffline, rack2, json!({ "remote": "10.0.0.2:4433", "broker_stopping": true })).await;
+    t.link(EventKind::ConnectorOffline, rack3, json!({ "remote": "10.0.0.3:4433", "broker_stopping": false })).await;
+    t.settled().await;
+    let (dir, db) = t.stop().await;
+
+    // The broker is down a while (longer than the new threshold): that alone must not alert.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let audit = Audit::with_signer(db.clone(), None, CheckpointPolicy::default());
+    let stop = CancellationToken::new();
+    let config =
+        AuditTrailConfig { connector_offline_alert: Duration::from_millis(600), ..AuditTrailConfig::default() };
+    let task = tokio::spawn(serve_configured(db.clone(), audit.clone(), Vec::new(), config, stop.clone()));
+    let t = Trail { _dir: dir, db, audit, stop, task };
+    t.link(EventKind::ConnectorOnline, rack2, json!({ "services": ["llm"], "remote": "10.0.0.2:4434" })).await;
+    t.settled().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.alerts().await.len() < 2 {
+        assert!(Instant::now() < deadline, "no alert for rack-1 and rack-3: {:?}", t.alerts().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alerts = t.alerts().await;
+    let mut subjects: Vec<&str> = alerts.iter().map(|a| a.subject.as_deref().unwrap()).collect();
+    subjects.sort_unstable();
+    assert_eq!(subjects, vec![rack1, rack3], "rack-2 came back; the broker's downtime is not counted");
+    let rack1_offline = alerts.iter().find(|a| a.subject.as_deref() == Some(rack1)).unwrap();
+    let rack3_offline = alerts.iter().find(|a| a.subject.as_deref() == Some(rack3)).unwrap();
+    assert!(
+        detail(rack1_offline)["offline_ms"].as_i64().unwrap() < detail(rack3_offline)["offline_ms"].as_i64().unwrap(),
+        "rack-1's clock started at the broker's start, rack-3's at its own offline event"
+    );
+    t.stop().await;
+}
