@@ -133,6 +133,9 @@ impl TunnelError {
                 code if code == u64::from(close::TOO_MANY_CONNECTIONS) => {
                     Self::Rejected { code: RejectCode::RateLimited, service: service.to_owned() }
                 }
+                code if code == u64::from(close::UNAVAILABLE) => {
+                    Self::Rejected { code: RejectCode::Internal, service: service.to_owned() }
+                }
                 code if code == u64::from(close::BAD_PROTOCOL) => {
                     Self::Protocol("the broker refused this client's protocol".into())
                 }

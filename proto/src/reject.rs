@@ -126,6 +126,9 @@ pub mod close {
     pub const REVOKED: u32 = 0x1b;
     /// The identity already holds as many connections as the broker allows.
     pub const TOO_MANY_CONNECTIONS: u32 = 0x19;
+    /// The broker could not record the connection (its audit store is
+    /// unavailable, e.g. a full disk) and refused it to be safe; try again later.
+    pub const UNAVAILABLE: u32 = 0x18;
 }
 
 #[cfg(test)]

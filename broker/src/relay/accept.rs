@@ -69,7 +69,7 @@ pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: 
                         "serial": peer.identity.serial_hex() }));
     if let Err(e) = broker.audit().record(accepted).await {
         tracing::error!(error = %e, "audit unavailable; refusing the connection");
-        conn.close(VarInt::from_u32(close::IDENTITY_REJECTED), b"audit unavailable");
+        conn.close(VarInt::from_u32(close::UNAVAILABLE), b"audit unavailable");
         return;
     }
     let peer = Arc::new(peer);

@@ -15,6 +15,7 @@ mod client_tools;
 mod dos;
 mod enforcement;
 mod enrollment;
+mod faults;
 mod flood;
 mod l7;
 mod limits;
