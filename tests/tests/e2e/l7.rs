@@ -395,3 +395,46 @@ async fn a_fast_sweep_of_distinct_prompts_raises_an_extraction_alert_and_normal_
     let alerts = audit.of_kind("alert.model_extraction");
     assert_eq!(alerts.len(), 1, "one alert for the sweep, none for normal use: {alerts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_applies_to_the_next_request_on_an_open_keep_alive_tunnel() {
+    let env = TestEnv::new();
+    let upstream = OpenAiUpstream::spawn(Duration::from_millis(10)).await;
+    let (broker, connector) = deployment(&env, &upstream).await;
+    let agent = broker.machine("trainer").group("ml-team").enroll().await;
+    let forward = agent.connect("llm-prod").await;
+    let base = format!("http://{}", forward.addr());
+    let client = http();
+    let embed = || {
+        let body = json!({ "model": "e5", "input": "hello" });
+        client.post(format!("{base}/v1/embeddings")).json(&body).send()
+    };
+    assert_eq!(embed().await.unwrap().status(), 200);
+
+    // The tunnel stays allowed (connect), but embeddings are no longer permitted.
+    let without_embeddings = AI_HTTP.replace(r#" || context.path == "/v1/embeddings""#, "");
+    assert_ne!(without_embeddings, AI_HTTP, "the edit must change the policy");
+    broker.write_policy("ai-http.cedar", &without_embeddings);
+    broker.reload_policies().await.expect_success();
+    assert_eventually!(
+        embed().await.unwrap().status() == 403,
+        "the new bundle decides the next request on the same tunnel; connector stderr:\n{}",
+        connector.process().stderr()
+    );
+    let chat = client.post(format!("{base}/v1/chat/completions")).header("content-type", "application/json");
+    assert_eq!(chat.body(CHAT).send().await.unwrap().status(), 200, "the tunnel itself still works");
+    assert_eq!(upstream.targets().iter().filter(|t| *t == "/v1/embeddings").count(), 1);
+    let audit = within("the request records", Duration::from_secs(10), async {
+        loop {
+            let audit = broker.audit_events().await;
+            if audit.of_kind("connector.http_request").iter().any(|r| r.detail["path"] == "/v1/chat/completions") {
+                return audit;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let tunnels: std::collections::HashSet<_> =
+        audit.of_kind("connector.http_request").iter().map(|r| r.decision_id.clone()).collect();
+    assert_eq!(tunnels.len(), 1, "every request went over one tunnel: {tunnels:?}");
+}
