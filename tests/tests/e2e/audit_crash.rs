@@ -16,6 +16,8 @@ use tokio::sync::Mutex;
 struct Observed {
     allowed: usize,
     denied: usize,
+    /// Streams that failed without a policy answer (the broker was gone).
+    cut: usize,
     sessions: Vec<String>,
 }
 
@@ -44,7 +46,10 @@ async fn a_broker_killed_mid_burst_keeps_every_decision_its_clients_saw_and_a_ve
                 let payload = format!("worker {worker} stream {i}").into_bytes();
                 match agent.tunnel_exchange("echo", &payload).await {
                     Ok(reply) if reply == payload => seen.lock().await.allowed += 1,
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    _ => {
+                        seen.lock().await.cut += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
             }
         });
@@ -91,6 +96,7 @@ async fn a_broker_killed_mid_burst_keeps_every_decision_its_clients_saw_and_a_ve
     let _ = sign_ins.await;
     let seen = Arc::try_unwrap(seen).ok().expect("workers are done").into_inner();
     assert!(seen.allowed >= at_kill.0 && seen.denied >= at_kill.1 && seen.sessions.len() >= at_kill.2);
+    assert!(seen.cut > 0, "the kill must land while streams are being opened");
 
     broker.restart().await;
     let out = broker.cli(&["audit", "verify"]).await;
