@@ -3,6 +3,12 @@
 //!
 //! Requests: `{"cmd":"policy_reload"}` → `{"ok":true,"version":N}` or
 //! `{"ok":false,"error":"..."}`; `{"cmd":"ping"}` → `{"ok":true}`.
+//!
+//! The inventory's JSON API (there is no admin authentication over HTTPS
+//! yet, so it lives here, where only the data directory's owner reaches it):
+//! `inventory`, `segment_list`, `segment_create`, `segment_delete`,
+//! `service_assign` and `service_label` answer `{"ok":true,"data":…}`; see
+//! [`crate::inventory::api`].
 //! Only the socket's owner (or root) may talk to it.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -32,6 +38,45 @@ pub enum AdminRequest {
     PolicyReload,
     /// Is anybody there?
     Ping,
+    /// Every service with its connectors (and whether one is online here),
+    /// segment, labels and who can reach it under the active set.
+    Inventory,
+    /// Every segment and its services.
+    SegmentList,
+    /// Creates an empty segment.
+    SegmentCreate {
+        /// Segment name.
+        name: String,
+        /// What it is for.
+        #[serde(default)]
+        description: String,
+    },
+    /// Deletes an empty segment.
+    SegmentDelete {
+        /// Segment name.
+        name: String,
+    },
+    /// Places a service in a segment (`null`: in none), optionally setting its protocol.
+    ServiceAssign {
+        /// Service name.
+        service: String,
+        /// Segment name, or `null`.
+        segment: Option<String>,
+        /// `tcp` or `http`.
+        #[serde(default)]
+        protocol: Option<String>,
+    },
+    /// Adds and removes service labels.
+    ServiceLabel {
+        /// Service name.
+        service: String,
+        /// Labels to add.
+        #[serde(default)]
+        add: Vec<String>,
+        /// Labels to remove.
+        #[serde(default)]
+        remove: Vec<String>,
+    },
 }
 
 /// One response line.
@@ -45,11 +90,14 @@ pub struct AdminResponse {
     /// What went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The answer of an inventory request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 impl AdminResponse {
     fn failed(error: impl Into<String>) -> Self {
-        Self { ok: false, version: None, error: Some(error.into()) }
+        Self { ok: false, version: None, error: Some(error.into()), data: None }
     }
 }
 
@@ -148,16 +196,25 @@ async fn handle(broker: Broker, stream: UnixStream) {
 
 async fn execute(broker: &Broker, request: AdminRequest) -> AdminResponse {
     match request {
-        AdminRequest::Ping => AdminResponse { ok: true, version: None, error: None },
+        AdminRequest::Ping => AdminResponse { ok: true, version: None, error: None, data: None },
         AdminRequest::PolicyReload => match broker.policy().reload(broker).await {
             Ok(version) => {
                 tracing::info!(version, "policy reloaded (admin socket)");
-                AdminResponse { ok: true, version: Some(version), error: None }
+                AdminResponse { ok: true, version: Some(version), error: None, data: None }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "policy reload refused (admin socket)");
                 AdminResponse::failed(e.to_string())
             }
+        },
+        request @ (AdminRequest::Inventory
+        | AdminRequest::SegmentList
+        | AdminRequest::SegmentCreate { .. }
+        | AdminRequest::SegmentDelete { .. }
+        | AdminRequest::ServiceAssign { .. }
+        | AdminRequest::ServiceLabel { .. }) => match crate::inventory::api::execute(broker, request).await {
+            Ok(data) => AdminResponse { ok: true, version: None, error: None, data: Some(data) },
+            Err(e) => AdminResponse::failed(e.to_string()),
         },
     }
 }

@@ -15,6 +15,7 @@
 //! stream. The functions here are the API the CLI, the admin socket and the
 //! web UI share.
 
+pub mod api;
 mod reach;
 mod store;
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use palisade_broker::admin::{self, AdminRequest};
 use palisade_proto::reject::RejectCode;
 use palisade_tests::{ALLOW_ML_AGENTS, EchoUpstream, TestEnv, assert_eventually, wait_for_some};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -104,8 +105,22 @@ async fn an_advertised_service_is_unreachable_until_an_admin_places_it() {
     assert_eq!(echo["reachability"], "reachable", "{echo}");
     assert_eq!(echo["reachable_by"], serde_json::json!(["machine:agent-1"]), "{echo}");
 
-    broker.cli(&["service", "assign", "notebook", "inference"]).await.expect_success();
+    // The JSON API on the admin socket: the live view (online) and the same changes.
+    let live = admin::request(broker.data_dir(), &AdminRequest::Inventory).await.expect("the admin socket answers");
+    let live = live.data.unwrap_or_else(|| panic!("inventory data: {:?}", live.error));
+    let notebook = live.as_array().and_then(|r| r.iter().find(|s| s["name"] == "notebook")).expect("listed").clone();
+    assert_eq!(notebook["online"], true, "rack-1 is connected and serves it: {notebook}");
+    let assign =
+        AdminRequest::ServiceAssign { service: "notebook".into(), segment: Some("inference".into()), protocol: None };
+    let assigned = admin::request(broker.data_dir(), &assign).await.expect("the admin socket answers");
+    assert!(assigned.ok, "{:?}", assigned.error);
+    assert_eq!(assigned.data.as_ref().map(|d| d["segment"].clone()), Some("inference".into()), "{assigned:?}");
+    // The connector enforces too: it needs the new bundle, pushed right after the change.
     assert_eventually!(agent.tunnel_exchange("notebook", b"placed").await.is_ok());
+    let unknown =
+        AdminRequest::ServiceAssign { service: "notebook".into(), segment: Some("nowhere".into()), protocol: None };
+    let refused = admin::request(broker.data_dir(), &unknown).await.expect("the admin socket answers");
+    assert!(!refused.ok && refused.error.as_deref().is_some_and(|e| e.contains("nowhere")), "{refused:?}");
 }
 
 const AGENTS_WITH_DRY_RUN_FORBID: &str = r#"@id("ml-agents-inference")
