@@ -153,6 +153,25 @@ impl Chrome {
         self.find(css).await.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// Clicks the element matching `css` (a submit button or a link) and
+    /// waits until the next document has loaded, so later reads never see
+    /// the page the click left.
+    pub async fn click_and_load(&self, css: &str) {
+        let mark = "window.__palisadeLeft = true; return true;";
+        self.client.execute(mark, vec![]).await.expect("mark the current document");
+        self.click(css).await;
+        let loaded = "return window.__palisadeLeft === undefined && document.readyState === 'complete';";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Value::Bool(true)) = self.client.execute(loaded, vec![]).await {
+                return;
+            }
+            let url = self.client.current_url().await.map(|u| u.to_string()).unwrap_or_default();
+            assert!(tokio::time::Instant::now() < deadline, "clicking {css} on {url} loaded no new page");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Replaces the value of the input or textarea matching `css`.
     pub async fn fill(&self, css: &str, text: &str) {
         let element = self.find(css).await;

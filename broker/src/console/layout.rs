@@ -17,6 +17,7 @@ pub(crate) enum Nav {
     Overview,
     Policies,
     People,
+    Connectors,
     Audit,
     None,
 }
@@ -27,10 +28,11 @@ const PORTAL_LINKS: [(Nav, &str, &str); 3] = [
     (Nav::Passkeys, "/portal/passkeys", "Passkeys"),
 ];
 
-const ADMIN_LINKS: [(Nav, &str, &str); 4] = [
+const ADMIN_LINKS: [(Nav, &str, &str); 5] = [
     (Nav::Overview, "/admin", "Overview"),
     (Nav::Policies, "/admin/policies", "Policies"),
     (Nav::People, "/admin/sessions", "Users & sessions"),
+    (Nav::Connectors, "/admin/connectors", "Connectors & services"),
     (Nav::Audit, "/admin/audit", "Audit"),
 ];
 

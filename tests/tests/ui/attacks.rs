@@ -79,7 +79,15 @@ async fn mallory_is_not_an_admin(ui: &Ui, link: &str) {
     assert_eq!(images.as_u64(), Some(0));
     assert_eq!(chrome.dialog().await, None);
     let cookie = chrome.cookie("__Host-palisade-session").await.expect("mallory has a session");
-    for path in ["/admin", "/admin/policies", "/admin/sessions", "/admin/audit", "/admin/audit/export?format=jsonl"] {
+    let admin_pages = [
+        "/admin",
+        "/admin/policies",
+        "/admin/sessions",
+        "/admin/connectors",
+        "/admin/audit",
+        "/admin/audit/export?format=jsonl",
+    ];
+    for path in admin_pages {
         let page = ui.http().get(ui.url(path)).header("cookie", format!("__Host-palisade-session={cookie}")).send();
         let page = page.await.unwrap();
         assert_eq!(page.status(), 403, "{path}");
@@ -203,6 +211,7 @@ pub(crate) async fn every_page_carries_the_security_headers(ui: &Ui) {
         "/admin/policies",
         "/admin/policies/history",
         "/admin/sessions",
+        "/admin/connectors",
         "/admin/audit",
         "/admin/audit?trail=1",
         "/console/step-up",

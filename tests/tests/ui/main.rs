@@ -16,6 +16,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod attacks;
+mod connectors;
 mod deployment;
 mod people;
 mod policies;
@@ -28,6 +29,8 @@ async fn console_in_chromium_from_sign_in_to_audit_and_under_attack() {
 
     people::person_signs_in_registers_a_passkey_and_sees_their_services(&ui).await;
     policies::admin_fixes_a_policy_error_at_its_line_applies_it_and_a_tunnel_is_refused(&ui).await;
+    connectors::a_stale_passkey_proof_sends_an_admin_write_through_step_up(&ui).await;
+    connectors::admin_enrolls_a_connector_with_the_printed_command_and_reads_the_inventory(&ui).await;
     people::admin_revokes_a_session_and_its_tunnel_closes(&ui).await;
     people::audit_page_shows_the_policy_change_and_the_revocation(&ui).await;
 

@@ -15,7 +15,7 @@ pub(crate) async fn person_signs_in_registers_a_passkey_and_sees_their_services(
     chrome.screenshot("01-provider-sign-in").await;
     chrome.fill("input[name=username]", "bob").await;
     chrome.fill("input[name=password]", "bob-pw").await;
-    chrome.click("button[type=submit]").await;
+    chrome.click_and_load("button[type=submit]").await;
 
     chrome.wait_for_path("/login/mfa").await;
     let mode = chrome.find("#mfa").await.attr("data-mode").await.unwrap();
@@ -48,7 +48,7 @@ pub(crate) async fn admin_revokes_a_session_and_its_tunnel_closes(ui: &Ui) {
     chrome.screenshot("07-admin-sessions").await;
 
     let row = format!("#active-sessions tr[data-session='{}'] button", ui.alice.session_id());
-    chrome.click(&row).await;
+    chrome.click_and_load(&row).await;
     chrome.wait_for_path("/admin/sessions").await;
     let end = within("alice's live tunnel to close after the revocation", Duration::from_secs(3), flow.ended()).await;
     eprintln!("alice's tunnel ended: {}", end.how);

@@ -25,7 +25,7 @@ pub(crate) async fn admin_fixes_a_policy_error_at_its_line_applies_it_and_a_tunn
     let text = chrome.find("#policy-text").await.prop("value").await.unwrap().unwrap_or_default();
     assert!(text.contains("ml-agents"), "the editor shows the active agents.cedar: {text}");
     chrome.fill("#policy-text", BROKEN).await;
-    chrome.click("#btn-validate").await;
+    chrome.click_and_load("#btn-validate").await;
     let marked = chrome.find("#error-line").await;
     assert_eq!(marked.attr("data-line").await.unwrap().as_deref(), Some("4"), "the error is marked at line 4");
     let message = chrome.text("#policy-result").await;
@@ -36,13 +36,13 @@ pub(crate) async fn admin_fixes_a_policy_error_at_its_line_applies_it_and_a_tunn
     assert_eq!(kept, BROKEN, "the edited text is kept after a refusal");
     chrome.fill("#policy-text", FIXED).await;
     chrome.fill("#policy-comment", HOSTILE_COMMENT).await;
-    chrome.click("#btn-diff").await;
+    chrome.click_and_load("#btn-diff").await;
     let diff = chrome.text("#policy-diff").await;
     assert!(diff.contains("ml-agents-retired"), "the diff shows the change: {diff}");
-    chrome.click("#btn-preview").await;
+    chrome.click_and_load("#btn-preview").await;
     let preview = chrome.text("#policy-preview").await;
     assert!(preview.contains("loses") && preview.contains("agent-1"), "agent-1 loses echo: {preview}");
-    chrome.click("#btn-apply").await;
+    chrome.click_and_load("#btn-apply").await;
     let applied = chrome.text("#policy-result").await;
     assert!(applied.contains("is active"), "the new version is active: {applied}");
 

@@ -82,18 +82,14 @@ pub(crate) async fn rollback(State(broker): State<Broker>, Admin(viewer): Admin,
     }
     let result = async {
         let parent = policy_store::active_version(broker.db()).await?;
-        let services = policy_store::catalog(broker.config());
+        let services = broker.policy().current().bundle().services.clone();
         let author = viewer.email.clone().unwrap_or_else(|| viewer.identity.name.clone());
         policy_store::rollback(broker.db(), version, parent, &author, &services, None).await
     };
     match result.await {
-        Ok(info) => match policy_store::get(broker.db(), info.version).await {
-            Ok(Some(stored)) => match activate(&broker, &stored.files).await {
-                Ok(()) => Redirect::to(&format!("/admin/policies?applied={}", info.version)).into_response(),
-                Err(message) => layout::page(&viewer, Nav::Policies, "Rollback", layout::notice("error", &message)),
-            },
-            Ok(None) => layout::not_found(),
-            Err(e) => layout::internal(&e),
+        Ok(info) => match activate(&broker).await {
+            Ok(()) => Redirect::to(&format!("/admin/policies?applied={}", info.version)).into_response(),
+            Err(message) => layout::page(&viewer, Nav::Policies, "Rollback", layout::notice("error", &message)),
         },
         Err(PolicyStoreError::NotFound(_)) => layout::not_found(),
         Err(e @ (PolicyStoreError::Db(_) | PolicyStoreError::Audit(_))) => layout::internal(&e),

@@ -1,8 +1,10 @@
-//! The admin console: overview, policies, users and sessions, audit.
+//! The admin console: overview, policies, users and sessions, connectors
+//! and the service inventory, audit.
 //! Every handler takes [`super::viewer::Admin`]; every write also checks
 //! the viewer's WebAuthn proof is fresh ([`super::stepup`]).
 
 pub(crate) mod audit;
+pub(crate) mod connectors;
 pub(crate) mod history;
 pub(crate) mod overview;
 pub(crate) mod people;
@@ -26,6 +28,10 @@ pub(crate) fn routes() -> Router<Broker> {
         .route("/admin/sessions/{id}/revoke", post(people::revoke))
         .route("/admin/users/{id}/disable", post(people::disable))
         .route("/admin/tunnels/kill", post(people::kill))
+        .route("/admin/connectors", get(connectors::page))
+        .route("/admin/connectors/token", post(connectors::token))
+        .route("/admin/connectors/{id}/disable", post(connectors::disable))
+        .route("/admin/inventory/assign", post(connectors::assign))
         .route("/admin/audit", get(audit::page))
         .route("/admin/audit/export", get(audit::export_all))
 }

@@ -45,10 +45,10 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
     };
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
     let counts = last_hour(&rows, now_ms);
-    let services = &broker.config().services;
-    let online = services.iter().filter(|s| broker.registry().is_online(s.name.as_str())).count();
-    let tunnels = broker.live().streams().len();
     let engine = broker.policy().current();
+    let services = &engine.bundle().services;
+    let online = services.iter().filter(|s| broker.registry().is_online(&s.name)).count();
+    let tunnels = broker.live().streams().len();
     let body = html! {
         div.tiles {
             div.tile #tile-services { span.num { (online) " / " (services.len()) } span { "services with a connector online" } }
@@ -59,15 +59,15 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
         }
         h2 { "Services" }
         @if services.is_empty() {
-            p.empty { "No service is configured. Add one under [[services]] in broker.toml, then enroll a connector beside it." }
+            p.empty { "No service is in a segment yet. " a href="/admin/connectors#inventory" { "Place one in a segment" } ", then enroll a connector beside it." }
         } @else {
             table {
                 thead { tr { th { "Service" } th { "Segment" } th { "Protocol" } th { "Connector" } } }
                 tbody {
                     @for s in services {
                         tr {
-                            td { (s.name.as_str()) } td { (s.segment) } td { (s.protocol) }
-                            td { @if broker.registry().is_online(s.name.as_str()) { span.ok { "online" } } @else { span.bad { "offline" } } }
+                            td { (s.name) } td { (s.segment) } td { (s.protocol) }
+                            td { @if broker.registry().is_online(&s.name) { span.ok { "online" } } @else { span.bad { "offline" } } }
                         }
                     }
                 }

@@ -1,9 +1,9 @@
 //! Policies: edit one Cedar file of the active set, then validate it (errors
 //! shown at their line), diff it against the active set, run the policy
 //! tests, preview who gains or loses what, or apply it with a comment.
-//! Applying stores a new version (refused if another admin applied first),
-//! mirrors it into the policy directory and reloads the running set, which
-//! re-decides every live tunnel.
+//! Applying stores a new version (refused if another admin applied first)
+//! and makes the running broker decide with it at once, which re-decides
+//! every live tunnel (other replicas follow the store within a moment).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -148,7 +148,7 @@ pub(crate) async fn submit(State(broker): State<Broker>, Admin(viewer): Admin, F
         Err(e) => return layout::internal(&e),
     };
     let files = proposed(&active, &edit);
-    let services = policy_store::catalog(broker.config());
+    let services = broker.policy().current().bundle().services.clone();
     if edit.action == "apply" {
         return apply(&broker, &viewer, &active, &files, &edit).await;
     }
@@ -237,7 +237,7 @@ async fn apply(broker: &Broker, viewer: &Viewer, active: &[PolicyFile], files: &
         return render(viewer, active, edit, layout::notice("error", "Say why in the comment before applying."), None);
     }
     let parent = edit.parent.parse::<u64>().ok();
-    let services = policy_store::catalog(broker.config());
+    let services = broker.policy().current().bundle().services.clone();
     let author = viewer.email.clone().unwrap_or_else(|| viewer.identity.name.clone());
     let dir = broker.config().policy_dir.join("cases");
     let cases = dir.is_dir().then_some(dir.as_path());
@@ -250,7 +250,7 @@ async fn apply(broker: &Broker, viewer: &Viewer, active: &[PolicyFile], files: &
         cases_dir: cases,
     };
     match policy_store::apply(broker.db(), &proposal).await {
-        Ok(info) => match activate(broker, files).await {
+        Ok(info) => match activate(broker).await {
             Ok(()) => Redirect::to(&format!("/admin/policies?applied={}", info.version)).into_response(),
             Err(message) => render(viewer, active, edit, layout::notice("error", &message), None),
         },
@@ -262,16 +262,15 @@ async fn apply(broker: &Broker, viewer: &Viewer, active: &[PolicyFile], files: &
     }
 }
 
-/// Mirrors a stored set into the policy directory and reloads the running engine.
-pub(crate) async fn activate(broker: &Broker, files: &[PolicyFile]) -> Result<(), String> {
-    policy_store::write_policy_dir(&broker.config().policy_dir, files)
-        .map_err(|e| format!("the version is stored but could not be written to the policy directory: {e}"))?;
+/// Makes the running broker decide with the store's active version now
+/// (its follower would within a moment; this makes the page's answer true).
+pub(crate) async fn activate(broker: &Broker) -> Result<(), String> {
     broker
         .policy()
-        .reload(broker)
+        .sync()
         .await
         .map(|_| ())
-        .map_err(|e| format!("the version is stored but the broker could not load it: {e}"))
+        .map_err(|e| format!("the version is stored but the broker could not load it yet: {e}"))
 }
 
 #[cfg(test)]
