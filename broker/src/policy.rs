@@ -30,6 +30,10 @@ use crate::inventory::{self, InventoryError};
 use crate::policy_store::{self, PolicyStoreError, Proposal};
 use crate::state::Broker;
 
+/// The policy engine crate, re-exported for tools built on the broker
+/// (the Cedar benchmark in palisade-tests).
+pub use palisade_policies as engine;
+
 /// How often a running broker looks for a new active version or catalog.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 

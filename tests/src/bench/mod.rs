@@ -9,6 +9,7 @@
 //! upstream has no connection left → report.
 
 pub mod control_plane;
+pub mod cedar;
 pub mod netns;
 pub mod options;
 pub mod procfs;

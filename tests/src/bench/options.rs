@@ -61,6 +61,10 @@ pub struct Options {
     /// Control-plane operations in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
+    /// Measure Cedar decisions per second (uncached and cached, 10 to 10,000
+    /// policies) instead of the tunnel; writes `cedar.md`.
+    #[arg(long)]
+    pub cedar: bool,
     /// Where `results.md` and `results.json` go.
     #[arg(long, value_name = "DIR", default_value = "bench-results")]
     pub out: PathBuf,
