@@ -45,7 +45,7 @@ pub(crate) async fn hostile_names_and_user_agents_render_as_text(ui: &Ui) {
 
     for (path, css) in [
         ("/portal/sessions", "#my-sessions"),
-        ("/admin/audit?trail=1", "#audit-events"),
+        ("/admin/audit?person=bob%40example.com&trail=1", "#login-trail"),
         ("/admin/policies/history", "#policy-history"),
     ] {
         chrome.goto(&ui.url(path)).await;
@@ -54,8 +54,8 @@ pub(crate) async fn hostile_names_and_user_agents_render_as_text(ui: &Ui) {
         assert_inert(ui, path).await;
     }
     assert!(chrome.text("#policy-history").await.contains(HOSTILE_COMMENT));
-    chrome.goto(&ui.url("/admin/audit?trail=1")).await;
-    assert!(chrome.text("#audit-events").await.contains(HOSTILE_USER_AGENT), "the login trail keeps the user agent");
+    chrome.goto(&ui.url("/admin/audit?person=bob%40example.com&trail=1")).await;
+    assert!(chrome.text("#login-trail").await.contains(HOSTILE_USER_AGENT), "the login trail keeps the user agent");
 
     mallory_is_not_an_admin(ui, &link).await;
 }
@@ -213,7 +213,7 @@ pub(crate) async fn every_page_carries_the_security_headers(ui: &Ui) {
         "/admin/sessions",
         "/admin/connectors",
         "/admin/audit",
-        "/admin/audit?trail=1",
+        "/admin/audit?person=bob%40example.com&trail=1",
         "/console/step-up",
         "/admin/policies/explain?principal=machine%3Aagent-1&service=echo",
     ];

@@ -73,8 +73,14 @@ pub(crate) async fn audit_page_shows_the_policy_change_and_the_revocation(ui: &U
         assert_eq!(row.attr("data-kind").await.unwrap().as_deref(), Some("session.revoked"), "the kind filter holds");
     }
 
-    chrome.goto(&ui.url("/admin/audit?trail=1&who=user%2F")).await;
-    let trail = chrome.text("#audit-events").await;
-    assert!(trail.contains("login.succeeded"), "the login trail lists sign-ins: {trail}");
+    chrome.goto(&ui.url("/admin/audit?person=alice%40example.com")).await;
+    let alice = chrome.text("#audit-events").await;
+    assert!(alice.contains("stream.ended") && alice.contains("login.succeeded"), "alice's events: {alice}");
+    assert!(!alice.contains("policy.activated"), "the person filter holds: {alice}");
+
+    chrome.goto(&ui.url("/admin/audit?person=bob%40example.com&trail=1")).await;
+    let trail = chrome.text("#login-trail").await;
+    assert!(trail.contains("login.succeeded") && trail.contains("session.created"), "bob's login trail: {trail}");
+    assert!(trail.contains("oidc") && trail.contains("127.0.0.1"), "method and address: {trail}");
     chrome.screenshot("09-admin-login-trail").await;
 }

@@ -1,33 +1,40 @@
-//! The audit trail: recent events filtered by person, kind, outcome and
-//! time; a person's login trail; export as JSON lines or CSV (cells that
+//! The audit trail: events filtered by person, machine, service, kind,
+//! outcome and time, in keyset pages ([`crate::audit::query::search`]); a
+//! person's login trail (every sign-in attempt with result, reason, method,
+//! address and user agent); export as JSON lines or CSV (cells that
 //! a spreadsheet would run as a formula are neutralised by
 //! [`crate::audit::export`]); and the hash-chain verification status.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query, State};
+use axum::extract::{Query as Query_, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+/// Rows per page.
+const PAGE: u32 = 100;
+
 use crate::Broker;
 use crate::audit::export::{self, Filter, Format};
-use crate::audit::query::recent;
-use crate::audit::{AuditError, EventKind, EventRow, VerifyReport, verify};
+use crate::audit::query::{LoginAttempt, Query, login_trail, search};
+use crate::audit::{AuditError, EventKind, EventRow, Outcome, VerifyReport, verify};
 use crate::console::layout::{self, Nav};
 use crate::console::viewer::Admin;
-
-/// How many recent events a filter searches.
-const SCAN: u32 = 5000;
-/// Rows shown per page.
-const PAGE: usize = 100;
+use crate::db::identities;
+use crate::login::manage::find_user;
+use palisade_proto::identity::PeerRole;
 
 /// `GET /admin/audit` query; every field optional.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AuditQuery {
     #[serde(default)]
-    who: String,
+    person: String,
+    #[serde(default)]
+    machine: String,
+    #[serde(default)]
+    service: String,
     #[serde(default)]
     kind: String,
     #[serde(default)]
@@ -36,52 +43,95 @@ pub(crate) struct AuditQuery {
     hours: String,
     #[serde(default)]
     trail: String,
-    #[serde(default)]
-    page: usize,
+    before: Option<i64>,
 }
 
-impl AuditQuery {
-    fn matches(&self, row: &EventRow, now_ms: i64) -> bool {
-        let who = self.who.trim();
-        let in_text = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains(who));
-        (who.is_empty() || in_text(&row.actor) || in_text(&row.subject) || row.detail.contains(who))
-            && (self.outcome.is_empty() || row.outcome == self.outcome)
-            && (self.trail.is_empty() || row.kind.starts_with("login.") || row.kind.starts_with("session."))
-            && self.hours.parse::<i64>().map_or(true, |h| row.ts_ms >= now_ms - h * 3_600_000)
-    }
-}
-
-pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin, Query(q): Query<AuditQuery>) -> Response {
-    let kind = EventKind::from_name(q.kind.trim());
-    let rows = match recent(broker.db(), kind, SCAN).await {
-        Ok(rows) => rows,
-        Err(e) => return layout::internal(&e),
-    };
+/// What the filters name, resolved to identity ids; `Err` is a message for the page.
+async fn to_query(broker: &Broker, q: &AuditQuery) -> Result<Query, String> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-    let matching: Vec<&EventRow> = rows.iter().filter(|r| q.matches(r, now_ms)).collect();
-    let shown: Vec<&EventRow> = matching.iter().skip(q.page * PAGE).take(PAGE).copied().collect();
+    let person = match q.person.trim() {
+        "" => None,
+        who => Some(find_user(broker.db(), who).await.map_err(|e| e.to_string())?.identity.id),
+    };
+    let machine = match q.machine.trim() {
+        "" => None,
+        name => {
+            let found =
+                identities::find_by_name(broker.db(), PeerRole::Machine, name).await.map_err(|e| e.to_string())?;
+            let found = match found {
+                Some(m) => Some(m),
+                None => {
+                    identities::find_by_name(broker.db(), PeerRole::Connector, name).await.map_err(|e| e.to_string())?
+                }
+            };
+            Some(found.ok_or_else(|| format!("no machine or connector named {name:?}"))?.id)
+        }
+    };
+    let outcome = match q.outcome.as_str() {
+        "allow" => Some(Outcome::Allow),
+        "deny" => Some(Outcome::Deny),
+        "success" => Some(Outcome::Success),
+        "failure" => Some(Outcome::Failure),
+        _ => None,
+    };
+    Ok(Query {
+        person,
+        machine,
+        service: Some(q.service.trim().to_owned()).filter(|s| !s.is_empty()),
+        kinds: EventKind::from_name(q.kind.trim()).into_iter().collect(),
+        outcome,
+        since_ms: q.hours.trim().parse::<i64>().ok().map(|h| now_ms - h * 3_600_000),
+        before_seq: q.before,
+        limit: PAGE,
+        ..Query::default()
+    })
+}
+
+pub(crate) async fn page(
+    State(broker): State<Broker>,
+    Admin(viewer): Admin,
+    Query_(q): Query_<AuditQuery>,
+) -> Response {
     let status = chain_report(&broker).await;
+    let trail = !q.trail.is_empty();
+    let (results, next) = match to_query(&broker, &q).await {
+        Err(message) => (layout::notice("error", &message), None),
+        Ok(query) if trail => match &query.person {
+            None => (layout::notice("info", "Name a person to see their login trail."), None),
+            Some(id) => match login_trail(broker.db(), id, &query).await {
+                Ok(page) => (trail_table(&page.items), page.next_before),
+                Err(e) => return layout::internal(&e),
+            },
+        },
+        Ok(query) => match search(broker.db(), &query).await {
+            Ok(page) => (table(&page.items), page.next_before),
+            Err(e) => return layout::internal(&e),
+        },
+    };
     let body = html! {
         (chain_status(&status))
         (filters(&q))
-        p.muted { (matching.len()) " matching events (newest first). "
-            "Export everything: " a #export-jsonl href="/admin/audit/export?format=jsonl" { "JSON lines" } " · "
-            a #export-csv href="/admin/audit/export?format=csv" { "CSV" } }
-        @if shown.is_empty() { p.empty { "No event matches. Widen the filters." } }
-        @else { (table(&shown, !q.trail.is_empty())) }
+        p.muted { "Newest first. Export everything: "
+            a #export-jsonl href="/admin/audit/export?format=jsonl" { "JSON lines" } " · "
+            a #export-csv href="/admin/audit/export?format=csv" { "CSV" } " (cells a spreadsheet would run as formulas are neutralised)" }
+        (results)
         nav.pager {
-            @if q.page > 0 { a href=(page_link(&q, q.page - 1)) { "← Newer" } }
-            @if (q.page + 1) * PAGE < matching.len() { a href=(page_link(&q, q.page + 1)) { "Older →" } }
+            @if q.before.is_some() { a href=(page_link(&q, None)) { "← Newest" } }
+            @if let Some(before) = next { a href=(page_link(&q, Some(before))) { "Older →" } }
         }
     };
-    let title = if q.trail.is_empty() { "Audit trail" } else { "Login trail" };
-    layout::page(&viewer, Nav::Audit, title, body)
+    layout::page(&viewer, Nav::Audit, if trail { "Login trail" } else { "Audit trail" }, body)
 }
 
-fn page_link(q: &AuditQuery, page: usize) -> String {
+fn page_link(q: &AuditQuery, before: Option<i64>) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
-    s.append_pair("who", &q.who).append_pair("kind", &q.kind).append_pair("outcome", &q.outcome);
-    s.append_pair("hours", &q.hours).append_pair("trail", &q.trail).append_pair("page", &page.to_string());
+    for (k, v) in [("person", &q.person), ("machine", &q.machine), ("service", &q.service), ("kind", &q.kind)] {
+        s.append_pair(k, v);
+    }
+    s.append_pair("outcome", &q.outcome).append_pair("hours", &q.hours).append_pair("trail", &q.trail);
+    if let Some(b) = before {
+        s.append_pair("before", &b.to_string());
+    }
     format!("/admin/audit?{}", s.finish())
 }
 
@@ -115,8 +165,12 @@ fn chain_status(status: &Result<VerifyReport, AuditError>) -> Markup {
 fn filters(q: &AuditQuery) -> Markup {
     html! {
         form.row.filters method="get" action="/admin/audit" {
-            label for="f-who" { "Person or identity" }
-            input #f-who name="who" value=(q.who) placeholder="alice, user/…, machine/…";
+            label for="f-person" { "Person" }
+            input #f-person name="person" value=(q.person) placeholder="email, name or id";
+            label for="f-machine" { "Machine" }
+            input #f-machine name="machine" value=(q.machine) size="12";
+            label for="f-service" { "Service" }
+            input #f-service name="service" value=(q.service) size="10";
             label for="f-kind" { "Event" }
             select #f-kind name="kind" {
                 option value="" { "any" }
@@ -130,26 +184,30 @@ fn filters(q: &AuditQuery) -> Markup {
             }
             label for="f-hours" { "Last hours" }
             input #f-hours name="hours" value=(q.hours) size="4" inputmode="numeric";
-            label { input type="checkbox" name="trail" value="1" checked[!q.trail.is_empty()]; " sign-ins only" }
+            label { input type="checkbox" name="trail" value="1" checked[!q.trail.is_empty()]; " login trail of the person" }
             button type="submit" { "Filter" }
         }
     }
 }
 
-fn table(rows: &[&EventRow], trail: bool) -> Markup {
+fn trail_table(rows: &[LoginAttempt]) -> Markup {
     html! {
-        table #audit-events {
-            thead { tr { th { "Time" } th { "Event" } th { "Outcome" } th { "Actor" } th { "Subject" }
-                @if trail { th { "Reason" } th { "Address" } th { "User agent" } } @else { th { "Detail" } } } }
-            tbody {
-                @for r in rows {
-                    tr data-kind=(r.kind) data-seq=(r.seq) {
-                        td { (layout::when_ms(r.ts_ms)) }
-                        td { (r.kind) }
-                        td { span class=(outcome_class(&r.outcome)) { (r.outcome) } }
-                        td { (r.actor.as_deref().unwrap_or("-")) }
-                        td { (r.subject.as_deref().unwrap_or("-")) }
-                        @if trail { (trail_cells(&r.detail)) } @else { td.detail { code { (r.detail) } } }
+        @if rows.is_empty() { p.empty { "No sign-in attempt matches." } }
+        @else {
+            table #login-trail {
+                thead { tr { th { "Time" } th { "Event" } th { "Result" } th { "Reason" } th { "Method" } th { "Address" } th { "User agent" } th { "Session" } } }
+                tbody {
+                    @for r in rows {
+                        tr data-kind=(r.kind) {
+                            td { (layout::when_ms(r.time_ms)) }
+                            td { (r.kind) }
+                            td { span class=(outcome_class(&r.result)) { (r.result) } }
+                            td { (r.reason.as_deref().unwrap_or("-")) }
+                            td { (r.method.as_deref().unwrap_or("-")) }
+                            td { (r.address.as_deref().unwrap_or("-")) }
+                            td.ua { (r.user_agent.as_deref().unwrap_or("-")) }
+                            td { code { (r.session.as_deref().unwrap_or("-")) } }
+                        }
                     }
                 }
             }
@@ -157,11 +215,27 @@ fn table(rows: &[&EventRow], trail: bool) -> Markup {
     }
 }
 
-fn trail_cells(detail: &str) -> Markup {
-    let v: serde_json::Value = serde_json::from_str(detail).unwrap_or_default();
-    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_owned();
-    let reason = v.get("reason").or_else(|| v.get("step")).and_then(|x| x.as_str()).unwrap_or("-").to_owned();
-    html! { td { (reason) } td { (field("source")) } td.ua { (field("user_agent")) } }
+fn table(rows: &[EventRow]) -> Markup {
+    html! {
+        @if rows.is_empty() { p.empty { "No event matches. Widen the filters." } }
+        @else {
+            table #audit-events {
+                thead { tr { th { "Time" } th { "Event" } th { "Outcome" } th { "Actor" } th { "Subject" } th { "Detail" } } }
+                tbody {
+                    @for r in rows {
+                        tr data-kind=(r.kind) data-seq=(r.seq) {
+                            td { (layout::when_ms(r.ts_ms)) }
+                            td { (r.kind) }
+                            td { span class=(outcome_class(&r.outcome)) { (r.outcome) } }
+                            td { (r.actor.as_deref().unwrap_or("-")) }
+                            td { (r.subject.as_deref().unwrap_or("-")) }
+                            td.detail { code { (r.detail) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn outcome_class(outcome: &str) -> &'static str {
@@ -180,7 +254,7 @@ pub(crate) struct ExportQuery {
 pub(crate) async fn export_all(
     State(broker): State<Broker>,
     Admin(_viewer): Admin,
-    Query(q): Query<ExportQuery>,
+    Query_(q): Query_<ExportQuery>,
 ) -> Response {
     let (format, mime, ext) = match q.format.as_str() {
         "csv" => (Format::Csv, "text/csv; charset=utf-8", "csv"),
