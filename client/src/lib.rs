@@ -13,7 +13,9 @@
 //! - [`listen`] binds loopback listeners; [`forward`] (`palisade connect`) and
 //!   [`proxy`] (SOCKS5 / HTTP CONNECT) accept on them.
 //! - [`services`] renders what the broker says about services and identity.
+//! - [`doctor`](mod@doctor) checks all of the above and says what to do.
 
+pub mod doctor;
 pub mod enroll;
 pub mod forward;
 pub mod listen;
@@ -26,6 +28,7 @@ pub mod status;
 pub mod store;
 pub mod tunnel;
 
+pub use doctor::{DoctorOptions, Report, doctor};
 pub use enroll::{EnrollError, Enrolled, enroll};
 pub use listen::{ListenError, bind_local};
 pub use login::{CaSource, DeviceCode, LoggedIn, LoginError, LoginOptions, login_browser, login_device};

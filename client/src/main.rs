@@ -79,6 +79,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check what usually goes wrong (certificate, trust bundle, HTTPS, clock, UDP, services) and say what to do.
+    ///
+    /// Exits non-zero when a check fails. Example: `palisade doctor`, or `palisade doctor --json`.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show who the broker sees.
     Whoami {
         /// Print JSON.
@@ -150,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Proxy { socks5, allow_remote } => run_proxy(&home, &socks5, allow_remote).await,
         Command::Services { json } => list_services(&home, json).await,
         Command::Whoami { json } => whoami(&home, json).await,
+        Command::Doctor { json } => doctor(&home, json).await,
     }
 }
 
@@ -347,6 +356,19 @@ async fn whoami(home: &std::path::Path, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&who)?);
     } else {
         print!("{}", services::whoami_text(&who, SystemTime::now()));
+    }
+    Ok(())
+}
+
+async fn doctor(home: &Path, json: bool) -> anyhow::Result<()> {
+    let report = palisade_client::doctor(home, &palisade_client::DoctorOptions::default()).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if report.failed() {
+        anyhow::bail!("some checks failed: see the `fix:` lines above");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 mod cli;
+mod doctor;
 mod enroll;
 mod fake_login;
 mod forward;
