@@ -35,6 +35,7 @@ mod connector;
 mod enroll_api;
 mod env;
 mod flow;
+pub mod fuzz;
 pub mod oidc;
 pub mod openai;
 mod person;

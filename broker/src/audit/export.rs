@@ -274,8 +274,13 @@ pub fn is_invisible(c: char) -> bool {
 }
 
 /// `2026-11-22T03:08:57.123Z`.
+///
+/// Times outside 1970…9999 (only a tampered row has one) are clamped, so an
+/// export never fails on them; `audit verify` reports the tampering.
 #[must_use]
 pub fn rfc3339_ms(ts_ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ts_ms).unwrap_or(0));
+    /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+    const LAST_MS: u64 = 253_402_300_799_999;
+    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ts_ms).unwrap_or(0).min(LAST_MS));
     humantime::format_rfc3339_millis(at).to_string()
 }

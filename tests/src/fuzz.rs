@@ -1,0 +1,137 @@
+//! Fuzz target bodies: every parser that takes bytes from the network or
+//! from a person. Each function must return for any input — a panic, a hang
+//! or an overflow is the bug. Where a parse succeeds, the function also
+//! checks a property (re-encoding round-trips, an export line stays one
+//! line), so the fuzzer finds wrong answers and not only crashes.
+//!
+//! `fuzz/` runs them under libFuzzer (`scripts/fuzz`); `tests/tests/fuzz_corpora.rs`
+//! replays the committed corpora (`fuzz/corpus/<target>/`) on every test run.
+
+use std::sync::OnceLock;
+
+use palisade_broker::audit::chain::EventRow;
+use palisade_broker::audit::export::{csv_line, json_line};
+use palisade_policies::{Engine, PolicyBundle, PolicyFile, run_cases};
+use palisade_proto::bundle::SignedBundle;
+use palisade_proto::control::{BrokerToConnector, ConnectorToBroker};
+use palisade_proto::enroll::EnrollmentToken;
+use palisade_proto::identity::IdentityAttributes;
+use palisade_proto::wire::{StreamHeader, decode_frame};
+
+/// A target body: any bytes in, a panic only on a bug.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its corpus directory.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("stream_header", stream_header),
+    ("control_frame", control_frame),
+    ("enroll_token", enroll_token),
+    ("identity_attributes", identity_attributes),
+    ("csr", csr),
+    ("signed_bundle", signed_bundle),
+    ("policy_source", policy_source),
+    ("policy_cases", policy_cases),
+    ("audit_export", audit_export),
+];
+
+/// The stream header every QUIC stream starts with: decode, and re-encode what decoded.
+pub fn stream_header(data: &[u8]) {
+    if let Ok(header) = StreamHeader::decode_all(data) {
+        let encoded = header.encode().expect("a decoded header re-encodes");
+        assert_eq!(StreamHeader::decode_all(&encoded).expect("re-decodes"), header);
+    }
+}
+
+/// Control frames between connector and broker, both directions.
+pub fn control_frame(data: &[u8]) {
+    let _ = decode_frame::<ConnectorToBroker>(data);
+    let _ = decode_frame::<BrokerToConnector>(data);
+}
+
+/// `pal1.<secret>.<ca pin>` as pasted by an admin or a script.
+pub fn enroll_token(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(token) = text.parse::<EnrollmentToken>()
+    {
+        let again: EnrollmentToken = token.expose().parse().expect("an exposed token re-parses");
+        assert_eq!((again.secret_hash(), again.ca_pin()), (token.secret_hash(), token.ca_pin()));
+    }
+}
+
+/// The identity-attributes extension of a client certificate.
+pub fn identity_attributes(data: &[u8]) {
+    if let Ok(attributes) = IdentityAttributes::from_der(data) {
+        let der = attributes.to_der();
+        assert_eq!(IdentityAttributes::from_der(&der).expect("re-parse"), attributes);
+    }
+}
+
+/// A PEM CSR at the enrollment API and on renewal.
+pub fn csr(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = palisade_broker::issuance::csr::check_csr(text);
+    }
+}
+
+/// A signed policy bundle as a connector receives it (JSON), verified
+/// against a CA that never signed it: parsing must not panic, and nothing
+/// unsigned may verify.
+pub fn signed_bundle(data: &[u8]) {
+    static CA: OnceLock<Vec<u8>> = OnceLock::new();
+    let ca = CA.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).expect("a CA").der().to_vec()
+    });
+    if let Ok(bundle) = serde_json::from_slice::<SignedBundle>(data) {
+        let ca = rustls_pki_types::CertificateDer::from(ca.as_slice());
+        assert!(bundle.verify(&[ca]).is_err(), "a bundle no CA key signed verified");
+    }
+}
+
+/// A Cedar policy file, parsed and validated against the schema.
+pub fn policy_source(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let bundle = PolicyBundle {
+            version: 1,
+            files: vec![PolicyFile { name: "fuzz.cedar".into(), text: text.to_owned() }],
+            services: Vec::new(),
+        };
+        let _ = Engine::new(&bundle);
+    }
+}
+
+/// A policy test-case file (TOML) run against a small valid set.
+pub fn policy_cases(data: &[u8]) {
+    const POLICY: &str = "permit (principal in Group::\"ml-team\", action == Action::\"connect\", resource);";
+    if let Ok(text) = std::str::from_utf8(data) {
+        let files = [PolicyFile { name: "allow.cedar".into(), text: POLICY.into() }];
+        let _ = run_cases(&files, "fuzz.toml", text);
+    }
+}
+
+/// Export encoders fed attacker-controlled fields: JSON lines and CSV must
+/// stay one line, and CSV cells must not start a spreadsheet formula.
+pub fn audit_export(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\u{1f}');
+    let (actor, subject, detail) = (parts.next(), parts.next(), parts.next().unwrap_or_default());
+    let row = EventRow {
+        seq: 1,
+        ts_ms: i64::from_le_bytes(data.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default()),
+        kind: "login.failed".into(),
+        outcome: "failure".into(),
+        actor: actor.map(str::to_owned),
+        subject: subject.map(str::to_owned),
+        decision_id: None,
+        detail: serde_json::json!({ "user_agent": detail }).to_string(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    };
+    for line in [json_line(&row), csv_line(&row)] {
+        let body = line.strip_suffix('\n').unwrap_or(&line);
+        assert!(!body.contains(['\n', '\r']), "an export line broke in two: {line:?}");
+    }
+    serde_json::from_str::<serde_json::Value>(json_line(&row).trim_end()).expect("a JSON line is JSON");
+}
