@@ -108,6 +108,8 @@ async fn serve_http(
         let detail = "only people and machines call services".to_owned();
         return StreamOutcome::Denied { reason: "identity_rejected".into(), detail, policy_ids: Vec::new() };
     };
+    http::register_assertion_key(&ctx.control);
+    http::report_models(&ctx.control, dispatch.service.as_str(), &upstream, ctx.connect_timeout);
     let tunnel = http::Tunnel {
         policy: ctx.policy.clone(),
         caller,
@@ -118,7 +120,6 @@ async fn serve_http(
         decision_id: dispatch.decision_id,
         cut: http::CutSwitch::default(),
     };
-    http::register_assertion_key(&ctx.control);
     let served = http::serve(tunnel, send, recv).await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(served.bytes_up, served.bytes_down, duration_ms, served.revoked, "http tunnel ended");

@@ -41,6 +41,13 @@ pub enum ConnectorToBroker {
         /// What was asked and what happened; never bodies.
         record: Box<HttpRequestRecord>,
     },
+    /// The models an HTTP service's upstream lists at `/v1/models`, for the inventory.
+    Models {
+        /// The service name.
+        service: String,
+        /// Model ids as the upstream reports them.
+        models: Vec<String>,
+    },
     /// The public key this connector signs identity assertions with, for the broker's JWKS.
     AssertionKey {
         /// The key as a JWK (`kty` EC, `crv` P-256, `x`, `y`, `kid`, `alg` ES256, `use` sig).

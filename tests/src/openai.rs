@@ -79,10 +79,21 @@ impl OpenAiUpstream {
         self.seen.lock().expect("lock").clone()
     }
 
-    /// The request targets received so far.
+    /// The targets of the requests made for callers (those carrying the
+    /// connector's identity assertion), in order.
     #[must_use]
     pub fn targets(&self) -> Vec<String> {
-        self.seen().into_iter().map(|r| r.target).collect()
+        self.seen()
+            .into_iter()
+            .filter(|r| !r.header_values("x-palisade-identity").is_empty())
+            .map(|r| r.target)
+            .collect()
+    }
+
+    /// Requests the connector made on its own (no identity assertion), e.g. the model inventory.
+    #[must_use]
+    pub fn own_requests(&self) -> Vec<SeenRequest> {
+        self.seen().into_iter().filter(|r| r.header_values("x-palisade-identity").is_empty()).collect()
     }
 }
 

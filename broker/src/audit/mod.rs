@@ -33,7 +33,7 @@ pub use verify::{BreakKind, Broken, VerifyReport, verify, verify_with};
 pub use writer::CheckpointPolicy;
 
 /// How many event kinds there are.
-const KINDS: usize = 36;
+const KINDS: usize = 37;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,6 +110,8 @@ pub enum EventKind {
     AlertConnectorBackOnline,
     /// An identity's HTTP use of a model looks like extraction (prompt sweep, heavy logprobs, volume far above its baseline).
     AlertModelExtraction,
+    /// The models a connector found behind an HTTP service (`/v1/models`).
+    ConnectorModels,
 }
 
 impl EventKind {
@@ -150,6 +152,7 @@ impl EventKind {
         Self::AlertConnectorOffline,
         Self::AlertConnectorBackOnline,
         Self::AlertModelExtraction,
+        Self::ConnectorModels,
     ];
 
     /// The stable name stored in the `kind` column.
@@ -192,6 +195,7 @@ impl EventKind {
             Self::AlertConnectorOffline => "alert.connector_offline",
             Self::AlertConnectorBackOnline => "alert.connector_back_online",
             Self::AlertModelExtraction => "alert.model_extraction",
+            Self::ConnectorModels => "connector.models",
         }
     }
 
@@ -225,6 +229,7 @@ impl EventKind {
             | Self::UserInvited => ACCOUNT_CHANGE,
             Self::StreamAllowed | Self::StreamDenied | Self::ConnectorStreamDenied => AUTHORIZE_SESSION,
             Self::ConnectorHttpRequest => (4002, "HTTP Activity"),
+            Self::ConnectorModels => (5001, "Device Inventory Info"),
             Self::QuicAccepted
             | Self::QuicRefused
             | Self::StreamEnded

@@ -56,6 +56,25 @@ pub(super) async fn record(broker: &Broker, peer: &Peer, decision_id: DecisionId
     }
 }
 
+/// The most model ids kept from one report.
+const MAX_MODELS: usize = 500;
+
+/// Audits the models a connector found behind an HTTP service
+/// (`connector.models`); the inventory reads the latest report per service.
+pub(super) async fn models(broker: &Broker, peer: &Peer, service: String, mut models: Vec<String>) {
+    models.retain(|m| !m.is_empty() && m.len() <= 256);
+    models.sort();
+    models.dedup();
+    models.truncate(MAX_MODELS);
+    let event = AuditEvent::new(EventKind::ConnectorModels, Outcome::Success)
+        .actor(peer.identity.id().uri())
+        .subject(service)
+        .detail(json!({ "models": models }));
+    if let Err(e) = broker.audit().record(event).await {
+        tracing::error!(error = %e, "could not audit a model inventory report");
+    }
+}
+
 /// Stores a connector's assertion key for the JWKS.
 pub(super) async fn register_key(broker: &Broker, peer: &Peer, jwk: &serde_json::Value) {
     let connector = &peer.identity.id().id;

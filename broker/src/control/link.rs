@@ -188,6 +188,10 @@ async fn on_frame(broker: &Broker, peer: &Peer, frame: ConnectorToBroker) -> Opt
             super::http::record(broker, peer, decision_id, record).await;
             None
         }
+        ConnectorToBroker::Models { service, models } => {
+            super::http::models(broker, peer, service, models).await;
+            None
+        }
         ConnectorToBroker::AssertionKey { jwk } => {
             super::http::register_key(broker, peer, &jwk).await;
             None

@@ -9,7 +9,7 @@
 //! ([`ConnectorToBroker::AssertionKey`]) and is served in the broker's JWKS
 //! (`/.well-known/palisade/jwks.json`). A restart simply registers a new key.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -19,6 +19,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use serde_json::json;
 use tokio::sync::mpsc;
+
+use super::per_link::PerLink;
 
 /// How long an assertion is valid.
 const LIFETIME_SECS: u64 = 60;
@@ -50,23 +52,16 @@ const REREGISTER_EVERY: Duration = Duration::from_secs(3_600);
 /// Frames on one control stream are in order, so the key reaches the broker
 /// before the record of any request it signed.
 pub(crate) fn register(control: &mpsc::Sender<ConnectorToBroker>, now: Instant) {
-    static SENT: Mutex<Vec<(mpsc::WeakSender<ConnectorToBroker>, Instant)>> = Mutex::new(Vec::new());
+    static SENT: PerLink = PerLink::new(REREGISTER_EVERY);
     let key = match key() {
         Ok(key) => key,
         Err(e) => return tracing::error!(error = %e, "no identity assertion key"),
     };
-    let mut sent = SENT.lock().unwrap_or_else(PoisonError::into_inner);
-    sent.retain(|(link, _)| link.upgrade().is_some());
-    let fresh = |at: &Instant| now.saturating_duration_since(*at) < REREGISTER_EVERY;
-    if sent.iter().any(|(link, at)| link.upgrade().is_some_and(|l| l.same_channel(control)) && fresh(at)) {
-        return;
-    }
-    match control.try_send(key.registration()) {
-        Ok(()) => {
-            sent.retain(|(link, _)| !link.upgrade().is_some_and(|l| l.same_channel(control)));
-            sent.push((control.downgrade(), now));
-        }
-        Err(e) => tracing::warn!(error = %e, "could not queue the assertion key for the broker; will retry"),
+    if SENT.due(control, "assertion-key", now)
+        && let Err(e) = control.try_send(key.registration())
+    {
+        SENT.forget(control, "assertion-key");
+        tracing::warn!(error = %e, "could not queue the assertion key for the broker; will retry");
     }
 }
 

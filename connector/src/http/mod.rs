@@ -13,10 +13,12 @@ mod assertion;
 mod body;
 mod decide;
 mod forward;
+mod inventory;
 mod io;
 mod limits;
 mod normalize;
 mod openai;
+mod per_link;
 mod record;
 mod reply;
 
@@ -233,6 +235,16 @@ fn assert_identity(tunnel: &Tunnel, segment: &str, request_id: &str) -> Result<H
 /// Makes sure the broker on this control link knows the assertion key.
 pub(crate) fn register_assertion_key(control: &mpsc::Sender<ConnectorToBroker>) {
     assertion::register(control, std::time::Instant::now());
+}
+
+/// Reports the models behind `service` to the broker on this link, if due (in the background).
+pub(crate) fn report_models(
+    control: &mpsc::Sender<ConnectorToBroker>,
+    service: &str,
+    upstream: &str,
+    timeout: Duration,
+) {
+    inventory::report(control, service, upstream, timeout);
 }
 
 fn is_json(parts: &http::request::Parts) -> bool {

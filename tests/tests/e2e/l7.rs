@@ -125,6 +125,14 @@ async fn http_requests_are_decided_per_path_and_ambiguous_paths_are_refused() {
         "a model-access audit event with model and tokens; audit:\n{}",
         broker.audit_events().await.summary()
     );
+    assert_eventually!(
+        broker.audit_events().await.of_kind("connector.models").iter().any(|row| {
+            row.subject.as_deref() == Some("llm-prod") && row.detail["models"] == json!(["llama-3.1-8b"])
+        }),
+        "the upstream's models in the inventory; audit:\n{}",
+        broker.audit_events().await.summary()
+    );
+    assert_eq!(upstream.own_requests().len(), 1, "the connector asks for the model list once per link and hour");
     let audit = broker.audit_events().await;
     let denied = audit.of_kind("connector.http_request");
     assert!(
