@@ -94,6 +94,19 @@ async fn mallory_is_not_an_admin(ui: &Ui, link: &str) {
         let body = page.text().await.unwrap();
         assert!(!body.to_lowercase().contains("admin"), "{path}: the 403 says which check failed: {body}");
     }
+    let token = chrome.find("input[name=csrf]").await.attr("value").await.unwrap().expect("a csrf value");
+    let bob = ui.broker.active_sessions("bob").await;
+    let revoke = ui
+        .http()
+        .post(ui.url(&format!("/portal/sessions/{}/revoke", bob[0])))
+        .header("cookie", format!("__Host-palisade-session={cookie}"))
+        .header("origin", ui.origin())
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 404, "another person's session is not found from the portal");
+    assert_eq!(ui.broker.active_sessions("bob").await, bob, "bob's session is untouched");
     chrome.goto(&ui.url("/admin/policies")).await;
     assert_eq!(chrome.text("h1").await, "Not allowed");
     chrome.screenshot("11-not-an-admin-403").await;
