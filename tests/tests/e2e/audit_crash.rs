@@ -18,6 +18,8 @@ struct Observed {
     denied: usize,
     /// Streams that failed without a policy answer (the broker was gone).
     cut: usize,
+    /// The intruder got bytes through.
+    breached: bool,
     sessions: Vec<String>,
 }
 
@@ -60,8 +62,11 @@ async fn a_broker_killed_mid_burst_keeps_every_decision_its_clients_saw_and_a_ve
             while !stop.load(Ordering::SeqCst) {
                 match intruder.tunnel_exchange("echo", b"let me in").await {
                     Err(e) if e.reject_code() == Some(RejectCode::Forbidden) => seen.lock().await.denied += 1,
-                    Ok(_) => panic!("the intruder got through"),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Ok(_) => seen.lock().await.breached = true,
+                    Err(_) => {
+                        seen.lock().await.cut += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
             }
         });
@@ -92,11 +97,17 @@ async fn a_broker_killed_mid_burst_keeps_every_decision_its_clients_saw_and_a_ve
         (s.allowed, s.denied, s.sessions.len())
     };
     stop.store(true, Ordering::SeqCst);
-    while workers.join_next().await.is_some() {}
+    // A stream caught by the kill can hang until the harness gives up on it
+    // (it panics after its timeout): that worker saw a cut, not a decision.
+    let mut hung = 0;
+    while let Some(ended) = workers.join_next().await {
+        hung += usize::from(ended.is_err());
+    }
     let _ = sign_ins.await;
     let seen = Arc::try_unwrap(seen).ok().expect("workers are done").into_inner();
     assert!(seen.allowed >= at_kill.0 && seen.denied >= at_kill.1 && seen.sessions.len() >= at_kill.2);
-    assert!(seen.cut > 0, "the kill must land while streams are being opened");
+    assert!(!seen.breached, "the intruder got through");
+    assert!(seen.cut + hung > 0, "the kill must land while streams are being opened");
 
     broker.restart().await;
     let out = broker.cli(&["audit", "verify"]).await;
