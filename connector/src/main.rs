@@ -10,6 +10,8 @@ use palisade_connector::config::STATE_DIR_ENV;
 use palisade_connector::{ConnectorConfig, default_state_dir};
 use tokio_util::sync::CancellationToken;
 
+mod doctor;
+
 #[derive(Parser)]
 #[command(name = "palisade-connector", version, about = "Palisade connector: enforces policy beside the workloads")]
 struct Cli {
@@ -33,6 +35,14 @@ enum Command {
         /// Replace an existing enrollment.
         #[arg(long)]
         force: bool,
+    },
+    /// Check the config, the enrollment, the broker's HTTPS API, the policy bundle and every upstream.
+    ///
+    /// Exits non-zero when a check fails. Example: `palisade-connector doctor --config /etc/palisade/connector.toml`.
+    Doctor {
+        /// The connector's TOML configuration.
+        #[arg(long, env = "PALISADE_CONNECTOR_CONFIG")]
+        config: PathBuf,
     },
     /// Connect to the broker and serve the configured services.
     Run {
@@ -61,6 +71,14 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll { broker, token, state_dir, force } => {
             let state_dir = state_dir.unwrap_or_else(default_state_dir);
             runtime.block_on(enroll(&broker, &token, state_dir, force))
+        }
+        Command::Doctor { config } => {
+            let report = runtime.block_on(doctor::doctor(&config));
+            print!("{}", report.text());
+            if report.failed() {
+                anyhow::bail!("some checks failed: see the `fix:` lines above");
+            }
+            Ok(())
         }
         Command::Run { config } => {
             let config = ConnectorConfig::load(&config)?;
