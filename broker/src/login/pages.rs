@@ -80,7 +80,8 @@ pub(crate) async fn home(
         Ok(Some((details, identity))) => page(
             "Signed in",
             &format!(
-                "<main><h1>Signed in</h1><p>{} ({})</p><p>Groups: {}</p><p>Session {} until {}</p></main>",
+                "<main><h1>Signed in</h1><p>{} ({})</p><p>Groups: {}</p><p>Session {} until {}</p>\
+                 <p><a href=\"/portal\">Open your portal</a></p></main>",
                 escape(&identity.name),
                 escape(&identity.id),
                 escape(&identity.groups.join(", ")),
