@@ -96,6 +96,8 @@ async fn a_broker_killed_mid_burst_keeps_every_decision_its_clients_saw_and_a_ve
         let s = seen.lock().await;
         (s.allowed, s.denied, s.sessions.len())
     };
+    // The workers keep going a moment, so every one of them meets the dead broker.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     // A stream caught by the kill can hang until the harness gives up on it
     // (it panics after its timeout): that worker saw a cut, not a decision.
