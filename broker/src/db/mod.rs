@@ -40,7 +40,14 @@ impl Db {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            // A connection whose COMMIT or ROLLBACK failed (a full disk, an I/O
+            // error) can come back still inside its transaction; every later
+            // `BEGIN` on it would fail. Such a connection is closed, not reused.
+            .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
         Ok(Db { pool })
     }
