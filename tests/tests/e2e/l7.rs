@@ -189,7 +189,12 @@ async fn forged_identity_headers_are_replaced_by_an_assertion_the_jwks_verifies(
         .unwrap();
     assert_eq!(answer.status(), 200);
     let request_id = answer.headers()["x-palisade-request-id"].to_str().unwrap().to_owned();
-    let seen = upstream.seen().pop().expect("the workload got the request");
+    // The connector's own `/v1/models` inventory fetch may arrive after it: pick the caller's request.
+    let seen = upstream
+        .seen()
+        .into_iter()
+        .rfind(|r| r.target == "/v1/chat/completions")
+        .expect("the workload got the request");
     assert!(seen.header_values("x-forwarded-user").is_empty(), "a forged identity header reached the workload");
     let tokens = seen.header_values("x-palisade-identity");
     assert_eq!(tokens.len(), 1, "exactly one assertion, the connector's");
