@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "main/audit_query.rs"]
 mod audit_query;
+#[path = "main/inventory_cmd.rs"]
+mod inventory_cmd;
 #[path = "main/people.rs"]
 mod people;
 #[path = "main/policy_cmd.rs"]
 mod policy_cmd;
-#[path = "main/inventory_cmd.rs"]
-mod inventory_cmd;
 
 use policy_cmd::PolicyCommand;
 

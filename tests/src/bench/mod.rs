@@ -8,8 +8,8 @@
 //! every workload, for every setup (rotated) → measure, then wait until the
 //! upstream has no connection left → report.
 
-pub mod control_plane;
 pub mod cedar;
+pub mod control_plane;
 pub mod netns;
 pub mod options;
 pub mod procfs;
