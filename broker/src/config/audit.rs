@@ -9,6 +9,7 @@
 //! checkpoint_interval = "60s"        # sign the chain head this often if it moved (default 60s)
 //! checkpoint_events = 1000           # and after this many events (default 1000)
 //! connector_offline_alert = "5m"     # alert when a connector stays offline this long (default 5m)
+//! when_unavailable = "refuse"        # a decision whose event cannot be written: "refuse" (default) or "allow"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,20 @@ pub struct AuditTrailConfig {
     pub checkpoint_events: u64,
     /// A connector offline for longer than this raises `alert.connector_offline`. Default 5 min.
     pub connector_offline_alert: Duration,
+    /// What a decision does when its audit event cannot be written. Default: refuse.
+    pub when_unavailable: WhenUnavailable,
+}
+
+/// `audit.when_unavailable`: fail closed (the default) or keep serving unaudited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenUnavailable {
+    /// No durable event, no access: connections and streams are refused.
+    #[default]
+    Refuse,
+    /// Connections and streams the policy allows go ahead without their event;
+    /// each one is logged at error level. For deployments that value
+    /// availability over a complete trail, knowingly.
+    Allow,
 }
 
 impl Default for AuditTrailConfig {
@@ -45,6 +60,7 @@ impl Default for AuditTrailConfig {
             checkpoint_interval: Duration::from_secs(60),
             checkpoint_events: 1000,
             connector_offline_alert: Duration::from_secs(300),
+            when_unavailable: WhenUnavailable::Refuse,
         }
     }
 }
@@ -58,6 +74,7 @@ struct RawTrail {
     checkpoint_interval: Option<String>,
     checkpoint_events: Option<i64>,
     connector_offline_alert: Option<String>,
+    when_unavailable: Option<String>,
 }
 
 /// Splits the `[audit]` table into its `sinks` entries (parsed by the caller)
@@ -104,7 +121,16 @@ fn trail(raw: RawTrail, base: &Path) -> Result<AuditTrailConfig, ConfigError> {
         checkpoint_events,
         connector_offline_alert: opt_duration("audit.connector_offline_alert", raw.connector_offline_alert)?
             .unwrap_or(d.connector_offline_alert),
+        when_unavailable: when_unavailable(raw.when_unavailable.as_deref())?,
     })
+}
+
+fn when_unavailable(text: Option<&str>) -> Result<WhenUnavailable, ConfigError> {
+    match text {
+        None | Some("refuse") => Ok(WhenUnavailable::Refuse),
+        Some("allow") => Ok(WhenUnavailable::Allow),
+        Some(other) => Err(invalid("audit.when_unavailable", format!("{other:?}: use \"refuse\" or \"allow\""))),
+    }
 }
 
 fn opt_duration(key: &str, text: Option<String>) -> Result<Option<Duration>, ConfigError> {
@@ -149,6 +175,14 @@ mod tests {
         assert_eq!(t.checkpoint_interval, Duration::from_secs(5));
         assert_eq!(t.checkpoint_events, 50);
         assert_eq!(t.connector_offline_alert, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn when_unavailable_defaults_to_refuse_and_takes_only_refuse_or_allow() {
+        assert_eq!(parse("").unwrap().when_unavailable, WhenUnavailable::Refuse);
+        assert_eq!(parse("[audit]\nwhen_unavailable = \"allow\"").unwrap().when_unavailable, WhenUnavailable::Allow);
+        let err = parse("[audit]\nwhen_unavailable = \"open\"").unwrap_err().to_string();
+        assert!(err.contains("audit.when_unavailable") && err.contains("refuse"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 mod audit;
 mod console;
 
-pub use audit::AuditTrailConfig;
+pub use audit::{AuditTrailConfig, WhenUnavailable};
 pub use console::ConsoleConfig;
 
 use std::collections::HashSet;

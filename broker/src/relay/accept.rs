@@ -68,9 +68,13 @@ pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: 
         .detail(json!({ "remote": remote.to_string(), "purpose": format!("{purpose:?}").to_lowercase(),
                         "serial": peer.identity.serial_hex() }));
     if let Err(e) = broker.audit().record(accepted).await {
-        tracing::error!(error = %e, "audit unavailable; refusing the connection");
-        conn.close(VarInt::from_u32(close::UNAVAILABLE), b"audit unavailable");
-        return;
+        if broker.config().audit.trail.when_unavailable == crate::config::WhenUnavailable::Allow {
+            tracing::error!(error = %e, %remote, "audit unavailable; accepting the connection unaudited ([audit] when_unavailable = \"allow\")");
+        } else {
+            tracing::error!(error = %e, "audit unavailable; refusing the connection");
+            conn.close(VarInt::from_u32(close::UNAVAILABLE), b"audit unavailable");
+            return;
+        }
     }
     let peer = Arc::new(peer);
     match purpose {

@@ -21,6 +21,7 @@ use super::accept::Peer;
 use super::registry::Link;
 use super::splice::{SpliceStats, splice};
 use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::config::WhenUnavailable;
 use crate::policy::ActivePolicy;
 use crate::state::Broker;
 
@@ -145,11 +146,15 @@ async fn dispatch(
     let (recorded, opened) = tokio::join!(broker.audit().record(allowed), open);
     let opened = opened.unwrap_or_else(|_| Err("timed out opening a stream to the connector".into()));
     if let Err(e) = recorded {
-        tracing::error!(error = %e, "audit unavailable; denying the stream");
-        if let Ok((mut send, mut recv)) = opened {
-            reset(&mut send, &mut recv, RejectCode::Internal, "audit unavailable");
+        if broker.config().audit.trail.when_unavailable == WhenUnavailable::Allow {
+            tracing::error!(error = %e, %decision_id, "audit unavailable; allowing the stream unaudited ([audit] when_unavailable = \"allow\")");
+        } else {
+            tracing::error!(error = %e, "audit unavailable; denying the stream");
+            if let Ok((mut send, mut recv)) = opened {
+                reset(&mut send, &mut recv, RejectCode::Internal, "audit unavailable");
+            }
+            return Err(RejectCode::Internal);
         }
-        return Err(RejectCode::Internal);
     }
     opened.map_err(|e| {
         tracing::warn!(connector = %link.name, error = %e, "could not open a stream to the connector");

@@ -110,3 +110,36 @@ async fn a_full_disk_refuses_new_decisions_keeps_open_tunnels_and_recovers() {
     let verify = broker.cli(&["audit", "verify"]).await;
     assert!(verify.success(), "the chain verifies after the disk filled up:\n{verify}");
 }
+
+/// `[audit] when_unavailable = "allow"`: an operator who values availability
+/// over a complete trail keeps serving what the policy allows while the
+/// trail cannot be written — and only that: a denied identity stays denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_when_unavailable_allow_a_full_disk_keeps_serving_what_the_policy_allows() {
+    let env = TestEnv::new();
+    let mut broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let outsider = broker.machine("outsider").group("visitors").enroll().await;
+
+    broker.kill().await;
+    let disk = SmallDisk::mount(env.path().join("small-disk"), "8m");
+    move_database(broker.data_dir(), &disk.0);
+    let path = broker.data_dir().join("broker.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&path).expect("broker.toml").parse().expect("toml");
+    let audit = config.entry("audit").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    audit.as_table_mut().expect("[audit] is a table").insert("when_unavailable".into(), "allow".into());
+    std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write broker.toml");
+    broker.restart().await;
+    palisade_tests::wait_for("the connector to be back after the restart", DEFAULT_TIMEOUT, || async {
+        agent.tunnel_exchange("echo", b"ready?").await.is_ok_and(|r| r == b"ready?")
+    })
+    .await;
+
+    let _filler = disk.fill();
+    let reply = agent.tunnel_exchange("echo", b"served unaudited").await.expect("allowed without its event");
+    assert_eq!(reply, b"served unaudited");
+    let refused = outsider.tunnel_exchange("echo", b"still no").await.expect_err("policy still decides");
+    assert_eq!(refused.reject_code(), Some(RejectCode::Forbidden), "{refused}");
+}
