@@ -35,6 +35,19 @@ pub struct LiveStream {
     pub service: String,
     /// Cancelling ends the tunnel with the `Revoked` code.
     pub cut: CancellationToken,
+    /// Bytes moved so far, updated by the splice as chunks pass.
+    pub traffic: Arc<Traffic>,
+    /// When the stream was admitted.
+    pub started: Instant,
+}
+
+/// Live byte counters of one relayed stream.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Client → connector bytes so far.
+    pub up: AtomicU64,
+    /// Connector → client bytes so far.
+    pub down: AtomicU64,
 }
 
 /// Every live client connection and relayed stream on this broker.
@@ -82,9 +95,10 @@ impl Live {
     }
 
     /// Tracks a relayed stream until [`Live::remove_stream`]; returns its key.
-    pub fn add_stream(&self, peer: Arc<Peer>, service: String, cut: CancellationToken) -> u64 {
+    pub fn add_stream(&self, peer: Arc<Peer>, service: String, cut: CancellationToken, traffic: Arc<Traffic>) -> u64 {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner).insert(id, LiveStream { peer, service, cut });
+        let stream = LiveStream { peer, service, cut, traffic, started: Instant::now() };
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner).insert(id, stream);
         id
     }
 

@@ -70,8 +70,9 @@ async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send
         Err(code) => return reset(&mut send, &mut recv, code, "dispatch failed"),
     };
     let cut = tokio_util::sync::CancellationToken::new();
-    let live_id = broker.live().add_stream(peer.clone(), service.to_string(), cut.clone());
-    let stats = splice((send, recv), connector, &cut).await;
+    let traffic = Arc::new(super::live::Traffic::default());
+    let live_id = broker.live().add_stream(peer.clone(), service.to_string(), cut.clone(), traffic.clone());
+    let stats = splice((send, recv), connector, &cut, &traffic).await;
     broker.live().remove_stream(live_id);
     ended(broker, peer, &service, decision_id, &admitted.link, stats).await;
 }

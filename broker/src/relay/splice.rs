@@ -6,6 +6,7 @@
 //! side is passed to the other with the same code, so a refusal by the
 //! connector reaches the client as the connector's reason.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_proto::reject::RejectCode;
@@ -35,15 +36,20 @@ struct Pipe {
 ///
 /// Cancelling `cut` ends both directions at once with the `Revoked` code
 /// (continuous enforcement: a policy change that no longer allows the tunnel).
+/// `traffic` counts the bytes as they pass, for the console's live view.
 pub async fn splice(
     client: (SendStream, RecvStream),
     connector: (SendStream, RecvStream),
     cut: &CancellationToken,
+    traffic: &super::live::Traffic,
 ) -> SpliceStats {
     let started = Instant::now();
     let (client_send, client_recv) = client;
     let (connector_send, connector_recv) = connector;
-    let (up, down) = tokio::join!(pipe(client_recv, connector_send, cut), pipe(connector_recv, client_send, cut));
+    let (up, down) = tokio::join!(
+        pipe(client_recv, connector_send, cut, &traffic.up),
+        pipe(connector_recv, client_send, cut, &traffic.down)
+    );
     SpliceStats {
         bytes_up: up.bytes,
         bytes_down: down.bytes,
@@ -52,7 +58,7 @@ pub async fn splice(
     }
 }
 
-async fn pipe(mut from: RecvStream, mut to: SendStream, cut: &CancellationToken) -> Pipe {
+async fn pipe(mut from: RecvStream, mut to: SendStream, cut: &CancellationToken, counter: &AtomicU64) -> Pipe {
     let mut bytes = 0u64;
     loop {
         let read = tokio::select! {
@@ -68,6 +74,7 @@ async fn pipe(mut from: RecvStream, mut to: SendStream, cut: &CancellationToken)
         match read {
             Ok(Some(chunk)) => {
                 bytes += chunk.bytes.len() as u64;
+                counter.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
                 if let Err(e) = to.write_chunk(chunk.bytes).await {
                     let code = write_error_code(&e);
                     let _ = from.stop(code);

@@ -41,10 +41,19 @@ pub(crate) async fn person_signs_in_registers_a_passkey_and_sees_their_services(
 
 pub(crate) async fn admin_revokes_a_session_and_its_tunnel_closes(ui: &Ui) {
     let flow = Flow::start(ui.alice_forward.addr()).await;
+    palisade_tests::wait_for("alice's tunnel to carry some bytes", Duration::from_secs(5), || async {
+        flow.echoed() >= 8192
+    })
+    .await;
     let chrome = &ui.chrome;
     chrome.goto(&ui.url("/admin/sessions")).await;
     let tunnels = chrome.text("#live-tunnels").await;
     assert!(tunnels.contains("alice"), "alice's live tunnel is listed: {tunnels}");
+    assert!(
+        [" KiB", " MiB", " GiB"].iter().any(|unit| tunnels.contains(unit)),
+        "the bytes her tunnel moved so far are shown: {tunnels}"
+    );
+    assert!(tunnels.contains(" s") || tunnels.contains(" min"), "how long it has been open is shown: {tunnels}");
     chrome.screenshot("07-admin-sessions").await;
 
     let row = format!("#active-sessions tr[data-session='{}'] button", ui.alice.session_id());

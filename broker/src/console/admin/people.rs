@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 use crate::Broker;
 use crate::audit::{AuditEvent, EventKind, Outcome};
@@ -37,7 +38,9 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
         @if tunnels.is_empty() { p.empty { "No tunnel is open right now." } }
         @else {
             table #live-tunnels {
-                thead { tr { th { "Who" } th { "Service" } th { "From" } th { "Session" } th {} } }
+                thead {
+                    tr { th { "Who" } th { "Service" } th { "From" } th { "Session" } th { "Up" } th { "Down" } th { "Open for" } th {} }
+                }
                 tbody {
                     @for t in &tunnels {
                         tr {
@@ -45,6 +48,9 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
                             td { (t.service) }
                             td { (t.peer.remote.to_string()) }
                             td { code { (t.peer.identity.session().unwrap_or("-")) } }
+                            td.num { (bytes(t.traffic.up.load(Ordering::Relaxed))) }
+                            td.num { (bytes(t.traffic.down.load(Ordering::Relaxed))) }
+                            td.num { (open_for(t.started.elapsed())) }
                             td {
                                 form.inline method="post" action="/admin/tunnels/kill" {
                                     (layout::csrf(&viewer))
@@ -158,4 +164,39 @@ pub(crate) async fn kill(State(broker): State<Broker>, Admin(viewer): Admin, For
         return layout::internal(&e);
     }
     Redirect::to(RETURN).into_response()
+}
+
+/// `1.5 MiB`, `312 B`: what a live tunnel moved so far.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// `42 s`, `3 min`, `2 h 5 min`: how long a tunnel has been open.
+fn open_for(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_and_durations_read_as_people_say_them() {
+        assert_eq!(bytes(312), "312 B");
+        assert_eq!(bytes(1536 * 1024), "1.5 MiB");
+        assert_eq!(open_for(std::time::Duration::from_secs(42)), "42 s");
+        assert_eq!(open_for(std::time::Duration::from_secs(7500)), "2 h 5 min");
+    }
 }
