@@ -32,6 +32,7 @@ async fn console_in_chromium_from_sign_in_to_audit_and_under_attack() {
     connectors::a_stale_passkey_proof_sends_an_admin_write_through_step_up(&ui).await;
     connectors::admin_enrolls_a_connector_with_the_printed_command_and_reads_the_inventory(&ui).await;
     people::admin_revokes_a_session_and_its_tunnel_closes(&ui).await;
+    people::tables_sort_by_a_column_with_the_mouse_and_the_keyboard(&ui).await;
     people::audit_page_shows_the_policy_change_and_the_revocation(&ui).await;
 
     attacks::hostile_names_and_user_agents_render_as_text(&ui).await;

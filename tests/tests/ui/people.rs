@@ -93,3 +93,27 @@ pub(crate) async fn audit_page_shows_the_policy_change_and_the_revocation(ui: &U
     assert!(trail.contains("oidc") && trail.contains("127.0.0.1"), "method and address: {trail}");
     chrome.screenshot("09-admin-login-trail").await;
 }
+
+/// The people table sorts by a column on click and on the keyboard, both ways.
+pub(crate) async fn tables_sort_by_a_column_with_the_mouse_and_the_keyboard(ui: &Ui) {
+    let chrome = &ui.chrome;
+    chrome.goto(&ui.url("/admin/sessions")).await;
+    let names = || async {
+        let mut out = Vec::new();
+        for cell in chrome.find_all("#people tbody tr td:first-child").await {
+            out.push(cell.text().await.expect("a cell's text").to_lowercase());
+        }
+        out
+    };
+    assert!(names().await.len() >= 2, "several people to sort");
+    chrome.click("#people thead th:first-child").await;
+    let ascending = names().await;
+    let mut sorted = ascending.clone();
+    sorted.sort();
+    assert_eq!(ascending, sorted, "one click sorts by name, A to Z");
+    let header = chrome.find("#people thead th:first-child").await;
+    header.send_keys("\u{e007}").await.expect("press Enter on the header");
+    let descending = names().await;
+    sorted.reverse();
+    assert_eq!(descending, sorted, "Enter on the focused header reverses the order");
+}

@@ -32,9 +32,52 @@
     }
   }
 
+  // Tables sort by any column: click (or Enter / Space on) a header; again to
+  // reverse. Numbers and sizes ("1.5 MiB") compare as numbers, the rest as text.
+  const UNITS = { B: 1, KiB: 1024, MiB: 1048576, GiB: 1073741824, TiB: 1099511627776 };
+  function sortKey(text) {
+    const t = text.trim();
+    const sized = /^(-?[0-9][0-9.,]*)\s*(B|KiB|MiB|GiB|TiB)$/.exec(t);
+    if (sized) return parseFloat(sized[1].replace(/,/g, "")) * UNITS[sized[2]];
+    if (/^-?[0-9][0-9.,]*$/.test(t)) return parseFloat(t.replace(/,/g, ""));
+    return t.toLowerCase();
+  }
+  function sortBy(table, column, header) {
+    const body = table.tBodies[0];
+    if (!body) return;
+    const ascending = header.getAttribute("aria-sort") !== "ascending";
+    const rows = Array.from(body.rows);
+    rows.sort(function (a, b) {
+      const x = sortKey(a.cells[column] ? a.cells[column].textContent : "");
+      const y = sortKey(b.cells[column] ? b.cells[column].textContent : "");
+      const order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : typeof x === "number" ? -1 : 1;
+      return ascending ? order : -order;
+    });
+    for (const th of table.tHead.rows[0].cells) th.removeAttribute("aria-sort");
+    header.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+    for (const row of rows) body.appendChild(row);
+  }
+  function sortable(table) {
+    if (!table.tHead || !table.tHead.rows[0]) return;
+    Array.from(table.tHead.rows[0].cells).forEach(function (th, column) {
+      if (!th.textContent.trim()) return;
+      th.tabIndex = 0;
+      th.classList.add("sortable");
+      th.title = "Sort by " + th.textContent.trim();
+      th.addEventListener("click", () => sortBy(table, column, th));
+      th.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " ") {
+          e.preventDefault();
+          sortBy(table, column, th);
+        }
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     const add = document.getElementById("add-passkey");
     const status = document.getElementById("passkey-status");
     if (add && status) add.addEventListener("click", () => addPasskey(add, status));
+    document.querySelectorAll("table").forEach(sortable);
   });
 })();
