@@ -65,6 +65,9 @@ pub struct InitOptions {
     pub listen: Option<SocketAddr>,
     /// Services for a new `broker.toml`.
     pub services: Vec<ServiceConfig>,
+    /// A database other than `<data_dir>/palisade.db`, e.g. `postgres://…`;
+    /// written into a new `broker.toml`.
+    pub database_url: Option<String>,
 }
 
 /// What init did.
@@ -135,6 +138,18 @@ pub async fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         created.push(".".to_owned());
     }
     check_pairs(&layout)?;
+    let db = match &opts.database_url {
+        Some(url) => Db::open(url).await?.with_files_dir(&layout.dir),
+        None => open_local_db(&layout, &mut created).await?,
+    };
+    let result = init_with_db(opts, &layout, &db, &mut created).await;
+    db.close().await;
+    let (trust_domain, kek_beside_key) = result?;
+    Ok(InitReport { trust_domain, created, kek_beside_key })
+}
+
+/// The SQLite file in the data directory, which must exist if the CA does.
+async fn open_local_db(layout: &Layout, created: &mut Vec<String>) -> Result<Db, InitError> {
     let db_existed = layout.exists(DB_FILE);
     if layout.exists(CA_CERT_FILE) && !db_existed {
         return Err(layout.inconsistent(format!(
@@ -145,10 +160,7 @@ pub async fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     if !db_existed {
         created.push(DB_FILE.to_owned());
     }
-    let result = init_with_db(opts, &layout, &db, &mut created).await;
-    db.close().await;
-    let (trust_domain, kek_beside_key) = result?;
-    Ok(InitReport { trust_domain, created, kek_beside_key })
+    Ok(db)
 }
 
 async fn init_with_db(
@@ -410,6 +422,11 @@ fn render_config(opts: &InitOptions) -> String {
         Some(p) => format!("kek_file = {}", q(&p.display().to_string())),
         None => "# kek_file = \"/run/secrets/palisade-kek\"   # else PALISADE_CA_KEK, else <data_dir>/kek".to_owned(),
     };
+    let database = match &opts.database_url {
+        Some(url) => format!("database_url = {}\n\n", q(url)),
+        None => "# database_url = \"postgres://palisade@db.internal/palisade\"   # default: SQLite in the data directory\n\n"
+            .to_owned(),
+    };
     let services = if opts.services.is_empty() {
         "# [[services]]\n# name = \"llm-prod\"\n# segment = \"inference\"\n# protocol = \"http\"   # or \"tcp\"\n# labels = [\"gpu\"]\n".to_owned()
     } else {
@@ -428,6 +445,7 @@ fn render_config(opts: &InitOptions) -> String {
          # Names in the broker's server certificate (issued by init; edit, then delete\n\
          # server.pem and server.key and run init again to reissue).\n\
          server_names = [{names}]\n\n\
+         {database}\
          [certificates]\nmachine_ttl = \"8h\"\nconnector_ttl = \"24h\"\n\n\
          [ca]\n{kek}\n\n\
          [relay]\nconnect_timeout = \"10s\"\nudp_buffer_bytes = 4194304\n\n\

@@ -9,7 +9,6 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use palisade_broker::admin;
 use palisade_broker::config::Config;
-use palisade_broker::db::Db;
 use palisade_broker::init::{self, CONFIG_FILE, InitOptions};
 use palisade_broker::issuance::enroll::{MAX_TOKEN_TTL, TokenRequest, create_token};
 use palisade_broker::issuance::keystore::KEK_ENV;
@@ -91,6 +90,9 @@ struct InitArgs {
     /// Data directory (created 0700 if missing).
     #[arg(long)]
     data_dir: PathBuf,
+    /// Database instead of DATA_DIR/palisade.db: postgres://USER@HOST/DB for brokers that share one.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
     /// SPIFFE trust domain for a new CA (default palisade.local); fixed forever once chosen.
     #[arg(long)]
     trust_domain: Option<String>,
@@ -375,6 +377,7 @@ async fn init_cmd(args: InitArgs) -> anyhow::Result<ExitCode> {
         kek_file: args.kek_file,
         kek_env: std::env::var(KEK_ENV).ok(),
         policy_src: args.policy_dir,
+        database_url: args.database_url,
         ..InitOptions::default()
     };
     let report = init::init(&opts).await?;
@@ -428,7 +431,7 @@ async fn token_create(args: TokenArgs) -> anyhow::Result<ExitCode> {
         (None, Some(name)) => (PeerRole::Connector, name),
         _ => bail!("give exactly one of --machine NAME or --connector NAME"),
     };
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     let (ca_der, _) = issuance::ca::read_ca_cert(&config.data_dir)?;
     let request =
         TokenRequest { role, name: name.clone(), groups: args.groups, ttl: args.ttl, created_by: "cli".into() };
@@ -455,7 +458,7 @@ async fn audit_verify(data_dir: &Path, public_key: Option<&str>) -> anyhow::Resu
             .context("cannot read the audit signing key")?
             .map(|signer| signer.public_key().to_vec()),
     };
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     let report = audit::verify_with(&db, trusted.as_deref()).await?;
     db.close().await;
     let code = match &report.broken {
@@ -505,7 +508,7 @@ async fn audit_export(args: AuditExportArgs) -> anyhow::Result<ExitCode> {
         ExportFormat::Jsonl => Format::Jsonl,
         ExportFormat::Csv => Format::Csv,
     };
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     let mut out: Box<dyn std::io::Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
@@ -535,7 +538,7 @@ async fn audit_prune(data_dir: &Path, before: SystemTime, archive: Option<&Path>
         )),
         None => None,
     };
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     let report = audit::retention::prune(&db, &signer, before_ms, file.as_mut()).await;
     db.close().await;
     let report = report?;
@@ -550,7 +553,7 @@ async fn audit_prune(data_dir: &Path, before: SystemTime, archive: Option<&Path>
 
 async fn identity_disable(data_dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
     let config = load_config(data_dir)?;
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     let disabled = admin::disable_identity(&db, id, "cli").await?;
     db.close().await;
     match disabled {

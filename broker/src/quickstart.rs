@@ -19,7 +19,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ServiceConfig};
-use crate::db::Db;
 use crate::init::{CONFIG_FILE, InitOptions};
 use crate::issuance::enroll::{EnrollError, TokenRequest, create_token};
 use crate::issuance::keystore::KEK_ENV;
@@ -208,7 +207,7 @@ async fn token_with_free_name(
     base: &str,
     groups: Vec<String>,
 ) -> anyhow::Result<(String, String)> {
-    let db = Db::open(&config.database_url()).await?;
+    let db = config.open_db().await?;
     let (ca_der, _) = crate::issuance::ca::read_ca_cert(&config.data_dir)?;
     let mut name = base.to_owned();
     let result = loop {

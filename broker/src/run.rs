@@ -19,7 +19,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::audit::Audit;
 use crate::config::Config;
-use crate::db::{Db, meta};
+use crate::db::meta;
 use crate::init::{SERVER_CERT_FILE, SERVER_KEY_FILE, replace_file};
 use crate::issuance::ca::Ca;
 use crate::issuance::keystore::{KEK_ENV, KekSource};
@@ -141,9 +141,10 @@ async fn supervise(
 }
 
 async fn assemble(config: Config) -> anyhow::Result<Broker> {
-    let db = Db::open(&config.database_url())
+    let db = config
+        .open_db()
         .await
-        .with_context(|| format!("cannot open the database {}", config.database_url()))?;
+        .with_context(|| format!("cannot open the database {}", crate::db::redacted(&config.database_url())))?;
     let data_dir = config.data_dir.display().to_string();
     let Some(trust_domain) = meta::get(&db, meta::TRUST_DOMAIN).await? else {
         bail!("the database has no trust domain: run `palisade-broker init --data-dir {data_dir}` first");

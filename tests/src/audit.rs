@@ -2,10 +2,9 @@
 
 use std::ops::Deref;
 use std::path::Path;
-use std::time::Duration;
 
-use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
 
 /// One row of `audit_events`.
 #[derive(Debug, Clone)]
@@ -77,18 +76,28 @@ impl AuditLog {
     }
 }
 
-/// Opens the broker's database for reading and, in tamper tests, writing.
-pub async fn open(db: &Path) -> SqlitePool {
-    let options = SqliteConnectOptions::new().filename(db).busy_timeout(Duration::from_secs(10));
-    SqlitePoolOptions::new()
+/// Opens the broker's database (by its URL: SQLite or PostgreSQL) for
+/// reading and, in tamper tests, writing. SQL for it uses `$N` placeholders.
+pub async fn open(url: &str) -> AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = if url.starts_with("sqlite:") && !url.contains('?') { format!("{url}?mode=rw") } else { url.to_owned() };
+    AnyPoolOptions::new()
         .max_connections(1)
-        .connect_with(options)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                if conn.backend_name() == "SQLite" {
+                    sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout = 10000").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()))
+        .unwrap_or_else(|e| panic!("open {url}: {e}"))
 }
 
-pub(crate) async fn read(db: &Path) -> AuditLog {
-    let pool = open(db).await;
+pub(crate) async fn read(url: &str) -> AuditLog {
+    let pool = open(url).await;
     let rows = sqlx::query(
         "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail FROM audit_events ORDER BY seq",
     )

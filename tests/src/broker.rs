@@ -94,7 +94,13 @@ impl BrokerBuilder {
         if let Some(td) = &self.trust_domain {
             init.args(["--trust-domain", td]);
         }
+        let database_url = self.env.new_database();
+        if let Some(url) = &database_url {
+            init.args(["--database-url", url]);
+        }
         run_cli(init, self.env.logs()).await.expect_success();
+        let database_url =
+            database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("palisade.db").display()));
 
         write_config(&data_dir, &self.services, self.oidc.as_ref());
         let policy_dir = data_dir.join("policies");
@@ -108,7 +114,7 @@ impl BrokerBuilder {
         }
 
         let (proc, https, quic) = start(&self.env, &data_dir, None).await;
-        let info = Arc::new(BrokerInfo { env: self.env, data_dir, https, quic });
+        let info = Arc::new(BrokerInfo { env: self.env, data_dir, database_url, https, quic });
         if let Some(oidc) = &self.oidc {
             let callback = format!("{}/login/oidc/callback", info.public_url());
             oidc.provider.register_client(&oidc.client_id, &oidc.client_secret, &callback).await;
@@ -183,6 +189,7 @@ async fn start(env: &TestEnv, data_dir: &Path, listen: Option<SocketAddr>) -> (P
 pub(crate) struct BrokerInfo {
     pub(crate) env: TestEnv,
     pub(crate) data_dir: PathBuf,
+    pub(crate) database_url: String,
     pub(crate) https: SocketAddr,
     pub(crate) quic: SocketAddr,
 }
@@ -326,13 +333,14 @@ impl Broker {
 
     /// Every audit event so far, in order.
     pub async fn audit_events(&self) -> AuditLog {
-        audit::read(&self.db_path()).await
+        audit::read(&self.info.database_url).await
     }
 
-    /// The broker's SQLite database.
+    /// The broker's database: its SQLite file, or the PostgreSQL database
+    /// made for this test (see [`crate::store`]).
     #[must_use]
-    pub fn db_path(&self) -> PathBuf {
-        self.info.data_dir.join("palisade.db")
+    pub fn database_url(&self) -> &str {
+        &self.info.database_url
     }
 
     /// Writes (or replaces) a policy file; takes effect on reload.

@@ -3,10 +3,11 @@
 
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::broker::BrokerBuilder;
 use crate::process::LogBook;
+use crate::store::{Store, TestDatabase};
 
 /// A test's deployment root. Cheap to clone; the directory is removed (and,
 /// if the test failed, every process's output printed) when the last clone
@@ -20,6 +21,7 @@ struct Inner {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     logs: LogBook,
+    databases: Mutex<Vec<TestDatabase>>,
 }
 
 impl Drop for Inner {
@@ -48,7 +50,7 @@ impl TestEnv {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("palisade-e2e-").tempdir().expect("create a temporary directory");
         let path = dir.path().to_path_buf();
-        Self { inner: Arc::new(Inner { dir: Some(dir), path, logs: LogBook::default() }) }
+        Self { inner: Arc::new(Inner { dir: Some(dir), path, logs: LogBook::default(), databases: Mutex::default() }) }
     }
 
     /// The test's root directory.
@@ -75,6 +77,22 @@ impl TestEnv {
     /// Starts describing a broker.
     pub fn broker(&self) -> BrokerBuilder {
         BrokerBuilder::new(self.clone())
+    }
+
+    /// A database for a new broker on the store this run tests
+    /// ([`Store::current`]): `None` for SQLite (the broker's own file), else
+    /// the URL of a fresh PostgreSQL database that lives as long as this test.
+    #[must_use]
+    pub fn new_database(&self) -> Option<String> {
+        match Store::current() {
+            Store::Sqlite => None,
+            Store::Postgres => {
+                let db = TestDatabase::create();
+                let url = db.url().to_owned();
+                self.inner.databases.lock().expect("not poisoned").push(db);
+                Some(url)
+            }
+        }
     }
 
     pub(crate) fn logs(&self) -> &LogBook {

@@ -42,6 +42,7 @@ mod person;
 mod process;
 mod quic;
 mod socks;
+pub mod store;
 mod upstream;
 pub mod wait;
 pub mod webdriver;

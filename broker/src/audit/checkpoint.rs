@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::AuditError;
 use crate::db::Db;
@@ -163,13 +163,11 @@ impl Signer {
     }
 }
 
-/// Where the key of the SQLite database behind `db` lives: beside the file.
+/// Where the checkpoint key of `db` lives: in the directory of files that
+/// belong with it (beside a SQLite file; a broker's data directory).
 #[must_use]
 pub fn key_path_beside(db: &Db) -> Option<PathBuf> {
-    let options = db.pool().connect_options();
-    let file = options.get_filename();
-    let dir = file.parent().filter(|d| !d.as_os_str().is_empty())?;
-    (file != Path::new(":memory:")).then(|| dir.join(KEY_FILE))
+    db.files_dir().map(|dir| dir.join(KEY_FILE))
 }
 
 /// `hex(SHA-256(public))[..32]`.
@@ -227,7 +225,7 @@ impl Checkpoint {
 /// A database error.
 pub async fn register_key(db: &Db, signer: &Signer) -> Result<(), AuditError> {
     sqlx::query(
-        "INSERT INTO audit_signing_keys (key_id, algorithm, public_key, created_ms) VALUES (?, ?, ?, ?) \
+        "INSERT INTO audit_signing_keys (key_id, algorithm, public_key, created_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (key_id) DO NOTHING",
     )
     .bind(signer.key_id())
@@ -241,7 +239,7 @@ pub async fn register_key(db: &Db, signer: &Signer) -> Result<(), AuditError> {
 
 /// Signs and stores `head` unless it is already checkpointed or empty.
 pub(super) async fn write(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     signer: &Signer,
     (seq, hash): (i64, &str),
     at: SystemTime,
@@ -251,7 +249,7 @@ pub(super) async fn write(
     }
     let cp = signer.sign(seq, hash, now_ms(at));
     let inserted = sqlx::query(
-        "INSERT INTO audit_checkpoints (seq, hash, ts_ms, signature, key_id) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO audit_checkpoints (seq, hash, ts_ms, signature, key_id) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (seq) DO NOTHING",
     )
     .bind(cp.seq)
@@ -293,7 +291,7 @@ pub async fn anchors(db: &Db) -> Result<Vec<Checkpoint>, AuditError> {
 }
 
 async fn signed_rows(db: &Db, sql: &'static str) -> Result<Vec<Checkpoint>, AuditError> {
-    let rows = sqlx::query_as::<Sqlite, (i64, String, i64, String, String)>(sql).fetch_all(db.pool()).await?;
+    let rows = sqlx::query_as::<Any, (i64, String, i64, String, String)>(sql).fetch_all(db.pool()).await?;
     Ok(rows
         .into_iter()
         .map(|(seq, hash, ts_ms, signature, key_id)| Checkpoint { seq, hash, ts_ms, signature, key_id })
@@ -305,7 +303,7 @@ async fn signed_rows(db: &Db, sql: &'static str) -> Result<Vec<Checkpoint>, Audi
 /// # Errors
 /// A database error.
 pub async fn keys(db: &Db) -> Result<Vec<SigningKey>, AuditError> {
-    let rows = sqlx::query_as::<Sqlite, (String, String)>(
+    let rows = sqlx::query_as::<Any, (String, String)>(
         "SELECT key_id, public_key FROM audit_signing_keys ORDER BY created_ms, key_id",
     )
     .fetch_all(db.pool())

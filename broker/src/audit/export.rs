@@ -13,7 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures::TryStreamExt as _;
 use serde_json::{Value, json};
-use sqlx::Sqlite;
+use sqlx::Any;
 
 use super::chain::EventRow;
 use super::query::{RawRow, from_raw};
@@ -87,9 +87,9 @@ pub async fn write_rows<W: Write + ?Sized>(
     format: Format,
     out: &mut W,
 ) -> Result<Option<i64>, ExportError> {
-    let mut rows = sqlx::query_as::<Sqlite, RawRow>(
+    let mut rows = sqlx::query_as::<Any, RawRow>(
         "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
-         FROM audit_events WHERE ts_ms >= ? AND ts_ms < ? AND seq > ? AND seq <= ? ORDER BY seq",
+         FROM audit_events WHERE ts_ms >= $1 AND ts_ms < $2 AND seq > $3 AND seq <= $4 ORDER BY seq",
     )
     .bind(filter.since_ms.unwrap_or(i64::MIN))
     .bind(filter.until_ms.unwrap_or(i64::MAX))

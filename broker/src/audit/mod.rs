@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use palisade_proto::id::DecisionId;
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Any, AnyConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::Db;
@@ -450,19 +450,19 @@ impl Audit {
     ///
     /// # Errors
     /// A database error.
-    pub async fn record_in(tx: &mut Transaction<'_, Sqlite>, event: AuditEvent) -> Result<u64, AuditError> {
+    pub async fn record_in(tx: &mut Transaction<'_, Any>, event: AuditEvent) -> Result<u64, AuditError> {
         append(tx, &event, SystemTime::now()).await
     }
 }
 
-pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error> {
-    let head = sqlx::query_as::<Sqlite, (i64, String)>("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+pub(crate) async fn head(conn: &mut AnyConnection) -> Result<(i64, String), sqlx::Error> {
+    let head = sqlx::query_as::<Any, (i64, String)>("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
         .fetch_optional(conn)
         .await?;
     Ok(head.unwrap_or_else(|| (0, GENESIS.to_owned())))
 }
 
-pub(crate) async fn append(conn: &mut SqliteConnection, event: &AuditEvent, at: SystemTime) -> Result<u64, AuditError> {
+pub(crate) async fn append(conn: &mut AnyConnection, event: &AuditEvent, at: SystemTime) -> Result<u64, AuditError> {
     let head = head(conn).await?;
     append_after(conn, head, event, at).await.map(|(seq, _)| u64::try_from(seq).unwrap_or(0))
 }
@@ -470,7 +470,7 @@ pub(crate) async fn append(conn: &mut SqliteConnection, event: &AuditEvent, at: 
 /// Appends after a chain head the caller read inside the same write
 /// transaction (so a batch reads the head once), returning the new head.
 pub(crate) async fn append_after(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     (prev_seq, prev_hash): (i64, String),
     event: &AuditEvent,
     at: SystemTime,
@@ -490,7 +490,7 @@ pub(crate) async fn append_after(
     row.hash = row.compute_hash();
     sqlx::query(
         "INSERT INTO audit_events (seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(row.seq)
     .bind(row.ts_ms)

@@ -2,7 +2,7 @@
 //! search ([`search`]) and a person's login trail ([`login_trail`]), for the
 //! web console and `palisade-broker audit query`.
 
-use sqlx::Sqlite;
+use sqlx::Any;
 
 use super::chain::EventRow;
 use super::{AuditError, EventKind, Outcome};
@@ -23,9 +23,9 @@ pub(super) fn from_raw(r: RawRow) -> EventRow {
 pub async fn recent(db: &Db, kind: Option<EventKind>, limit: u32) -> Result<Vec<EventRow>, AuditError> {
     let rows = match kind {
         Some(kind) => {
-            sqlx::query_as::<Sqlite, RawRow>(
+            sqlx::query_as::<Any, RawRow>(
                 "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
-                 FROM audit_events WHERE kind = ? ORDER BY seq DESC LIMIT ?",
+                 FROM audit_events WHERE kind = $1 ORDER BY seq DESC LIMIT $2",
             )
             .bind(kind.as_str())
             .bind(i64::from(limit))
@@ -33,9 +33,9 @@ pub async fn recent(db: &Db, kind: Option<EventKind>, limit: u32) -> Result<Vec<
             .await?
         }
         None => {
-            sqlx::query_as::<Sqlite, RawRow>(
+            sqlx::query_as::<Any, RawRow>(
                 "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
-                 FROM audit_events ORDER BY seq DESC LIMIT ?",
+                 FROM audit_events ORDER BY seq DESC LIMIT $1",
             )
             .bind(i64::from(limit))
             .fetch_all(db.pool())
@@ -50,7 +50,7 @@ pub async fn recent(db: &Db, kind: Option<EventKind>, limit: u32) -> Result<Vec<
 /// # Errors
 /// The table could not be read.
 pub async fn count(db: &Db, kind: EventKind) -> Result<u64, AuditError> {
-    let n = sqlx::query_scalar::<Sqlite, i64>("SELECT COUNT(*) FROM audit_events WHERE kind = ?")
+    let n = sqlx::query_scalar::<Any, i64>("SELECT COUNT(*) FROM audit_events WHERE kind = $1")
         .bind(kind.as_str())
         .fetch_one(db.pool())
         .await?;
@@ -112,22 +112,22 @@ pub async fn search(db: &Db, q: &Query) -> Result<Page<EventRow>, AuditError> {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
     };
-    let mut sql = sqlx::QueryBuilder::<Sqlite>::new(
+    let mut sql = Filter::new(
         "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
          FROM audit_events WHERE seq < ",
     );
-    sql.push_bind(q.before_seq.unwrap_or(i64::MAX));
+    sql.bind(q.before_seq.unwrap_or(i64::MAX));
     if let Some(since) = q.since_ms {
-        sql.push(" AND ts_ms >= ").push_bind(since);
+        sql.push(" AND ts_ms >= ").bind(since);
     }
     if let Some(until) = q.until_ms {
-        sql.push(" AND ts_ms < ").push_bind(until);
+        sql.push(" AND ts_ms < ").bind(until);
     }
     if let Some(outcome) = q.outcome {
-        sql.push(" AND outcome = ").push_bind(outcome.as_str());
+        sql.push(" AND outcome = ").bind(outcome.as_str());
     }
     if let Some(service) = &q.service {
-        sql.push(" AND subject = ").push_bind(service.clone());
+        sql.push(" AND subject = ").bind(service.as_str());
     }
     if let Some(person) = &q.person {
         party(&mut sql, &["user"], person);
@@ -135,37 +135,40 @@ pub async fn search(db: &Db, q: &Query) -> Result<Page<EventRow>, AuditError> {
     if let Some(machine) = &q.machine {
         party(&mut sql, &["machine", "connector"], machine);
     }
-    let mut kinds: Vec<EventKind> = q.kinds.clone();
-    if let Some(class) = q.class_uid {
-        let of_class = EventKind::all().into_iter().filter(|k| k.ocsf_class().0 == class);
-        kinds = if kinds.is_empty() {
-            of_class.collect()
-        } else {
-            kinds.into_iter().filter(|k| k.ocsf_class().0 == class).collect()
-        };
-        if kinds.is_empty() {
-            return Ok(Page { items: Vec::new(), next_before: None });
-        }
-    }
+    let Some(kinds) = kinds_wanted(q) else {
+        return Ok(Page { items: Vec::new(), next_before: None });
+    };
     if !kinds.is_empty() {
         sql.push(" AND kind IN (");
-        let mut list = sql.separated(", ");
-        for kind in kinds {
-            list.push_bind(kind.as_str());
+        for (i, kind) in kinds.into_iter().enumerate() {
+            sql.push(if i == 0 { "" } else { ", " }).bind(kind.as_str());
         }
         sql.push(")");
     }
-    sql.push(" ORDER BY seq DESC LIMIT ").push_bind(i64::from(limit) + 1);
-    let mut rows: Vec<EventRow> =
-        sql.build_query_as::<RawRow>().fetch_all(db.pool()).await?.into_iter().map(from_raw).collect();
+    sql.push(" ORDER BY seq DESC LIMIT ").bind(i64::from(limit) + 1);
+    let mut rows: Vec<EventRow> = sql.fetch_all(db).await?.into_iter().map(from_raw).collect();
     let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let next_before = if more { rows.last().map(|r| r.seq) } else { None };
     Ok(Page { items: rows, next_before })
 }
 
+/// The event kinds a query asks for (empty: any), or `None` when its kinds
+/// and OCSF class exclude each other and nothing can match.
+fn kinds_wanted(q: &Query) -> Option<Vec<EventKind>> {
+    let Some(class) = q.class_uid else {
+        return Some(q.kinds.clone());
+    };
+    let kinds: Vec<EventKind> = if q.kinds.is_empty() {
+        EventKind::all().into_iter().filter(|k| k.ocsf_class().0 == class).collect()
+    } else {
+        q.kinds.iter().copied().filter(|k| k.ocsf_class().0 == class).collect()
+    };
+    (!kinds.is_empty()).then_some(kinds)
+}
+
 /// `AND (actor or subject names ROLE/ID for one of the roles)`.
-fn party(sql: &mut sqlx::QueryBuilder<Sqlite>, roles: &[&str], id: &str) {
+fn party(sql: &mut Filter, roles: &[&str], id: &str) {
     sql.push(" AND (");
     for (i, role) in roles.iter().enumerate() {
         let short = format!("{role}/{id}");
@@ -173,12 +176,65 @@ fn party(sql: &mut sqlx::QueryBuilder<Sqlite>, roles: &[&str], id: &str) {
         if i > 0 {
             sql.push(" OR ");
         }
-        sql.push("actor = ").push_bind(short.clone());
-        sql.push(" OR subject = ").push_bind(short);
-        sql.push(" OR actor LIKE ").push_bind(spiffe.clone()).push(" ESCAPE '\\'");
-        sql.push(" OR subject LIKE ").push_bind(spiffe).push(" ESCAPE '\\'");
+        sql.push("actor = ").bind(short.as_str());
+        sql.push(" OR subject = ").bind(short.as_str());
+        sql.push(" OR actor LIKE ").bind(spiffe.as_str()).push(" ESCAPE '\\'");
+        sql.push(" OR subject LIKE ").bind(spiffe.as_str()).push(" ESCAPE '\\'");
     }
     sql.push(")");
+}
+
+/// A search's SQL with numbered (`$N`) placeholders, which both SQLite and
+/// PostgreSQL accept, and the values bound to them in order.
+struct Filter {
+    sql: String,
+    params: Vec<Param>,
+}
+
+enum Param {
+    Int(i64),
+    Text(String),
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Param {
+        Param::Int(v)
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Param {
+        Param::Text(v.to_owned())
+    }
+}
+
+impl Filter {
+    fn new(head: &str) -> Filter {
+        Filter { sql: head.to_owned(), params: Vec::new() }
+    }
+
+    fn push(&mut self, sql: &str) -> &mut Filter {
+        self.sql.push_str(sql);
+        self
+    }
+
+    fn bind(&mut self, value: impl Into<Param>) -> &mut Filter {
+        self.params.push(value.into());
+        self.sql.push('$');
+        self.sql.push_str(&self.params.len().to_string());
+        self
+    }
+
+    async fn fetch_all(self, db: &Db) -> Result<Vec<RawRow>, sqlx::Error> {
+        let mut query = sqlx::query_as::<Any, RawRow>(sqlx::AssertSqlSafe(self.sql));
+        for param in self.params {
+            query = match param {
+                Param::Int(v) => query.bind(v),
+                Param::Text(v) => query.bind(v),
+            };
+        }
+        query.fetch_all(db.pool()).await
+    }
 }
 
 fn like_escape(s: &str) -> String {

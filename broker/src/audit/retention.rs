@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use sqlx::Sqlite;
+use sqlx::Any;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{self, Checkpoint, Signer, now_ms};
@@ -80,7 +80,7 @@ async fn last_to_prune(db: &Db, signer: &Signer, before_ms: i64) -> Result<Optio
     if let Some(broken) = verify_with(db, Some(signer.public_key())).await?.broken {
         return Err(PruneError::Broken(broken));
     }
-    let through = sqlx::query_scalar::<Sqlite, Option<i64>>("SELECT MAX(seq) FROM audit_events WHERE ts_ms < ?")
+    let through = sqlx::query_scalar::<Any, Option<i64>>("SELECT MAX(seq) FROM audit_events WHERE ts_ms < $1")
         .bind(before_ms)
         .fetch_one(db.pool())
         .await?;
@@ -93,12 +93,12 @@ async fn cut(db: &Db, signer: &Signer, through: i64) -> Result<PruneReport, Prun
     let mut tx = db.begin_write().await?;
     let head = super::head(&mut tx).await?;
     checkpoint::write(&mut tx, signer, (head.0, &head.1), now).await?;
-    let hash = sqlx::query_scalar::<Sqlite, String>("SELECT hash FROM audit_events WHERE seq = ?")
+    let hash = sqlx::query_scalar::<Any, String>("SELECT hash FROM audit_events WHERE seq = $1")
         .bind(through)
         .fetch_one(&mut *tx)
         .await?;
     let anchor = signer.sign_anchor(through, &hash, now_ms(now));
-    sqlx::query("INSERT INTO audit_prune_anchors (seq, hash, ts_ms, signature, key_id) VALUES (?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_prune_anchors (seq, hash, ts_ms, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
         .bind(anchor.seq)
         .bind(&anchor.hash)
         .bind(anchor.ts_ms)
@@ -106,7 +106,7 @@ async fn cut(db: &Db, signer: &Signer, through: i64) -> Result<PruneReport, Prun
         .bind(&anchor.key_id)
         .execute(&mut *tx)
         .await?;
-    let deleted = sqlx::query("DELETE FROM audit_events WHERE seq <= ?").bind(through).execute(&mut *tx).await?;
+    let deleted = sqlx::query("DELETE FROM audit_events WHERE seq <= $1").bind(through).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(PruneReport { anchor: Some(anchor), deleted: deleted.rows_affected() })
 }

@@ -72,7 +72,7 @@ async fn an_edit_that_recomputes_the_hash_breaks_the_next_link() {
     row.detail = r#"{"i":99}"#.into();
     row.hash = row.compute_hash();
     sqlx::query("DROP TRIGGER audit_events_no_update").execute(db.pool()).await.unwrap();
-    sqlx::query("UPDATE audit_events SET detail = ?, hash = ? WHERE seq = 2")
+    sqlx::query("UPDATE audit_events SET detail = $1, hash = $2 WHERE seq = 2")
         .bind(&row.detail)
         .bind(&row.hash)
         .execute(db.pool())

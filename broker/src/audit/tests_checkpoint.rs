@@ -139,7 +139,7 @@ async fn a_chain_rewritten_with_recomputed_hashes_is_caught_by_the_checkpoint() 
         row.prev_hash = prev;
         row.hash = row.compute_hash();
         prev = row.hash.clone();
-        sqlx::query("UPDATE audit_events SET outcome = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+        sqlx::query("UPDATE audit_events SET outcome = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
             .bind(&row.outcome)
             .bind(&row.prev_hash)
             .bind(&row.hash)
@@ -180,7 +180,7 @@ async fn a_checkpoint_with_a_bad_signature_is_named_forged() {
     cp.hash = query::recent(&db, None, 1).await.unwrap()[0].hash.clone();
     sqlx::query("DROP TRIGGER audit_checkpoints_no_delete").execute(db.pool()).await.unwrap();
     sqlx::query("DELETE FROM audit_checkpoints").execute(db.pool()).await.unwrap();
-    sqlx::query("INSERT INTO audit_checkpoints (seq, hash, ts_ms, signature, key_id) VALUES (?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_checkpoints (seq, hash, ts_ms, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
         .bind(cp.seq)
         .bind(&cp.hash)
         .bind(cp.ts_ms)

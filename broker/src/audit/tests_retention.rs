@@ -91,7 +91,7 @@ async fn an_anchor_not_signed_by_the_key_is_named_forged() {
     let forger = Signer::load_or_create(&dir.path().join("forger.key")).unwrap();
     checkpoint::register_key(&db, &forger).await.unwrap();
     let anchor = forger.sign_anchor(3, &hash3, now_ms());
-    sqlx::query("INSERT INTO audit_prune_anchors (seq, hash, ts_ms, signature, key_id) VALUES (?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_prune_anchors (seq, hash, ts_ms, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
         .bind(anchor.seq)
         .bind(&anchor.hash)
         .bind(anchor.ts_ms)
@@ -108,7 +108,7 @@ async fn an_anchor_not_signed_by_the_key_is_named_forged() {
     let (_dir2, db2, audit2, signer2) = fresh().await;
     old_and_new(&audit2).await;
     let cp = checkpoint::all(&db2).await.unwrap().remove(0);
-    sqlx::query("INSERT INTO audit_prune_anchors (seq, hash, ts_ms, signature, key_id) VALUES (?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_prune_anchors (seq, hash, ts_ms, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
         .bind(cp.seq)
         .bind(&cp.hash)
         .bind(cp.ts_ms)

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use futures::TryStreamExt as _;
-use sqlx::Sqlite;
+use sqlx::Any;
 
 use super::AuditError;
 use super::chain::{EventRow, GENESIS};
@@ -120,9 +120,9 @@ pub async fn verify_with(db: &Db, trusted: Option<&[u8]>) -> Result<VerifyReport
     // future stays `Send` for every lifetime (spawned tasks, axum handlers).
     let pending: Vec<&Checkpoint> = checkpoints.iter().filter(|cp| cp.seq >= start).collect();
     let mut pending = pending.into_iter().peekable();
-    let mut rows = sqlx::query_as::<Sqlite, RawRow>(
+    let mut rows = sqlx::query_as::<Any, RawRow>(
         "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
-         FROM audit_events WHERE seq >= ? ORDER BY seq",
+         FROM audit_events WHERE seq >= $1 ORDER BY seq",
     )
     .bind(expected_seq)
     .fetch(db.pool());

@@ -14,7 +14,9 @@
 //! anything else appended meanwhile (a state change recorded in its own
 //! transaction, another process) the insert fails as a duplicate, nothing is
 //! written, and the event goes the transactional way after a fresh read of
-//! the head.
+//! the head. On PostgreSQL every append takes the transactional way: there an
+//! insert outside the write lock could collide with another replica's locked
+//! transaction and fail that transaction's own work.
 //!
 //! With a signer, the batch that brings [`CheckpointPolicy::every_events`]
 //! events since the last checkpoint also signs its new head, in the same
@@ -31,7 +33,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::checkpoint::{self, Checkpoint, Signer};
 use super::{AuditError, AuditEvent, append_after, head};
-use crate::db::Db;
+use crate::db::{Backend, Db};
 
 pub(super) const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 512;
@@ -111,11 +113,13 @@ impl Writer {
             .as_deref()
             .filter(|_| *since_checkpoint + u64::try_from(batch.len()).unwrap_or(u64::MAX) >= self.policy.every_events);
         let written = match (sign, batch.as_slice(), last_head.take()) {
-            (None, [job], Some(head)) => match append_lone(&self.db, head, job).await {
-                Ok(Some(head)) => Ok(head),
-                Ok(None) => write_batch(&self.db, batch, None).await,
-                Err(e) => Err(e),
-            },
+            (None, [job], Some(head)) if self.db.backend() == Backend::Sqlite => {
+                match append_lone(&self.db, head, job).await {
+                    Ok(Some(head)) => Ok(head),
+                    Ok(None) => write_batch(&self.db, batch, None).await,
+                    Err(e) => Err(e),
+                }
+            }
             _ => write_batch(&self.db, batch, sign).await,
         };
         *last_head = written.as_ref().ok().map(|(_, head)| head.clone());

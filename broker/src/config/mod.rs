@@ -343,6 +343,16 @@ impl Config {
         self.database_url.clone().unwrap_or_else(|| crate::db::sqlite_url(&self.data_dir.join("palisade.db")))
     }
 
+    /// Opens (and migrates) the configured database; files that belong with
+    /// it (the audit checkpoint key) live in the data directory unless it is
+    /// a SQLite file, whose own directory holds them.
+    ///
+    /// # Errors
+    /// As [`crate::db::Db::open`].
+    pub async fn open_db(&self) -> Result<crate::db::Db, sqlx::Error> {
+        Ok(crate::db::Db::open(&self.database_url()).await?.with_files_dir(&self.data_dir))
+    }
+
     /// The `host:port` clients and connectors dial for QUIC.
     #[must_use]
     pub fn quic_public_addr(&self) -> String {

@@ -1,6 +1,6 @@
 //! The `certificates` table: every leaf the CA issued.
 
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::Db;
 
@@ -23,9 +23,9 @@ pub struct CertificateRow {
 ///
 /// # Errors
 /// A database error (a repeated serial is a unique violation).
-pub async fn insert(conn: &mut SqliteConnection, row: &CertificateRow) -> Result<(), sqlx::Error> {
+pub async fn insert(conn: &mut AnyConnection, row: &CertificateRow) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO certificates (serial, identity_id, public_key_sha256, issued_at, not_after) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO certificates (serial, identity_id, public_key_sha256, issued_at, not_after) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&row.serial)
     .bind(&row.identity_id)
@@ -42,9 +42,9 @@ pub async fn insert(conn: &mut SqliteConnection, row: &CertificateRow) -> Result
 /// # Errors
 /// A database error.
 pub async fn for_identity(db: &Db, identity_id: &str) -> Result<Vec<CertificateRow>, sqlx::Error> {
-    let rows = sqlx::query_as::<Sqlite, (String, String, String, i64, i64)>(
+    let rows = sqlx::query_as::<Any, (String, String, String, i64, i64)>(
         "SELECT serial, identity_id, public_key_sha256, issued_at, not_after FROM certificates \
-         WHERE identity_id = ? ORDER BY issued_at, serial",
+         WHERE identity_id = $1 ORDER BY issued_at, serial",
     )
     .bind(identity_id)
     .fetch_all(db.pool())
@@ -65,11 +65,8 @@ pub async fn for_identity(db: &Db, identity_id: &str) -> Result<Vec<CertificateR
 ///
 /// # Errors
 /// A database error.
-pub async fn holder_of_key(
-    conn: &mut SqliteConnection,
-    public_key_sha256: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar::<Sqlite, String>("SELECT identity_id FROM certificates WHERE public_key_sha256 = ? LIMIT 1")
+pub async fn holder_of_key(conn: &mut AnyConnection, public_key_sha256: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar::<Any, String>("SELECT identity_id FROM certificates WHERE public_key_sha256 = $1 LIMIT 1")
         .bind(public_key_sha256)
         .fetch_optional(conn)
         .await

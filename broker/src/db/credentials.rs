@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 use webauthn_rs::prelude::Passkey;
 
 use super::Db;
@@ -56,7 +56,7 @@ fn to_json(passkey: &Passkey) -> Result<String, sqlx::Error> {
 /// # Errors
 /// A database error.
 pub async fn insert_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     identity_id: &str,
     passkey: &Passkey,
     label: &str,
@@ -64,7 +64,7 @@ pub async fn insert_in(
 ) -> Result<String, sqlx::Error> {
     let id = encode_id(passkey.cred_id().as_ref());
     sqlx::query(
-        "INSERT INTO webauthn_credentials (id, identity_id, passkey, label, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO webauthn_credentials (id, identity_id, passkey, label, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&id)
     .bind(identity_id)
@@ -80,8 +80,8 @@ pub async fn insert_in(
 ///
 /// # Errors
 /// A database error, or a row that does not decode.
-pub async fn active_for(conn: &mut SqliteConnection, identity_id: &str) -> Result<Vec<StoredCredential>, sqlx::Error> {
-    let sql = format!("{SELECT} WHERE identity_id = ? AND disabled_at IS NULL ORDER BY created_at, id");
+pub async fn active_for(conn: &mut AnyConnection, identity_id: &str) -> Result<Vec<StoredCredential>, sqlx::Error> {
+    let sql = format!("{SELECT} WHERE identity_id = $1 AND disabled_at IS NULL ORDER BY created_at, id");
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(identity_id).fetch_all(conn).await?;
     rows.into_iter().map(from_row).collect()
 }
@@ -91,7 +91,7 @@ pub async fn active_for(conn: &mut SqliteConnection, identity_id: &str) -> Resul
 /// # Errors
 /// A database error, or a row that does not decode.
 pub async fn all_for(db: &Db, identity_id: &str) -> Result<Vec<StoredCredential>, sqlx::Error> {
-    let sql = format!("{SELECT} WHERE identity_id = ? ORDER BY created_at, id");
+    let sql = format!("{SELECT} WHERE identity_id = $1 ORDER BY created_at, id");
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(identity_id).fetch_all(db.pool()).await?;
     rows.into_iter().map(from_row).collect()
 }
@@ -100,8 +100,8 @@ pub async fn all_for(db: &Db, identity_id: &str) -> Result<Vec<StoredCredential>
 ///
 /// # Errors
 /// A database error, or a row that does not decode.
-pub async fn get_in(conn: &mut SqliteConnection, id: &str) -> Result<Option<StoredCredential>, sqlx::Error> {
-    let sql = format!("{SELECT} WHERE id = ?");
+pub async fn get_in(conn: &mut AnyConnection, id: &str) -> Result<Option<StoredCredential>, sqlx::Error> {
+    let sql = format!("{SELECT} WHERE id = $1");
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(conn).await?;
     row.map(from_row).transpose()
 }
@@ -110,8 +110,8 @@ pub async fn get_in(conn: &mut SqliteConnection, id: &str) -> Result<Option<Stor
 ///
 /// # Errors
 /// A database error.
-pub async fn update_in(conn: &mut SqliteConnection, id: &str, passkey: &Passkey, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE webauthn_credentials SET passkey = ?, last_used_at = ? WHERE id = ?")
+pub async fn update_in(conn: &mut AnyConnection, id: &str, passkey: &Passkey, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE webauthn_credentials SET passkey = $1, last_used_at = $2 WHERE id = $3")
         .bind(to_json(passkey)?)
         .bind(now)
         .bind(id)
@@ -124,9 +124,9 @@ pub async fn update_in(conn: &mut SqliteConnection, id: &str, passkey: &Passkey,
 ///
 /// # Errors
 /// A database error.
-pub async fn disable_in(conn: &mut SqliteConnection, id: &str, reason: &str, now: i64) -> Result<bool, sqlx::Error> {
+pub async fn disable_in(conn: &mut AnyConnection, id: &str, reason: &str, now: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE webauthn_credentials SET disabled_at = ?, disabled_reason = ? WHERE id = ? AND disabled_at IS NULL",
+        "UPDATE webauthn_credentials SET disabled_at = $1, disabled_reason = $2 WHERE id = $3 AND disabled_at IS NULL",
     )
     .bind(now)
     .bind(reason)
@@ -140,8 +140,8 @@ pub async fn disable_in(conn: &mut SqliteConnection, id: &str, reason: &str, now
 ///
 /// # Errors
 /// A database error.
-pub async fn delete_in(conn: &mut SqliteConnection, identity_id: &str, id: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM webauthn_credentials WHERE identity_id = ? AND id = ?")
+pub async fn delete_in(conn: &mut AnyConnection, identity_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM webauthn_credentials WHERE identity_id = $1 AND id = $2")
         .bind(identity_id)
         .bind(id)
         .execute(conn)
@@ -153,8 +153,8 @@ pub async fn delete_in(conn: &mut SqliteConnection, identity_id: &str, id: &str)
 ///
 /// # Errors
 /// A database error.
-pub async fn delete_all_in(conn: &mut SqliteConnection, identity_id: &str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query::<Sqlite>("DELETE FROM webauthn_credentials WHERE identity_id = ?")
+pub async fn delete_all_in(conn: &mut AnyConnection, identity_id: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query::<Any>("DELETE FROM webauthn_credentials WHERE identity_id = $1")
         .bind(identity_id)
         .execute(conn)
         .await?;

@@ -1,7 +1,7 @@
 //! The `identities` table: machines, connectors and (later) people.
 
 use palisade_proto::identity::PeerRole;
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::Db;
 
@@ -40,13 +40,9 @@ pub async fn get(db: &Db, role: PeerRole, id: &str) -> Result<Option<IdentityRec
 ///
 /// # Errors
 /// A database error, or a row that does not decode.
-pub async fn get_in(
-    conn: &mut SqliteConnection,
-    role: PeerRole,
-    id: &str,
-) -> Result<Option<IdentityRecord>, sqlx::Error> {
-    let row = sqlx::query_as::<Sqlite, Row>(
-        "SELECT id, role, name, groups, disabled FROM identities WHERE role = ? AND id = ?",
+pub async fn get_in(conn: &mut AnyConnection, role: PeerRole, id: &str) -> Result<Option<IdentityRecord>, sqlx::Error> {
+    let row = sqlx::query_as::<Any, Row>(
+        "SELECT id, role, name, groups, disabled FROM identities WHERE role = $1 AND id = $2",
     )
     .bind(role.as_str())
     .bind(id)
@@ -68,12 +64,12 @@ pub async fn find_by_name(db: &Db, role: PeerRole, name: &str) -> Result<Option<
 /// # Errors
 /// A database error, or a row that does not decode.
 pub async fn find_by_name_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     role: PeerRole,
     name: &str,
 ) -> Result<Option<IdentityRecord>, sqlx::Error> {
-    let row = sqlx::query_as::<Sqlite, Row>(
-        "SELECT id, role, name, groups, disabled FROM identities WHERE role = ? AND name = ?",
+    let row = sqlx::query_as::<Any, Row>(
+        "SELECT id, role, name, groups, disabled FROM identities WHERE role = $1 AND name = $2",
     )
     .bind(role.as_str())
     .bind(name)
@@ -87,7 +83,7 @@ pub async fn find_by_name_in(
 /// # Errors
 /// A database error, or a row that does not decode.
 pub async fn get_any(db: &Db, id: &str) -> Result<Option<IdentityRecord>, sqlx::Error> {
-    let row = sqlx::query_as::<Sqlite, Row>("SELECT id, role, name, groups, disabled FROM identities WHERE id = ?")
+    let row = sqlx::query_as::<Any, Row>("SELECT id, role, name, groups, disabled FROM identities WHERE id = $1")
         .bind(id)
         .fetch_optional(db.pool())
         .await?;
@@ -98,17 +94,19 @@ pub async fn get_any(db: &Db, id: &str) -> Result<Option<IdentityRecord>, sqlx::
 ///
 /// # Errors
 /// A database error; a name already used by the same role is a unique violation.
-pub async fn insert(conn: &mut SqliteConnection, record: &IdentityRecord, now_unix: i64) -> Result<(), sqlx::Error> {
+pub async fn insert(conn: &mut AnyConnection, record: &IdentityRecord, now_unix: i64) -> Result<(), sqlx::Error> {
     let groups = serde_json::to_string(&record.groups).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("INSERT INTO identities (id, role, name, groups, disabled, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(&record.id)
-        .bind(record.role.as_str())
-        .bind(&record.name)
-        .bind(groups)
-        .bind(i64::from(record.disabled))
-        .bind(now_unix)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO identities (id, role, name, groups, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&record.id)
+    .bind(record.role.as_str())
+    .bind(&record.name)
+    .bind(groups)
+    .bind(i64::from(record.disabled))
+    .bind(now_unix)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -124,8 +122,8 @@ pub async fn set_disabled(db: &Db, id: &str, disabled: bool) -> Result<bool, sql
 ///
 /// # Errors
 /// A database error.
-pub async fn set_disabled_in(conn: &mut SqliteConnection, id: &str, disabled: bool) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE identities SET disabled = ? WHERE id = ?")
+pub async fn set_disabled_in(conn: &mut AnyConnection, id: &str, disabled: bool) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE identities SET disabled = $1 WHERE id = $2")
         .bind(i64::from(disabled))
         .bind(id)
         .execute(conn)

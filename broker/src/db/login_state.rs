@@ -8,7 +8,7 @@
 pub mod device;
 pub mod invites;
 
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::Db;
 
@@ -109,15 +109,16 @@ fn pending_from_row(r: PendingRow) -> Result<PendingLogin, sqlx::Error> {
 /// A database error.
 pub async fn insert_pending(db: &Db, p: &PendingLogin, max: i64) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin_write().await?;
-    sqlx::query("DELETE FROM pending_logins WHERE expires_at <= ?").bind(p.created_at).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM pending_logins WHERE expires_at <= $1").bind(p.created_at).execute(&mut *tx).await?;
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pending_logins").fetch_one(&mut *tx).await?;
     if n >= max {
         return Ok(false);
     }
     let methods = serde_json::to_string(&p.auth_methods).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let cli = p.cli.as_ref().map(serde_json::to_string).transpose().map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let sql =
-        format!("INSERT INTO pending_logins ({PENDING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    let sql = format!(
+        "INSERT INTO pending_logins ({PENDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&p.id_hash)
         .bind(&p.kind)
@@ -144,8 +145,8 @@ pub async fn insert_pending(db: &Db, p: &PendingLogin, max: i64) -> Result<bool,
 ///
 /// # Errors
 /// A database error.
-pub async fn get_pending(conn: &mut SqliteConnection, id_hash: &str) -> Result<Option<PendingLogin>, sqlx::Error> {
-    let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_logins WHERE id_hash = ?");
+pub async fn get_pending(conn: &mut AnyConnection, id_hash: &str) -> Result<Option<PendingLogin>, sqlx::Error> {
+    let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_logins WHERE id_hash = $1");
     let row: Option<PendingRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id_hash).fetch_optional(conn).await?;
     row.map(pending_from_row).transpose()
 }
@@ -154,12 +155,9 @@ pub async fn get_pending(conn: &mut SqliteConnection, id_hash: &str) -> Result<O
 ///
 /// # Errors
 /// A database error.
-pub async fn take_oidc_state(
-    conn: &mut SqliteConnection,
-    state_hash: &str,
-) -> Result<Option<PendingLogin>, sqlx::Error> {
+pub async fn take_oidc_state(conn: &mut AnyConnection, state_hash: &str) -> Result<Option<PendingLogin>, sqlx::Error> {
     let id: Option<String> = sqlx::query_scalar(
-        "UPDATE pending_logins SET oidc_state = NULL WHERE oidc_state = ? AND oidc_state IS NOT NULL RETURNING id_hash",
+        "UPDATE pending_logins SET oidc_state = NULL WHERE oidc_state = $1 AND oidc_state IS NOT NULL RETURNING id_hash",
     )
     .bind(state_hash)
     .fetch_optional(&mut *conn)
@@ -175,13 +173,13 @@ pub async fn take_oidc_state(
 /// # Errors
 /// A database error.
 pub async fn set_identity_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id_hash: &str,
     identity_id: &str,
     auth_methods: &[String],
 ) -> Result<(), sqlx::Error> {
     let methods = serde_json::to_string(auth_methods).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("UPDATE pending_logins SET identity_id = ?, auth_methods = ? WHERE id_hash = ?")
+    sqlx::query("UPDATE pending_logins SET identity_id = $1, auth_methods = $2 WHERE id_hash = $3")
         .bind(identity_id)
         .bind(methods)
         .bind(id_hash)
@@ -194,9 +192,9 @@ pub async fn set_identity_in(
 ///
 /// # Errors
 /// A database error.
-pub async fn delete_pending_in(conn: &mut SqliteConnection, id_hash: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query("DELETE FROM webauthn_ceremonies WHERE pending_id = ?").bind(id_hash).execute(&mut *conn).await?;
-    let done = sqlx::query("DELETE FROM pending_logins WHERE id_hash = ?").bind(id_hash).execute(conn).await?;
+pub async fn delete_pending_in(conn: &mut AnyConnection, id_hash: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM webauthn_ceremonies WHERE pending_id = $1").bind(id_hash).execute(&mut *conn).await?;
+    let done = sqlx::query("DELETE FROM pending_logins WHERE id_hash = $1").bind(id_hash).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -219,7 +217,7 @@ pub struct Ceremony {
 /// A database error.
 pub async fn put_ceremony(db: &Db, pending_id: &str, c: &Ceremony) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO webauthn_ceremonies (pending_id, kind, identity_id, state, expires_at) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO webauthn_ceremonies (pending_id, kind, identity_id, state, expires_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (pending_id) DO UPDATE SET kind = excluded.kind, identity_id = excluded.identity_id, \
          state = excluded.state, expires_at = excluded.expires_at",
     )
@@ -239,7 +237,7 @@ pub async fn put_ceremony(db: &Db, pending_id: &str, c: &Ceremony) -> Result<(),
 /// A database error.
 pub async fn take_ceremony(db: &Db, pending_id: &str) -> Result<Option<Ceremony>, sqlx::Error> {
     let row: Option<(String, Option<String>, String, i64)> = sqlx::query_as(
-        "DELETE FROM webauthn_ceremonies WHERE pending_id = ? RETURNING kind, identity_id, state, expires_at",
+        "DELETE FROM webauthn_ceremonies WHERE pending_id = $1 RETURNING kind, identity_id, state, expires_at",
     )
     .bind(pending_id)
     .fetch_optional(db.pool())
@@ -252,13 +250,13 @@ pub async fn take_ceremony(db: &Db, pending_id: &str) -> Result<Option<Ceremony>
 /// # Errors
 /// A database error.
 pub async fn insert_code_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     code_hash: &str,
     session_id: &str,
     challenge: &str,
     expires_at: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO login_codes (code_hash, session_id, challenge, expires_at) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO login_codes (code_hash, session_id, challenge, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(code_hash)
         .bind(session_id)
         .bind(challenge)
@@ -273,10 +271,10 @@ pub async fn insert_code_in(
 /// # Errors
 /// A database error.
 pub async fn take_code_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     code_hash: &str,
 ) -> Result<Option<(String, String, i64)>, sqlx::Error> {
-    sqlx::query_as("DELETE FROM login_codes WHERE code_hash = ? RETURNING session_id, challenge, expires_at")
+    sqlx::query_as("DELETE FROM login_codes WHERE code_hash = $1 RETURNING session_id, challenge, expires_at")
         .bind(code_hash)
         .fetch_optional(conn)
         .await
@@ -287,12 +285,12 @@ pub async fn take_code_in(
 /// # Errors
 /// A database error.
 pub async fn insert_cookie_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     cookie_hash: &str,
     session_id: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO session_cookies (cookie_hash, session_id, created_at) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO session_cookies (cookie_hash, session_id, created_at) VALUES ($1, $2, $3)")
         .bind(cookie_hash)
         .bind(session_id)
         .bind(now)
@@ -306,7 +304,7 @@ pub async fn insert_cookie_in(
 /// # Errors
 /// A database error.
 pub async fn session_for_cookie(db: &Db, cookie_hash: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT session_id FROM session_cookies WHERE cookie_hash = ?")
+    sqlx::query_scalar("SELECT session_id FROM session_cookies WHERE cookie_hash = $1")
         .bind(cookie_hash)
         .fetch_optional(db.pool())
         .await
@@ -319,14 +317,14 @@ pub async fn session_for_cookie(db: &Db, cookie_hash: &str) -> Result<Option<Str
 pub async fn purge_expired(db: &Db, now: i64) -> Result<(), sqlx::Error> {
     let mut tx = db.begin_write().await?;
     for sql in [
-        "DELETE FROM webauthn_ceremonies WHERE expires_at <= ?",
-        "DELETE FROM pending_logins WHERE expires_at <= ?",
-        "DELETE FROM login_codes WHERE expires_at <= ?",
-        "DELETE FROM device_codes WHERE expires_at <= ? - 3600",
+        "DELETE FROM webauthn_ceremonies WHERE expires_at <= $1",
+        "DELETE FROM pending_logins WHERE expires_at <= $1",
+        "DELETE FROM login_codes WHERE expires_at <= $1",
+        "DELETE FROM device_codes WHERE expires_at <= $1 - 3600",
     ] {
-        sqlx::query::<Sqlite>(sql).bind(now).execute(&mut *tx).await?;
+        sqlx::query::<Any>(sql).bind(now).execute(&mut *tx).await?;
     }
-    sqlx::query("DELETE FROM session_cookies WHERE session_id IN (SELECT id FROM sessions WHERE expires_at <= ?)")
+    sqlx::query("DELETE FROM session_cookies WHERE session_id IN (SELECT id FROM sessions WHERE expires_at <= $1)")
         .bind(now)
         .execute(&mut *tx)
         .await?;

@@ -1,6 +1,6 @@
 //! The `meta` table: facts about the deployment that never change once written.
 
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::Db;
 
@@ -14,10 +14,7 @@ pub const CA_SHA256: &str = "ca_sha256";
 /// # Errors
 /// A database error.
 pub async fn get(db: &Db, key: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar::<Sqlite, String>("SELECT value FROM meta WHERE key = ?")
-        .bind(key)
-        .fetch_optional(db.pool())
-        .await
+    sqlx::query_scalar::<Any, String>("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(db.pool()).await
 }
 
 /// Writes `value` under `key` unless the key already exists, and returns the value
@@ -25,11 +22,11 @@ pub async fn get(db: &Db, key: &str) -> Result<Option<String>, sqlx::Error> {
 ///
 /// # Errors
 /// A database error.
-pub async fn insert_once(conn: &mut SqliteConnection, key: &str, value: &str) -> Result<String, sqlx::Error> {
-    sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+pub async fn insert_once(conn: &mut AnyConnection, key: &str, value: &str) -> Result<String, sqlx::Error> {
+    sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
         .bind(key)
         .bind(value)
         .execute(&mut *conn)
         .await?;
-    sqlx::query_scalar::<Sqlite, String>("SELECT value FROM meta WHERE key = ?").bind(key).fetch_one(&mut *conn).await
+    sqlx::query_scalar::<Any, String>("SELECT value FROM meta WHERE key = $1").bind(key).fetch_one(&mut *conn).await
 }

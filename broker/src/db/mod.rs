@@ -3,6 +3,10 @@
 //! SQLite is the embedded default: one file in the data directory, WAL mode,
 //! `synchronous=NORMAL`, a 5 s busy timeout and foreign keys on. Several
 //! processes may use the same file (the running broker and the admin CLI).
+//! PostgreSQL (`database_url = "postgres://…"`) is the store broker replicas
+//! share. The same SQL runs on both: `$N` placeholders, BIGINT flags and
+//! epoch-second times, no engine-specific functions; `migrations/sqlite` and
+//! `migrations/postgres` hold the same schema in each dialect.
 
 pub mod certificates;
 pub mod credentials;
@@ -14,60 +18,136 @@ pub mod sessions;
 pub mod tokens;
 pub mod users;
 
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
 
 pub use identities::IdentityRecord;
+
+/// The key of the PostgreSQL advisory lock every writing transaction holds
+/// (see [`Db::begin_write`]). Any fixed 64-bit value works; this one spells
+/// "palisade" in ASCII.
+const PG_WRITE_LOCK: i64 = 0x7061_6c69_7361_6465;
+
+/// The SQL engine behind a [`Db`], chosen by the URL's scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH`: one file, the embedded default for a single broker.
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`: shared by broker replicas.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names.
+    ///
+    /// # Errors
+    /// The scheme is neither `sqlite:` nor `postgres:` / `postgresql:`.
+    pub fn of_url(url: &str) -> Result<Backend, sqlx::Error> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(sqlx::Error::Configuration(
+                "database_url must start with sqlite:// (one broker) or postgres:// (replicas sharing one database)"
+                    .into(),
+            ))
+        }
+    }
+}
 
 /// A handle to the broker's database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+    files_dir: Option<PathBuf>,
 }
 
 impl Db {
-    /// Opens (creating if missing) the database at `url` and applies pending migrations.
+    /// Opens the database at `url` (creating a SQLite file if missing) and
+    /// applies pending migrations for its backend.
     ///
     /// # Errors
-    /// The URL is not a SQLite URL, the file cannot be opened, or a migration fails.
+    /// The URL names no supported backend, the database cannot be reached, or a
+    /// migration fails.
     pub async fn open(url: &str) -> Result<Db, sqlx::Error> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .after_connect(move |conn, _| Box::pin(async move { prepare_connection(conn, backend).await }))
             // A connection whose COMMIT or ROLLBACK failed (a full disk, an I/O
             // error) can come back still inside its transaction; every later
             // `BEGIN` on it would fail. Such a connection is closed, not reused.
             .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
-            .connect_with(options)
+            .connect(&connect_url(url, backend))
             .await?;
-        sqlx::migrate!("../migrations/sqlite").run(&pool).await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
-        Ok(Db { pool })
+        let migrated = match backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await,
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await,
+        };
+        migrated.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+        let files_dir = match backend {
+            Backend::Sqlite => sqlite_dir(url),
+            Backend::Postgres => None,
+        };
+        Ok(Db { pool, backend, files_dir })
+    }
+
+    /// Sets the directory for the files that belong with this database (the
+    /// audit checkpoint key): a broker's data directory. A SQLite database
+    /// already has one, the directory of its file.
+    #[must_use]
+    pub fn with_files_dir(mut self, dir: &Path) -> Db {
+        if self.files_dir.is_none() {
+            self.files_dir = Some(dir.to_path_buf());
+        }
+        self
+    }
+
+    /// The directory for files that belong with this database, if known.
+    #[must_use]
+    pub fn files_dir(&self) -> Option<&Path> {
+        self.files_dir.as_deref()
     }
 
     /// The connection pool.
     #[must_use]
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// Begins a transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`).
+    /// Which engine this database runs on.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begins a transaction that holds the database's single write lock.
     ///
-    /// Use it for every transaction that writes: a deferred transaction that reads
-    /// first and writes later fails with `SQLITE_BUSY` when another writer committed
-    /// in between, and the busy timeout does not help in that case.
+    /// Use it for every transaction that writes. On SQLite this is
+    /// `BEGIN IMMEDIATE`: a deferred transaction that reads first and writes
+    /// later fails with `SQLITE_BUSY` when another writer committed in between,
+    /// and the busy timeout does not help in that case. On PostgreSQL the same
+    /// guarantee (writers, in every replica, run one at a time and each sees
+    /// what the previous one committed) comes from a transaction-scoped
+    /// advisory lock taken first thing in the transaction.
     ///
     /// # Errors
-    /// No connection, or the lock could not be taken within the busy timeout.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+    /// No connection, or the lock could not be taken (SQLite: within the busy timeout).
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)").bind(PG_WRITE_LOCK).execute(&mut *tx).await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// Closes every connection; waits for checked-out ones to come back.
@@ -76,10 +156,64 @@ impl Db {
     }
 }
 
+/// The directory of a SQLite URL's file; `None` for an in-memory database.
+fn sqlite_dir(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = Path::new(rest.split('?').next().unwrap_or(rest));
+    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+        return None;
+    }
+    let dir = path.parent()?;
+    Some(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() })
+}
+
+/// The URL handed to the driver: a SQLite file is created when missing.
+fn connect_url(url: &str, backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite if !url.contains("mode=") => {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Per-connection settings. SQLite: WAL (readers never wait for the writer),
+/// `synchronous=NORMAL` (a commit survives a killed process; WAL keeps it
+/// consistent across power loss), a 5 s busy timeout and foreign keys on.
+async fn prepare_connection(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Sqlite {
+        let timeout_ms = Duration::from_secs(5).as_millis();
+        for pragma in [
+            "PRAGMA journal_mode = WAL".to_owned(),
+            "PRAGMA synchronous = NORMAL".to_owned(),
+            format!("PRAGMA busy_timeout = {timeout_ms}"),
+            "PRAGMA foreign_keys = ON".to_owned(),
+        ] {
+            conn.execute(sqlx::AssertSqlSafe(pragma)).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The database URL for a SQLite file.
 #[must_use]
 pub fn sqlite_url(path: &std::path::Path) -> String {
     format!("sqlite://{}", path.display())
+}
+
+/// A database URL fit for a log line or an error message: any password in it
+/// replaced by `***`.
+#[must_use]
+pub fn redacted(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!("{}{}:***{}", &url[..scheme_end], &authority[..colon], &rest[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Seconds since the Unix epoch, as stored in the database.
@@ -92,4 +226,45 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
 #[must_use]
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|e| e.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{Backend, connect_url, redacted, sqlite_dir};
+
+    #[test]
+    fn the_url_scheme_picks_the_backend_and_anything_else_is_refused() {
+        assert_eq!(Backend::of_url("sqlite:///var/lib/palisade/palisade.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::of_url("postgres://p@db/palisade").unwrap(), Backend::Postgres);
+        assert_eq!(Backend::of_url("postgresql://p@db/palisade").unwrap(), Backend::Postgres);
+        let err = Backend::of_url("mysql://p@db/palisade").unwrap_err().to_string();
+        assert!(err.contains("sqlite://") && err.contains("postgres://"), "{err}");
+    }
+
+    #[test]
+    fn a_sqlite_file_is_created_when_missing_unless_the_url_says_otherwise() {
+        assert_eq!(connect_url("sqlite:///d/p.db", Backend::Sqlite), "sqlite:///d/p.db?mode=rwc");
+        assert_eq!(
+            connect_url("sqlite:///d/p.db?cache=shared", Backend::Sqlite),
+            "sqlite:///d/p.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(connect_url("sqlite:///d/p.db?mode=ro", Backend::Sqlite), "sqlite:///d/p.db?mode=ro");
+        assert_eq!(connect_url("postgres://h/db", Backend::Postgres), "postgres://h/db");
+    }
+
+    #[test]
+    fn files_belonging_with_a_sqlite_database_live_beside_its_file() {
+        assert_eq!(sqlite_dir("sqlite:///d/p.db?mode=rwc").as_deref(), Some(Path::new("/d")));
+        assert_eq!(sqlite_dir("sqlite://p.db").as_deref(), Some(Path::new(".")));
+        assert_eq!(sqlite_dir("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(redacted("postgres://palisade:s3cret@db:5432/p"), "postgres://palisade:***@db:5432/p");
+        assert_eq!(redacted("postgres://palisade@db/p"), "postgres://palisade@db/p");
+        assert_eq!(redacted("sqlite:///d/p.db"), "sqlite:///d/p.db");
+    }
 }

@@ -2,7 +2,7 @@
 //! in order, so each broker replica can cut live tunnels and tell its
 //! connectors.
 
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::Db;
 
@@ -45,14 +45,14 @@ pub struct Revocation {
 /// # Errors
 /// A database error.
 pub async fn record(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     kind: RevocationKind,
     target: &str,
     reason: &str,
     at: i64,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar::<Sqlite, i64>(
-        "INSERT INTO revocations (kind, target, reason, at) VALUES (?, ?, ?, ?) RETURNING seq",
+    sqlx::query_scalar::<Any, i64>(
+        "INSERT INTO revocations (kind, target, reason, at) VALUES ($1, $2, $3, $4) RETURNING seq",
     )
     .bind(kind.as_str())
     .bind(target)
@@ -68,7 +68,7 @@ pub async fn record(
 /// A database error.
 pub async fn after(db: &Db, seq: i64) -> Result<Vec<Revocation>, sqlx::Error> {
     let rows: Vec<(i64, String, String, String, i64)> =
-        sqlx::query_as("SELECT seq, kind, target, reason, at FROM revocations WHERE seq > ? ORDER BY seq LIMIT 10000")
+        sqlx::query_as("SELECT seq, kind, target, reason, at FROM revocations WHERE seq > $1 ORDER BY seq LIMIT 10000")
             .bind(seq)
             .fetch_all(db.pool())
             .await?;
@@ -91,7 +91,7 @@ pub async fn after(db: &Db, seq: i64) -> Result<Vec<Revocation>, sqlx::Error> {
 /// A database error.
 pub async fn since(db: &Db, since: i64) -> Result<Vec<Revocation>, sqlx::Error> {
     let first: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(seq) FROM revocations WHERE at >= ?").bind(since).fetch_one(db.pool()).await?;
+        sqlx::query_scalar("SELECT MIN(seq) FROM revocations WHERE at >= $1").bind(since).fetch_one(db.pool()).await?;
     match first {
         Some(seq) => after(db, seq - 1).await,
         None => Ok(Vec::new()),

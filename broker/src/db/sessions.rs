@@ -1,7 +1,7 @@
 //! Sign-in sessions of people. A certificate names its session; a revoked or
 //! expired session refuses new connections and cuts live tunnels.
 
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::Db;
 use super::revocations::{self, RevocationKind};
@@ -38,11 +38,12 @@ type Row = (String, String, i64, i64, Option<i64>, Option<i64>);
 /// # Errors
 /// A database error.
 pub async fn get(db: &Db, id: &str) -> Result<Option<SessionRecord>, sqlx::Error> {
-    let row: Option<Row> =
-        sqlx::query_as("SELECT id, identity_id, created_at, expires_at, mfa_at, revoked_at FROM sessions WHERE id = ?")
-            .bind(id)
-            .fetch_optional(db.pool())
-            .await?;
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, identity_id, created_at, expires_at, mfa_at, revoked_at FROM sessions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
     Ok(row.map(|(id, identity_id, created_at, expires_at, mfa_at, revoked_at)| SessionRecord {
         id,
         identity_id,
@@ -59,14 +60,14 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<SessionRecord>, sqlx::Error
 /// # Errors
 /// A database error.
 pub async fn revoke_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: &str,
     by: &str,
     reason: &str,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
     let done =
-        sqlx::query::<Sqlite>("UPDATE sessions SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL")
+        sqlx::query::<Any>("UPDATE sessions SET revoked_at = $1, revoked_by = $2 WHERE id = $3 AND revoked_at IS NULL")
             .bind(now)
             .bind(by)
             .bind(id)
@@ -104,11 +105,11 @@ pub struct NewSession {
 ///
 /// # Errors
 /// A database error.
-pub async fn insert_in(conn: &mut SqliteConnection, s: &NewSession) -> Result<(), sqlx::Error> {
+pub async fn insert_in(conn: &mut AnyConnection, s: &NewSession) -> Result<(), sqlx::Error> {
     let methods = serde_json::to_string(&s.auth_methods).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
         "INSERT INTO sessions (id, identity_id, created_at, expires_at, mfa_at, auth_methods, client_addr, user_agent) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&s.id)
     .bind(&s.identity_id)
@@ -127,8 +128,8 @@ pub async fn insert_in(conn: &mut SqliteConnection, s: &NewSession) -> Result<()
 ///
 /// # Errors
 /// A database error.
-pub async fn set_mfa_in(conn: &mut SqliteConnection, id: &str, mfa_at: i64) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE sessions SET mfa_at = ? WHERE id = ? AND revoked_at IS NULL AND expires_at > ?")
+pub async fn set_mfa_in(conn: &mut AnyConnection, id: &str, mfa_at: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE sessions SET mfa_at = $1 WHERE id = $2 AND revoked_at IS NULL AND expires_at > $3")
         .bind(mfa_at)
         .bind(id)
         .bind(mfa_at)
@@ -169,8 +170,8 @@ const DETAILS: &str = "SELECT id, identity_id, created_at, expires_at, mfa_at, r
 ///
 /// # Errors
 /// A database error.
-pub async fn details_in(conn: &mut SqliteConnection, id: &str) -> Result<Option<SessionDetails>, sqlx::Error> {
-    let sql = format!("{DETAILS} WHERE id = ?");
+pub async fn details_in(conn: &mut AnyConnection, id: &str) -> Result<Option<SessionDetails>, sqlx::Error> {
+    let sql = format!("{DETAILS} WHERE id = $1");
     let row: Option<DetailsRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(conn).await?;
     Ok(row.map(details_from_row))
 }
@@ -181,7 +182,7 @@ pub async fn details_in(conn: &mut SqliteConnection, id: &str) -> Result<Option<
 /// A database error.
 pub async fn list_active(db: &Db, identity_id: Option<&str>, now: i64) -> Result<Vec<SessionDetails>, sqlx::Error> {
     let sql = format!(
-        "{DETAILS} WHERE revoked_at IS NULL AND expires_at > ? AND (? IS NULL OR identity_id = ?) \
+        "{DETAILS} WHERE revoked_at IS NULL AND expires_at > $1 AND ($2 IS NULL OR identity_id = $3) \
          ORDER BY created_at DESC LIMIT 1000"
     );
     let rows: Vec<DetailsRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -199,14 +200,14 @@ pub async fn list_active(db: &Db, identity_id: Option<&str>, now: i64) -> Result
 /// # Errors
 /// A database error.
 pub async fn revoke_all_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     identity_id: &str,
     by: &str,
     reason: &str,
     now: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
     let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM sessions WHERE identity_id = ? AND revoked_at IS NULL AND expires_at > ?")
+        sqlx::query_scalar("SELECT id FROM sessions WHERE identity_id = $1 AND revoked_at IS NULL AND expires_at > $2")
             .bind(identity_id)
             .bind(now)
             .fetch_all(&mut *conn)

@@ -1,7 +1,7 @@
 //! The `enrollment_tokens` table. Only the SHA-256 of a token's secret is stored.
 
 use palisade_proto::identity::PeerRole;
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::Db;
 
@@ -39,11 +39,11 @@ pub struct Grant {
 ///
 /// # Errors
 /// A database error.
-pub async fn insert(conn: &mut SqliteConnection, token: &NewToken) -> Result<(), sqlx::Error> {
+pub async fn insert(conn: &mut AnyConnection, token: &NewToken) -> Result<(), sqlx::Error> {
     let groups = serde_json::to_string(&token.groups).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
         "INSERT INTO enrollment_tokens (token_hash, role, name, groups, created_by, created_at, expires_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&token.token_hash)
     .bind(token.role.as_str())
@@ -62,14 +62,14 @@ pub async fn insert(conn: &mut SqliteConnection, token: &NewToken) -> Result<(),
 /// # Errors
 /// A database error.
 pub async fn pending_for_name(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     role: PeerRole,
     name: &str,
     now_unix: i64,
 ) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query_scalar::<Sqlite, i64>(
+    let n = sqlx::query_scalar::<Any, i64>(
         "SELECT COUNT(*) FROM enrollment_tokens \
-         WHERE role = ? AND name = ? AND redeemed_at IS NULL AND expires_at > ?",
+         WHERE role = $1 AND name = $2 AND redeemed_at IS NULL AND expires_at > $3",
     )
     .bind(role.as_str())
     .bind(name)
@@ -85,14 +85,10 @@ pub async fn pending_for_name(
 ///
 /// # Errors
 /// A database error.
-pub async fn redeem(
-    conn: &mut SqliteConnection,
-    token_hash: &str,
-    now_unix: i64,
-) -> Result<Option<Grant>, sqlx::Error> {
+pub async fn redeem(conn: &mut AnyConnection, token_hash: &str, now_unix: i64) -> Result<Option<Grant>, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE enrollment_tokens SET redeemed_at = ? \
-         WHERE token_hash = ? AND redeemed_at IS NULL AND expires_at > ?",
+        "UPDATE enrollment_tokens SET redeemed_at = $1 \
+         WHERE token_hash = $2 AND redeemed_at IS NULL AND expires_at > $3",
     )
     .bind(now_unix)
     .bind(token_hash)
@@ -102,8 +98,8 @@ pub async fn redeem(
     if done.rows_affected() != 1 {
         return Ok(None);
     }
-    let (role, name, groups) = sqlx::query_as::<Sqlite, (String, String, String)>(
-        "SELECT role, name, groups FROM enrollment_tokens WHERE token_hash = ?",
+    let (role, name, groups) = sqlx::query_as::<Any, (String, String, String)>(
+        "SELECT role, name, groups FROM enrollment_tokens WHERE token_hash = $1",
     )
     .bind(token_hash)
     .fetch_one(&mut *conn)
@@ -118,8 +114,8 @@ pub async fn redeem(
 /// # Errors
 /// A database error.
 pub async fn why_unusable(db: &Db, token_hash: &str, now_unix: i64) -> Result<&'static str, sqlx::Error> {
-    let row = sqlx::query_as::<Sqlite, (Option<i64>, i64)>(
-        "SELECT redeemed_at, expires_at FROM enrollment_tokens WHERE token_hash = ?",
+    let row = sqlx::query_as::<Any, (Option<i64>, i64)>(
+        "SELECT redeemed_at, expires_at FROM enrollment_tokens WHERE token_hash = $1",
     )
     .bind(token_hash)
     .fetch_optional(db.pool())
@@ -136,8 +132,8 @@ pub async fn why_unusable(db: &Db, token_hash: &str, now_unix: i64) -> Result<&'
 ///
 /// # Errors
 /// A database error.
-pub async fn set_identity(conn: &mut SqliteConnection, token_hash: &str, identity_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE enrollment_tokens SET identity_id = ? WHERE token_hash = ?")
+pub async fn set_identity(conn: &mut AnyConnection, token_hash: &str, identity_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE enrollment_tokens SET identity_id = $1 WHERE token_hash = $2")
         .bind(identity_id)
         .bind(token_hash)
         .execute(conn)
@@ -150,5 +146,5 @@ pub async fn set_identity(conn: &mut SqliteConnection, token_hash: &str, identit
 /// # Errors
 /// A database error.
 pub async fn count(db: &Db) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar::<Sqlite, i64>("SELECT COUNT(*) FROM enrollment_tokens").fetch_one(db.pool()).await
+    sqlx::query_scalar::<Any, i64>("SELECT COUNT(*) FROM enrollment_tokens").fetch_one(db.pool()).await
 }

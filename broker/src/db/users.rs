@@ -4,7 +4,7 @@
 
 use palisade_proto::id::UserId;
 use palisade_proto::identity::PeerRole;
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 use super::{Db, IdentityRecord, identities};
 
@@ -60,25 +60,26 @@ pub struct Upserted {
 ///
 /// # Errors
 /// A database error.
-pub async fn upsert_in(conn: &mut SqliteConnection, profile: &Profile, now: i64) -> Result<Upserted, sqlx::Error> {
-    let existing: Option<String> = sqlx::query_scalar("SELECT identity_id FROM users WHERE issuer = ? AND subject = ?")
-        .bind(&profile.issuer)
-        .bind(&profile.subject)
-        .fetch_optional(&mut *conn)
-        .await?;
+pub async fn upsert_in(conn: &mut AnyConnection, profile: &Profile, now: i64) -> Result<Upserted, sqlx::Error> {
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT identity_id FROM users WHERE issuer = $1 AND subject = $2")
+            .bind(&profile.issuer)
+            .bind(&profile.subject)
+            .fetch_optional(&mut *conn)
+            .await?;
     let Some(id) = existing else {
         let identity = create_in(conn, profile, now).await?;
         return Ok(Upserted { identity, lost_groups: Vec::new(), created: true });
     };
     let before = identities::get_in(conn, PeerRole::User, &id).await?.ok_or(sqlx::Error::RowNotFound)?;
     let groups = serde_json::to_string(&profile.groups).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("UPDATE identities SET name = ?, groups = ? WHERE id = ?")
+    sqlx::query("UPDATE identities SET name = $1, groups = $2 WHERE id = $3")
         .bind(&profile.name)
         .bind(groups)
         .bind(&id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("UPDATE users SET email = ?, display_name = ?, last_login = ? WHERE identity_id = ?")
+    sqlx::query("UPDATE users SET email = $1, display_name = $2, last_login = $3 WHERE identity_id = $4")
         .bind(&profile.email)
         .bind(&profile.display_name)
         .bind(now)
@@ -94,11 +95,7 @@ pub async fn upsert_in(conn: &mut SqliteConnection, profile: &Profile, now: i64)
 ///
 /// # Errors
 /// A database error; an (issuer, subject) already present is a unique violation.
-pub async fn create_in(
-    conn: &mut SqliteConnection,
-    profile: &Profile,
-    now: i64,
-) -> Result<IdentityRecord, sqlx::Error> {
+pub async fn create_in(conn: &mut AnyConnection, profile: &Profile, now: i64) -> Result<IdentityRecord, sqlx::Error> {
     let identity = IdentityRecord {
         id: UserId::random().to_string(),
         role: PeerRole::User,
@@ -109,7 +106,7 @@ pub async fn create_in(
     identities::insert(conn, &identity, now).await?;
     sqlx::query(
         "INSERT INTO users (identity_id, issuer, subject, email, display_name, created_at, last_login) \
-         VALUES (?, ?, ?, ?, ?, ?, NULL)",
+         VALUES ($1, $2, $3, $4, $5, $6, NULL)",
     )
     .bind(&identity.id)
     .bind(&profile.issuer)
@@ -126,8 +123,8 @@ pub async fn create_in(
 ///
 /// # Errors
 /// A database error.
-pub async fn touch_in(conn: &mut SqliteConnection, identity_id: &str, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET last_login = ? WHERE identity_id = ?")
+pub async fn touch_in(conn: &mut AnyConnection, identity_id: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET last_login = $1 WHERE identity_id = $2")
         .bind(now)
         .bind(identity_id)
         .execute(conn)
@@ -163,7 +160,7 @@ pub async fn list(db: &Db) -> Result<Vec<UserRecord>, sqlx::Error> {
 /// # Errors
 /// A database error.
 pub async fn find(db: &Db, who: &str) -> Result<Vec<UserRecord>, sqlx::Error> {
-    let sql = format!("{SELECT} WHERE i.id = ? OR i.name = ? OR u.email = ? ORDER BY i.id");
+    let sql = format!("{SELECT} WHERE i.id = $1 OR i.name = $2 OR u.email = $3 ORDER BY i.id");
     let rows: Vec<Row> =
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(who).bind(who).bind(who).fetch_all(db.pool()).await?;
     rows.into_iter().map(from_row).collect()
@@ -173,8 +170,8 @@ pub async fn find(db: &Db, who: &str) -> Result<Vec<UserRecord>, sqlx::Error> {
 ///
 /// # Errors
 /// A database error.
-pub async fn get_in(conn: &mut SqliteConnection, identity_id: &str) -> Result<Option<UserRecord>, sqlx::Error> {
-    let sql = format!("{SELECT} WHERE i.id = ?");
+pub async fn get_in(conn: &mut AnyConnection, identity_id: &str) -> Result<Option<UserRecord>, sqlx::Error> {
+    let sql = format!("{SELECT} WHERE i.id = $1");
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(identity_id).fetch_optional(conn).await?;
     row.map(from_row).transpose()
 }
@@ -183,8 +180,8 @@ pub async fn get_in(conn: &mut SqliteConnection, identity_id: &str) -> Result<Op
 ///
 /// # Errors
 /// A database error.
-pub async fn email_taken_in(conn: &mut SqliteConnection, issuer: &str, email: &str) -> Result<bool, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar::<Sqlite, i64>("SELECT COUNT(*) FROM users WHERE issuer = ? AND email = ?")
+pub async fn email_taken_in(conn: &mut AnyConnection, issuer: &str, email: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar::<Any, i64>("SELECT COUNT(*) FROM users WHERE issuer = $1 AND email = $2")
         .bind(issuer)
         .bind(email)
         .fetch_one(conn)

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use palisade_policies::ServiceEntry;
 use serde_json::json;
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Any, AnyConnection, Transaction};
 
 use super::{CatalogVersion, ConnectorSeen, InventoryError, LabelChange, SegmentRecord, ServiceRecord, check_name};
 use crate::audit::{Audit, AuditEvent, EventKind, Outcome};
@@ -35,14 +35,14 @@ pub async fn seed_from_config(db: &Db, config: &Config) -> Result<usize, Invento
     let mut tx = db.begin_write().await?;
     let mut added = Vec::new();
     for service in &config.services {
-        sqlx::query("INSERT INTO segments (name, description, created_at) VALUES (?, 'from broker.toml', ?) ON CONFLICT (name) DO NOTHING")
+        sqlx::query("INSERT INTO segments (name, description, created_at) VALUES ($1, 'from broker.toml', $2) ON CONFLICT (name) DO NOTHING")
             .bind(&service.segment)
             .bind(now())
             .execute(&mut *tx)
             .await?;
         let labels = serde_json::to_string(&sorted(service.labels.clone())).unwrap_or_else(|_| "[]".into());
         let inserted = sqlx::query(
-            "INSERT INTO services (name, segment, protocol, labels, origin, updated_at) VALUES (?, ?, ?, ?, 'config', ?) \
+            "INSERT INTO services (name, segment, protocol, labels, origin, updated_at) VALUES ($1, $2, $3, $4, 'config', $5) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(service.name.as_str())
@@ -63,8 +63,8 @@ pub async fn seed_from_config(db: &Db, config: &Config) -> Result<usize, Invento
     Ok(added.len())
 }
 
-async fn bump(conn: &mut SqliteConnection, change: &str) -> Result<u64, sqlx::Error> {
-    sqlx::query("UPDATE catalog_version SET version = version + 1, last_change = ? WHERE id = 1")
+async fn bump(conn: &mut AnyConnection, change: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query("UPDATE catalog_version SET version = version + 1, last_change = $1 WHERE id = 1")
         .bind(change)
         .execute(&mut *conn)
         .await?;
@@ -80,7 +80,7 @@ pub async fn catalog_version(db: &Db) -> Result<CatalogVersion, InventoryError> 
     version_in(&mut *db.pool().acquire().await?).await
 }
 
-async fn version_in(conn: &mut SqliteConnection) -> Result<CatalogVersion, InventoryError> {
+async fn version_in(conn: &mut AnyConnection) -> Result<CatalogVersion, InventoryError> {
     let (version, last_change): (i64, String) =
         sqlx::query_as("SELECT version, last_change FROM catalog_version WHERE id = 1").fetch_one(conn).await?;
     Ok(CatalogVersion { version: u64::try_from(version).unwrap_or(0), last_change })
@@ -94,7 +94,7 @@ async fn version_in(conn: &mut SqliteConnection) -> Result<CatalogVersion, Inven
 pub async fn catalog(db: &Db) -> Result<(CatalogVersion, Vec<ServiceEntry>), InventoryError> {
     let mut tx = db.pool().begin().await?;
     let version = version_in(&mut tx).await?;
-    let rows = sqlx::query_as::<Sqlite, ServiceRow>(select_services!("WHERE segment IS NOT NULL ORDER BY name"))
+    let rows = sqlx::query_as::<Any, ServiceRow>(select_services!("WHERE segment IS NOT NULL ORDER BY name"))
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -120,9 +120,9 @@ fn decode(row: ServiceRow, connectors: Vec<ConnectorSeen>) -> Result<ServiceReco
     Ok(ServiceRecord { name, segment, protocol, labels, origin, updated_at, connectors })
 }
 
-async fn connectors_of(conn: &mut SqliteConnection, service: &str) -> Result<Vec<ConnectorSeen>, sqlx::Error> {
+async fn connectors_of(conn: &mut AnyConnection, service: &str) -> Result<Vec<ConnectorSeen>, sqlx::Error> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT connector_id, connector, last_seen FROM service_connectors WHERE service = ? ORDER BY last_seen DESC, connector",
+        "SELECT connector_id, connector, last_seen FROM service_connectors WHERE service = $1 ORDER BY last_seen DESC, connector",
     )
     .bind(service)
     .fetch_all(conn)
@@ -136,7 +136,7 @@ async fn connectors_of(conn: &mut SqliteConnection, service: &str) -> Result<Vec
 /// A database error or an unreadable row.
 pub async fn services(db: &Db) -> Result<Vec<ServiceRecord>, InventoryError> {
     let mut conn = db.pool().acquire().await?;
-    let rows = sqlx::query_as::<Sqlite, ServiceRow>(select_services!("ORDER BY name")).fetch_all(&mut *conn).await?;
+    let rows = sqlx::query_as::<Any, ServiceRow>(select_services!("ORDER BY name")).fetch_all(&mut *conn).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let connectors = connectors_of(&mut conn, &row.0).await?;
@@ -153,8 +153,8 @@ pub async fn get_service(db: &Db, name: &str) -> Result<Option<ServiceRecord>, I
     get_in(&mut *db.pool().acquire().await?, name).await
 }
 
-async fn get_in(conn: &mut SqliteConnection, name: &str) -> Result<Option<ServiceRecord>, InventoryError> {
-    let row = sqlx::query_as::<Sqlite, ServiceRow>(select_services!("WHERE name = ?"))
+async fn get_in(conn: &mut AnyConnection, name: &str) -> Result<Option<ServiceRecord>, InventoryError> {
+    let row = sqlx::query_as::<Any, ServiceRow>(select_services!("WHERE name = $1"))
         .bind(name)
         .fetch_optional(&mut *conn)
         .await?;
@@ -187,13 +187,13 @@ pub async fn assign(
     let before = get_in(&mut tx, service).await?.ok_or_else(|| InventoryError::UnknownService(service.to_owned()))?;
     if let Some(segment) = segment {
         let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM segments WHERE name = ?").bind(segment).fetch_optional(&mut *tx).await?;
+            sqlx::query_scalar("SELECT 1 FROM segments WHERE name = $1").bind(segment).fetch_optional(&mut *tx).await?;
         if exists.is_none() {
             return Err(InventoryError::UnknownSegment(segment.to_owned()));
         }
     }
     let protocol = protocol.unwrap_or(&before.protocol);
-    sqlx::query("UPDATE services SET segment = ?, protocol = ?, updated_at = ? WHERE name = ?")
+    sqlx::query("UPDATE services SET segment = $1, protocol = $2, updated_at = $3 WHERE name = $4")
         .bind(segment)
         .bind(protocol)
         .bind(now())
@@ -216,7 +216,7 @@ pub async fn assign(
 
 /// Bumps the catalog version and audits the change, in the caller's transaction.
 async fn record_change(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     actor: &str,
     subject: &str,
     change: &str,
@@ -264,7 +264,7 @@ pub async fn label(
         return Ok(before);
     }
     let json_labels = serde_json::to_string(&labels).unwrap_or_else(|_| "[]".into());
-    sqlx::query("UPDATE services SET labels = ?, updated_at = ? WHERE name = ?")
+    sqlx::query("UPDATE services SET labels = $1, updated_at = $2 WHERE name = $3")
         .bind(json_labels)
         .bind(now())
         .bind(service)
@@ -318,7 +318,7 @@ pub async fn create_segment(
     let mut tx = db.begin_write().await?;
     let created_at = now();
     let inserted = sqlx::query(
-        "INSERT INTO segments (name, description, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO segments (name, description, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
     )
     .bind(name)
     .bind(description)
@@ -340,14 +340,14 @@ pub async fn create_segment(
 /// An unknown segment, one that still holds services, a database or audit error.
 pub async fn delete_segment(db: &Db, name: &str, actor: &str) -> Result<(), InventoryError> {
     let mut tx = db.begin_write().await?;
-    let members: Vec<String> = sqlx::query_scalar("SELECT name FROM services WHERE segment = ? ORDER BY name")
+    let members: Vec<String> = sqlx::query_scalar("SELECT name FROM services WHERE segment = $1 ORDER BY name")
         .bind(name)
         .fetch_all(&mut *tx)
         .await?;
     if !members.is_empty() {
         return Err(InventoryError::SegmentInUse { name: name.to_owned(), services: members });
     }
-    let deleted = sqlx::query("DELETE FROM segments WHERE name = ?").bind(name).execute(&mut *tx).await?;
+    let deleted = sqlx::query("DELETE FROM segments WHERE name = $1").bind(name).execute(&mut *tx).await?;
     if deleted.rows_affected() == 0 {
         return Err(InventoryError::UnknownSegment(name.to_owned()));
     }
@@ -375,7 +375,7 @@ pub async fn record_advertised(
     for service in advertised.iter().filter(|s| check_name("service", s).is_ok()) {
         let inserted = sqlx::query(
             "INSERT INTO services (name, segment, protocol, labels, origin, updated_at) \
-             VALUES (?, NULL, 'tcp', '[]', 'connector', ?) ON CONFLICT (name) DO NOTHING",
+             VALUES ($1, NULL, 'tcp', '[]', 'connector', $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(service)
         .bind(now())
@@ -385,7 +385,7 @@ pub async fn record_advertised(
             new.push(service.clone());
         }
         sqlx::query(
-            "INSERT INTO service_connectors (service, connector_id, connector, last_seen) VALUES (?, ?, ?, ?) \
+            "INSERT INTO service_connectors (service, connector_id, connector, last_seen) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (service, connector_id) DO UPDATE SET connector = excluded.connector, last_seen = excluded.last_seen",
         )
         .bind(service)

@@ -29,7 +29,7 @@ async fn setup() -> Setup {
 }
 
 async fn audited(db: &Db, kind: &str) -> Vec<serde_json::Value> {
-    let rows: Vec<String> = sqlx::query_scalar("SELECT detail FROM audit_events WHERE kind = ? ORDER BY seq")
+    let rows: Vec<String> = sqlx::query_scalar("SELECT detail FROM audit_events WHERE kind = $1 ORDER BY seq")
         .bind(kind)
         .fetch_all(db.pool())
         .await

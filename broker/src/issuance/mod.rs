@@ -218,7 +218,7 @@ async fn issue_inner(
 }
 
 pub(crate) async fn check_key_unused(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     csr: &CheckedCsr,
     identity_id: &str,
 ) -> Result<(), IssueError> {
@@ -229,7 +229,7 @@ pub(crate) async fn check_key_unused(
 }
 
 pub(crate) async fn store_issued(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     issued: &Issued,
     csr: &CheckedCsr,
     identity_id: &str,

@@ -48,7 +48,7 @@ pub async fn find_user(db: &Db, who: &str) -> Result<UserRecord, ManageError> {
 }
 
 async fn revoke_all(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: &str,
     actor: &str,
     reason: &str,

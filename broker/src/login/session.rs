@@ -103,7 +103,7 @@ pub struct Completed {
 /// # Errors
 /// The person is disabled, the stepped-up session ended, or the database failed.
 pub async fn complete(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     login: &Login,
     pending: &PendingLogin,
     identity_id: &str,
@@ -153,7 +153,7 @@ pub async fn complete(
 }
 
 async fn create(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     login: &Login,
     pending: &PendingLogin,
     identity_id: &str,
@@ -180,7 +180,7 @@ async fn create(
 /// # Errors
 /// The audit trail could not be written.
 pub async fn record_created(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     s: &NewSession,
     via: &str,
 ) -> Result<(), Failure> {
@@ -194,7 +194,7 @@ pub async fn record_created(
 }
 
 async fn step_up(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: &str,
     identity_id: &str,
     now: i64,

@@ -61,7 +61,7 @@ pub(super) struct QueryArgs {
 pub(super) async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let q = to_query(&args)?;
     let config = load_config(&args.data_dir)?;
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     let result = print(&db, args.login_trail.as_deref(), &q).await;
     db.close().await;
     if let Some(next) = result? {

@@ -106,7 +106,7 @@ pub(super) enum SegmentCommand {
 /// `[[services]]`, as the broker does at start (insert-if-missing).
 async fn open(data_dir: &Path) -> anyhow::Result<Db> {
     let config = load_config(data_dir)?;
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     inventory::seed_from_config(&db, &config).await.context("cannot seed the service catalog")?;
     Ok(db)
 }

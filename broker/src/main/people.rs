@@ -12,7 +12,7 @@ use super::{SessionCommand, UserCommand, load_config};
 
 async fn open(data_dir: &Path) -> anyhow::Result<(palisade_broker::config::Config, Db)> {
     let config = load_config(data_dir)?;
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     Ok((config, db))
 }
 

@@ -187,7 +187,7 @@ pub(super) async fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
 /// `[[services]]`, as the broker does at start (insert-if-missing).
 async fn open(data_dir: &Path) -> anyhow::Result<(Config, Db)> {
     let config = load_config(data_dir)?;
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     inventory::seed_from_config(&db, &config).await.context("cannot seed the service catalog")?;
     Ok((config, db))
 }
@@ -304,7 +304,7 @@ async fn activate(config: &Config, result: Result<VersionInfo, PolicyStoreError>
         }
     };
     println!("policy version {} stored and active (digest {})", info.version, short(&info.digest));
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     let stored = policy_store::get(&db, info.version).await?;
     db.close().await;
     let files = stored.map(|v| v.files).context("the stored version vanished")?;
@@ -490,7 +490,7 @@ async fn reload(data_dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 async fn audit_rejected_policy(config: &Config, error: &str) -> anyhow::Result<()> {
-    let db = Db::open(&config.database_url()).await.context("cannot open the database")?;
+    let db = config.open_db().await.context("cannot open the database")?;
     let event = audit::AuditEvent::new(audit::EventKind::PolicyRejected, audit::Outcome::Failure)
         .actor("cli")
         .detail(serde_json::json!({ "error": error, "dir": config.policy_dir.display().to_string() }));

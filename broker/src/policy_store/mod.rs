@@ -29,7 +29,7 @@ use std::time::SystemTime;
 
 use palisade_policies::{CaseError, Engine, LoadError, PolicyBundle, PolicyFile, ServiceEntry, run_case_dir};
 use serde_json::json;
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Any, AnyConnection};
 
 pub use diff::{FileChange, FileDiff, diff_files, render_diff};
 pub use principals::{PrincipalLookupError, find_principal, known_principals};
@@ -228,7 +228,7 @@ async fn commit(db: &Db, proposal: &Proposal<'_>) -> Result<VersionInfo, PolicyS
         .map_err(|e| PolicyStoreError::Corrupt { version: info.version, message: e.to_string() })?;
     sqlx::query(
         "INSERT INTO policy_versions (version, parent, author, comment, created_at, files, digest) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(next)
     .bind(proposal.parent.map(to_i64))
@@ -239,7 +239,7 @@ async fn commit(db: &Db, proposal: &Proposal<'_>) -> Result<VersionInfo, PolicyS
     .bind(&info.digest)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO policy_active (id, version) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET version = excluded.version")
+    sqlx::query("INSERT INTO policy_active (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = excluded.version")
         .bind(next)
         .execute(&mut *tx)
         .await?;
@@ -306,7 +306,7 @@ pub async fn active_version(db: &Db) -> Result<Option<u64>, PolicyStoreError> {
     active_version_in(&mut *db.pool().acquire().await?).await
 }
 
-async fn active_version_in(conn: &mut SqliteConnection) -> Result<Option<u64>, PolicyStoreError> {
+async fn active_version_in(conn: &mut AnyConnection) -> Result<Option<u64>, PolicyStoreError> {
     let version: Option<i64> =
         sqlx::query_scalar("SELECT version FROM policy_active WHERE id = 1").fetch_optional(conn).await?;
     Ok(version.map(|v| u64::try_from(v).unwrap_or(0)))
@@ -328,8 +328,8 @@ fn decode(row: Row) -> Result<PolicyVersion, PolicyStoreError> {
 /// # Errors
 /// A database error or an unreadable row.
 pub async fn get(db: &Db, version: u64) -> Result<Option<PolicyVersion>, PolicyStoreError> {
-    let row = sqlx::query_as::<Sqlite, Row>(
-        "SELECT version, parent, author, comment, created_at, files, digest FROM policy_versions WHERE version = ?",
+    let row = sqlx::query_as::<Any, Row>(
+        "SELECT version, parent, author, comment, created_at, files, digest FROM policy_versions WHERE version = $1",
     )
     .bind(to_i64(version))
     .fetch_optional(db.pool())
@@ -342,7 +342,7 @@ pub async fn get(db: &Db, version: u64) -> Result<Option<PolicyVersion>, PolicyS
 /// # Errors
 /// A database error or an unreadable row.
 pub async fn history(db: &Db) -> Result<Vec<VersionInfo>, PolicyStoreError> {
-    let rows = sqlx::query_as::<Sqlite, Row>(
+    let rows = sqlx::query_as::<Any, Row>(
         "SELECT version, parent, author, comment, created_at, '[]', digest FROM policy_versions ORDER BY version DESC",
     )
     .fetch_all(db.pool())

@@ -2,7 +2,7 @@
 //! and `users` tables: for `policy explain` and `policy compare`.
 
 use palisade_policies::{Principal, PrincipalKind};
-use sqlx::Sqlite;
+use sqlx::Any;
 
 use crate::db::Db;
 
@@ -45,16 +45,16 @@ pub async fn find_principal(db: &Db, spec: &str) -> Result<(Principal, bool), Pr
     let (kind, name) = spec.split_once(':').ok_or_else(|| PrincipalLookupError::Syntax(spec.to_owned()))?;
     let (kind, sql) = match kind {
         "machine" => {
-            ("machine", "SELECT id, role, name, groups, disabled FROM identities WHERE role = 'machine' AND name = ?")
+            ("machine", "SELECT id, role, name, groups, disabled FROM identities WHERE role = 'machine' AND name = $1")
         }
         "user" => (
             "user",
             "SELECT i.id, i.role, i.name, i.groups, i.disabled FROM identities i \
-             JOIN users u ON u.identity_id = i.id WHERE i.role = 'user' AND lower(u.email) = lower(?)",
+             JOIN users u ON u.identity_id = i.id WHERE i.role = 'user' AND lower(u.email) = lower($1)",
         ),
         _ => return Err(PrincipalLookupError::Syntax(spec.to_owned())),
     };
-    let mut rows = sqlx::query_as::<Sqlite, Row>(sql).bind(name).fetch_all(db.pool()).await?;
+    let mut rows = sqlx::query_as::<Any, Row>(sql).bind(name).fetch_all(db.pool()).await?;
     match rows.len() {
         0 => Err(PrincipalLookupError::Unknown { kind, name: name.to_owned() }),
         1 => {
@@ -71,7 +71,7 @@ pub async fn find_principal(db: &Db, spec: &str) -> Result<(Principal, bool), Pr
 /// # Errors
 /// A database error, or a row that does not decode.
 pub async fn known_principals(db: &Db) -> Result<Vec<Principal>, sqlx::Error> {
-    let rows = sqlx::query_as::<Sqlite, Row>(
+    let rows = sqlx::query_as::<Any, Row>(
         "SELECT id, role, name, groups, disabled FROM identities \
          WHERE role IN ('machine', 'user') AND disabled = 0 ORDER BY role, name, id",
     )

@@ -32,7 +32,7 @@ fn proposal<'a>(files: &'a [PolicyFile], parent: Option<u64>, services: &'a [Ser
 }
 
 async fn audited(db: &Db, kind: &str) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE kind = ?")
+    sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE kind = $1")
         .bind(kind)
         .fetch_one(db.pool())
         .await
@@ -217,15 +217,17 @@ async fn principals_are_found_by_machine_name_and_user_email() {
         ("m-2", "machine", "old-bot", "[]", 1),
         ("u-1", "user", "Bob", "[]", 0),
     ] {
-        sqlx::query("INSERT INTO identities (id, role, name, groups, disabled, created_at) VALUES (?, ?, ?, ?, ?, 0)")
-            .bind(id)
-            .bind(role)
-            .bind(name)
-            .bind(groups)
-            .bind(disabled)
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO identities (id, role, name, groups, disabled, created_at) VALUES ($1, $2, $3, $4, $5, 0)",
+        )
+        .bind(id)
+        .bind(role)
+        .bind(name)
+        .bind(groups)
+        .bind(disabled)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     }
     sqlx::query("INSERT INTO users (identity_id, issuer, subject, email, created_at) VALUES ('u-1', 'local', 's', 'bob@example.com', 0)")
         .execute(&mut *conn)

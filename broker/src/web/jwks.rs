@@ -55,7 +55,7 @@ pub(crate) async fn register(db: &Db, connector_id: &str, jwk: &Value, now: Syst
     let kid = public["kid"].as_str().unwrap_or_default().to_owned();
     let now = unix(now);
     sqlx::query(
-        "INSERT INTO assertion_keys (kid, connector_id, jwk, created_at, last_seen_at) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO assertion_keys (kid, connector_id, jwk, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (kid) DO UPDATE SET last_seen_at = excluded.last_seen_at \
          WHERE assertion_keys.connector_id = excluded.connector_id",
     )
@@ -85,7 +85,7 @@ fn public_jwk(jwk: &Value) -> Result<Value, KeyError> {
 async fn current_keys(db: &Db, now: SystemTime) -> Result<Vec<Value>, sqlx::Error> {
     let since = unix(now) - i64::try_from(KEY_TTL.as_secs()).unwrap_or(i64::MAX);
     let rows: Vec<String> =
-        sqlx::query_scalar("SELECT jwk FROM assertion_keys WHERE last_seen_at >= ? ORDER BY created_at, kid")
+        sqlx::query_scalar("SELECT jwk FROM assertion_keys WHERE last_seen_at >= $1 ORDER BY created_at, kid")
             .bind(since)
             .fetch_all(db.pool())
             .await?;

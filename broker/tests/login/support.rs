@@ -215,7 +215,7 @@ impl TestBroker {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<sqlx::Sqlite, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
+        sqlx::query_scalar::<sqlx::Any, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(self.db.pool())
             .await
             .unwrap()

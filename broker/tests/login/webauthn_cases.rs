@@ -16,7 +16,7 @@ pub async fn signed_up(broker: &TestBroker, user: &str, key: &mut Key) -> String
     let finish = register(&browser, broker, key).await;
     assert_eq!(finish.status, 200, "{}", finish.body);
     broker.count("SELECT COUNT(*) FROM users").await;
-    let id: String = sqlx::query_scalar("SELECT identity_id FROM users WHERE subject = ?")
+    let id: String = sqlx::query_scalar("SELECT identity_id FROM users WHERE subject = $1")
         .bind(user)
         .fetch_one(broker.db.pool())
         .await

@@ -213,7 +213,9 @@ impl NsPalisade {
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(|| format!("no {key}ADDR in the ready line {line:?}"))
         };
-        let info = Arc::new(BrokerInfo { env: env.clone(), data_dir, https: field("https=")?, quic: field("quic=")? });
+        let database_url = format!("sqlite://{}", data_dir.join("palisade.db").display());
+        let (https, quic) = (field("https=")?, field("quic=")?);
+        let info = Arc::new(BrokerInfo { env: env.clone(), data_dir, database_url, https, quic });
 
         let connector = start_connector(env, &info, &link.ns, upstream).await?;
         let agent = MachineBuilder::new(info.clone(), "bench-agent-veth").group("ml-agents").enroll().await;

@@ -28,16 +28,18 @@ async fn audit_verify_passes_on_a_real_run_and_names_an_edited_or_deleted_row() 
     // Edit one row in the middle of the chain, as someone with write access
     // to the database file would: the append-only triggers are no obstacle.
     let target = audit.of_kind("certificate.issued")[0].clone();
-    let db = open_db(&broker.db_path()).await;
+    let db = open_db(broker.database_url()).await;
     for trigger in ["audit_events_no_update", "audit_events_no_delete"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER IF EXISTS {trigger}"))).execute(&db).await.unwrap();
+        // PostgreSQL names the table a trigger is on; SQLite does not accept that.
+        let on = if broker.database_url().starts_with("postgres") { " ON audit_events" } else { "" };
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER IF EXISTS {trigger}{on}"))).execute(&db).await.unwrap();
     }
-    let original: String = sqlx::query_scalar("SELECT detail FROM audit_events WHERE seq = ?")
+    let original: String = sqlx::query_scalar("SELECT detail FROM audit_events WHERE seq = $1")
         .bind(target.seq)
         .fetch_one(&db)
         .await
         .unwrap();
-    sqlx::query("UPDATE audit_events SET detail = '{\"groups\":[\"admins\"]}' WHERE seq = ?")
+    sqlx::query("UPDATE audit_events SET detail = '{\"groups\":[\"admins\"]}' WHERE seq = $1")
         .bind(target.seq)
         .execute(&db)
         .await
@@ -47,7 +49,7 @@ async fn audit_verify_passes_on_a_real_run_and_names_an_edited_or_deleted_row() 
     assert!(out.all_output().contains(&format!("audit chain broken at event #{}", target.seq)), "{out}");
 
     // Put it back: the chain is whole again, so verify points at real damage only.
-    sqlx::query("UPDATE audit_events SET detail = ? WHERE seq = ?")
+    sqlx::query("UPDATE audit_events SET detail = $1 WHERE seq = $2")
         .bind(&original)
         .bind(target.seq)
         .execute(&db)
@@ -57,7 +59,7 @@ async fn audit_verify_passes_on_a_real_run_and_names_an_edited_or_deleted_row() 
 
     // Delete a row: the first broken link is where the gap is.
     let deleted = audit.of_kind("token.redeemed")[0].seq;
-    sqlx::query("DELETE FROM audit_events WHERE seq = ?").bind(deleted).execute(&db).await.unwrap();
+    sqlx::query("DELETE FROM audit_events WHERE seq = $1").bind(deleted).execute(&db).await.unwrap();
     db.close().await;
     let out = broker.cli(&["audit", "verify"]).await;
     assert_eq!(out.code(), Some(1), "a deleted row must break the chain:\n{out}");

@@ -72,7 +72,7 @@ async fn new_streams_are_refused_while_the_revocation_feed_cannot_be_read() {
     let forward = agent.connect("echo").await;
     forward.assert_echoes(b"before the outage").await;
 
-    let db = palisade_tests::open_db(&broker.db_path()).await;
+    let db = palisade_tests::open_db(broker.database_url()).await;
     sqlx::query("ALTER TABLE revocations RENAME TO revocations_unavailable")
         .execute(&db)
         .await

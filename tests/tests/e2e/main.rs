@@ -25,4 +25,5 @@ mod renewal;
 mod restart;
 mod revocation;
 mod segments;
+mod store_schema;
 mod tunnel;

@@ -27,8 +27,8 @@ pub(crate) async fn hostile_names_and_user_agents_render_as_text(ui: &Ui) {
     let printed = out.expect_success();
     let path = &printed[printed.find("/invite/").expect("an invite link")..];
     let link = ui.url(path);
-    let db = open_db(&ui.broker.db_path()).await;
-    sqlx::query("UPDATE users SET display_name = ? WHERE email = 'alice@example.com'")
+    let db = open_db(ui.broker.database_url()).await;
+    sqlx::query("UPDATE users SET display_name = $1 WHERE email = 'alice@example.com'")
         .bind(HOSTILE_NAME)
         .execute(&db)
         .await

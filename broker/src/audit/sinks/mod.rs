@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use sqlx::Sqlite;
+use sqlx::Any;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -186,7 +186,7 @@ async fn deliver_next(db: &Db, config: &AuditSinkConfig, output: &mut Output) ->
 /// # Errors
 /// The table could not be read.
 pub async fn cursor(db: &Db, sink: &str) -> Result<i64, sqlx::Error> {
-    let seq = sqlx::query_scalar::<Sqlite, i64>("SELECT last_seq FROM audit_sink_cursors WHERE sink = ?")
+    let seq = sqlx::query_scalar::<Any, i64>("SELECT last_seq FROM audit_sink_cursors WHERE sink = $1")
         .bind(sink)
         .fetch_optional(db.pool())
         .await?;
@@ -195,7 +195,7 @@ pub async fn cursor(db: &Db, sink: &str) -> Result<i64, sqlx::Error> {
 
 async fn set_cursor(db: &Db, sink: &str, seq: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO audit_sink_cursors (sink, last_seq, updated_at) VALUES (?, ?, ?) \
+        "INSERT INTO audit_sink_cursors (sink, last_seq, updated_at) VALUES ($1, $2, $3) \
          ON CONFLICT (sink) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at",
     )
     .bind(sink)
@@ -207,9 +207,9 @@ async fn set_cursor(db: &Db, sink: &str, seq: i64) -> Result<(), sqlx::Error> {
 }
 
 async fn events_after(db: &Db, after: i64, limit: usize) -> Result<Vec<EventRow>, sqlx::Error> {
-    let rows = sqlx::query_as::<Sqlite, RawRow>(
+    let rows = sqlx::query_as::<Any, RawRow>(
         "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
-         FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
+         FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
     )
     .bind(after)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -11,7 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Value, json};
-use sqlx::Sqlite;
+use sqlx::Any;
 
 use super::SinkError;
 use crate::audit::chain::EventRow;
@@ -54,14 +54,14 @@ pub(super) async fn observe(db: &Db, row: &EventRow) -> Result<Vec<EventKind>, S
 /// Records `value` for the person. `None` if it was already known, else how
 /// many other values of this kind the person had.
 async fn remember(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     person: &str,
     key: &str,
     value: &str,
     row: &EventRow,
 ) -> Result<Option<i64>, sqlx::Error> {
     let updated = sqlx::query(
-        "UPDATE audit_seen_signins SET last_seen_ms = MAX(last_seen_ms, ?) WHERE identity = ? AND kind = ? AND value = ?",
+        "UPDATE audit_seen_signins SET last_seen_ms = CASE WHEN last_seen_ms > $1 THEN last_seen_ms ELSE $1 END WHERE identity = $2 AND kind = $3 AND value = $4",
     )
     .bind(row.ts_ms)
     .bind(person)
@@ -73,13 +73,13 @@ async fn remember(
         return Ok(None);
     }
     let known =
-        sqlx::query_scalar::<Sqlite, i64>("SELECT COUNT(*) FROM audit_seen_signins WHERE identity = ? AND kind = ?")
+        sqlx::query_scalar::<Any, i64>("SELECT COUNT(*) FROM audit_seen_signins WHERE identity = $1 AND kind = $2")
             .bind(person)
             .bind(key)
             .fetch_one(&mut **tx)
             .await?;
     sqlx::query(
-        "INSERT INTO audit_seen_signins (identity, kind, value, first_seq, last_seen_ms) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO audit_seen_signins (identity, kind, value, first_seq, last_seen_ms) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(person)
     .bind(key)

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::Sqlite;
+use sqlx::Any;
 
 use super::SinkError;
 use crate::audit::chain::EventRow;
@@ -35,7 +35,7 @@ pub(super) async fn observe(db: &Db, row: &EventRow) -> Result<(), SinkError> {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO audit_connectors_offline (connector, since_ms, alerted) VALUES (?, ?, 0) \
+            "INSERT INTO audit_connectors_offline (connector, since_ms, alerted) VALUES ($1, $2, 0) \
              ON CONFLICT (connector) DO NOTHING",
         )
         .bind(connector)
@@ -50,8 +50,8 @@ pub(super) async fn observe(db: &Db, row: &EventRow) -> Result<(), SinkError> {
 
 async fn back_online(db: &Db, connector: &str, now_ms: i64) -> Result<(), SinkError> {
     let mut tx = db.begin_write().await?;
-    let state = sqlx::query_as::<Sqlite, (i64, i64)>(
-        "SELECT since_ms, alerted FROM audit_connectors_offline WHERE connector = ?",
+    let state = sqlx::query_as::<Any, (i64, i64)>(
+        "SELECT since_ms, alerted FROM audit_connectors_offline WHERE connector = $1",
     )
     .bind(connector)
     .fetch_optional(&mut *tx)
@@ -63,7 +63,7 @@ async fn back_online(db: &Db, connector: &str, now_ms: i64) -> Result<(), SinkEr
             .detail(json!({ "offline_since": rfc3339_ms(since_ms), "offline_ms": now_ms.saturating_sub(since_ms) }));
         Audit::record_in(&mut tx, event).await.map_err(|e| SinkError::Alert(e.to_string()))?;
     }
-    sqlx::query("DELETE FROM audit_connectors_offline WHERE connector = ?").bind(connector).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM audit_connectors_offline WHERE connector = $1").bind(connector).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -72,8 +72,8 @@ async fn back_online(db: &Db, connector: &str, now_ms: i64) -> Result<(), SinkEr
 /// than `threshold` at `now_ms` and not alerted yet; returns how many.
 pub(super) async fn overdue(db: &Db, threshold: Duration, now_ms: i64) -> Result<usize, SinkError> {
     let limit = now_ms.saturating_sub(i64::try_from(threshold.as_millis()).unwrap_or(i64::MAX));
-    let due = sqlx::query_as::<Sqlite, (String, i64)>(
-        "SELECT connector, since_ms FROM audit_connectors_offline WHERE alerted = 0 AND since_ms <= ? ORDER BY since_ms",
+    let due = sqlx::query_as::<Any, (String, i64)>(
+        "SELECT connector, since_ms FROM audit_connectors_offline WHERE alerted = 0 AND since_ms <= $1 ORDER BY since_ms",
     )
     .bind(limit)
     .fetch_all(db.pool())
@@ -85,7 +85,7 @@ pub(super) async fn overdue(db: &Db, threshold: Duration, now_ms: i64) -> Result
     let mut alerted = 0;
     for (connector, since_ms) in due {
         let claimed =
-            sqlx::query("UPDATE audit_connectors_offline SET alerted = 1 WHERE connector = ? AND alerted = 0")
+            sqlx::query("UPDATE audit_connectors_offline SET alerted = 1 WHERE connector = $1 AND alerted = 0")
                 .bind(&connector)
                 .execute(&mut *tx)
                 .await?;
@@ -110,7 +110,7 @@ pub(super) async fn overdue(db: &Db, threshold: Duration, now_ms: i64) -> Result
 /// Only link events the task has already read (`seq <= cursor`) count, so a
 /// `connector.online` still to be read cannot clear a row it predates.
 pub(super) async fn seed(db: &Db, cursor: i64, now_ms: i64) -> Result<usize, SinkError> {
-    let last = sqlx::query_as::<Sqlite, (String, String, String, i64)>(
+    let last = sqlx::query_as::<Any, (String, String, String, i64)>(
         "SELECT e.actor, e.kind, e.detail, e.seq FROM audit_events e JOIN ( \
              SELECT actor, MAX(seq) AS seq FROM audit_events \
              WHERE kind IN ('connector.online', 'connector.offline') AND actor IS NOT NULL GROUP BY actor \
@@ -125,7 +125,7 @@ pub(super) async fn seed(db: &Db, cursor: i64, now_ms: i64) -> Result<usize, Sin
             continue;
         }
         let added = sqlx::query(
-            "INSERT INTO audit_connectors_offline (connector, since_ms, alerted) VALUES (?, ?, 0) \
+            "INSERT INTO audit_connectors_offline (connector, since_ms, alerted) VALUES ($1, $2, 0) \
              ON CONFLICT (connector) DO NOTHING",
         )
         .bind(&connector)

@@ -1,6 +1,6 @@
 //! Device codes (RFC 8628) for `palisade login --device`.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use crate::db::Db;
 
@@ -55,7 +55,7 @@ fn from_row(r: Row) -> DeviceCode {
 /// A database error; a user code already taken is a unique violation.
 pub async fn insert(db: &Db, d: &DeviceCode, max: i64) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin_write().await?;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM device_codes WHERE expires_at > ?")
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM device_codes WHERE expires_at > $1")
         .bind(d.created_at)
         .fetch_one(&mut *tx)
         .await?;
@@ -63,7 +63,7 @@ pub async fn insert(db: &Db, d: &DeviceCode, max: i64) -> Result<bool, sqlx::Err
         return Ok(false);
     }
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO device_codes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO device_codes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
     )))
     .bind(&d.device_code_hash)
     .bind(&d.user_code)
@@ -86,7 +86,7 @@ pub async fn insert(db: &Db, d: &DeviceCode, max: i64) -> Result<bool, sqlx::Err
 /// # Errors
 /// A database error.
 pub async fn by_user_code(db: &Db, user_code: &str) -> Result<Option<DeviceCode>, sqlx::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM device_codes WHERE user_code = ?");
+    let sql = format!("SELECT {COLUMNS} FROM device_codes WHERE user_code = $1");
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(user_code).fetch_optional(db.pool()).await?;
     Ok(row.map(from_row))
 }
@@ -97,15 +97,15 @@ pub async fn by_user_code(db: &Db, user_code: &str) -> Result<Option<DeviceCode>
 /// # Errors
 /// A database error.
 pub async fn approve_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     user_code: &str,
     identity_id: &str,
     session_id: &str,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE device_codes SET approved_by = ?, session_id = ? \
-         WHERE user_code = ? AND approved_by IS NULL AND expires_at > ?",
+        "UPDATE device_codes SET approved_by = $1, session_id = $2 \
+         WHERE user_code = $3 AND approved_by IS NULL AND expires_at > $4",
     )
     .bind(identity_id)
     .bind(session_id)
@@ -120,11 +120,11 @@ pub async fn approve_in(
 ///
 /// # Errors
 /// A database error.
-pub async fn poll_in(conn: &mut SqliteConnection, hash: &str, now: i64) -> Result<Option<DeviceCode>, sqlx::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM device_codes WHERE device_code_hash = ?");
+pub async fn poll_in(conn: &mut AnyConnection, hash: &str, now: i64) -> Result<Option<DeviceCode>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM device_codes WHERE device_code_hash = $1");
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(hash).fetch_optional(&mut *conn).await?;
     if row.is_some() {
-        sqlx::query("UPDATE device_codes SET last_poll_at = ? WHERE device_code_hash = ?")
+        sqlx::query("UPDATE device_codes SET last_poll_at = $1 WHERE device_code_hash = $2")
             .bind(now)
             .bind(hash)
             .execute(conn)
@@ -137,8 +137,8 @@ pub async fn poll_in(conn: &mut SqliteConnection, hash: &str, now: i64) -> Resul
 ///
 /// # Errors
 /// A database error.
-pub async fn slow_down_in(conn: &mut SqliteConnection, hash: &str, by: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE device_codes SET interval_secs = MIN(interval_secs + ?, 60) WHERE device_code_hash = ?")
+pub async fn slow_down_in(conn: &mut AnyConnection, hash: &str, by: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE device_codes SET interval_secs = MIN(interval_secs + $1, 60) WHERE device_code_hash = $2")
         .bind(by)
         .bind(hash)
         .execute(conn)
@@ -150,10 +150,10 @@ pub async fn slow_down_in(conn: &mut SqliteConnection, hash: &str, by: i64) -> R
 ///
 /// # Errors
 /// A database error.
-pub async fn redeem_in(conn: &mut SqliteConnection, hash: &str, now: i64) -> Result<bool, sqlx::Error> {
+pub async fn redeem_in(conn: &mut AnyConnection, hash: &str, now: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE device_codes SET redeemed_at = ? \
-         WHERE device_code_hash = ? AND approved_by IS NOT NULL AND redeemed_at IS NULL AND expires_at > ?",
+        "UPDATE device_codes SET redeemed_at = $1 \
+         WHERE device_code_hash = $2 AND approved_by IS NOT NULL AND redeemed_at IS NULL AND expires_at > $3",
     )
     .bind(now)
     .bind(hash)

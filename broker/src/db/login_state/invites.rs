@@ -1,6 +1,6 @@
 //! One-time invites for local (passkey-only) accounts.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// An invite as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct Invite {
 /// # Errors
 /// A database error.
 pub async fn insert_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     token_hash: &str,
     identity_id: &str,
     created_by: &str,
@@ -26,7 +26,7 @@ pub async fn insert_in(
     expires_at: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO user_invites (token_hash, identity_id, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO user_invites (token_hash, identity_id, created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(token_hash)
     .bind(identity_id)
@@ -42,9 +42,9 @@ pub async fn insert_in(
 ///
 /// # Errors
 /// A database error.
-pub async fn get_in(conn: &mut SqliteConnection, token_hash: &str) -> Result<Option<Invite>, sqlx::Error> {
+pub async fn get_in(conn: &mut AnyConnection, token_hash: &str) -> Result<Option<Invite>, sqlx::Error> {
     let row: Option<(String, i64, Option<i64>)> =
-        sqlx::query_as("SELECT identity_id, expires_at, used_at FROM user_invites WHERE token_hash = ?")
+        sqlx::query_as("SELECT identity_id, expires_at, used_at FROM user_invites WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(conn)
             .await?;
@@ -55,14 +55,15 @@ pub async fn get_in(conn: &mut SqliteConnection, token_hash: &str) -> Result<Opt
 ///
 /// # Errors
 /// A database error.
-pub async fn use_in(conn: &mut SqliteConnection, token_hash: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let done =
-        sqlx::query("UPDATE user_invites SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?")
-            .bind(now)
-            .bind(token_hash)
-            .bind(now)
-            .execute(conn)
-            .await?;
+pub async fn use_in(conn: &mut AnyConnection, token_hash: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE user_invites SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $3",
+    )
+    .bind(now)
+    .bind(token_hash)
+    .bind(now)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -70,8 +71,8 @@ pub async fn use_in(conn: &mut SqliteConnection, token_hash: &str, now: i64) -> 
 ///
 /// # Errors
 /// A database error.
-pub async fn revoke_for_in(conn: &mut SqliteConnection, identity_id: &str, now: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("UPDATE user_invites SET used_at = ? WHERE identity_id = ? AND used_at IS NULL")
+pub async fn revoke_for_in(conn: &mut AnyConnection, identity_id: &str, now: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE user_invites SET used_at = $1 WHERE identity_id = $2 AND used_at IS NULL")
         .bind(now)
         .bind(identity_id)
         .execute(conn)
