@@ -17,6 +17,7 @@ use palisade_proto::bundle::VerifiedBundle;
 use palisade_proto::identity::{PeerRole, TrustAnchors, VerifiedPeer, VerifyPeerError, verify_peer};
 use palisade_proto::wire::Dispatch;
 use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
 
 use crate::config::{DEFAULT_BUNDLE_MAX_AGE, ServiceConfig};
 
@@ -31,6 +32,8 @@ pub(crate) struct PolicyState {
     local_files: Option<Vec<PolicyFile>>,
     local: RwLock<Option<Arc<Engine>>>,
     revoked: RwLock<Revocations>,
+    /// Bumped after every revocation the broker pushes; live tunnels wait on it.
+    revocations: watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -47,6 +50,7 @@ impl Default for PolicyState {
             local_files: None,
             local: RwLock::default(),
             revoked: RwLock::default(),
+            revocations: watch::Sender::new(0),
         }
     }
 }
@@ -130,11 +134,27 @@ impl PolicyState {
         (age_secs > max_age_secs).then_some(BundleError::Expired { age_secs, max_age_secs })
     }
 
-    /// Adds revocations pushed by the broker.
+    /// Adds revocations pushed by the broker, then wakes every waiting tunnel.
     pub(crate) fn revoke(&self, sessions: Vec<String>, identities: Vec<String>) {
-        let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
-        revoked.sessions.extend(sessions);
-        revoked.identities.extend(identities);
+        {
+            let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+            revoked.sessions.extend(sessions);
+            revoked.identities.extend(identities);
+        }
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Returns once `peer` is revoked (at once if it already is). It
+    /// subscribes before it looks, so a revocation that lands in between
+    /// still wakes it.
+    pub(crate) async fn revoked(&self, peer: &VerifiedPeer) {
+        let mut changes = self.revocations.subscribe();
+        while !self.is_revoked(peer) {
+            if changes.changed().await.is_err() {
+                // Cannot happen while `self` holds the sender; if it did, nothing more is known: cut.
+                return;
+            }
+        }
     }
 
     /// Whether the peer was revoked.

@@ -18,6 +18,8 @@
 //! expect_policies = ["machines-inference"]    # optional, permitting or forbidding ids
 //! expect_dry_run = "would_deny"               # optional: "would_allow", "would_deny" or "none"
 //! http = { method = "POST", path = "/v1/chat" }   # optional: the `http` action instead of `connect`
+//! # with the fields of a JSON request body (each optional; logprobs and stream default to false):
+//! # http = { method = "POST", path = "/v1/chat", body = { model = "m", max_tokens = 64, n = 1, logprobs = true } }
 //! [case.context]                              # optional, every key optional
 //! mfa_age_secs = 600
 //! auth_methods = ["oidc", "webauthn"]
@@ -36,8 +38,8 @@ use serde::Deserialize;
 
 use crate::source::{list_dir, read_text};
 use crate::{
-    AccessRequest, Action, Decision, DryRun, Engine, LoadError, PolicyBundle, PolicyFile, Principal, PrincipalKind,
-    RequestContext, ServiceEntry,
+    AccessRequest, Action, BodyFields, Decision, DryRun, Engine, LoadError, PolicyBundle, PolicyFile, Principal,
+    PrincipalKind, RequestContext, ServiceEntry,
 };
 
 /// A case file could not be run (as opposed to a case that failed).
@@ -174,7 +176,11 @@ fn run_one(engine: &Engine, case: &Case) -> CaseOutcome {
     let result = case.context.to_request_context().and_then(|context| {
         let principal = case.principal.to_principal();
         let action = match &case.http {
-            Some(call) => Action::Http { method: call.method.clone(), path: call.path.clone() },
+            Some(call) => Action::Http {
+                method: call.method.clone(),
+                path: call.path.clone(),
+                body: call.body.as_ref().map(CaseBody::to_fields),
+            },
             None => Action::Connect,
         };
         let request = AccessRequest { principal: &principal, action, service: &case.service, context: &context };
@@ -281,6 +287,31 @@ enum Expect {
 struct HttpCall {
     method: String,
     path: String,
+    body: Option<CaseBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseBody {
+    model: Option<String>,
+    max_tokens: Option<u64>,
+    n: Option<u64>,
+    #[serde(default)]
+    logprobs: bool,
+    #[serde(default)]
+    stream: bool,
+}
+
+impl CaseBody {
+    fn to_fields(&self) -> BodyFields {
+        BodyFields {
+            model: self.model.clone(),
+            max_tokens: self.max_tokens,
+            n: self.n,
+            logprobs: self.logprobs,
+            stream: self.stream,
+        }
+    }
 }
 
 #[derive(Deserialize)]

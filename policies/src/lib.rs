@@ -109,7 +109,7 @@ pub use dry_run::{DryRun, Verdict};
 pub use engine::Engine;
 pub use error::LoadError;
 pub use explain::{Explanation, PolicyOutcome, PolicyTrace, ScopePart};
-pub use request::{AccessRequest, Action, Principal, PrincipalKind, RequestContext};
+pub use request::{AccessRequest, Action, BodyFields, Principal, PrincipalKind, RequestContext};
 pub use schema::{SCHEMA_TEXT, schema};
 pub use source::read_policy_dir;
 

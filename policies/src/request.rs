@@ -42,7 +42,29 @@ pub enum Action {
         method: String,
         /// Request path without the query string.
         path: String,
+        /// The fields read from a JSON request body; `None` when the body
+        /// was not read (not JSON, or empty).
+        body: Option<BodyFields>,
     },
+}
+
+/// Fields of an OpenAI-compatible JSON request body, as the connector read
+/// them. Policies see `model`, `max_tokens` and `n` only when the body set
+/// them, and `logprobs` and `stream` whenever a body was read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BodyFields {
+    /// The `model` asked for.
+    pub model: Option<String>,
+    /// The largest of the token caps the body sets (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`).
+    pub max_tokens: Option<u64>,
+    /// How many answers the workload generates (`n`, or `best_of` if larger).
+    pub n: Option<u64>,
+    /// Whether the answer may carry log probabilities (`logprobs`,
+    /// `top_logprobs` or `prompt_logprobs` set).
+    pub logprobs: bool,
+    /// Whether the answer is streamed.
+    pub stream: bool,
 }
 
 /// Facts about the moment of the request, beyond who and what.
@@ -158,11 +180,29 @@ fn context(request: &AccessRequest<'_>) -> Result<Context, String> {
     if let Some(version) = &ctx.client_version {
         pairs.push(("client_version".to_owned(), RestrictedExpression::new_string(version.clone())));
     }
-    if let Action::Http { method, path } = &request.action {
+    if let Action::Http { method, path, body } = &request.action {
         pairs.push(("method".to_owned(), RestrictedExpression::new_string(method.clone())));
         pairs.push(("path".to_owned(), RestrictedExpression::new_string(path.clone())));
+        if let Some(body) = body {
+            body_pairs(body, &mut pairs)?;
+        }
     }
     Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
+}
+
+fn body_pairs(body: &BodyFields, pairs: &mut Vec<(String, RestrictedExpression)>) -> Result<(), String> {
+    pairs.push(("logprobs".to_owned(), RestrictedExpression::new_bool(body.logprobs)));
+    pairs.push(("stream".to_owned(), RestrictedExpression::new_bool(body.stream)));
+    if let Some(model) = &body.model {
+        pairs.push(("model".to_owned(), RestrictedExpression::new_string(model.clone())));
+    }
+    if let Some(max_tokens) = body.max_tokens {
+        pairs.push(("max_tokens".to_owned(), long(max_tokens)?));
+    }
+    if let Some(n) = body.n {
+        pairs.push(("n".to_owned(), long(n)?));
+    }
+    Ok(())
 }
 
 fn long(value: u64) -> Result<RestrictedExpression, String> {

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use palisade_policies::{
-    AccessRequest, Action, Decision, DenyReason, Engine, LoadError, PolicyBundle, PolicyFile, Principal, PrincipalKind,
-    RequestContext, ServiceEntry,
+    AccessRequest, Action, BodyFields, Decision, DenyReason, Engine, LoadError, PolicyBundle, PolicyFile, Principal,
+    PrincipalKind, RequestContext, ServiceEntry,
 };
 
 fn file(name: &str, text: &str) -> PolicyFile {
@@ -292,7 +292,7 @@ fn http_requests_carry_method_and_path() {
     let http = |service: &str, method: &str, path: &str| {
         engine.decide(&AccessRequest {
             principal: &agent(),
-            action: Action::Http { method: method.to_owned(), path: path.to_owned() },
+            action: Action::Http { method: method.to_owned(), path: path.to_owned(), body: None },
             service,
             context: &context(),
         })
@@ -303,6 +303,63 @@ fn http_requests_carry_method_and_path() {
     assert_eq!(http("postgres", "POST", "/v1/chat").code(), "invalid_request");
     // The http permit does not open tunnels.
     assert!(!decide(&engine, &agent(), "llm-prod", &context()).is_allow());
+}
+
+const BODY_RULES: &str = r#"
+@id("chat")
+permit (principal, action == Action::"http", resource)
+when { context has model && ["small", "medium"].contains(context.model) };
+
+@id("caps")
+forbid (principal, action == Action::"http", resource)
+when { (context has max_tokens && context.max_tokens > 1000) || (context has n && context.n > 2) };
+
+@id("no-logprobs")
+forbid (principal, action == Action::"http", resource)
+when { context has logprobs && context.logprobs }
+unless { principal in Group::"eval" };
+"#;
+
+#[test]
+fn json_body_fields_reach_http_policies() {
+    let engine = engine(BODY_RULES);
+    let http = |principal: &Principal, body: Option<BodyFields>| {
+        let action = Action::Http { method: "POST".to_owned(), path: "/v1/chat/completions".to_owned(), body };
+        engine.decide(&AccessRequest { principal, action, service: "llm-prod", context: &context() })
+    };
+    let small = BodyFields { model: Some("small".to_owned()), ..BodyFields::default() };
+    assert!(http(&agent(), Some(small.clone())).is_allow());
+    let large = BodyFields { model: Some("large".to_owned()), ..BodyFields::default() };
+    assert_eq!(http(&agent(), Some(large)).code(), "no_policy");
+    assert!(!http(&agent(), None).is_allow(), "no body, no model: the allow-list does not match");
+    assert!(!http(&agent(), Some(BodyFields::default())).is_allow(), "a body without a model");
+    let long = BodyFields { max_tokens: Some(1001), ..small.clone() };
+    match http(&agent(), Some(long)) {
+        Decision::Deny(reason) => assert_eq!(reason.policy_ids(), ["caps"]),
+        Decision::Allow(grant) => panic!("allowed by {:?}", grant.policy_ids()),
+    }
+    assert!(http(&agent(), Some(BodyFields { max_tokens: Some(1000), n: Some(2), ..small.clone() })).is_allow());
+    assert!(!http(&agent(), Some(BodyFields { n: Some(3), ..small.clone() })).is_allow());
+    let logprobs = BodyFields { logprobs: true, ..small.clone() };
+    assert!(!http(&agent(), Some(logprobs.clone())).is_allow());
+    let mut evaluator = agent();
+    evaluator.groups.push("eval".to_owned());
+    assert!(http(&evaluator, Some(logprobs)).is_allow());
+    let beyond_long = BodyFields { max_tokens: Some(u64::MAX), ..small };
+    assert_eq!(http(&agent(), Some(beyond_long)).code(), "invalid_request", "a count Cedar cannot hold never allows");
+}
+
+#[test]
+fn optional_body_fields_need_has() {
+    for text in [
+        r#"permit (principal, action == Action::"http", resource) when { context.model == "small" };"#,
+        r#"forbid (principal, action == Action::"http", resource) when { context.logprobs };"#,
+        r#"forbid (principal, action == Action::"http", resource) when { context.max_tokens > 10 };"#,
+        r#"permit (principal, action == Action::"http", resource) when { context has n && context.n == "1" };"#,
+    ] {
+        let err = load(&[file("body.cedar", text)]).expect_err(text);
+        assert!(matches!(err, LoadError::Validation { .. }), "{text}: {err}");
+    }
 }
 
 #[test]

@@ -195,3 +195,20 @@ fn revoked_identities_are_denied_even_when_the_bundle_allows() {
     assert!(matches!(denied, Denied::Revoked), "{denied:?}");
     assert_eq!(denied.code(), "revoked");
 }
+
+#[tokio::test]
+async fn a_waiting_tunnel_wakes_on_its_own_revocation_only() {
+    let f = Fixture::new();
+    f.apply(bundle(1, "ml-agents")).expect("bundle");
+    let peer = f.check(&dispatch(f.agent_chain(), "llm-prod")).expect("allowed").peer;
+    let waiting = f.policy.revoked(&peer);
+    tokio::pin!(waiting);
+    let quiet = std::time::Duration::from_millis(50);
+    assert!(tokio::time::timeout(quiet, &mut waiting).await.is_err(), "nothing revoked yet");
+    f.policy.revoke(vec!["another-session".to_owned()], vec!["another-identity".to_owned()]);
+    assert!(tokio::time::timeout(quiet, &mut waiting).await.is_err(), "someone else was revoked");
+    f.policy.revoke(Vec::new(), vec![AGENT_ID.to_owned()]);
+    tokio::time::timeout(std::time::Duration::from_secs(5), &mut waiting).await.expect("woken by the revocation");
+    let late = tokio::time::timeout(quiet, f.policy.revoked(&peer)).await;
+    assert!(late.is_ok(), "a tunnel that starts watching after the revocation is cut at once");
+}

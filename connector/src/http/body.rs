@@ -1,34 +1,55 @@
 //! The workload's response body on its way to the caller: passed on frame by
 //! frame as it arrives (a server-sent-event token stream is never held
 //! back), counted, read for the `usage` object, and cut when the caller is
-//! revoked mid-response.
+//! revoked or its token quota is exceeded mid-response.
+//!
+//! Neither cut polls: the body waits on the revocation and token-count
+//! watch channels next to the workload's next frame.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::Tunnel;
+use super::limits::Admission;
 use super::openai::{SseUsage, Usage, usage_of_json};
 
-/// How often a streaming response checks for a revocation while it waits for the workload.
-const REVOCATION_CHECK: Duration = Duration::from_millis(100);
 /// The most of a JSON response kept to read its `usage`.
 const MAX_JSON_USAGE_BODY: usize = 4 * 1024 * 1024;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the connector cut a response before the workload finished it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// The caller's session or identity was revoked.
+    Revoked,
+    /// The caller's token quota was exceeded, by this response or another.
+    QuotaExceeded,
+}
+
+impl Cut {
+    /// The audit reason.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked_mid_response",
+            Self::QuotaExceeded => "quota_exceeded_mid_response",
+        }
+    }
+}
 
 /// How the response body ended.
 #[derive(Debug, Default)]
 pub(crate) struct BodyEnd {
     pub(crate) bytes: u64,
     pub(crate) usage: Option<Usage>,
-    /// Cut by the connector (revocation) before the workload finished.
-    pub(crate) cut: bool,
+    /// Cut by the connector before the workload finished.
+    pub(crate) cut: Option<Cut>,
     /// The workload's side failed, or the caller went away first.
     pub(crate) incomplete: bool,
 }
@@ -42,19 +63,49 @@ enum UsageReader {
 }
 
 type OnEnd = Box<dyn FnOnce(BodyEnd) + Send>;
+type CutWatch = Pin<Box<dyn Future<Output = Cut> + Send>>;
 
 pub(crate) struct MeteredBody {
     inner: Incoming,
     reader: UsageReader,
     end: BodyEnd,
-    /// Checked for a revocation while the response streams.
     tunnel: Arc<Tunnel>,
-    tick: tokio::time::Interval,
+    /// The limits this response draws on; its tokens are counted as they are reported.
+    admission: Option<Admission>,
+    /// Resolves when the response must be cut; `None` once it fired.
+    cut_watch: Option<CutWatch>,
+    /// The cut was reported to hyper: the body is over.
+    cut_sent: bool,
     on_end: Option<OnEnd>,
 }
 
+/// Resolves when the caller is revoked or a quota the response draws on is exceeded.
+fn cut_watch(tunnel: Arc<Tunnel>, admission: Option<&Admission>) -> CutWatch {
+    let quota = admission.and_then(Admission::quota_watch);
+    Box::pin(async move {
+        let revoked = tunnel.policy.revoked(&tunnel.caller.peer);
+        match quota {
+            Some(quota) => tokio::select! {
+                biased;
+                () = revoked => Cut::Revoked,
+                () = quota.exceeded() => Cut::QuotaExceeded,
+            },
+            None => {
+                revoked.await;
+                Cut::Revoked
+            }
+        }
+    })
+}
+
 impl MeteredBody {
-    pub(crate) fn new(inner: Incoming, content_type: &str, tunnel: Arc<Tunnel>, on_end: OnEnd) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        content_type: &str,
+        tunnel: Arc<Tunnel>,
+        admission: Option<Admission>,
+        on_end: OnEnd,
+    ) -> Self {
         let reader = if content_type.starts_with("text/event-stream") {
             UsageReader::Sse(SseUsage::default())
         } else if content_type.starts_with("application/json") {
@@ -62,15 +113,20 @@ impl MeteredBody {
         } else {
             UsageReader::Skip
         };
-        let mut tick = tokio::time::interval(REVOCATION_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self { inner, reader, end: BodyEnd::default(), tunnel, tick, on_end: Some(on_end) }
+        let cut_watch = Some(cut_watch(tunnel.clone(), admission.as_ref()));
+        let end = BodyEnd::default();
+        Self { inner, reader, end, tunnel, admission, cut_watch, cut_sent: false, on_end: Some(on_end) }
     }
 
     fn observe(&mut self, data: &Bytes) {
         self.end.bytes += data.len() as u64;
         match &mut self.reader {
-            UsageReader::Sse(sse) => sse.feed(data),
+            UsageReader::Sse(sse) => {
+                sse.feed(data);
+                if let (Some(usage), Some(admission)) = (sse.usage(), self.admission.as_mut()) {
+                    admission.progress(usage.total());
+                }
+            }
             UsageReader::Json(buf) if buf.len() + data.len() <= MAX_JSON_USAGE_BODY => buf.extend_from_slice(data),
             UsageReader::Json(_) => self.reader = UsageReader::Skip,
             UsageReader::Skip => {}
@@ -85,16 +141,33 @@ impl MeteredBody {
             UsageReader::Json(buf) => usage_of_json(buf),
             UsageReader::Skip => None,
         };
+        if let Some(admission) = self.admission.take() {
+            admission.finish(self.end.usage.map_or(0, Usage::total));
+        }
+        // The tunnel may have been cut (and this body dropped) before the body saw the revocation.
+        if self.end.cut.is_none() && self.tunnel.cut.is_cut() {
+            self.end.cut = Some(Cut::Revoked);
+        }
         on_end(std::mem::take(&mut self.end));
     }
 
-    fn revoked(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.tick.poll_tick(cx).is_ready() {
-            if self.tunnel.policy.is_revoked(&self.tunnel.caller.peer) {
-                return true;
-            }
+    /// `Some` once the response must be cut. A quota exceeded by the
+    /// stream's own last `usage`, after `[DONE]`, lets it end: no token follows.
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Option<Cut> {
+        let cut = match self.cut_watch.as_mut()?.as_mut().poll(cx) {
+            Poll::Ready(cut) => cut,
+            Poll::Pending => return None,
+        };
+        self.cut_watch = None;
+        let finished = matches!(&self.reader, UsageReader::Sse(sse) if sse.done());
+        if cut == Cut::QuotaExceeded && finished {
+            return None;
         }
-        false
+        if cut == Cut::Revoked {
+            self.tunnel.cut.cut();
+        }
+        self.end.cut = Some(cut);
+        Some(cut)
     }
 }
 
@@ -103,11 +176,13 @@ impl Body for MeteredBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.revoked(cx) {
-            self.tunnel.cut.cut();
-            self.end.cut = true;
+        if self.cut_sent {
+            return Poll::Ready(None);
+        }
+        if let Some(cut) = self.poll_cut(cx) {
+            self.cut_sent = true;
             self.finish(true);
-            return Poll::Ready(Some(Err("the caller was revoked mid-response".into())));
+            return Poll::Ready(Some(Err(format!("the connector cut the response: {}", cut.reason()).into())));
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,

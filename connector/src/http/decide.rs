@@ -1,5 +1,5 @@
-//! The per-request decision: Cedar's `http` action with the method and the
-//! canonical path, against the bundle in force at the moment of the
+//! The per-request decision: Cedar's `http` action with the method, the
+//! canonical path and the JSON body's fields, against the bundle in force at the moment of the
 //! request (not the one the tunnel was opened with), then the local
 //! guardrails. A revoked caller is refused before Cedar is asked.
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use palisade_policies::{
-    AccessRequest, Action, Decision, DenyReason, Engine, Grant, Principal, PrincipalKind, RequestContext,
+    AccessRequest, Action, BodyFields, Decision, DenyReason, Engine, Grant, Principal, PrincipalKind, RequestContext,
 };
 use palisade_proto::identity::{PeerRole, VerifiedPeer};
 
@@ -69,13 +69,21 @@ impl RequestDenied {
     }
 }
 
-/// Asks the bundle (and the guardrails) whether `caller` may send `method path` to `service`.
+/// One request as policies see it.
+pub(crate) struct HttpCall<'a> {
+    pub(crate) method: &'a str,
+    /// The canonical, decoded path.
+    pub(crate) path: &'a str,
+    /// The fields of the JSON body, if one was read.
+    pub(crate) body: Option<BodyFields>,
+}
+
+/// Asks the bundle (and the guardrails) whether `caller` may make `call` to `service`.
 pub(crate) fn decide(
     policy: &PolicyState,
     caller: &Caller,
     service: &str,
-    method: &str,
-    path: &str,
+    call: HttpCall<'_>,
     now: SystemTime,
 ) -> Result<(Grant, Arc<Engine>), RequestDenied> {
     if policy.is_revoked(&caller.peer) {
@@ -92,7 +100,7 @@ pub(crate) fn decide(
     };
     let request = AccessRequest {
         principal: &caller.principal,
-        action: Action::Http { method: method.to_owned(), path: path.to_owned() },
+        action: Action::Http { method: call.method.to_owned(), path: call.path.to_owned(), body: call.body },
         service,
         context: &context,
     };
@@ -119,8 +127,12 @@ mod tests {
     fn ai_http_example_policies_pass_their_cases() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples/ai-http");
         let files = palisade_policies::read_policy_dir(&dir).expect("the ai-http examples load");
-        let report = palisade_policies::run_case_file(&files, &dir.join("cases/ai-http.toml")).expect("cases run");
-        assert!(report.outcomes.len() >= 9, "only {} cases", report.outcomes.len());
-        assert!(report.passed(), "{report}");
+        let reports = palisade_policies::run_case_dir(&files, &dir.join("cases")).expect("cases run");
+        let names: Vec<&str> = reports.iter().map(|r| r.file.as_str()).collect();
+        assert_eq!(names, ["ai-http.toml", "openai-fields.toml"]);
+        for report in &reports {
+            assert!(report.outcomes.len() >= 9, "only {} cases in {}", report.outcomes.len(), report.file);
+            assert!(report.passed(), "{report}");
+        }
     }
 }

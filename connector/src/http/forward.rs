@@ -1,10 +1,12 @@
-//! One request to the workload: headers cleaned, the canonical path set, a
-//! fresh HTTP/1.1 connection to the upstream.
+//! One request to the workload: headers cleaned, the canonical path set,
+//! sent over HTTP/1.1 on a kept-alive connection to the upstream (one pool
+//! for the connector, a few idle connections per upstream address).
 //!
 //! Identity headers a caller sends are removed: only the connector's signed
 //! assertion may tell the workload who is calling (case Q-11). Hop-by-hop
 //! headers are removed in both directions, as any proxy must.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +16,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 use super::body::BoxError;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::client::legacy::{self, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// The header carrying the connector's signed identity assertion.
 pub(crate) const ASSERTION_HEADER: &str = "x-palisade-identity";
@@ -47,12 +49,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// The workload could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ForwardError {
-    #[error("connecting to {addr} timed out after {timeout:?}")]
-    Timeout { addr: String, timeout: Duration },
+    #[error("{addr} is not a host:port upstream address: {source}")]
+    Address { addr: String, source: http::Error },
     #[error("cannot connect to {addr}: {source}")]
-    Unreachable { addr: String, source: std::io::Error },
+    Unreachable { addr: String, source: legacy::Error },
     #[error("the upstream HTTP exchange failed: {0}")]
-    Http(#[from] hyper::Error),
+    Http(legacy::Error),
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -97,25 +99,50 @@ pub(crate) fn retarget<B>(request: &mut Request<B>, encoded_path: &str, upstream
     Ok(())
 }
 
-/// Sends one request to the workload on a new connection.
+/// Idle connections kept per upstream address, and for how long.
+const MAX_IDLE_PER_UPSTREAM: usize = 8;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Pool = legacy::Client<HttpConnector, UnsyncBoxBody<Bytes, BoxError>>;
+
+/// The connector's one pool. The connect timeout is a connector-wide
+/// setting, so the first caller's value is the value.
+fn pool(connect_timeout: Duration) -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(MAX_IDLE_PER_UPSTREAM)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector)
+    })
+}
+
+/// Sends one request (origin-form URI) to the workload at `upstream`, on a pooled connection.
 pub(crate) async fn send(
     upstream: &str,
     timeout: Duration,
-    request: Request<UnsyncBoxBody<Bytes, BoxError>>,
+    mut request: Request<UnsyncBoxBody<Bytes, BoxError>>,
 ) -> Result<Response<Incoming>, ForwardError> {
-    let unreachable = |source| ForwardError::Unreachable { addr: upstream.to_owned(), source };
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(upstream))
-        .await
-        .map_err(|_| ForwardError::Timeout { addr: upstream.to_owned(), timeout })?
-        .map_err(unreachable)?;
-    tcp.set_nodelay(true).map_err(unreachable)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
+    let path_and_query = request.uri().path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(upstream)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|source| ForwardError::Address { addr: upstream.to_owned(), source })?;
+    *request.uri_mut() = uri;
+    pool(timeout).request(request).await.map_err(|e| {
+        if e.is_connect() {
+            ForwardError::Unreachable { addr: upstream.to_owned(), source: e }
+        } else {
+            ForwardError::Http(e)
         }
-    });
-    Ok(sender.send_request(request).await?)
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,12 @@
 //! Budgets are kept per (identity, service, policy) in this connector
 //! process. A policy with a malformed limit annotation, or limits on a
 //! policy without an `@id`, makes every request it permits fail closed.
+//!
+//! Tokens count as soon as the connector sees them: at the end of a JSON
+//! answer, and at every `usage` a server-sent-event stream reports on the
+//! way. Every count is announced on a watch channel, so a response still
+//! streaming for the same identity is cut the moment its window goes past
+//! the quota, whichever stream used it up.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use cedar_policy::PolicySet;
 use palisade_policies::Engine;
+use tokio::sync::watch;
 
 const DEFAULT_WINDOW: Duration = Duration::from_secs(3_600);
 const ANNOTATIONS: [&str; 5] = ["requests_per_second", "burst", "max_in_flight", "tokens_per_window", "token_window"];
@@ -119,17 +126,45 @@ struct Budget {
     tokens_used: u64,
 }
 
+type Key = (String, String, String);
+
 /// Every budget in this connector, keyed by (identity, service, policy).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Limiter {
-    budgets: Mutex<HashMap<(String, String, String), Budget>>,
+    budgets: Mutex<HashMap<Key, Budget>>,
+    /// Bumped after every change to a token count.
+    counted: watch::Sender<u64>,
 }
 
-/// Holds one in-flight slot and reports tokens when the response ends.
+impl Default for Limiter {
+    fn default() -> Self {
+        Self { budgets: Mutex::default(), counted: watch::Sender::new(0) }
+    }
+}
+
+/// One budget an admitted request draws on.
+#[derive(Debug)]
+struct Drawn {
+    key: Key,
+    holds_slot: bool,
+    /// The quota and its window, if the policy sets one.
+    quota: Option<(u64, Duration)>,
+}
+
+/// Holds one in-flight slot and counts the response's tokens as they are reported.
 #[derive(Debug)]
 pub(crate) struct Admission {
     limiter: Arc<Limiter>,
-    keys: Vec<((String, String, String), bool)>,
+    drawn: Vec<Drawn>,
+    /// Tokens of this response already counted.
+    counted: u64,
+}
+
+/// Waits for an identity's token quota to be exceeded.
+#[derive(Debug)]
+pub(crate) struct QuotaWatch {
+    limiter: Arc<Limiter>,
+    quotas: Vec<(Key, u64, Duration)>,
 }
 
 impl Limiter {
@@ -153,8 +188,20 @@ impl Limiter {
                 budget.take(spec);
             }
         }
-        let keys = keys.into_iter().zip(specs).map(|(key, (_, spec))| (key, spec.max_in_flight.is_some())).collect();
-        Ok(Admission { limiter: self.clone(), keys })
+        let drawn = keys
+            .into_iter()
+            .zip(specs)
+            .map(|(key, (_, spec))| Drawn {
+                key,
+                holds_slot: spec.max_in_flight.is_some(),
+                quota: spec.tokens_per_window.map(|quota| (quota, spec.token_window.unwrap_or(DEFAULT_WINDOW))),
+            })
+            .collect();
+        Ok(Admission { limiter: self.clone(), drawn, counted: 0 })
+    }
+
+    fn budgets(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Budget>> {
+        self.budgets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -190,6 +237,15 @@ impl Budget {
         Ok(())
     }
 
+    /// Adds tokens to the window in force at `now` (a new one if the last has ended).
+    fn count(&mut self, tokens: u64, window: Duration, now: Instant) {
+        if now.saturating_duration_since(self.window_start) >= window {
+            self.window_start = now;
+            self.tokens_used = 0;
+        }
+        self.tokens_used = self.tokens_used.saturating_add(tokens);
+    }
+
     fn take(&mut self, spec: &LimitSpec) {
         if spec.requests_per_second.is_some() {
             self.bucket -= 1.0;
@@ -209,30 +265,78 @@ fn capacity(spec: &LimitSpec) -> f64 {
 }
 
 impl Admission {
-    /// The response ended: counts its tokens and frees the in-flight slot.
-    pub(crate) fn finish(mut self, tokens: u64) {
-        let mut budgets = self.limiter.budgets.lock().unwrap_or_else(PoisonError::into_inner);
-        for (key, holds_slot) in &mut self.keys {
-            if let Some(budget) = budgets.get_mut(key) {
-                budget.tokens_used = budget.tokens_used.saturating_add(tokens);
-                if *holds_slot {
-                    budget.in_flight = budget.in_flight.saturating_sub(1);
-                    *holds_slot = false;
+    /// The response has used `total` tokens so far: counts what is new.
+    pub(crate) fn progress(&mut self, total: u64) {
+        let new = total.saturating_sub(self.counted);
+        if new == 0 {
+            return;
+        }
+        self.counted = total;
+        let now = Instant::now();
+        {
+            let mut budgets = self.limiter.budgets();
+            for drawn in &self.drawn {
+                if let (Some((_, window)), Some(budget)) = (drawn.quota, budgets.get_mut(&drawn.key)) {
+                    budget.count(new, window, now);
                 }
             }
         }
+        self.limiter.counted.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The response ended having used `total` tokens: counts them and frees the in-flight slot.
+    pub(crate) fn finish(mut self, total: u64) {
+        self.progress(total);
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if !self.drawn.iter().any(|d| d.holds_slot) {
+            return;
+        }
+        let mut budgets = self.limiter.budgets();
+        for drawn in &mut self.drawn {
+            if let (true, Some(budget)) = (drawn.holds_slot, budgets.get_mut(&drawn.key)) {
+                budget.in_flight = budget.in_flight.saturating_sub(1);
+            }
+            drawn.holds_slot = false;
+        }
+    }
+
+    /// A watch on the token quotas this response draws on, if any.
+    pub(crate) fn quota_watch(&self) -> Option<QuotaWatch> {
+        let quotas: Vec<_> =
+            self.drawn.iter().filter_map(|d| d.quota.map(|(quota, window)| (d.key.clone(), quota, window))).collect();
+        (!quotas.is_empty()).then(|| QuotaWatch { limiter: self.limiter.clone(), quotas })
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         // A request dropped without `finish` (the caller went away) still frees its slot.
-        if self.keys.iter().any(|(_, holds)| *holds) {
-            let mut budgets = self.limiter.budgets.lock().unwrap_or_else(PoisonError::into_inner);
-            for (key, holds_slot) in &self.keys {
-                if let (true, Some(budget)) = (*holds_slot, budgets.get_mut(key)) {
-                    budget.in_flight = budget.in_flight.saturating_sub(1);
-                }
+        self.release();
+    }
+}
+
+impl QuotaWatch {
+    /// Whether a window in force at `now` has counted more tokens than its quota.
+    fn exceeded_at(&self, now: Instant) -> bool {
+        let budgets = self.limiter.budgets();
+        self.quotas.iter().any(|(key, quota, window)| {
+            budgets
+                .get(key)
+                .is_some_and(|b| b.tokens_used > *quota && now.saturating_duration_since(b.window_start) < *window)
+        })
+    }
+
+    /// Returns once a quota is exceeded. Subscribes before it looks, so a
+    /// count made in between is not missed.
+    pub(crate) async fn exceeded(self) {
+        let mut counted = self.limiter.counted.subscribe();
+        while !self.exceeded_at(Instant::now()) {
+            if counted.changed().await.is_err() {
+                // The limiter is gone: nothing can be counted any more, so nothing is known.
+                return;
             }
         }
     }

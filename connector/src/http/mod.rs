@@ -3,10 +3,11 @@
 //! Inside an authorized tunnel the connector is the caller's HTTP server
 //! (HTTP/1.1, or HTTP/2 when the caller speaks it) and the workload's
 //! client. Each request is checked on its own: the path is made canonical
-//! (`normalize`), the Cedar `http` action is decided with the method and
-//! that path (`decide`), OpenAI-compatible JSON bodies are read for their
-//! model and sampling fields (`openai`), then the request goes to the
-//! workload with identity headers replaced (`forward`) and the response
+//! (`normalize`), JSON bodies are read (bounded) for their model and
+//! sampling fields (`request_body`, `openai`), the Cedar `http` action is
+//! decided with the method, that path and those fields (`decide`), then the
+//! request goes to the workload with identity headers replaced, over a
+//! kept-alive connection (`forward`), and the response
 //! streams back unbuffered (`body`). Plain TCP services never come here.
 
 mod assertion;
@@ -21,6 +22,7 @@ mod openai;
 mod per_link;
 mod record;
 mod reply;
+mod request_body;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -46,12 +48,8 @@ use io::{Counters, QuicIo};
 use record::RequestRecord;
 use reply::ResponseBody;
 
-/// The largest JSON request body read for its fields; larger ones get 413.
-const MAX_JSON_BODY: usize = 8 * 1024 * 1024;
 /// The request id the connector gives each request, in its answer and the assertion.
 const REQUEST_ID_HEADER: &str = "x-palisade-request-id";
-/// How often an idle tunnel checks whether its caller was revoked.
-const REVOCATION_POLL: Duration = Duration::from_millis(100);
 
 /// One authorized HTTP tunnel: who is calling, which service, where it lives.
 pub(crate) struct Tunnel {
@@ -91,21 +89,13 @@ pub(crate) async fn serve(tunnel: Tunnel, send: SendStream, recv: RecvStream) ->
                 tracing::debug!(error = %e, "HTTP tunnel ended with an error");
             }
         }
-        () = revoked(&tunnel) => tracing::info!("caller revoked: cutting the HTTP tunnel"),
+        () = tunnel.policy.revoked(&tunnel.caller.peer) => {
+            tunnel.cut.cut();
+            tracing::info!("caller revoked: cutting the HTTP tunnel");
+        }
     }
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     Served { bytes_up: load(&counters.up), bytes_down: load(&counters.down), revoked: tunnel.cut.is_cut() }
-}
-
-async fn revoked(tunnel: &Tunnel) {
-    let mut tick = tokio::time::interval(REVOCATION_POLL);
-    loop {
-        tick.tick().await;
-        if tunnel.cut.is_cut() || tunnel.policy.is_revoked(&tunnel.caller.peer) {
-            tunnel.cut.cut();
-            return;
-        }
-    }
 }
 
 async fn handle(tunnel: Arc<Tunnel>, request: Request<Incoming>) -> Response<ResponseBody> {
@@ -152,12 +142,13 @@ async fn admit(
         reply::bad_request(&e.to_string())
     })?;
     record.path = path.decoded.clone();
+    let (mut parts, body) = request.into_parts();
+    let body = request_body::prepare(&parts.headers, &path.decoded, body, record).await?;
     let (grant, engine) = decide::decide(
         &tunnel.policy,
         &tunnel.caller,
         &tunnel.service,
-        request.method().as_str(),
-        &path.decoded,
+        decide::HttpCall { method: parts.method.as_str(), path: &path.decoded, body: body.fields },
         SystemTime::now(),
     )
     .map_err(|denied| {
@@ -167,8 +158,7 @@ async fn admit(
     })?;
     record.policy_ids = grant.policy_ids().to_vec();
     let admission = admit_limits(tunnel, &engine, &grant, record).map_err(|refusal| *refusal)?;
-    let (mut parts, body) = request.into_parts();
-    let body = read_body(&parts, body, record).await?;
+    let body = body.body;
     forward::strip_identity(&mut parts.headers);
     forward::strip_hop_by_hop(&mut parts.headers);
     let token = assert_identity(tunnel, grant.segment(), &record.request_id).map_err(|e| {
@@ -247,45 +237,6 @@ pub(crate) fn report_models(
     inventory::report(control, service, upstream, timeout);
 }
 
-fn is_json(parts: &http::request::Parts) -> bool {
-    parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        essence == "application/json" || essence.ends_with("+json")
-    })
-}
-
-/// JSON bodies are read (bounded) for their OpenAI fields; others stream through.
-async fn read_body(
-    parts: &http::request::Parts,
-    body: Incoming,
-    record: &mut RequestRecord,
-) -> Result<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>, Response<ResponseBody>> {
-    if !is_json(parts) {
-        return Ok(body.map_err(BoxError::from).boxed_unsync());
-    }
-    let bytes = match Limited::new(body, MAX_JSON_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            record.reason = "body_too_large".into();
-            let message = format!("the JSON body is larger than {MAX_JSON_BODY} bytes");
-            return Err(reply::error(http::StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", &message));
-        }
-        Err(e) => {
-            record.reason = "body_unreadable".into();
-            return Err(reply::bad_request(&format!("the request body could not be read: {e}")));
-        }
-    };
-    record.bytes_up = bytes.len() as u64;
-    if !bytes.is_empty() {
-        record.fields = openai::request_fields(&bytes).map_err(|e| {
-            record.reason = "bad_json".into();
-            reply::bad_request(&e.to_string())
-        })?;
-        record.body_sha256 = Some(record::sha256_hex(&bytes));
-    }
-    Ok(reply::full(bytes))
-}
-
 async fn proxy(tunnel: &Arc<Tunnel>, admitted: Admitted, mut record: RequestRecord) -> Response<ResponseBody> {
     let started = Instant::now();
     let Admitted { request, admission } = admitted;
@@ -304,16 +255,7 @@ async fn proxy(tunnel: &Arc<Tunnel>, admitted: Admitted, mut record: RequestReco
     forward::strip_hop_by_hop(&mut parts.headers);
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let report = tunnel.clone();
-    let body = MeteredBody::new(
-        body,
-        &content_type,
-        tunnel.clone(),
-        Box::new(move |end| {
-            if let Some(admission) = admission {
-                admission.finish(end.usage.map_or(0, |usage| usage.total()));
-            }
-            record.finish_forwarded(&report, end);
-        }),
-    );
+    let on_end = Box::new(move |end| record.finish_forwarded(&report, end));
+    let body = MeteredBody::new(body, &content_type, tunnel.clone(), admission, on_end);
     Response::from_parts(parts, body.boxed_unsync())
 }

@@ -5,64 +5,84 @@
 
 use std::fmt;
 
+use palisade_policies::BodyFields;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
-
-/// The request fields policies and audit care about.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RequestFields {
-    pub(crate) model: Option<String>,
-    /// `max_completion_tokens`, else `max_tokens`.
-    pub(crate) max_tokens: Option<u64>,
-    pub(crate) n: Option<u64>,
-    /// `logprobs: true`, a positive legacy `logprobs: <int>` or `top_logprobs > 0`.
-    pub(crate) logprobs: bool,
-    pub(crate) stream: bool,
-}
 
 /// The request body is not one JSON object with well-typed fields.
 #[derive(Debug, thiserror::Error)]
 #[error("the JSON request body is not acceptable: {0}")]
 pub(crate) struct FieldsError(String);
 
-const FIELDS: [&str; 7] = ["model", "max_tokens", "max_completion_tokens", "n", "logprobs", "top_logprobs", "stream"];
+const FIELDS: [&str; 11] = [
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "n",
+    "best_of",
+    "logprobs",
+    "top_logprobs",
+    "prompt_logprobs",
+    "stream",
+    "stream_options",
+];
 
 /// Reads the fields of a JSON request body. A field given twice is refused:
 /// parsers disagree on which copy wins, and the connector must decide on
-/// the one the workload uses.
-pub(crate) fn request_fields(body: &[u8]) -> Result<RequestFields, FieldsError> {
+/// the one the workload uses. Where a workload may honour one of several
+/// fields (`max_tokens` or `max_completion_tokens`, `n` or `best_of`), the
+/// largest counts.
+pub(crate) fn request_fields(body: &[u8]) -> Result<BodyFields, FieldsError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let seen = de.deserialize_map(FieldVisitor).map_err(|e| FieldsError(e.to_string()))?;
     de.end().map_err(|e| FieldsError(e.to_string()))?;
     let get = |name: &str| seen.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-    let count = |name: &str| -> Result<Option<u64>, FieldsError> {
-        match get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| FieldsError(format!("`{name}` must be a whole number"))),
-        }
+    let count = |name: &str| count(name, get(name));
+    let largest = |names: &[&str]| -> Result<Option<u64>, FieldsError> {
+        names.iter().try_fold(None, |max: Option<u64>, name| Ok(max.max(count(name)?)))
     };
     let model = match get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(model)) => Some(model.clone()),
         Some(_) => return Err(FieldsError("`model` must be a string".into())),
     };
-    let logprobs = match get("logprobs") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => v.as_u64().ok_or_else(|| FieldsError("`logprobs` must be a boolean or a count".into()))? > 0,
-    };
-    let stream = match get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(FieldsError("`stream` must be a boolean".into())),
-    };
-    Ok(RequestFields {
+    Ok(BodyFields {
         model,
-        max_tokens: count("max_completion_tokens")?.or(count("max_tokens")?),
-        n: count("n")?,
-        logprobs: logprobs || count("top_logprobs")?.is_some_and(|n| n > 0),
-        stream,
+        max_tokens: largest(&["max_tokens", "max_completion_tokens", "max_output_tokens"])?,
+        n: largest(&["n", "best_of"])?,
+        logprobs: logprobs(get("logprobs"))? || count("top_logprobs")?.is_some() || count("prompt_logprobs")?.is_some(),
+        stream: flag("stream", get("stream"))?,
     })
+}
+
+/// A whole number a Cedar `Long` can hold, or absent.
+fn count(name: &str, value: Option<&Value>) -> Result<Option<u64>, FieldsError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| i64::try_from(*n).is_ok())
+            .map(Some)
+            .ok_or_else(|| FieldsError(format!("`{name}` must be a whole number from 0 to {}", i64::MAX))),
+    }
+}
+
+fn flag(name: &str, value: Option<&Value>) -> Result<bool, FieldsError> {
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(FieldsError(format!("`{name}` must be a boolean"))),
+    }
+}
+
+/// `logprobs` is a boolean (chat) or a count (legacy completions, where even
+/// 0 returns the sampled token's log probability).
+fn logprobs(value: Option<&Value>) -> Result<bool, FieldsError> {
+    match value {
+        Some(Value::Number(_)) => count("logprobs", value).map(|n| n.is_some()),
+        other => flag("logprobs", other).map_err(|_| FieldsError("`logprobs` must be a boolean or a count".into())),
+    }
 }
 
 struct FieldVisitor;
@@ -125,6 +145,7 @@ pub(crate) struct SseUsage {
     line: Vec<u8>,
     overflow: bool,
     usage: Option<Usage>,
+    done: bool,
 }
 
 /// The longest SSE line inspected; longer lines (big content deltas) are skipped.
@@ -156,6 +177,9 @@ impl SseUsage {
         let line = self.line.trim_ascii();
         let Some(data) = line.strip_prefix(b"data:") else { return };
         let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            self.done = true;
+        }
         if data.first() != Some(&b'{') {
             return;
         }
@@ -166,6 +190,11 @@ impl SseUsage {
 
     pub(crate) fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// Whether the stream said `data: [DONE]`: no more tokens follow.
+    pub(crate) fn done(&self) -> bool {
+        self.done
     }
 }
 
@@ -180,7 +209,7 @@ mod tests {
         let fields = request_fields(body).expect("valid");
         assert_eq!(
             fields,
-            RequestFields {
+            BodyFields {
                 model: Some("llama-3.1-8b".into()),
                 max_tokens: Some(64),
                 n: Some(2),
@@ -191,8 +220,31 @@ mod tests {
         let legacy = request_fields(br#"{"model":"m","prompt":"x","logprobs":5,"max_tokens":7}"#).expect("valid");
         assert!(legacy.logprobs);
         assert_eq!(legacy.max_tokens, Some(7));
-        assert!(request_fields(br#"{"model":"m","top_logprobs":3}"#).expect("valid").logprobs);
-        assert_eq!(request_fields(b"{}").expect("valid"), RequestFields::default());
+        assert_eq!(request_fields(b"{}").expect("valid"), BodyFields::default());
+        let plain = request_fields(br#"{"model":"m","logprobs":false,"stream":false,"n":null}"#).expect("valid");
+        assert_eq!(plain, BodyFields { model: Some("m".into()), ..BodyFields::default() });
+    }
+
+    #[test]
+    fn every_way_to_ask_for_log_probabilities_counts() {
+        for body in [
+            &br#"{"logprobs":true}"#[..],
+            br#"{"logprobs":0}"#,
+            br#"{"top_logprobs":0}"#,
+            br#"{"logprobs":false,"top_logprobs":3}"#,
+            br#"{"prompt_logprobs":1}"#,
+        ] {
+            assert!(request_fields(body).expect("valid").logprobs, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn the_largest_of_alternative_caps_counts() {
+        let body = br#"{"max_completion_tokens":10,"max_tokens":100000,"n":1,"best_of":20}"#;
+        let fields = request_fields(body).expect("valid");
+        assert_eq!((fields.max_tokens, fields.n), (Some(100_000), Some(20)));
+        let responses = request_fields(br#"{"max_output_tokens":5000}"#).expect("valid");
+        assert_eq!(responses.max_tokens, Some(5000));
     }
 
     #[test]
@@ -203,7 +255,19 @@ mod tests {
             br#"{"model":7}"#,
             br#"{"stream":"yes"}"#,
             br#"{"n":-1}"#,
+            br#"{"n":"5"}"#,
             br#"{"max_tokens":1.5}"#,
+            br#"{"max_tokens":-1}"#,
+            br#"{"max_tokens":1e99}"#,
+            br#"{"max_tokens":5.0}"#,
+            br#"{"max_tokens":9223372036854775808}"#,
+            br#"{"max_tokens":100000000000000000000000}"#,
+            br#"{"max_tokens":10,"max_tokens":10}"#,
+            br#"{"mod\u0065l":"a","model":"b"}"#,
+            br#"{"logprobs":"yes"}"#,
+            br#"{"logprobs":-1}"#,
+            br#"{"top_logprobs":true}"#,
+            br#"{"stream_options":{},"stream_options":{}}"#,
             br#"[1,2]"#,
             br#"{"model":"m"} trailing"#,
             b"not json",
@@ -237,13 +301,16 @@ mod tests {
                 sse.feed(chunk);
             }
             assert_eq!(sse.usage(), Some(Usage { prompt_tokens: 5, completion_tokens: 2 }), "chunks of {split}");
+            assert!(sse.done(), "chunks of {split}");
         }
     }
 
     #[test]
     fn an_sse_stream_without_usage_reports_none() {
         let mut sse = SseUsage::default();
-        sse.feed(b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n");
+        sse.feed(b"data: {\"choices\":[]}\n\n");
+        assert!(!sse.done());
+        sse.feed(b"data: [DONE]\n\n");
         assert_eq!(sse.usage(), None);
         let mut huge = SseUsage::default();
         huge.feed(&vec![b'a'; MAX_SSE_LINE + 10]);

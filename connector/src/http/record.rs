@@ -4,12 +4,12 @@
 
 use std::time::Instant;
 
+use palisade_policies::BodyFields;
 use palisade_proto::control::{ConnectorToBroker, HttpRequestRecord};
 
 use super::Tunnel;
 use super::body::BodyEnd;
 use super::decide::RequestDenied;
-use super::openai::RequestFields;
 
 /// The longest path kept in a record of a refused, non-canonical request.
 const MAX_RECORDED_PATH: usize = 256;
@@ -23,7 +23,7 @@ pub(crate) struct RequestRecord {
     pub(crate) reason: String,
     pub(crate) decision: &'static str,
     pub(crate) policy_ids: Vec<String>,
-    pub(crate) fields: RequestFields,
+    pub(crate) fields: BodyFields,
     pub(crate) status: u16,
     pub(crate) bytes_up: u64,
     pub(crate) body_sha256: Option<String>,
@@ -40,7 +40,7 @@ impl RequestRecord {
             reason: String::new(),
             decision: "invalid",
             policy_ids: Vec::new(),
-            fields: RequestFields::default(),
+            fields: BodyFields::default(),
             status: 0,
             bytes_up: 0,
             body_sha256: None,
@@ -67,8 +67,8 @@ impl RequestRecord {
     /// The workload answered and the response body ended.
     pub(crate) fn finish_forwarded(mut self, tunnel: &Tunnel, end: BodyEnd) {
         self.decision = "allow";
-        if end.cut {
-            self.reason = "revoked_mid_response".into();
+        if let Some(cut) = end.cut {
+            self.reason = cut.reason().into();
         } else if end.incomplete {
             self.reason = "incomplete".into();
         }
@@ -97,7 +97,7 @@ impl RequestRecord {
             bytes_up: self.bytes_up,
             bytes_down: end.bytes,
             body_sha256: self.body_sha256,
-            cut: end.cut,
+            cut: end.cut.is_some(),
         };
         tracing::info!(
             request_id = %record.request_id,

@@ -9,16 +9,29 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use palisade_tests::openai::{COMPLETION_TOKENS, PROMPT_TOKENS, raw_json, raw_request};
+use palisade_tests::openai::{COMPLETION_TOKENS, KeepAlive, PROMPT_TOKENS, raw_json, raw_request};
 use palisade_tests::{Broker, Connector, OpenAiUpstream, TestEnv, assert_eventually, within};
 use serde_json::{Value, json};
 
-const AI_HTTP: &str = include_str!("../../../policies/examples/ai-http/ai-http.cedar");
-const CHAT: &str = r#"{"model":"llama-3.1-8b","messages":[{"role":"user","content":"hi"}]}"#;
+pub(crate) const AI_HTTP: &str = include_str!("../../../policies/examples/ai-http/ai-http.cedar");
+pub(crate) const CHAT: &str = r#"{"model":"llama-3.1-8b","messages":[{"role":"user","content":"hi"}]}"#;
 
 /// A broker whose `llm-prod` is an HTTP service (set with `service assign --protocol http`), the ai-http example policies, a connector in front of `upstream`.
 async fn deployment(env: &TestEnv, upstream: &OpenAiUpstream) -> (Broker, Connector) {
-    let mut broker = env.broker().service("llm-prod", "inference").policy("ai-http.cedar", AI_HTTP).spawn().await;
+    deployment_with(env, upstream, &[("ai-http.cedar", AI_HTTP)]).await
+}
+
+/// As [`deployment`], with these policy files.
+pub(crate) async fn deployment_with(
+    env: &TestEnv,
+    upstream: &OpenAiUpstream,
+    policies: &[(&str, &str)],
+) -> (Broker, Connector) {
+    let mut builder = env.broker().service("llm-prod", "inference");
+    for (name, text) in policies {
+        builder = builder.policy(name, text);
+    }
+    let mut broker = builder.spawn().await;
     // The service catalog lives in the database once seeded; restart so the bundle carries the protocol from the start.
     broker.cli(&["service", "assign", "llm-prod", "inference", "--protocol", "http"]).await.expect_success();
     broker.restart().await;
@@ -35,7 +48,7 @@ fn http_tls() -> rustls::ClientConfig {
 }
 
 /// A plain-HTTP client (reqwest needs a TLS configuration even when it never uses it).
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder().build_with_tls(http_tls())
 }
 
@@ -416,13 +429,10 @@ async fn a_policy_change_applies_to_the_next_request_on_an_open_keep_alive_tunne
     let (broker, connector) = deployment(&env, &upstream).await;
     let agent = broker.machine("trainer").group("ml-team").enroll().await;
     let forward = agent.connect("llm-prod").await;
-    let base = format!("http://{}", forward.addr());
-    let client = http();
-    let embed = || {
-        let body = json!({ "model": "e5", "input": "hello" });
-        client.post(format!("{base}/v1/embeddings")).json(&body).send()
-    };
-    assert_eq!(embed().await.unwrap().status(), 200);
+    // One connection to the forward is one tunnel; a pooling client might open a second one.
+    let mut tunnel = KeepAlive::connect(forward.addr()).await;
+    let embedding = json!({ "model": "e5", "input": "hello" }).to_string();
+    assert_eq!(tunnel.json("POST", "/v1/embeddings", &embedding).await.0, 200);
 
     // The tunnel stays allowed (connect), but embeddings are no longer permitted.
     let without_embeddings = AI_HTTP.replace(r#" || context.path == "/v1/embeddings""#, "");
@@ -434,15 +444,15 @@ async fn a_policy_change_applies_to_the_next_request_on_an_open_keep_alive_tunne
     let mut allowed = 1;
     assert_eventually!(
         {
-            let status = embed().await.unwrap().status();
+            let status = tunnel.json("POST", "/v1/embeddings", &embedding).await.0;
             allowed += usize::from(status == 200);
             status == 403
         },
         "the new bundle decides the next request on the same tunnel; connector stderr:\n{}",
         connector.process().stderr()
     );
-    let chat = client.post(format!("{base}/v1/chat/completions")).header("content-type", "application/json");
-    assert_eq!(chat.body(CHAT).send().await.unwrap().status(), 200, "the tunnel itself still works");
+    let (status, answer) = tunnel.json("POST", "/v1/chat/completions", CHAT).await;
+    assert_eq!(status, 200, "the tunnel itself still works: {answer}");
     let reached = upstream.targets().iter().filter(|t| *t == "/v1/embeddings").count();
     assert_eq!(reached, allowed, "exactly the embeddings the connector allowed reached the workload");
     let audit = within("the request records", Duration::from_secs(10), async {

@@ -18,6 +18,7 @@ mod enrollment;
 mod faults;
 mod flood;
 mod l7;
+mod l7_body;
 mod limits;
 mod login;
 mod policy;

@@ -83,3 +83,41 @@ fn a_token_quota_refuses_after_it_is_used_up_and_resets_with_the_window() {
     limiter.admit("alice", "other", &specs, t0).expect("another service has its own quota").finish(0);
     limiter.admit("alice", "llm", &specs, t0 + window).expect("the window reset").finish(0);
 }
+
+#[tokio::test]
+async fn a_stream_learns_at_once_when_another_response_exceeds_the_quota() {
+    let limiter = Arc::new(Limiter::default());
+    let specs = one(LimitSpec { tokens_per_window: Some(100), ..LimitSpec::default() });
+    let now = Instant::now();
+    let mut streaming = limiter.admit("alice", "llm", &specs, now).expect("fresh quota");
+    let watch = streaming.quota_watch().expect("a quota applies");
+    let exceeded = tokio::spawn(watch.exceeded());
+    streaming.progress(40);
+    streaming.progress(80);
+    streaming.progress(80);
+    limiter.admit("bob", "llm", &specs, now).expect("bob's quota").finish(500);
+    limiter.admit("alice", "llm", &specs, now).expect("80 of 100 used").finish(20);
+    tokio::task::yield_now().await;
+    assert!(!exceeded.is_finished(), "exactly at the quota is not past it");
+    limiter.admit("alice", "other", &specs, now).expect("another service").finish(500);
+    tokio::task::yield_now().await;
+    assert!(!exceeded.is_finished(), "another service's quota is its own");
+    limiter.admit("alice", "llm", &specs, now).expect_err("the quota is used up");
+    streaming.progress(81);
+    tokio::time::timeout(Duration::from_secs(5), exceeded).await.expect("the watch fired").expect("no panic");
+    streaming.finish(81);
+    let rate_only = one(LimitSpec { max_in_flight: Some(1), ..LimitSpec::default() });
+    let unlimited = limiter.admit("alice", "llm", &rate_only, now).expect("no quota here");
+    assert!(unlimited.quota_watch().is_none(), "no quota, nothing to watch");
+}
+
+#[tokio::test]
+async fn a_quota_exceeded_before_the_watch_starts_is_seen() {
+    let limiter = Arc::new(Limiter::default());
+    let specs = one(LimitSpec { tokens_per_window: Some(10), ..LimitSpec::default() });
+    let now = Instant::now();
+    let streaming = limiter.admit("alice", "llm", &specs, now).expect("fresh quota");
+    limiter.admit("alice", "llm", &specs, now).expect("still under").finish(11);
+    let watch = streaming.quota_watch().expect("a quota applies");
+    tokio::time::timeout(Duration::from_secs(5), watch.exceeded()).await.expect("already exceeded");
+}
