@@ -181,6 +181,7 @@ async fn start_connector(
     let connector = palisade_connector::ConnectorConfig {
         state_dir,
         broker: Some(ready.quic.to_string()),
+        brokers: Vec::new(),
         connect_timeout: Duration::from_secs(10),
         services: vec![palisade_connector::ServiceConfig { name: SERVICE.parse()?, upstream: demo.to_string() }],
         policy_dir: None,

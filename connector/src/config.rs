@@ -4,6 +4,7 @@
 //! ```toml
 //! state_dir = "/var/lib/palisade-connector"   # optional
 //! broker = "broker.example.com:443"           # optional: default from identity.json
+//! brokers = ["b1.internal:443", "b2.internal:443"]  # optional: link to every replica
 //! connect_timeout = "10s"                     # optional
 //! policy_dir = "/etc/palisade/guardrails"     # optional: local Cedar guardrails
 //! bundle_max_age = "24h"                      # optional: enforce a saved bundle this long
@@ -35,9 +36,14 @@ pub const DEFAULT_BUNDLE_MAX_AGE: Duration = Duration::from_secs(24 * 3_600);
 pub struct ConnectorConfig {
     /// Directory holding `key.pem`, `cert.pem`, `ca.pem` and `identity.json`.
     pub state_dir: PathBuf,
-    /// The broker's QUIC address (`host:port`); `None` uses the `quic_addr`
-    /// recorded at enrollment.
+    /// The broker's QUIC address (`host:port`); `None` (and no
+    /// [`ConnectorConfig::brokers`]) uses the `quic_addr` recorded at enrollment.
     pub broker: Option<String>,
+    /// More broker replicas to link to (`host:port` each). The connector keeps
+    /// a link to every address each of these and [`ConnectorConfig::broker`]
+    /// resolves to, re-resolving periodically, so every replica reaches its
+    /// services.
+    pub brokers: Vec<String>,
     /// How long dialling an upstream may take.
     pub connect_timeout: Duration,
     /// The services this connector reaches.
@@ -96,6 +102,8 @@ pub enum ConfigError {
 struct RawConfig {
     state_dir: Option<PathBuf>,
     broker: Option<String>,
+    #[serde(default)]
+    brokers: Vec<String>,
     #[serde(default, with = "humantime_serde")]
     connect_timeout: Option<Duration>,
     #[serde(default, rename = "service")]
@@ -113,6 +121,22 @@ struct RawService {
 }
 
 impl ConnectorConfig {
+    /// The broker addresses to link to: `broker` and `brokers`, without
+    /// repeats, or `enrolled` (the address recorded at enrollment) if neither is set.
+    #[must_use]
+    pub fn broker_addresses(&self, enrolled: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for addr in self.broker.iter().chain(&self.brokers) {
+            if !out.contains(addr) {
+                out.push(addr.clone());
+            }
+        }
+        if out.is_empty() {
+            out.push(enrolled.to_owned());
+        }
+        out
+    }
+
     /// Reads and checks a TOML config file.
     ///
     /// # Errors
@@ -134,6 +158,9 @@ impl ConnectorConfig {
         let invalid = |key: String, reason: String| ConfigError::Invalid { origin: origin.to_owned(), key, reason };
         if let Some(broker) = &raw.broker {
             split_host_port(broker).map_err(|reason| invalid("broker".into(), reason))?;
+        }
+        for (i, broker) in raw.brokers.iter().enumerate() {
+            split_host_port(broker).map_err(|reason| invalid(format!("brokers[{i}]"), reason))?;
         }
         let connect_timeout = raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         if connect_timeout.is_zero() || connect_timeout > MAX_CONNECT_TIMEOUT {
@@ -163,6 +190,7 @@ impl ConnectorConfig {
         Ok(Self {
             state_dir,
             broker: raw.broker,
+            brokers: raw.brokers,
             connect_timeout,
             services,
             policy_dir: raw.policy_dir,
@@ -273,5 +301,17 @@ mod tests {
         for bad in ["::1:443", "host", ":443", "host:0", "host:http", "[::1:443"] {
             assert!(split_host_port(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn every_broker_replica_is_linked_once_and_the_enrolled_address_is_the_fallback() {
+        let text = format!("state_dir = \"/tmp/x\"\nbroker = \"a:1\"\nbrokers = [\"b:2\", \"a:1\"]\n{SERVICE}");
+        let config = ConnectorConfig::from_toml(&text, "t").expect("valid");
+        assert_eq!(config.broker_addresses("enrolled:9"), vec!["a:1".to_owned(), "b:2".to_owned()]);
+        let config = ConnectorConfig::from_toml(&format!("state_dir = \"/tmp/x\"\n{SERVICE}"), "t").expect("valid");
+        assert_eq!(config.broker_addresses("enrolled:9"), vec!["enrolled:9".to_owned()]);
+        let err = ConnectorConfig::from_toml(&format!("brokers = [\"b:2\", \"no-port\"]\n{SERVICE}"), "t")
+            .expect_err("a replica without a port");
+        assert!(err.to_string().contains("brokers[1]"), "{err}");
     }
 }

@@ -79,14 +79,16 @@ pub async fn run_with_ready(
     let store = store::Store::new(config.state_dir.clone());
     let loader = store.clone();
     let identity = tokio::task::spawn_blocking(move || loader.load()).await??;
-    let broker = config.broker.clone().unwrap_or_else(|| identity.record.quic_addr.clone());
-    config::split_host_port(&broker).map_err(|reason| ConnectorError::Broker { addr: broker.clone(), reason })?;
+    let brokers = config.broker_addresses(&identity.record.quic_addr);
+    for broker in &brokers {
+        config::split_host_port(broker).map_err(|reason| ConnectorError::Broker { addr: broker.clone(), reason })?;
+    }
     if config.services.is_empty() {
         tracing::warn!("no services configured: every dispatched stream will be denied");
     }
     tracing::info!(
         identity = %identity.spiffe,
-        %broker,
+        brokers = ?brokers,
         services = ?config.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
         "starting the connector"
     );
@@ -109,13 +111,15 @@ pub async fn run_with_ready(
         Ok(None) => tracing::info!("no saved policy bundle: denying every stream until the broker sends one"),
         Err(e) => tracing::warn!(error = %e, "saved policy bundle not used: denying until the broker sends one"),
     }
-    let link = link::Link {
-        store,
+    let (services, connect_timeout): (Arc<[_]>, _) = (Arc::from(config.services), config.connect_timeout);
+    let link_to = move |broker, addr| link::Link {
+        store: store.clone(),
         broker,
-        services: Arc::from(config.services),
-        connect_timeout: config.connect_timeout,
-        policy,
+        addr,
+        services: services.clone(),
+        connect_timeout,
+        policy: policy.clone(),
     };
-    link::run(link, shutdown, ready).await;
+    link::replicas::run(link_to, brokers, shutdown, Arc::new(std::sync::Mutex::new(ready))).await;
     Ok(())
 }

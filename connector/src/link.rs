@@ -1,18 +1,20 @@
 //! The connector's QUIC link to the broker: dial out, keep the control
 //! stream, accept dispatched tunnels, renew the certificate, reconnect.
 //!
-//! One connection at a time: load key, certificate and CA from the store
-//! (so a renewal or a new enrollment is picked up), connect, open the
-//! control stream with `Hello`, wait for `Welcome`, then serve until the
-//! connection or the control stream ends, and reconnect with jittered
-//! exponential backoff.
+//! One link per broker replica ([`replicas`]); each holds one connection at
+//! a time: load key, certificate and CA from the store (so a renewal or a
+//! new enrollment is picked up), connect, open the control stream with
+//! `Hello`, wait for `Welcome`, then serve until the connection or the
+//! control stream ends, and reconnect with jittered exponential backoff.
 
 mod backoff;
 pub(crate) mod bundle;
 mod endpoint;
 mod renew;
+pub(crate) mod replicas;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_proto::bundle::SignedBundle;
@@ -40,10 +42,17 @@ const RENEW_CHECK: Duration = Duration::from_secs(5);
 /// Stream reports queue here while the control stream is busy; senders wait when it is full.
 const CONTROL_QUEUE: usize = 1024;
 
+/// Fires once, when the first link to any replica is welcomed.
+pub(crate) type Ready = Arc<Mutex<Option<oneshot::Sender<()>>>>;
+
 /// What the link needs for its whole life.
+#[derive(Clone)]
 pub(crate) struct Link {
     pub(crate) store: Store,
+    /// The configured `host:port` (the TLS server name comes from it).
     pub(crate) broker: String,
+    /// The replica's address this link dials.
+    pub(crate) addr: SocketAddr,
     pub(crate) services: Arc<[ServiceConfig]>,
     pub(crate) connect_timeout: Duration,
     pub(crate) policy: Arc<PolicyState>,
@@ -56,17 +65,17 @@ enum AttemptEnd {
 }
 
 /// Connects, serves and reconnects until `shutdown`.
-pub(crate) async fn run(link: Link, shutdown: CancellationToken, mut ready: Option<oneshot::Sender<()>>) {
+pub(crate) async fn run(link: Link, shutdown: CancellationToken, ready: Ready) {
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        match attempt(&link, &shutdown, &mut ready).await {
+        match attempt(&link, &shutdown, &ready).await {
             AttemptEnd::Shutdown => return,
             AttemptEnd::Ended { welcomed } if welcomed || started.elapsed() > STABLE_AFTER => backoff.reset(),
             AttemptEnd::Ended { .. } => {}
         }
         let delay = backoff.next_delay();
-        tracing::info!(delay_ms = delay.as_millis(), broker = %link.broker, "reconnecting to the broker");
+        tracing::info!(delay_ms = delay.as_millis(), broker = %link.broker, addr = %link.addr, "reconnecting to the broker");
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
@@ -74,7 +83,7 @@ pub(crate) async fn run(link: Link, shutdown: CancellationToken, mut ready: Opti
     }
 }
 
-async fn attempt(link: &Link, shutdown: &CancellationToken, ready: &mut Option<oneshot::Sender<()>>) -> AttemptEnd {
+async fn attempt(link: &Link, shutdown: &CancellationToken, ready: &Ready) -> AttemptEnd {
     let failed = AttemptEnd::Ended { welcomed: false };
     let store = link.store.clone();
     let identity = match tokio::task::spawn_blocking(move || store.load()).await {
@@ -93,12 +102,12 @@ async fn attempt(link: &Link, shutdown: &CancellationToken, ready: &mut Option<o
     }
     let connected = tokio::select! {
         () = shutdown.cancelled() => return AttemptEnd::Shutdown,
-        connected = connect(&link.broker, &identity) => connected,
+        connected = connect(&link.broker, link.addr, &identity) => connected,
     };
     let (endpoint, conn) = match connected {
         Ok(pair) => pair,
         Err(e) => {
-            tracing::warn!(broker = %link.broker, error = %e, "cannot connect to the broker");
+            tracing::warn!(broker = %link.broker, addr = %link.addr, error = %e, "cannot connect to the broker");
             return failed;
         }
     };
@@ -132,8 +141,6 @@ fn own_certificate_usable(identity: &StoredIdentity) -> bool {
 enum ConnectError {
     #[error("{0}")]
     Address(String),
-    #[error("cannot resolve {addr}: {source}")]
-    Resolve { addr: String, source: std::io::Error },
     #[error("cannot open a UDP socket: {0}")]
     Socket(std::io::Error),
     #[error(transparent)]
@@ -146,14 +153,12 @@ enum ConnectError {
     Timeout,
 }
 
-async fn connect(broker: &str, identity: &StoredIdentity) -> Result<(Endpoint, Connection), ConnectError> {
+async fn connect(
+    broker: &str,
+    addr: SocketAddr,
+    identity: &StoredIdentity,
+) -> Result<(Endpoint, Connection), ConnectError> {
     let (host, _) = split_host_port(broker).map_err(ConnectError::Address)?;
-    let resolve = |source| ConnectError::Resolve { addr: broker.to_owned(), source };
-    let addr = tokio::net::lookup_host(broker)
-        .await
-        .map_err(resolve)?
-        .next()
-        .ok_or_else(|| resolve(std::io::ErrorKind::NotFound.into()))?;
     let config = endpoint::client_config(&identity.tls, &identity.trust)?;
     let endpoint = endpoint::client_endpoint(addr).map_err(ConnectError::Socket)?;
     let connecting = endpoint.connect_with(config, addr, host)?;
@@ -177,7 +182,7 @@ async fn serve(
     identity: StoredIdentity,
     conn: &Connection,
     shutdown: &CancellationToken,
-    ready: &mut Option<oneshot::Sender<()>>,
+    ready: &Ready,
 ) -> AttemptEnd {
     let (mut control_send, control_recv) = match open_control(conn, &link.services).await {
         Ok(streams) => streams,
@@ -302,7 +307,7 @@ struct Control<'a> {
     renewal: Renewal,
     out: mpsc::Sender<ConnectorToBroker>,
     welcomed: bool,
-    ready: &'a mut Option<oneshot::Sender<()>>,
+    ready: &'a Ready,
 }
 
 impl Control<'_> {
@@ -330,7 +335,8 @@ impl Control<'_> {
         tracing::info!(connector_id, "welcomed by the broker");
         self.welcomed = true;
         self.apply_policy(policy).await;
-        if let Some(ready) = self.ready.take() {
+        let first = self.ready.lock().ok().and_then(|mut ready| ready.take());
+        if let Some(ready) = first {
             let _ = ready.send(());
         }
     }

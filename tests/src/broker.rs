@@ -36,6 +36,7 @@ pub struct BrokerBuilder {
     services: Vec<ServiceDef>,
     policies: Vec<(String, String)>,
     oidc: Option<OidcClient>,
+    replica_of: Option<Arc<BrokerInfo>>,
 }
 
 /// This broker's client at an OpenID provider.
@@ -47,7 +48,7 @@ struct OidcClient {
 
 impl BrokerBuilder {
     pub(crate) fn new(env: TestEnv) -> Self {
-        Self { env, trust_domain: None, services: Vec::new(), policies: Vec::new(), oidc: None }
+        Self { env, trust_domain: None, services: Vec::new(), policies: Vec::new(), oidc: None, replica_of: None }
     }
 
     /// Signs people in at `provider`: writes `[oidc]` with a client of this
@@ -85,16 +86,34 @@ impl BrokerBuilder {
         self
     }
 
+    /// Makes this broker another replica of `first`: the same database and
+    /// the same CA (its certificate, encrypted key and KEK copied into this
+    /// broker's data directory before `init`, as an operator would from a
+    /// secret store); `init` then gives it a server certificate of its own.
+    pub fn replica_of(mut self, first: &Broker) -> Self {
+        self.replica_of = Some(first.info.clone());
+        self
+    }
+
     /// Initialises the data directory, writes the configuration and the
     /// policies, starts the broker and waits until it is ready.
     pub async fn spawn(self) -> Broker {
         let data_dir = self.env.fresh_dir("broker");
+        if let Some(first) = &self.replica_of {
+            for file in ["ca.pem", "ca.key.enc", "kek"] {
+                std::fs::copy(first.data_dir.join(file), data_dir.join(file))
+                    .unwrap_or_else(|e| panic!("copy {file} from the first replica: {e}"));
+            }
+        }
         let mut init = command(BIN);
         init.arg("init").arg("--data-dir").arg(&data_dir);
         if let Some(td) = &self.trust_domain {
             init.args(["--trust-domain", td]);
         }
-        let database_url = self.env.new_database();
+        let database_url = match &self.replica_of {
+            Some(first) => Some(first.database_url.clone()),
+            None => self.env.new_database(),
+        };
         if let Some(url) = &database_url {
             init.args(["--database-url", url]);
         }

@@ -16,11 +16,18 @@ pub struct ConnectorBuilder {
     name: String,
     services: Vec<(String, SocketAddr)>,
     local_policies: Vec<(String, String)>,
+    replicas: Vec<SocketAddr>,
 }
 
 impl ConnectorBuilder {
     pub(crate) fn new(broker: Arc<BrokerInfo>, name: &str) -> Self {
-        Self { broker, name: name.to_owned(), services: Vec::new(), local_policies: Vec::new() }
+        Self { broker, name: name.to_owned(), services: Vec::new(), local_policies: Vec::new(), replicas: Vec::new() }
+    }
+
+    /// Links to `replica` too (config `brokers`), besides the broker it enrolls with.
+    pub fn also_linked_to(mut self, replica: &crate::Broker) -> Self {
+        self.replicas.push(replica.quic_addr());
+        self
     }
 
     /// Serves `name` by dialling `upstream`.
@@ -52,6 +59,10 @@ impl ConnectorBuilder {
         let mut config = toml::Table::new();
         config.insert("state_dir".into(), state_dir.to_string_lossy().into_owned().into());
         config.insert("connect_timeout".into(), "5s".into());
+        if !self.replicas.is_empty() {
+            let all = std::iter::once(self.broker.quic).chain(self.replicas.iter().copied());
+            config.insert("brokers".into(), all.map(|a| toml::Value::from(a.to_string())).collect::<Vec<_>>().into());
+        }
         if !self.local_policies.is_empty() {
             let policy_dir = dir.join("policies");
             std::fs::create_dir(&policy_dir).expect("create the connector's policy dir");

@@ -49,6 +49,18 @@ pub fn runs_sqlite_only_test(what: &str) -> bool {
     runs
 }
 
+/// Whether a test that needs PostgreSQL whatever the store (several broker
+/// replicas on one database, say) runs in this run: in the PostgreSQL pass
+/// only, so it runs once. Says so on stderr when it does not.
+#[must_use]
+pub fn runs_postgres_only_test(what: &str) -> bool {
+    let runs = Store::current() == Store::Postgres;
+    if !runs {
+        eprintln!("not run on this store: {what} needs PostgreSQL; the PALISADE_TEST_STORE=postgres run covers it");
+    }
+    runs
+}
+
 /// The PostgreSQL server's URL (any database on it).
 #[must_use]
 pub fn server_url() -> String {

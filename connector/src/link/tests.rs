@@ -92,6 +92,7 @@ impl Harness {
         let config = ConnectorConfig {
             state_dir: dir.path().to_owned(),
             broker: None,
+            brokers: Vec::new(),
             connect_timeout: Duration::from_secs(2),
             services: vec![ServiceConfig { name: "llm-prod".parse().expect("name"), upstream: upstream.to_string() }],
             policy_dir: None,

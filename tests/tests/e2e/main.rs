@@ -23,6 +23,7 @@ mod limits;
 mod login;
 mod policy;
 mod renewal;
+mod replicas;
 mod restart;
 mod revocation;
 mod segments;

@@ -1,0 +1,84 @@
+//! Several broker replicas on one PostgreSQL database, one connector linked
+//! to each: any replica reaches the service, a revocation or a policy written
+//! through one replica is enforced by the other within 2 s, a replica's death
+//! leaves tunnels through the other alone, and the audit chain both wrote to
+//! stays one verifiable chain.
+
+use std::time::{Duration, Instant};
+
+use palisade_proto::reject::RejectCode;
+use palisade_tests::{ALLOW_ML_AGENTS, DEFAULT_TIMEOUT, EchoUpstream, Flow, TestEnv, store, wait_for, within};
+
+/// How soon a change written through one replica holds on another.
+const ACROSS_REPLICAS: Duration = Duration::from_secs(2);
+
+const FORBID_ML_AGENTS: &str = "@id(\"freeze\")\nforbid (principal in Group::\"ml-agents\", action, resource);\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_revocations_policy_and_the_audit_chain_and_outlive_each_other() {
+    if !store::runs_postgres_only_test("broker replicas on one database") {
+        return;
+    }
+    let env = TestEnv::new();
+    let a = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let mut b =
+        env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).replica_of(&a).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = a.connector("rack-1").service("echo", upstream.addr()).also_linked_to(&b).spawn().await;
+    let via_a = a.machine("agent-a").group("ml-agents").enroll().await;
+    let via_b = b.machine("agent-b").group("ml-agents").enroll().await;
+    wait_for("replica B to reach the service over the connector's second link", DEFAULT_TIMEOUT, || async {
+        via_b.tunnel_exchange("echo", b"via b").await.is_ok_and(|r| r == b"via b")
+    })
+    .await;
+    assert_eq!(via_a.tunnel_exchange("echo", b"via a").await.expect("replica A reaches it too"), b"via a");
+
+    // A policy applied through A is enforced by B, and lifted again.
+    a.write_policy("freeze.cedar", FORBID_ML_AGENTS);
+    a.reload_policies().await.expect_success();
+    let applied = Instant::now();
+    wait_for("B to enforce the policy applied through A", ACROSS_REPLICAS, || async {
+        via_b.tunnel_exchange("echo", b"frozen?").await.is_err_and(|e| e.reject_code() == Some(RejectCode::Forbidden))
+    })
+    .await;
+    eprintln!("policy applied through A enforced on B after {:?}", applied.elapsed());
+    a.remove_policy("freeze.cedar");
+    a.reload_policies().await.expect_success();
+    wait_for("B to lift it again", ACROSS_REPLICAS, || async {
+        via_b.tunnel_exchange("echo", b"thawed").await.is_ok()
+    })
+    .await;
+
+    // Disabling a machine through A cuts its live tunnel through B.
+    let forward = via_b.connect("echo").await;
+    let flow = Flow::start(forward.addr()).await;
+    let id = via_b.spiffe_id().rsplit('/').next().expect("a SPIFFE id has segments").to_owned();
+    let asked = Instant::now();
+    a.cli(&["identity", "disable", "--id", &id]).await.expect_success();
+    let end = within("B to cut the tunnel of the machine disabled through A", ACROSS_REPLICAS, flow.ended()).await;
+    assert!(end.at >= asked, "the tunnel broke before the revocation: {}", end.how);
+    eprintln!("revocation through A cut the tunnel through B after {:?}", end.at.saturating_duration_since(asked));
+    let refused = via_b.tunnel_exchange("echo", b"again?").await.expect_err("the machine is disabled");
+    assert_eq!(refused.reject_code(), Some(RejectCode::Revoked), "{refused}");
+
+    // B dies: a tunnel through A does not notice.
+    let forward = via_a.connect("echo").await;
+    let flow = Flow::start(forward.addr()).await;
+    wait_for("the flow through A to carry bytes", DEFAULT_TIMEOUT, || async { flow.echoed() > 0 }).await;
+    b.kill().await;
+    let before = flow.echoed();
+    wait_for("the flow through A to go on after B died", DEFAULT_TIMEOUT, || async { flow.echoed() > before + 4096 })
+        .await;
+    assert!(flow.end().is_none(), "the tunnel through A ended when B died: {:?}", flow.end().map(|e| e.how));
+    assert_eq!(via_a.tunnel_exchange("echo", b"still here").await.expect("new streams through A"), b"still here");
+    drop(forward);
+
+    // Both replicas appended to one chain: it verifies, nothing forked.
+    let verify = a.cli(&["audit", "verify"]).await;
+    assert!(verify.expect_success().starts_with("audit chain intact"), "{verify}");
+    let audit = a.audit_events().await;
+    let seqs: Vec<i64> = audit.iter().map(|r| r.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "one gapless chain: {seqs:?}");
+    let online = audit.of_kind("connector.online").len();
+    assert!(online >= 2, "the connector linked to both replicas:\n{}", audit.summary());
+}
