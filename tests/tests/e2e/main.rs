@@ -27,5 +27,6 @@ mod replicas;
 mod restart;
 mod revocation;
 mod segments;
+mod store_faults;
 mod store_schema;
 mod tunnel;
