@@ -85,6 +85,11 @@ pub async fn run_with_ready(
     });
 
     tasks.spawn(crate::audit::sinks::serve_for(broker.clone(), shutdown.clone()));
+    let (b, s) = (broker.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        announce_replica(b, s).await;
+        Ok("replica heartbeat")
+    });
     tracing::info!(%https_addr, %quic_addr, trust_domain = %broker.ca().trust_domain(), "broker ready");
     print_ready(https_addr, quic_addr)?;
     if let Some(ready) = ready {
@@ -275,6 +280,30 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
         );
     }
     Ok(socket.into())
+}
+
+/// How often a broker refreshes its row in `broker_replicas`.
+const REPLICA_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Keeps this broker listed among the replicas that share its database (for
+/// clients to fail over to) while it runs, and takes it off when it stops.
+async fn announce_replica(broker: Broker, shutdown: CancellationToken) {
+    let addr = broker.config().quic_public_addr();
+    let mut tick = tokio::time::interval(REPLICA_HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = crate::db::unix_seconds(std::time::SystemTime::now());
+        if let Err(e) = crate::db::replicas::heartbeat(broker.db(), &addr, now).await {
+            tracing::warn!(error = %e, "cannot record this broker among the replicas");
+        }
+    }
+    if let Err(e) = crate::db::replicas::forget(broker.db(), &addr).await {
+        tracing::warn!(error = %e, "cannot remove this broker from the replicas");
+    }
 }
 
 async fn reload_on_sighup(broker: Broker, shutdown: CancellationToken) {

@@ -88,6 +88,17 @@ impl Broker {
     pub fn db(&self) -> &Db {
         &self.inner.db
     }
+    /// The other replicas sharing this database that a client may fail over
+    /// to (their QUIC addresses). Empty when they cannot be read: the list
+    /// only saves a client a reconnect, it never decides access.
+    pub async fn other_replicas(&self) -> Vec<String> {
+        let now = crate::db::unix_seconds(std::time::SystemTime::now());
+        let own = self.inner.config.quic_public_addr();
+        crate::db::replicas::others(&self.inner.db, &own, now).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the broker replicas");
+            Vec::new()
+        })
+    }
     /// Audit trail writer.
     #[must_use]
     pub fn audit(&self) -> &Audit {

@@ -112,6 +112,7 @@ pub async fn enroll(broker_url: &str, token: &str, home: &Path, force: bool) -> 
             identity: answer.identity.clone(),
             broker_url: base.as_str().trim_end_matches('/').to_owned(),
             quic_addr: quic_addr.clone(),
+            replicas: replicas(&answer.replicas, &base),
             ..ProfileFile::default()
         },
         key_pem: key.serialize_pem(),
@@ -127,6 +128,12 @@ pub async fn enroll(broker_url: &str, token: &str, home: &Path, force: bool) -> 
         home: home.to_owned(),
         quic_addr,
     })
+}
+
+/// The replicas an answer lists, each as [`quic_addr`] would take it; one
+/// that does not parse is left out (it only ever saves a reconnect).
+pub(crate) fn replicas(listed: &[String], base: &reqwest::Url) -> Vec<String> {
+    listed.iter().filter_map(|announced| quic_addr(announced, base).ok()).collect()
 }
 
 pub(crate) fn parse_broker_url(text: &str) -> Result<reqwest::Url, EnrollError> {

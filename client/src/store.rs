@@ -119,6 +119,10 @@ pub struct ProfileFile {
     pub broker_url: String,
     /// The broker's QUIC address, `host:port`.
     pub quic_addr: String,
+    /// Other broker replicas (QUIC `host:port` each) to fail over to when the
+    /// broker at `quic_addr` does not answer; as the broker listed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     /// The sign-in session the certificate belongs to (people only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<SessionId>,
@@ -361,6 +365,17 @@ impl Profile {
     #[must_use]
     pub fn quic_addr(&self) -> &str {
         &self.file.quic_addr
+    }
+    /// Every broker replica to try, the enrolled one first.
+    #[must_use]
+    pub fn broker_addrs(&self) -> Vec<String> {
+        let mut out = vec![self.file.quic_addr.clone()];
+        for replica in &self.file.replicas {
+            if !out.contains(replica) {
+                out.push(replica.clone());
+            }
+        }
+        out
     }
     /// The sign-in session this certificate belongs to, as stored at login.
     #[must_use]

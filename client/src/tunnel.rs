@@ -5,7 +5,10 @@
 //! use after it closed (broker restart, idle timeout, network change), with a
 //! jittered backoff after repeated failures. Each proxied TCP connection is one
 //! bidirectional stream that starts with a [`StreamHeader::Open`]; the broker
-//! answers a refusal by resetting the stream with a [`RejectCode`].
+//! answers a refusal by resetting the stream with a [`RejectCode`]. With
+//! several broker replicas the tunnel fails over between them ([`failover`]).
+
+mod failover;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,6 +195,10 @@ struct State {
     profile: Profile,
     endpoint: Option<quinn::Endpoint>,
     conn: Option<quinn::Connection>,
+    /// How to tell that `conn` went quiet.
+    liveness: Option<failover::Liveness>,
+    /// The replica (index into [`Profile::broker_addrs`]) in use.
+    current: usize,
     failures: u32,
     retry_at: Option<Instant>,
 }
@@ -204,7 +211,8 @@ impl Tunnel {
     pub fn new(profile: Profile) -> Result<Tunnel, TunnelError> {
         let transport = Arc::new(transport_config());
         client_config(&profile, transport.clone())?;
-        let state = State { profile, endpoint: None, conn: None, failures: 0, retry_at: None };
+        let state =
+            State { profile, endpoint: None, conn: None, liveness: None, current: 0, failures: 0, retry_at: None };
         Ok(Tunnel { inner: Arc::new(Mutex::new(state)), transport })
     }
 
@@ -282,12 +290,18 @@ impl Tunnel {
     async fn connection(&self) -> Result<quinn::Connection, TunnelError> {
         let mut state = self.inner.lock().await;
         let now = SystemTime::now();
-        if let Some(conn) = &state.conn {
+        if let Some(conn) = state.conn.clone() {
             match conn.close_reason() {
                 // Once the certificate has expired, new streams wait for a renewed one
                 // (re-read from disk below); streams in flight keep the old connection.
-                None if !state.profile.is_expired(now) => return Ok(conn.clone()),
-                None => tracing::info!("the certificate expired; looking for a renewed one"),
+                None if state.profile.is_expired(now) => {
+                    tracing::info!("the certificate expired; looking for a renewed one");
+                }
+                None if !state.went_quiet() => return Ok(conn),
+                None => {
+                    tracing::warn!("the broker replica stopped answering; trying the next one");
+                    state.current += 1;
+                }
                 Some(reason) => tracing::info!(%reason, "the connection to the broker closed; reconnecting"),
             }
             state.conn = None;
@@ -335,18 +349,50 @@ impl State {
         }
     }
 
+    /// Whether the connection received nothing for a while although another
+    /// replica could take new streams (with one broker, it is kept).
+    fn went_quiet(&mut self) -> bool {
+        let (Some(conn), Some(liveness)) = (&self.conn, &mut self.liveness) else { return false };
+        self.profile.broker_addrs().len() > 1 && liveness.quiet(conn, Instant::now())
+    }
+
+    /// Connects to the replica in use, or else to the next one that answers.
     async fn connect(&mut self, transport: Arc<quinn::TransportConfig>) -> Result<quinn::Connection, TunnelError> {
-        let addr_text = self.profile.quic_addr().to_owned();
+        let addrs = self.profile.broker_addrs();
+        let wait = if addrs.len() > 1 { failover::REPLICA_HANDSHAKE } else { HANDSHAKE_TIMEOUT };
+        let mut last = None;
+        for i in failover::order(addrs.len(), self.current) {
+            match self.connect_to(&addrs[i], transport.clone(), wait).await {
+                Ok(conn) => {
+                    self.current = i;
+                    self.liveness = Some(failover::Liveness::new(&conn));
+                    return Ok(conn);
+                }
+                Err(e @ TunnelError::Unreachable { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| TunnelError::Unreachable { addr: String::new(), reason: "no broker address".into() }))
+    }
+
+    async fn connect_to(
+        &mut self,
+        addr_text: &str,
+        transport: Arc<quinn::TransportConfig>,
+        wait: Duration,
+    ) -> Result<quinn::Connection, TunnelError> {
+        let addr_text = addr_text.to_owned();
         let unreachable = |reason: String| TunnelError::Unreachable { addr: addr_text.clone(), reason };
         let (host, addr) = resolve(&addr_text).await.map_err(unreachable)?;
         let endpoint = self.endpoint_for(addr).map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
         let config = client_config(&self.profile, transport)?;
         let connecting = endpoint.connect_with(config, addr, &host).map_err(|e| unreachable(e.to_string()))?;
-        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        let conn = match tokio::time::timeout(wait, connecting).await {
             Err(_) => {
                 return Err(unreachable(format!(
                     "no answer within {}s (is UDP to that port allowed through the firewalls on the way?)",
-                    HANDSHAKE_TIMEOUT.as_secs()
+                    wait.as_secs()
                 )));
             }
             Ok(Err(e)) => return Err(handshake_error(&e, &addr_text)),
@@ -438,7 +484,7 @@ fn transport_config() -> quinn::TransportConfig {
     t.send_window(32 * 1024 * 1024);
     t.max_concurrent_bidi_streams(VarInt::from_u32(0));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.keep_alive_interval(Some(failover::KEEP_ALIVE));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
     t
 }

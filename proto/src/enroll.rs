@@ -125,6 +125,10 @@ pub struct EnrollResponse {
     pub not_after_unix: u64,
     /// The broker's QUIC address (host:port) as the broker knows it.
     pub quic_addr: String,
+    /// Other broker replicas sharing the broker's database (QUIC `host:port`
+    /// each), for the client to fail over to. Absent with a single broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
 }
 
 /// Error body of every JSON API endpoint.

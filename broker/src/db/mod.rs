@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod identities;
 pub mod login_state;
 pub mod meta;
+pub mod replicas;
 pub mod revocations;
 pub mod sessions;
 pub mod tokens;

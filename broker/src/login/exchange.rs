@@ -59,6 +59,9 @@ pub struct LoginCertificate {
     pub not_after_unix: u64,
     /// The broker's QUIC `host:port`.
     pub quic_addr: String,
+    /// Other broker replicas to fail over to (QUIC `host:port` each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     /// The session the certificate belongs to.
     pub session_id: String,
     /// The session's end.
@@ -157,6 +160,7 @@ pub(crate) async fn issue_for_session(
         ca_pem: broker.ca().cert_pem().to_owned(),
         not_after_unix: issued.not_after_unix,
         quic_addr: broker.config().quic_public_addr(),
+        replicas: broker.other_replicas().await,
         session_id: session.record.id,
         session_expires_unix: u64::try_from(session.record.expires_at).unwrap_or(0),
     })

@@ -58,6 +58,7 @@ async fn enroll(
             ca_pem: broker.ca().cert_pem().to_owned(),
             not_after_unix: enrolled.issued.not_after_unix,
             quic_addr: config.quic_public_addr(),
+            replicas: broker.other_replicas().await,
         })
         .into_response(),
         Err(e) => enroll_error(&e),

@@ -108,6 +108,7 @@ impl Attempt {
                 identity: answer.identity.clone(),
                 broker_url: broker_url.clone(),
                 quic_addr: quic_addr.clone(),
+                replicas: crate::enroll::replicas(&answer.replicas, &self.base),
                 session_id: Some(session_id),
                 session_expires_unix: Some(answer.session_expires_unix),
             },

@@ -40,6 +40,8 @@ pub(crate) struct LoginAnswer {
     #[allow(dead_code, reason = "the certificate's own notAfter is what counts")]
     pub(crate) not_after_unix: u64,
     pub(crate) quic_addr: String,
+    #[serde(default)]
+    pub(crate) replicas: Vec<String>,
     pub(crate) session_id: String,
     pub(crate) session_expires_unix: u64,
 }

@@ -331,6 +331,7 @@ pub fn write_person(home: &Path, pki: &Pki, quic_addr: &str, not_after: OffsetDa
             identity: cert.identity.clone(),
             broker_url: "https://127.0.0.1:1".into(),
             quic_addr: quic_addr.to_owned(),
+            replicas: Vec::new(),
             session_id: Some(session.parse().unwrap()),
             session_expires_unix: Some(mfa_at + 12 * 3600),
         },

@@ -419,6 +419,7 @@ fn answer_enroll(pki: &Pki, body: &[u8], quic_addr: &str, mode: EnrollMode) -> (
         ca_pem: pki.ca_pem(),
         not_after_unix: 0,
         quic_addr: quic_addr.to_owned(),
+        replicas: Vec::new(),
     };
     ("200 OK", serde_json::to_string(&answer).unwrap())
 }

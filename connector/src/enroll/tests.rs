@@ -22,6 +22,7 @@ fn answer() -> Answer {
         ca_pem: ca.pem.clone(),
         not_after_unix: 0,
         quic_addr: "127.0.0.1:4433".into(),
+        replicas: Vec::new(),
     };
     Answer { ca, token, key: issued.key, response }
 }
@@ -172,6 +173,7 @@ async fn enrollment_stores_a_checked_certificate_for_a_local_key() {
             ca_pem: signer.pem.clone(),
             not_after_unix: 0,
             quic_addr: "127.0.0.1:4433".into(),
+            replicas: Vec::new(),
         };
         (200, serde_json::to_string(&response).expect("JSON"))
     })

@@ -1,8 +1,8 @@
 //! Several broker replicas on one PostgreSQL database, one connector linked
 //! to each: any replica reaches the service, a revocation or a policy written
 //! through one replica is enforced by the other within 2 s, a replica's death
-//! leaves tunnels through the other alone, and the audit chain both wrote to
-//! stays one verifiable chain.
+//! leaves tunnels through the other alone while its clients fail over within
+//! 3 s, and the audit chain both wrote to stays one verifiable chain.
 
 use std::time::{Duration, Instant};
 
@@ -11,17 +11,19 @@ use palisade_tests::{ALLOW_ML_AGENTS, DEFAULT_TIMEOUT, EchoUpstream, Flow, TestE
 
 /// How soon a change written through one replica holds on another.
 const ACROSS_REPLICAS: Duration = Duration::from_secs(2);
+/// How soon a client's next connection works through another replica once its own died.
+const FAIL_OVER_WITHIN: Duration = Duration::from_secs(3);
 
 const FORBID_ML_AGENTS: &str = "@id(\"freeze\")\nforbid (principal in Group::\"ml-agents\", action, resource);\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_share_revocations_policy_and_the_audit_chain_and_outlive_each_other() {
+async fn replicas_share_revocations_policy_and_one_audit_chain_and_clients_fail_over() {
     if !store::runs_postgres_only_test("broker replicas on one database") {
         return;
     }
     let env = TestEnv::new();
-    let a = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
-    let mut b =
+    let mut a = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let b =
         env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).replica_of(&a).spawn().await;
     let upstream = EchoUpstream::spawn().await;
     let _connector = a.connector("rack-1").service("echo", upstream.addr()).also_linked_to(&b).spawn().await;
@@ -61,22 +63,41 @@ async fn replicas_share_revocations_policy_and_the_audit_chain_and_outlive_each_
     let refused = via_b.tunnel_exchange("echo", b"again?").await.expect_err("the machine is disabled");
     assert_eq!(refused.reject_code(), Some(RejectCode::Revoked), "{refused}");
 
-    // B dies: a tunnel through A does not notice.
-    let forward = via_a.connect("echo").await;
-    let flow = Flow::start(forward.addr()).await;
-    wait_for("the flow through A to carry bytes", DEFAULT_TIMEOUT, || async { flow.echoed() > 0 }).await;
-    b.kill().await;
+    // A dies (SIGKILL). A tunnel through B does not notice; a `palisade
+    // connect` that was using A gets its next connection through B within
+    // 3 s, since A's answer at enrollment named B as a replica.
+    let via_b2 = b.machine("agent-b2").group("ml-agents").enroll().await;
+    let forward_b = via_b2.connect("echo").await;
+    let flow = Flow::start(forward_b.addr()).await;
+    wait_for("the flow through B to carry bytes", DEFAULT_TIMEOUT, || async { flow.echoed() > 0 }).await;
+    let forward_a = via_a.connect("echo").await;
+    forward_a.assert_echoes(b"through A while it lives").await;
+    let verify_before = a.cli(&["audit", "verify"]).await;
+    assert!(verify_before.expect_success().starts_with("audit chain intact"), "{verify_before}");
+    a.kill().await;
+    let killed = Instant::now();
     let before = flow.echoed();
-    wait_for("the flow through A to go on after B died", DEFAULT_TIMEOUT, || async { flow.echoed() > before + 4096 })
+    let failed_over = loop {
+        if forward_a
+            .exchange_within(b"after A died", Duration::from_millis(500))
+            .await
+            .is_ok_and(|r| r == b"after A died")
+        {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "the client never failed over to B");
+    };
+    eprintln!("a new connection went through B {failed_over:?} after A was killed");
+    assert!(failed_over <= FAIL_OVER_WITHIN, "failing over took {failed_over:?}");
+    wait_for("the flow through B to go on after A died", DEFAULT_TIMEOUT, || async { flow.echoed() > before + 4096 })
         .await;
-    assert!(flow.end().is_none(), "the tunnel through A ended when B died: {:?}", flow.end().map(|e| e.how));
-    assert_eq!(via_a.tunnel_exchange("echo", b"still here").await.expect("new streams through A"), b"still here");
-    drop(forward);
+    assert!(flow.end().is_none(), "the tunnel through B ended when A died: {:?}", flow.end().map(|e| e.how));
+    drop(forward_b);
 
     // Both replicas appended to one chain: it verifies, nothing forked.
-    let verify = a.cli(&["audit", "verify"]).await;
+    let verify = b.cli(&["audit", "verify"]).await;
     assert!(verify.expect_success().starts_with("audit chain intact"), "{verify}");
-    let audit = a.audit_events().await;
+    let audit = b.audit_events().await;
     let seqs: Vec<i64> = audit.iter().map(|r| r.seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "one gapless chain: {seqs:?}");
     let online = audit.of_kind("connector.online").len();

@@ -1,0 +1,63 @@
+//! Broker replicas: which one to dial, and when a connection has gone quiet.
+//!
+//! A profile lists the broker it enrolled with and, when several brokers
+//! share one database, the other replicas the broker named. The tunnel keeps
+//! using the replica that last answered. With keep-alives twice a second, a
+//! connection that has received nothing for [`QUIET_FOR`] is taken for dead
+//! when there is somewhere else to go: new streams go to the next replica at
+//! once instead of waiting out the idle timeout, while streams already on the
+//! quiet connection are left to end on their own.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How often the client pings an idle connection.
+pub(super) const KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// Nothing received for this long, despite three keep-alives: the replica is
+/// gone (or so slow that another one serves new streams better).
+pub(super) const QUIET_FOR: Duration = Duration::from_millis(1500);
+/// How long a handshake may take when another replica could be tried instead.
+pub(super) const REPLICA_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// Tells a connection that stopped receiving anything.
+#[derive(Debug)]
+pub(super) struct Liveness {
+    datagrams: u64,
+    changed: Instant,
+}
+
+impl Liveness {
+    pub(super) fn new(conn: &quinn::Connection) -> Liveness {
+        Liveness { datagrams: conn.stats().udp_rx.datagrams, changed: Instant::now() }
+    }
+
+    /// Whether `conn` has received nothing for [`QUIET_FOR`] up to `now`.
+    pub(super) fn quiet(&mut self, conn: &quinn::Connection, now: Instant) -> bool {
+        let datagrams = conn.stats().udp_rx.datagrams;
+        if datagrams != self.datagrams {
+            self.datagrams = datagrams;
+            self.changed = now;
+            return false;
+        }
+        now.saturating_duration_since(self.changed) > QUIET_FOR
+    }
+}
+
+/// The indexes of `count` replicas in the order to try them: `current`
+/// first, then the ones after it, wrapping around.
+pub(super) fn order(count: usize, current: usize) -> impl Iterator<Item = usize> {
+    (0..count).map(move |i| (current + i) % count.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order;
+
+    #[test]
+    fn the_replica_in_use_is_tried_first_then_the_rest_in_turn() {
+        assert_eq!(order(3, 1).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(order(1, 0).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(order(0, 0).count(), 0);
+    }
+}
