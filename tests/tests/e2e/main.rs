@@ -20,6 +20,7 @@ mod flood;
 mod l7;
 mod limits;
 mod login;
+mod metrics;
 mod policy;
 mod renewal;
 mod restart;
