@@ -9,7 +9,8 @@
 //! - [`relay`] accepts QUIC connections, decides with [`policy`] and splices
 //!   client streams to connectors; [`control`] is the connector's control stream.
 //! - [`audit`] is the hash-chained trail every step writes to; [`db`] holds the SQL.
-//! - [`run`] wires the listeners together; [`admin`] is the local admin socket.
+//! - [`run`] wires the listeners together; [`admin`] is the local admin socket;
+//!   [`metrics`] lists the Prometheus series served by [`web::metrics`].
 
 pub mod admin;
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod init;
 pub mod inventory;
 pub mod issuance;
 pub mod login;
+pub mod metrics;
 pub mod policy;
 pub mod policy_store;
 pub mod quickstart;

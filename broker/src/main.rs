@@ -14,6 +14,7 @@ use palisade_broker::issuance::enroll::{MAX_TOKEN_TTL, TokenRequest, create_toke
 use palisade_broker::issuance::keystore::KEK_ENV;
 use palisade_broker::{audit, issuance, quickstart};
 use palisade_proto::identity::PeerRole;
+use palisade_telemetry::LogFormat;
 use tokio_util::sync::CancellationToken;
 
 #[path = "main/audit_query.rs"]
@@ -31,17 +32,11 @@ use policy_cmd::PolicyCommand;
 #[derive(Debug, Parser)]
 #[command(name = "palisade-broker", version, about)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Log format on stderr: text or json (default: `[log] format` for `run`, else text).
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,7 +289,8 @@ enum SessionCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = matches!(cli.command, Command::Run(_) | Command::Quickstart { .. });
-    init_tracing(cli.log_format, if verbose { "info" } else { "warn" });
+    let format = cli.log_format.or_else(|| configured_log_format(&cli.command)).unwrap_or_default();
+    palisade_telemetry::logging::init(format, if verbose { "info" } else { "warn" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
@@ -310,14 +306,16 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_tracing(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// `[log] format` of the config `run` will use; a config that does not load
+/// gives `None` here and its error from `run` itself.
+fn configured_log_format(command: &Command) -> Option<LogFormat> {
+    let Command::Run(args) = command else { return None };
+    let path = match (&args.source.config, &args.source.data_dir) {
+        (Some(path), _) => path.clone(),
+        (None, Some(dir)) => dir.join(CONFIG_FILE),
+        (None, None) => return None,
+    };
+    Config::load(&path).ok().map(|config| config.log.format)
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

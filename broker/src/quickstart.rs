@@ -186,6 +186,8 @@ async fn start_connector(
         services: vec![palisade_connector::ServiceConfig { name: SERVICE.parse()?, upstream: demo.to_string() }],
         policy_dir: None,
         bundle_max_age: palisade_connector::DEFAULT_BUNDLE_MAX_AGE,
+        metrics_listen: None,
+        log_format: palisade_telemetry::LogFormat::Text,
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     tasks.spawn(async move {

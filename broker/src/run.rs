@@ -2,7 +2,8 @@
 //! the same port, serve until shutdown.
 //!
 //! When every listener is bound, exactly one line goes to stdout:
-//! `palisade-broker ready https=<addr> quic=<addr>`. Logs go to stderr.
+//! `palisade-broker ready https=<addr> quic=<addr>`, followed by
+//! ` metrics=<addr>` when `[metrics] listen` is set. Logs go to stderr.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -45,6 +46,8 @@ pub struct Ready {
     pub https: SocketAddr,
     /// QUIC (UDP).
     pub quic: SocketAddr,
+    /// The metrics listener, if `[metrics] listen` is set.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// [`run`], and sends the bound addresses on `ready` once everything listens.
@@ -65,6 +68,8 @@ pub async fn run_with_ready(
         config.public_addr = Some(quic_addr.to_string());
     }
     let broker = assemble(config).await?;
+    let metrics = bind_metrics(broker.config()).await?;
+    let metrics_addr = metrics.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
     let admin = crate::admin::bind(&broker.config().data_dir).await?;
     let tcp = tokio::net::TcpListener::from_std(tcp)?;
 
@@ -90,10 +95,17 @@ pub async fn run_with_ready(
         announce_replica(b, s).await;
         Ok("replica heartbeat")
     });
+    if let Some(listener) = metrics {
+        let (b, s) = (broker.clone(), shutdown.clone());
+        tasks.spawn(
+            async move { crate::web::metrics::serve(b, listener, s).await.map(|()| "metrics").context("metrics") },
+        );
+    }
     tracing::info!(%https_addr, %quic_addr, trust_domain = %broker.ca().trust_domain(), "broker ready");
-    print_ready(https_addr, quic_addr)?;
+    let bound = Ready { https: https_addr, quic: quic_addr, metrics: metrics_addr };
+    print_ready(bound)?;
     if let Some(ready) = ready {
-        let _ = ready.send(Ready { https: https_addr, quic: quic_addr });
+        let _ = ready.send(bound);
     }
     let result = supervise(tasks, shutdown).await;
     // Sign the chain head on the way out, so a truncation of the last events
@@ -104,10 +116,21 @@ pub async fn run_with_ready(
     result
 }
 
-fn print_ready(https: SocketAddr, quic: SocketAddr) -> std::io::Result<()> {
+fn print_ready(ready: Ready) -> std::io::Result<()> {
+    let Ready { https, quic, metrics } = ready;
+    let metrics = metrics.map(|addr| format!(" metrics={addr}")).unwrap_or_default();
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "palisade-broker ready https={https} quic={quic}")?;
+    writeln!(stdout, "palisade-broker ready https={https} quic={quic}{metrics}")?;
     stdout.flush()
+}
+
+/// Binds `[metrics] listen`, if set.
+async fn bind_metrics(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(listen) = config.metrics.listen else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for metrics ([metrics] listen)"))?;
+    Ok(Some(listener))
 }
 
 async fn supervise(

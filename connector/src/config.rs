@@ -9,16 +9,24 @@
 //! policy_dir = "/etc/palisade/guardrails"     # optional: local Cedar guardrails
 //! bundle_max_age = "24h"                      # optional: enforce a saved bundle this long
 //!
+//! [metrics]
+//! listen = "127.0.0.1:9465"                   # optional: /metrics, /healthz, /readyz
+//!
+//! [log]
+//! format = "json"                             # optional: "text" (default) or "json"
+//!
 //! [[service]]
 //! name = "llm-prod"
 //! upstream = "127.0.0.1:11434"
 //! ```
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use palisade_proto::id::ServiceName;
+use palisade_telemetry::LogFormat;
 use serde::Deserialize;
 
 /// Environment variable naming the state directory when neither a flag nor
@@ -55,6 +63,10 @@ pub struct ConnectorConfig {
     /// last good bundle is saved and rides out a broker outage this long;
     /// after that the connector denies every stream until a fresh one arrives.
     pub bundle_max_age: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (plain HTTP); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Text or JSON log lines on stderr (`--log-format` wins).
+    pub log_format: LogFormat,
 }
 
 /// One service behind this connector.
@@ -111,6 +123,22 @@ struct RawConfig {
     policy_dir: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     bundle_max_age: Option<Duration>,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -186,8 +214,18 @@ impl ConnectorConfig {
             split_host_port(&svc.upstream).map_err(|reason| invalid(format!("service[{i}].upstream"), reason))?;
             services.push(ServiceConfig { name, upstream: svc.upstream });
         }
+        let metrics_listen = match &raw.metrics.listen {
+            Some(s) => Some(s.parse().map_err(|_| {
+                invalid("metrics.listen".into(), format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:9465)"))
+            })?),
+            None => None,
+        };
+        let log_format =
+            raw.log.format.as_deref().map(str::parse).transpose().map_err(|e| invalid("log.format".into(), e))?;
         let state_dir = raw.state_dir.unwrap_or_else(default_state_dir);
         Ok(Self {
+            metrics_listen,
+            log_format: log_format.unwrap_or_default(),
             state_dir,
             broker: raw.broker,
             brokers: raw.brokers,
@@ -268,6 +306,11 @@ mod tests {
         assert_eq!(config.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(config.bundle_max_age, DEFAULT_BUNDLE_MAX_AGE);
         assert_eq!(config.broker, None);
+        assert_eq!((config.metrics_listen, config.log_format), (None, LogFormat::Text));
+        let observed = parse(&format!("{SERVICE}[metrics]\nlisten = \"127.0.0.1:9465\"\n[log]\nformat = \"json\"\n"));
+        let observed = observed.expect("valid");
+        assert_eq!(observed.metrics_listen, Some(SocketAddr::from(([127, 0, 0, 1], 9465))));
+        assert_eq!(observed.log_format, LogFormat::Json);
     }
 
     #[test]
@@ -285,6 +328,9 @@ mod tests {
             ("[[service]]\nname = \"llm\"\nupstream = \"a:1\"\nport = 3\n".to_owned(), "port"),
             (format!("{SERVICE}{SERVICE}"), "service[1].name"),
             (String::new(), "service"),
+            (format!("{SERVICE}[metrics]\nlisten = \"localhost\"\n"), "metrics.listen"),
+            (format!("{SERVICE}[metrics]\nport = 1\n"), "port"),
+            (format!("{SERVICE}[log]\nformat = \"xml\"\n"), "log.format"),
         ];
         for (text, key) in cases {
             let err = parse(&text).expect_err(&text).to_string();

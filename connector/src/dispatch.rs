@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 use crate::authorize::{Authorized, Engines, PolicyState, authorize};
 use crate::config::ServiceConfig;
 use crate::http;
+use crate::metrics;
 use crate::upstream::{self, SpliceEnd};
 
 /// The broker writes the header as soon as it opens the stream.
@@ -36,6 +37,7 @@ pub(crate) async fn handle(ctx: Arc<StreamContext>, mut send: SendStream, mut re
         Ok(dispatch) => dispatch,
         Err(reason) => {
             tracing::warn!(%reason, "refusing a stream with a bad dispatch header");
+            metrics::stream("bad_request");
             reject(&mut send, &mut recv, RejectCode::BadRequest);
             return;
         }
@@ -58,6 +60,7 @@ async fn tunnel(ctx: &StreamContext, dispatch: Dispatch, mut send: SendStream, m
         Ok(authorized) => authorized,
         Err(denied) => {
             tracing::info!(reason = denied.code(), detail = %denied, "stream denied by the connector");
+            metrics::stream("denied");
             reject(&mut send, &mut recv, RejectCode::ForbiddenByConnector);
             let outcome = StreamOutcome::Denied {
                 reason: denied.code().to_owned(),
@@ -70,14 +73,21 @@ async fn tunnel(ctx: &StreamContext, dispatch: Dispatch, mut send: SendStream, m
     };
     tracing::debug!(caller = %authorized.peer.id(), policies = ?authorized.grant.policy_ids(), "stream allowed");
     if http::is_http_service(&ctx.policy, dispatch.service.as_str(), now) {
+        metrics::stream("allowed");
         let outcome = serve_http(ctx, &dispatch, authorized, send, recv, started).await;
         report(ctx, dispatch.decision_id, outcome).await;
         return;
     }
+    let dialled = Instant::now();
     let tcp = match upstream::connect(&authorized.grant, authorized.upstream, ctx.connect_timeout).await {
-        Ok(tcp) => tcp,
+        Ok(tcp) => {
+            metrics::stream("allowed");
+            metrics::UPSTREAM_CONNECT.get(&[dispatch.service.as_str()]).observe_duration(dialled.elapsed());
+            tcp
+        }
         Err(e) => {
             tracing::warn!(error = %e, "upstream unreachable");
+            metrics::stream("upstream_failed");
             reject(&mut send, &mut recv, e.reject_code());
             report(ctx, dispatch.decision_id, StreamOutcome::UpstreamFailed { detail: e.to_string() }).await;
             return;

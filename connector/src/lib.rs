@@ -20,12 +20,14 @@ mod dispatch;
 mod enroll;
 mod http;
 mod link;
+pub mod metrics;
 mod store;
 mod upstream;
 
 #[cfg(test)]
 mod testing;
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -55,6 +57,14 @@ pub enum ConnectorError {
     /// The local guardrail policies (`policy_dir`) do not load.
     #[error("local guardrail policies: {0}")]
     Guardrails(palisade_policies::LoadError),
+    /// `[metrics] listen` could not be bound.
+    #[error("cannot listen on {addr} for metrics ([metrics] listen): {source}")]
+    Metrics {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Runs the connector until `shutdown` is cancelled.
@@ -76,6 +86,7 @@ pub async fn run_with_ready(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), ConnectorError> {
+    serve_metrics(config.metrics_listen, &shutdown).await?;
     let store = store::Store::new(config.state_dir.clone());
     let loader = store.clone();
     let identity = tokio::task::spawn_blocking(move || loader.load()).await??;
@@ -121,5 +132,24 @@ pub async fn run_with_ready(
         policy: policy.clone(),
     };
     link::replicas::run(link_to, brokers, shutdown, Arc::new(std::sync::Mutex::new(ready))).await;
+    Ok(())
+}
+
+/// Binds `[metrics] listen` (before anything else, so `/healthz` answers and
+/// `/readyz` says why while the broker is unreachable) and prints
+/// `palisade-connector metrics=<addr>` on stdout.
+async fn serve_metrics(
+    listen: Option<std::net::SocketAddr>,
+    shutdown: &CancellationToken,
+) -> Result<(), ConnectorError> {
+    let Some(addr) = listen else { return Ok(()) };
+    let bound = tokio::net::TcpListener::bind(addr).await;
+    let listener = bound.map_err(|source| ConnectorError::Metrics { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ConnectorError::Metrics { addr, source })?;
+    tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "palisade-connector metrics={local}");
+    let _ = stdout.flush();
+    tokio::spawn(metrics::serve(listener, shutdown.clone()));
     Ok(())
 }

@@ -215,8 +215,12 @@ async fn serve(
         reason = read_frames(control_recv, in_tx) => reason,
         reason = accept_streams(conn, streams) => reason,
         reason = control.run(in_rx) => reason,
-        () = shutdown.cancelled() => return AttemptEnd::Shutdown,
+        () = shutdown.cancelled() => {
+            crate::metrics::LINKED.set(0);
+            return AttemptEnd::Shutdown;
+        }
     };
+    crate::metrics::LINKED.set(0);
     tracing::warn!(%reason, "the link to the broker ended");
     AttemptEnd::Ended { welcomed: control.welcomed }
 }
@@ -334,6 +338,7 @@ impl Control<'_> {
     async fn welcome(&mut self, connector_id: &str, policy: SignedBundle) {
         tracing::info!(connector_id, "welcomed by the broker");
         self.welcomed = true;
+        crate::metrics::LINKED.set(1);
         self.apply_policy(policy).await;
         let first = self.ready.lock().ok().and_then(|mut ready| ready.take());
         if let Some(ready) = first {

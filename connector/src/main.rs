@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use palisade_connector::config::STATE_DIR_ENV;
 use palisade_connector::{ConnectorConfig, default_state_dir};
+use palisade_telemetry::LogFormat;
 use tokio_util::sync::CancellationToken;
 
 mod doctor;
@@ -15,6 +16,9 @@ mod doctor;
 #[derive(Parser)]
 #[command(name = "palisade-connector", version, about = "Palisade connector: enforces policy beside the workloads")]
 struct Cli {
+    /// Log format on stderr: text or json (default: `[log] format` for `run`, else text).
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,7 +58,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let format = cli.log_format.or_else(|| configured_log_format(&cli.command)).unwrap_or_default();
+    palisade_telemetry::logging::init(format, "info");
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -87,10 +92,11 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+/// `[log] format` of the config `run` will use; a config that does not load
+/// gives `None` here and its error from `run` itself.
+fn configured_log_format(command: &Command) -> Option<LogFormat> {
+    let Command::Run { config } = command else { return None };
+    ConnectorConfig::load(config).ok().map(|c| c.log_format)
 }
 
 async fn enroll(broker: &str, token: &str, state_dir: PathBuf, force: bool) -> anyhow::Result<()> {

@@ -37,6 +37,14 @@ pub struct BrokerBuilder {
     policies: Vec<(String, String)>,
     oidc: Option<OidcClient>,
     replica_of: Option<Arc<BrokerInfo>>,
+    observed: Observed,
+}
+
+/// `[metrics]` and `[log]` choices of a broker under test.
+#[derive(Clone, Copy, Default)]
+struct Observed {
+    metrics: bool,
+    json_logs: bool,
 }
 
 /// This broker's client at an OpenID provider.
@@ -48,7 +56,15 @@ struct OidcClient {
 
 impl BrokerBuilder {
     pub(crate) fn new(env: TestEnv) -> Self {
-        Self { env, trust_domain: None, services: Vec::new(), policies: Vec::new(), oidc: None, replica_of: None }
+        Self {
+            env,
+            trust_domain: None,
+            services: Vec::new(),
+            policies: Vec::new(),
+            oidc: None,
+            replica_of: None,
+            observed: Observed::default(),
+        }
     }
 
     /// Signs people in at `provider`: writes `[oidc]` with a client of this
@@ -64,6 +80,19 @@ impl BrokerBuilder {
     /// Sets the trust domain given to `init` (the default is the broker's own).
     pub fn trust_domain(mut self, trust_domain: &str) -> Self {
         self.trust_domain = Some(trust_domain.to_owned());
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on a loopback port of its own
+    /// (`[metrics] listen = "127.0.0.1:0"`); see [`Broker::metrics_addr`].
+    pub fn metrics(mut self) -> Self {
+        self.observed.metrics = true;
+        self
+    }
+
+    /// Logs JSON lines (`[log] format = "json"`).
+    pub fn json_logs(mut self) -> Self {
+        self.observed.json_logs = true;
         self
     }
 
@@ -122,6 +151,7 @@ impl BrokerBuilder {
             database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("palisade.db").display()));
 
         write_config(&data_dir, &self.services, self.oidc.as_ref());
+        write_observed(&data_dir, self.observed);
         let policy_dir = data_dir.join("policies");
         if !self.policies.is_empty() {
             for entry in std::fs::read_dir(&policy_dir).expect("init created the policy directory") {
@@ -179,6 +209,19 @@ fn write_config(data_dir: &Path, services: &[ServiceDef], oidc: Option<&OidcClie
         config.insert("oidc".into(), toml::Value::Table(t));
     }
     std::fs::write(&path, toml::to_string(&config).expect("serialise broker.toml")).expect("write broker.toml");
+}
+
+/// Adds `[metrics]` and `[log]` to the `broker.toml` as asked.
+fn write_observed(data_dir: &Path, observed: Observed) {
+    let path = data_dir.join("broker.toml");
+    let mut text = std::fs::read_to_string(&path).expect("read broker.toml");
+    if observed.metrics {
+        text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    if observed.json_logs {
+        text.push_str("\n[log]\nformat = \"json\"\n");
+    }
+    std::fs::write(&path, text).expect("write broker.toml");
 }
 
 /// Starts `palisade-broker run` and waits for its ready line. With `listen`
@@ -302,6 +345,21 @@ impl Broker {
     #[must_use]
     pub fn process(&self) -> &Proc {
         self.proc.as_ref().expect("the broker is running")
+    }
+
+    /// The metrics listener, from the running broker's ready line.
+    ///
+    /// # Panics
+    /// If the broker was not built with [`BrokerBuilder::metrics`].
+    #[must_use]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let lines = self.process().stdout_lines();
+        let ready = lines.iter().rev().find(|l| l.starts_with("palisade-broker ready ")).expect("a ready line");
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("metrics="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics=ADDR in {ready:?}: build the broker with .metrics()"))
     }
 
     /// Runs `palisade-broker ARGS… --data-dir DIR`.

@@ -17,16 +17,39 @@ pub struct ConnectorBuilder {
     services: Vec<(String, SocketAddr)>,
     local_policies: Vec<(String, String)>,
     replicas: Vec<SocketAddr>,
+    metrics: bool,
+    json_logs: bool,
 }
 
 impl ConnectorBuilder {
     pub(crate) fn new(broker: Arc<BrokerInfo>, name: &str) -> Self {
-        Self { broker, name: name.to_owned(), services: Vec::new(), local_policies: Vec::new(), replicas: Vec::new() }
+        Self {
+            broker,
+            name: name.to_owned(),
+            services: Vec::new(),
+            local_policies: Vec::new(),
+            replicas: Vec::new(),
+            metrics: false,
+            json_logs: false,
+        }
     }
 
     /// Links to `replica` too (config `brokers`), besides the broker it enrolls with.
     pub fn also_linked_to(mut self, replica: &crate::Broker) -> Self {
         self.replicas.push(replica.quic_addr());
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on a loopback port of its
+    /// own; see [`Connector::metrics_addr`].
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
+    /// Logs JSON lines (`[log] format = "json"`).
+    pub fn json_logs(mut self) -> Self {
+        self.json_logs = true;
         self
     }
 
@@ -46,6 +69,14 @@ impl ConnectorBuilder {
     /// Enrolls with a fresh connector token, writes the config, starts the
     /// connector and waits until it has its first policy bundle.
     pub async fn spawn(self) -> Connector {
+        let mut connector = self.enroll().await;
+        connector.start().await;
+        connector
+    }
+
+    /// Enrolls with a fresh connector token and writes the config, without
+    /// starting the connector (see [`Connector::start_unlinked`]).
+    pub async fn enroll(self) -> Connector {
         let token = self.broker.connector_token(&self.name).await;
         let dir = self.broker.env.fresh_dir(&format!("connector-{}", self.name));
         let state_dir = dir.join("state");
@@ -82,13 +113,21 @@ impl ConnectorBuilder {
             })
             .collect();
         config.insert("service".into(), toml::Value::Array(services));
+        if self.metrics {
+            let mut metrics = toml::Table::new();
+            metrics.insert("listen".into(), "127.0.0.1:0".into());
+            config.insert("metrics".into(), toml::Value::Table(metrics));
+        }
+        if self.json_logs {
+            let mut log = toml::Table::new();
+            log.insert("format".into(), "json".into());
+            config.insert("log".into(), toml::Value::Table(log));
+        }
         let config_path = dir.join("connector.toml");
         std::fs::write(&config_path, toml::to_string(&config).expect("serialise connector.toml"))
             .expect("write connector.toml");
 
-        let mut connector = Connector { proc: None, broker: self.broker, name: self.name, state_dir, config_path };
-        connector.start().await;
-        connector
+        Connector { proc: None, broker: self.broker, name: self.name, state_dir, config_path }
     }
 }
 
@@ -129,11 +168,38 @@ impl Connector {
     }
 
     async fn start(&mut self) {
-        let mut cmd = command(BIN);
-        cmd.arg("run").arg("--config").arg(&self.config_path);
-        let proc = Proc::spawn(&format!("connector {}", self.name), cmd, self.broker.env.logs());
+        let proc = self.launch();
         proc.wait_for_line("`palisade-connector ready`", |l| l.trim() == "palisade-connector ready").await;
         self.proc = Some(proc);
+    }
+
+    /// Starts the connector without waiting for a broker link: only for its
+    /// metrics listener (it needs [`ConnectorBuilder::metrics`]).
+    pub async fn start_unlinked(&mut self) {
+        let proc = self.launch();
+        proc.wait_for_line("`palisade-connector metrics=ADDR`", |l| l.starts_with("palisade-connector metrics=")).await;
+        self.proc = Some(proc);
+    }
+
+    fn launch(&self) -> Proc {
+        let mut cmd = command(BIN);
+        cmd.arg("run").arg("--config").arg(&self.config_path);
+        Proc::spawn(&format!("connector {}", self.name), cmd, self.broker.env.logs())
+    }
+
+    /// The metrics listener, from the line the connector printed.
+    ///
+    /// # Panics
+    /// If the connector was not built with [`ConnectorBuilder::metrics`].
+    #[must_use]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let lines = self.process().stdout_lines();
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("palisade-connector metrics="))
+            .and_then(|a| a.trim().parse().ok())
+            .expect("a `palisade-connector metrics=ADDR` line: build the connector with .metrics()")
     }
 
     /// Kills the connector (SIGKILL, like a crash).

@@ -41,6 +41,7 @@ pub mod openai;
 mod person;
 mod process;
 mod quic;
+pub mod scrape;
 mod socks;
 pub mod store;
 mod upstream;

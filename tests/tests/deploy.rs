@@ -414,9 +414,13 @@ fn kubernetes_broker_has_two_replicas_behind_one_tcp_and_udp_port_and_says_ha_wa
     let config = BrokerConfig::from_toml_str(toml.expect("broker.toml"), Path::new("/etc/palisade"), &env)
         .unwrap_or_else(|e| panic!("the k8s broker ConfigMap with the Deployment's environment is invalid: {e}"));
     let listen_port = config.listen.port();
-    assert!(
-        container_ports.iter().all(|p| at(p, &["containerPort"]).and_then(Value::as_u64) == Some(listen_port.into()))
-    );
+    let port_of = |name: &str| {
+        let port = container_ports.iter().find(|p| str_at(p, &["name"]) == Some(name)).expect("container port");
+        at(port, &["containerPort"]).and_then(Value::as_u64)
+    };
+    assert!(["https", "quic"].iter().all(|name| port_of(name) == Some(listen_port.into())));
+    let metrics = config.metrics.listen.expect("[metrics] listen in the ConfigMap");
+    assert_eq!(port_of("metrics"), Some(metrics.port().into()), "the metrics container port is [metrics] listen");
     let kek_file = config.ca.kek_file.expect("kek_file");
     let mounts = seq(container, &["volumeMounts"]);
     assert!(
@@ -473,6 +477,76 @@ fn kubernetes_workload_accepts_traffic_only_from_the_connector() {
         assert!(host.starts_with("model-server."), "{host} is the model-server Service");
         assert_eq!(upstream_port.parse::<u64>().ok(), Some(port), "the policy opens the port the connector dials");
     }
+}
+
+// ---------------------------------------------------------------- Grafana
+
+/// Every PromQL expression of the dashboard, from each panel's targets.
+fn dashboard_queries() -> Vec<String> {
+    let text = read("grafana/palisade.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("grafana/palisade.json is not JSON: {e}"));
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let queries: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("every target has an expr").to_owned())
+        .collect();
+    assert!(!queries.is_empty(), "the dashboard queries nothing");
+    queries
+}
+
+/// `palisade_…` names in a query, with a histogram's `_bucket`/`_sum`/`_count` as its base name.
+fn metric_names(query: &str, histograms: &BTreeSet<&str>) -> Vec<String> {
+    let is_name = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    let mut names = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find("palisade_") {
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !is_name(c)).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|b| histograms.contains(b)))
+            .unwrap_or(name);
+        names.push(base.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn grafana_dashboard_queries_only_series_the_programs_export_and_shows_them_all() {
+    use palisade_telemetry::exposition::Series;
+    let series: Vec<&Series> =
+        palisade_broker::metrics::SERIES.iter().chain(palisade_connector::metrics::SERIES.iter()).collect();
+    let exported: BTreeSet<&str> = series.iter().map(|s| s.name).collect();
+    let histograms: BTreeSet<&str> = series.iter().filter(|s| s.metric.kind() == "histogram").map(|s| s.name).collect();
+    let mut used = BTreeSet::new();
+    for query in dashboard_queries() {
+        let names = metric_names(&query, &histograms);
+        assert!(!names.is_empty(), "{query:?} queries no palisade_ series");
+        for name in names {
+            assert!(
+                exported.contains(name.as_str()),
+                "the dashboard queries {name}, which no program exports: {query}"
+            );
+            used.insert(name);
+        }
+    }
+    let unused: Vec<&&str> = exported.iter().filter(|n| !used.contains(**n)).collect();
+    assert!(unused.is_empty(), "exported but not on the dashboard: {unused:?}");
+    let docs = std::fs::read_to_string(deploy_dir().join("../docs/operator-guide.md")).expect("operator guide");
+    for name in &exported {
+        assert!(docs.contains(&format!("`{name}`")), "docs/operator-guide.md does not document {name}");
+    }
+}
+
+#[test]
+fn metric_names_see_through_histogram_suffixes_only() {
+    let histograms = BTreeSet::from(["palisade_x_seconds"]);
+    let query = "histogram_quantile(0.9, rate(palisade_x_seconds_bucket[5m])) / palisade_y_count";
+    assert_eq!(metric_names(query, &histograms), ["palisade_x_seconds", "palisade_y_count"]);
 }
 
 // ---------------------------------------------------------------- examples

@@ -437,6 +437,7 @@ impl Audit {
     /// # Errors
     /// The database refused the write, or the writer has stopped.
     pub async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        crate::metrics::audit_event(&event);
         let (done, wait) = oneshot::channel();
         self.jobs.send(writer::Job { event, at: SystemTime::now(), done }).await.map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
@@ -451,6 +452,7 @@ impl Audit {
     /// # Errors
     /// A database error.
     pub async fn record_in(tx: &mut Transaction<'_, Any>, event: AuditEvent) -> Result<u64, AuditError> {
+        crate::metrics::audit_event(&event);
         append(tx, &event, SystemTime::now()).await
     }
 }

@@ -14,9 +14,11 @@
 
 mod audit;
 mod console;
+mod observability;
 
 pub use audit::{AuditTrailConfig, WhenUnavailable};
 pub use console::ConsoleConfig;
+pub use observability::{LogConfig, MetricsConfig};
 
 use std::collections::HashSet;
 use std::fmt;
@@ -59,6 +61,8 @@ const ENV_KEYS: &[&str] = &[
     "login.public_url",
     "login.ceremony_ttl",
     "login.device_code_ttl",
+    "metrics.listen",
+    "log.format",
 ];
 
 /// The broker's configuration.
@@ -92,6 +96,10 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `[console]`: web console admins and step-up.
     pub console: ConsoleConfig,
+    /// `[metrics]`: the Prometheus, health and readiness listener.
+    pub metrics: MetricsConfig,
+    /// `[log]`: the log format.
+    pub log: LogConfig,
 }
 
 /// `[audit]`.

@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     login: Option<Value>,
     audit: Option<Value>,
     console: Option<Value>,
+    metrics: Option<Value>,
+    log: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +116,8 @@ impl RawConfig {
         let sinks = sinks.into_iter().enumerate().map(|(i, v)| audit_sink(i, v, base));
         Ok(Config {
             console: super::console::build(self.console)?,
+            metrics: super::observability::metrics(self.metrics)?,
+            log: super::observability::log(self.log)?,
             oidc,
             login,
             audit: AuditConfig { sinks: sinks.collect::<Result<_, _>>()?, trail },

@@ -45,10 +45,12 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
     }
     let link = Link { connector_id: peer.identity.id().id.clone(), name: peer.identity.name().to_owned(), conn };
     broker.registry().register(&link, &served);
+    crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).inc();
     audit(&broker, &peer, EventKind::ConnectorOnline, json!({ "services": served, "remote": peer.remote.to_string() }))
         .await;
     run_link(&broker, &link, &peer, send, recv, &shutdown).await;
     broker.registry().unregister(&link.conn);
+    crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).dec();
     let detail = json!({ "remote": peer.remote.to_string(), "broker_stopping": shutdown.is_cancelled() });
     audit(&broker, &peer, EventKind::ConnectorOffline, detail).await;
     let code = if shutdown.is_cancelled() { close::SHUTTING_DOWN } else { close::NORMAL };

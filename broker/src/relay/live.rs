@@ -3,7 +3,7 @@
 //! revocations to every connector link.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,8 @@ pub struct Live {
     /// When the revocation feed was last read successfully (ms since `epoch`).
     feed_read_ms: AtomicU64,
     epoch: Instant,
+    /// Whether the QUIC endpoint is bound and accepting (for `/readyz`).
+    quic_accepting: AtomicBool,
 }
 
 /// How old the broker's view of the revocation feed may get before new
@@ -76,11 +78,23 @@ impl Default for Live {
             revoked,
             feed_read_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            quic_accepting: AtomicBool::new(false),
         }
     }
 }
 
 impl Live {
+    /// Records whether the QUIC endpoint accepts connections.
+    pub fn set_quic_accepting(&self, accepting: bool) {
+        self.quic_accepting.store(accepting, Ordering::Relaxed);
+    }
+
+    /// Whether the QUIC endpoint is bound and accepting connections.
+    #[must_use]
+    pub fn quic_accepting(&self) -> bool {
+        self.quic_accepting.load(Ordering::Relaxed)
+    }
+
     /// Records a successful read of the revocation feed.
     pub fn feed_read(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -77,6 +77,7 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
     )?;
     tokio::spawn(revoke::watch(broker.clone(), shutdown.clone()));
     tokio::spawn(reevaluate::watch(broker.clone(), shutdown.clone()));
+    broker.live().set_quic_accepting(true);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -86,6 +87,7 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
             },
         }
     }
+    broker.live().set_quic_accepting(false);
     endpoint.close(quinn::VarInt::from_u32(palisade_proto::reject::close::SHUTTING_DOWN), b"broker shutting down");
     endpoint.wait_idle().await;
     Ok(())

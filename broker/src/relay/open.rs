@@ -5,7 +5,7 @@
 //! error on the way denies.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use palisade_policies::{
     AccessRequest, Action, Decision, DenyReason, Principal, PrincipalKind, RequestContext, Verdict,
@@ -22,6 +22,7 @@ use super::registry::Link;
 use super::splice::{SpliceStats, splice};
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::config::WhenUnavailable;
+use crate::metrics::{self, StreamOpen};
 use crate::policy::ActivePolicy;
 use crate::state::Broker;
 
@@ -32,14 +33,19 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn handle(broker: Broker, peer: Arc<Peer>, mut send: SendStream, mut recv: RecvStream) {
     let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
         Ok(Ok(header)) => header,
-        Ok(Err(e)) => return reset(&mut send, &mut recv, RejectCode::BadRequest, &e),
-        Err(_) => return reset(&mut send, &mut recv, RejectCode::BadRequest, "no stream header in time"),
+        Ok(Err(e)) => return bad_request(&mut send, &mut recv, &e),
+        Err(_) => return bad_request(&mut send, &mut recv, "no stream header in time"),
     };
     match header {
         StreamHeader::Open(open) => relay(&broker, &peer, open.service, send, recv).await,
         StreamHeader::Query(query) => super::query::answer(&broker, &peer, query, send).await,
-        other => reset(&mut send, &mut recv, RejectCode::BadRequest, &format!("unexpected {:?} stream", other.kind())),
+        other => bad_request(&mut send, &mut recv, &format!("unexpected {:?} stream", other.kind())),
     }
+}
+
+fn bad_request(send: &mut SendStream, recv: &mut RecvStream, why: &str) {
+    metrics::stream_open(StreamOpen::BadRequest);
+    reset(send, recv, RejectCode::BadRequest, why);
 }
 
 /// Reads and decodes a stream header without ever allocating more than the limit.
@@ -60,19 +66,31 @@ fn reset(send: &mut SendStream, recv: &mut RecvStream, code: RejectCode, why: &s
 }
 
 async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send: SendStream, mut recv: RecvStream) {
-    let decision_id = DecisionId::random();
+    let (decision_id, started) = (DecisionId::random(), Instant::now());
     let admitted = match admit(broker, peer, &service, decision_id).await {
         Ok(admitted) => admitted,
-        Err(code) => return reset(&mut send, &mut recv, code, "refused"),
+        Err(code) => {
+            metrics::stream_open(StreamOpen::Denied);
+            return reset(&mut send, &mut recv, code, "refused");
+        }
     };
     let connector = match dispatch(broker, peer, &service, decision_id, &admitted).await {
         Ok(streams) => streams,
-        Err(code) => return reset(&mut send, &mut recv, code, "dispatch failed"),
+        Err(code) => {
+            metrics::stream_open(StreamOpen::Failed);
+            return reset(&mut send, &mut recv, code, "dispatch failed");
+        }
     };
+    metrics::stream_open(StreamOpen::Allowed);
+    metrics::STREAM_SETUP.observe_duration(started.elapsed());
+    let caller = peer.identity.id().uri();
+    tracing::info!(%decision_id, %service, %caller, connector = %admitted.link.name, "stream allowed");
     let cut = tokio_util::sync::CancellationToken::new();
     let traffic = Arc::new(super::live::Traffic::default());
     let live_id = broker.live().add_stream(peer.clone(), service.to_string(), cut.clone(), traffic.clone());
+    metrics::LIVE_TUNNELS.inc();
     let stats = splice((send, recv), connector, &cut, &traffic).await;
+    metrics::LIVE_TUNNELS.dec();
     broker.live().remove_stream(live_id);
     ended(broker, peer, &service, decision_id, &admitted.link, stats).await;
 }
@@ -254,6 +272,7 @@ async fn deny(
     decided: serde_json::Value,
 ) {
     let (reason, detail, policy_ids) = why;
+    tracing::info!(%decision_id, %service, caller = %peer.identity.id().uri(), reason, "stream denied");
     let mut detail = json!({
         "reason": reason, "detail": detail, "policy_ids": policy_ids, "remote": peer.remote.to_string(),
     });
@@ -274,10 +293,12 @@ async fn ended(
 ) {
     let reset =
         stats.reset.map(|code| RejectCode::from_u64(code).map_or_else(|| code.to_string(), |c| c.as_str().into()));
+    let duration_ms = u64::try_from(stats.duration.as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(%decision_id, %service, stats.bytes_up, stats.bytes_down, duration_ms, ?reset, "stream ended");
     let event = stream_event(EventKind::StreamEnded, Outcome::Success, peer, service, decision_id).detail(json!({
         "bytes_up": stats.bytes_up,
         "bytes_down": stats.bytes_down,
-        "duration_ms": u64::try_from(stats.duration.as_millis()).unwrap_or(u64::MAX),
+        "duration_ms": duration_ms,
         "connector": link.connector_id,
         "reset": reset,
     }));

@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_proto::reject::RejectCode;
+use palisade_telemetry::Counter;
 use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
 
 /// What a finished tunnel moved.
 #[derive(Clone, Copy, Debug, Default)]
@@ -46,9 +49,10 @@ pub async fn splice(
     let started = Instant::now();
     let (client_send, client_recv) = client;
     let (connector_send, connector_recv) = connector;
+    let (up_total, down_total) = (metrics::BYTES.get(&["up"]), metrics::BYTES.get(&["down"]));
     let (up, down) = tokio::join!(
-        pipe(client_recv, connector_send, cut, &traffic.up),
-        pipe(connector_recv, client_send, cut, &traffic.down)
+        pipe(client_recv, connector_send, cut, (&traffic.up, &up_total)),
+        pipe(connector_recv, client_send, cut, (&traffic.down, &down_total))
     );
     SpliceStats {
         bytes_up: up.bytes,
@@ -58,7 +62,13 @@ pub async fn splice(
     }
 }
 
-async fn pipe(mut from: RecvStream, mut to: SendStream, cut: &CancellationToken, counter: &AtomicU64) -> Pipe {
+/// `counters`: this tunnel's live count, and the broker's total for the direction.
+async fn pipe(
+    mut from: RecvStream,
+    mut to: SendStream,
+    cut: &CancellationToken,
+    counters: (&AtomicU64, &Counter),
+) -> Pipe {
     let mut bytes = 0u64;
     loop {
         let read = tokio::select! {
@@ -74,7 +84,8 @@ async fn pipe(mut from: RecvStream, mut to: SendStream, cut: &CancellationToken,
         match read {
             Ok(Some(chunk)) => {
                 bytes += chunk.bytes.len() as u64;
-                counter.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                counters.0.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                counters.1.add(chunk.bytes.len() as u64);
                 if let Err(e) = to.write_chunk(chunk.bytes).await {
                     let code = write_error_code(&e);
                     let _ = from.stop(code);

@@ -1,13 +1,15 @@
 //! HTTPS: axum on tokio-rustls, one router per module.
 //!
 //! Routes, in flow order: [`health`] (`GET /healthz`), [`enroll`]
-//! (`GET /api/v1/trust-bundle`, `POST /api/v1/enroll`). Errors are
+//! (`GET /api/v1/trust-bundle`, `POST /api/v1/enroll`). [`metrics`] is a
+//! separate plain-HTTP listener (`[metrics] listen`), not on this port. Errors are
 //! `palisade_proto::enroll::ApiError` JSON; 5xx bodies are opaque and the cause
 //! is logged.
 
 pub mod enroll;
 pub mod health;
 pub mod jwks;
+pub mod metrics;
 pub mod security;
 
 use std::net::SocketAddr;

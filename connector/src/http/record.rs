@@ -10,6 +10,7 @@ use palisade_proto::control::{ConnectorToBroker, HttpRequestRecord};
 use super::Tunnel;
 use super::body::BodyEnd;
 use super::decide::RequestDenied;
+use crate::metrics::{HTTP_REQUESTS, TOKENS};
 
 /// The longest path kept in a record of a refused, non-canonical request.
 const MAX_RECORDED_PATH: usize = 256;
@@ -108,10 +109,22 @@ impl RequestRecord {
             latency_ms,
             "http request"
         );
+        count(&record);
         let frame = ConnectorToBroker::HttpRequest { decision_id: tunnel.decision_id, record: Box::new(record) };
         // Never wait here: this runs inside a body's poll. A full queue loses a record, loudly.
         if let Err(e) = tunnel.control.try_send(frame) {
             tracing::warn!(error = %e, "control stream busy or closed: http request record lost");
+        }
+    }
+}
+
+/// The request and its tokens in the connector's metrics.
+fn count(record: &HttpRequestRecord) {
+    let service = record.service.as_str();
+    HTTP_REQUESTS.get(&[service, &record.status.to_string(), &record.decision]).inc();
+    for (kind, tokens) in [("prompt", record.prompt_tokens), ("completion", record.completion_tokens)] {
+        if let Some(tokens) = tokens {
+            TOKENS.get(&[service, kind]).add(tokens);
         }
     }
 }

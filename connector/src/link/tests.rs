@@ -97,6 +97,8 @@ impl Harness {
             services: vec![ServiceConfig { name: "llm-prod".parse().expect("name"), upstream: upstream.to_string() }],
             policy_dir: None,
             bundle_max_age: crate::DEFAULT_BUNDLE_MAX_AGE,
+            metrics_listen: None,
+            log_format: palisade_telemetry::LogFormat::Text,
         };
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();

@@ -21,6 +21,7 @@ mod l7;
 mod l7_body;
 mod limits;
 mod login;
+mod metrics;
 mod policy;
 mod renewal;
 mod replicas;

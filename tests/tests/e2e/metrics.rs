@@ -1,0 +1,137 @@
+//! Observability: the broker's and the connector's metrics listeners
+//! (`/metrics`, `/healthz`, `/readyz`) after a real flow, and JSON log lines
+//! that carry the audit trail's decision id.
+
+use std::net::SocketAddr;
+
+use palisade_telemetry::Series;
+use palisade_tests::scrape::{Scrape, http_get, json_log_lines};
+use palisade_tests::wait::POLL_INTERVAL;
+use palisade_tests::{ALLOW_ML_AGENTS, Broker, DEFAULT_TIMEOUT, EchoUpstream, TestEnv, assert_eventually};
+
+const PAYLOAD: &[u8] = b"forty-two bytes through an observed tunnel";
+
+/// Every series the program declares appears in its scrape with its type.
+fn assert_declares(scrape: &Scrape, series: &[Series]) {
+    for s in series {
+        assert_eq!(scrape.kind(s.name), Some(s.metric.kind()), "{} missing from:\n{}", s.name, scrape.text());
+    }
+}
+
+async fn scrape_until(addr: SocketAddr, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = tokio::time::Instant::now() + DEFAULT_TIMEOUT;
+    loop {
+        let scrape = Scrape::from(addr).await;
+        if ok(&scrape) {
+            return scrape;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {DEFAULT_TIMEOUT:?}; last scrape:\n{}",
+            scrape.text()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn value(scrape: &Scrape, series: &str) -> f64 {
+    scrape.get(series).unwrap_or_else(|| panic!("no {series} in:\n{}", scrape.text()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_readiness_and_json_logs_follow_a_real_flow() {
+    let env = TestEnv::new();
+    let mut broker = env
+        .broker()
+        .service("echo", "inference")
+        .service("ledger", "finance")
+        .policy("allow.cedar", ALLOW_ML_AGENTS)
+        .metrics()
+        .json_logs()
+        .spawn()
+        .await;
+    let echo = EchoUpstream::spawn().await;
+    let mut connector = broker.connector("rack-1").service("echo", echo.addr()).metrics().json_logs().enroll().await;
+
+    // Broker down: the connector is alive but not ready, and says why.
+    broker.kill().await;
+    connector.start_unlinked().await;
+    let connector_metrics = connector.metrics_addr();
+    assert_eq!(http_get(connector_metrics, "/healthz").await.status, 200);
+    let unready = http_get(connector_metrics, "/readyz").await;
+    assert_eq!((unready.status, unready.body.as_str()), (503, "not ready: not linked to a broker\n"));
+    assert_eq!(Scrape::from(connector_metrics).await.get("palisade_connector_linked"), Some(0.0));
+
+    broker.restart().await;
+    let broker_metrics = broker.metrics_addr();
+    assert_eventually!(http_get(connector_metrics, "/readyz").await.status == 200, "the connector links and is ready");
+    assert_eq!(http_get(broker_metrics, "/readyz").await, ready());
+    assert_eq!(http_get(broker_metrics, "/healthz").await.status, 200);
+    scrape_until(broker_metrics, "rack-1's link", |s| {
+        s.get(r#"palisade_connector_links{connector="rack-1"}"#) == Some(1.0)
+    })
+    .await;
+
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let echoed = agent.tunnel_exchange("echo", PAYLOAD).await.expect("echo is allowed");
+    assert_eq!(echoed, PAYLOAD);
+    agent.tunnel_exchange("ledger", b"no").await.expect_err("ledger is in a segment no policy grants");
+
+    let audit = broker.audit_events().await;
+    let allowed = audit.last_of_kind("stream.allowed").expect("a stream.allowed event");
+    let decision_id = allowed.decision_id.clone().expect("the allowed stream's decision id");
+    let deny_reason = audit.last_of_kind("stream.denied").and_then(|r| r.detail_str("reason")).expect("a deny reason");
+
+    let b = scrape_until(broker_metrics, "the ended stream's bytes", |s| {
+        s.get(r#"palisade_relay_bytes_total{direction="down"}"#) == Some(PAYLOAD.len() as f64)
+            && s.get("palisade_relay_live_tunnels") == Some(0.0)
+    })
+    .await;
+    assert_declares(&b, &palisade_broker::metrics::SERIES);
+    assert_eq!(value(&b, r#"palisade_relay_bytes_total{direction="up"}"#), PAYLOAD.len() as f64);
+    assert_eq!(value(&b, r#"palisade_relay_stream_opens_total{result="allowed"}"#), 1.0);
+    assert_eq!(value(&b, r#"palisade_relay_stream_opens_total{result="denied"}"#), 1.0);
+    assert_eq!(value(&b, "palisade_relay_stream_setup_seconds_count"), 1.0);
+    assert_eq!(value(&b, r#"palisade_relay_stream_setup_seconds_bucket{le="+Inf"}"#), 1.0);
+    assert_eq!(value(&b, r#"palisade_decisions_total{point="broker",result="allow",reason="permit"}"#), 1.0);
+    let denied = format!(r#"palisade_decisions_total{{point="broker",result="deny",reason="{deny_reason}"}}"#);
+    assert_eq!(value(&b, &denied), 1.0);
+    assert_eq!(value(&b, r#"palisade_audit_events_total{kind="stream.ended",outcome="success"}"#), 1.0);
+    assert!(value(&b, r#"palisade_certificate_issuances_total{result="issued"}"#) >= 1.0, "the agent's certificate");
+
+    let c = scrape_until(connector_metrics, "the connector's stream", |s| {
+        s.get(r#"palisade_connector_streams_total{result="allowed"}"#) == Some(1.0)
+    })
+    .await;
+    assert_declares(&c, &palisade_connector::metrics::SERIES);
+    assert_eq!(value(&c, "palisade_connector_linked"), 1.0);
+    assert_eq!(value(&c, r#"palisade_connector_upstream_connect_seconds_count{service="echo"}"#), 1.0);
+    assert_eq!(
+        c.get(r#"palisade_connector_streams_total{result="denied"}"#),
+        None,
+        "the broker denied, not the connector"
+    );
+
+    assert_logs_carry(&broker, &connector.process().stderr(), &decision_id);
+}
+
+fn ready() -> palisade_tests::scrape::HttpAnswer {
+    palisade_tests::scrape::HttpAnswer { status: 200, body: "ready\n".into() }
+}
+
+/// The broker's "stream allowed" line has the audit event's decision id as a
+/// field; the connector's "stream completed" line has it in its span.
+fn assert_logs_carry(broker: &Broker, connector_stderr: &str, decision_id: &str) {
+    let broker_lines = json_log_lines(&broker.process().stderr());
+    let allowed = broker_lines.iter().find(|l| l["fields"]["message"] == "stream allowed");
+    let allowed =
+        allowed.unwrap_or_else(|| panic!("no JSON \"stream allowed\" line in:\n{}", broker.process().stderr()));
+    assert_eq!(allowed["fields"]["decision_id"], decision_id, "{allowed}");
+    let ended = broker_lines.iter().find(|l| l["fields"]["message"] == "stream ended").expect("a stream ended line");
+    assert_eq!(ended["fields"]["decision_id"], decision_id, "{ended}");
+
+    let connector_lines = json_log_lines(connector_stderr);
+    let completed = connector_lines.iter().find(|l| l["fields"]["message"] == "stream completed");
+    let completed = completed.unwrap_or_else(|| panic!("no JSON \"stream completed\" line in:\n{connector_stderr}"));
+    assert_eq!(completed["span"]["decision_id"], decision_id, "{completed}");
+}
