@@ -38,25 +38,16 @@ impl Store {
     }
 }
 
-/// Whether a test that is about SQLite itself (its file on a full disk, say)
-/// runs in this run; says so on stderr when it does not.
+/// Whether a test that makes sense on one store only runs in this run:
+/// one about SQLite itself (its file on a full disk, say) runs in the SQLite
+/// pass, one that needs PostgreSQL whatever the store (several broker
+/// replicas on one database) in the PostgreSQL pass, so each runs once. Says
+/// on stderr what was left out and why.
 #[must_use]
-pub fn runs_sqlite_only_test(what: &str) -> bool {
-    let runs = Store::current() == Store::Sqlite;
+pub fn runs_only_on(store: Store, what: &str) -> bool {
+    let runs = Store::current() == store;
     if !runs {
-        eprintln!("not run on this store: {what} is about the SQLite file; the SQLite run covers it");
-    }
-    runs
-}
-
-/// Whether a test that needs PostgreSQL whatever the store (several broker
-/// replicas on one database, say) runs in this run: in the PostgreSQL pass
-/// only, so it runs once. Says so on stderr when it does not.
-#[must_use]
-pub fn runs_postgres_only_test(what: &str) -> bool {
-    let runs = Store::current() == Store::Postgres;
-    if !runs {
-        eprintln!("not run on this store: {what} needs PostgreSQL; the PALISADE_TEST_STORE=postgres run covers it");
+        eprintln!("not run in this pass: {what} is for the {store:?} pass (PALISADE_TEST_STORE)");
     }
     runs
 }

@@ -73,7 +73,7 @@ async fn echo_on(stream: &mut (quinn::SendStream, quinn::RecvStream), payload: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_decisions_keeps_open_tunnels_and_recovers() {
-    if !palisade_tests::store::runs_sqlite_only_test("a full disk under the database") {
+    if !palisade_tests::store::runs_only_on(palisade_tests::store::Store::Sqlite, "a full disk under the SQLite file") {
         return;
     }
     let env = TestEnv::new();
@@ -119,7 +119,7 @@ async fn a_full_disk_refuses_new_decisions_keeps_open_tunnels_and_recovers() {
 /// trail cannot be written — and only that: a denied identity stays denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_when_unavailable_allow_a_full_disk_keeps_serving_what_the_policy_allows() {
-    if !palisade_tests::store::runs_sqlite_only_test("a full disk under the database") {
+    if !palisade_tests::store::runs_only_on(palisade_tests::store::Store::Sqlite, "a full disk under the SQLite file") {
         return;
     }
     let env = TestEnv::new();

@@ -18,7 +18,7 @@ const FORBID_ML_AGENTS: &str = "@id(\"freeze\")\nforbid (principal in Group::\"m
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_revocations_policy_and_one_audit_chain_and_clients_fail_over() {
-    if !store::runs_postgres_only_test("broker replicas on one database") {
+    if !store::runs_only_on(store::Store::Postgres, "broker replicas on one database") {
         return;
     }
     let env = TestEnv::new();
