@@ -28,6 +28,7 @@ use crate::policy::PolicyStore;
 use crate::state::{Broker, BrokerParts};
 
 const RENEW_SERVER_CERT_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long tasks may take to stop once the relay's drain is over.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the broker until `shutdown` is cancelled or a listener fails.
@@ -107,7 +108,7 @@ pub async fn run_with_ready(
     if let Some(ready) = ready {
         let _ = ready.send(bound);
     }
-    let result = supervise(tasks, shutdown).await;
+    let result = supervise(tasks, shutdown, broker.config().relay.drain_timeout + STOP_TIMEOUT).await;
     // Sign the chain head on the way out, so a truncation of the last events
     // before the next start is detectable.
     if let Err(e) = broker.audit().checkpoint().await {
@@ -136,6 +137,7 @@ async fn bind_metrics(config: &Config) -> anyhow::Result<Option<tokio::net::TcpL
 async fn supervise(
     mut tasks: JoinSet<anyhow::Result<&'static str>>,
     shutdown: CancellationToken,
+    stop_within: Duration,
 ) -> anyhow::Result<()> {
     let mut failure = None;
     tokio::select! {
@@ -150,7 +152,7 @@ async fn supervise(
             shutdown.cancel();
         }
     }
-    let drained = tokio::time::timeout(STOP_TIMEOUT, async {
+    let drained = tokio::time::timeout(stop_within, async {
         while let Some(ended) = tasks.join_next().await {
             if let Ok(Err(e)) = ended {
                 tracing::warn!(error = %format!("{e:#}"), "error while stopping");
@@ -159,7 +161,7 @@ async fn supervise(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("some tasks did not stop within {STOP_TIMEOUT:?}; aborting them");
+        tracing::warn!("some tasks did not stop within {stop_within:?}; aborting them");
         tasks.abort_all();
     }
     match failure {

@@ -297,6 +297,7 @@ impl Tunnel {
                 None if state.profile.is_expired(now) => {
                     tracing::info!("the certificate expired; looking for a renewed one");
                 }
+                None if state.moving() => state.current += 1,
                 None if !state.went_quiet() => return Ok(conn),
                 None => {
                     tracing::warn!("the broker replica stopped answering; trying the next one");
@@ -349,6 +350,13 @@ impl State {
         }
     }
 
+    /// Whether the broker of the connection asked its clients to move and
+    /// there is another replica (alone, a draining broker still takes new
+    /// streams on the connections it has).
+    fn moving(&self) -> bool {
+        self.liveness.as_ref().is_some_and(failover::Liveness::moving) && self.profile.broker_addrs().len() > 1
+    }
+
     /// Whether the connection received nothing for a while although another
     /// replica could take new streams (with one broker, it is kept).
     fn went_quiet(&mut self) -> bool {
@@ -356,50 +364,52 @@ impl State {
         self.profile.broker_addrs().len() > 1 && liveness.quiet(conn, Instant::now())
     }
 
-    /// Connects to the replica in use, or else to the next one that answers.
+    /// Connects to the broker. With several replicas: to the one in use,
+    /// or, if it has not answered within [`failover::STAGGER`], to whichever
+    /// answers first as handshakes to the next ones start one by one.
     async fn connect(&mut self, transport: Arc<quinn::TransportConfig>) -> Result<quinn::Connection, TunnelError> {
+        use futures::stream::{FuturesUnordered, StreamExt as _};
         let addrs = self.profile.broker_addrs();
         let wait = if addrs.len() > 1 { failover::REPLICA_HANDSHAKE } else { HANDSHAKE_TIMEOUT };
-        let mut last = None;
-        for i in failover::order(addrs.len(), self.current) {
-            match self.connect_to(&addrs[i], transport.clone(), wait).await {
+        let mut failures = Vec::new();
+        let mut racing = FuturesUnordered::new();
+        for (rank, i) in failover::order(addrs.len(), self.current).enumerate() {
+            match self.dial(&addrs[i], transport.clone()).await {
+                Ok(dial) => racing.push(async move {
+                    tokio::time::sleep(failover::STAGGER * u32::try_from(rank).unwrap_or(u32::MAX)).await;
+                    (i, dial.handshake(wait).await)
+                }),
+                Err(e) => failures.push(e),
+            }
+        }
+        while let Some((i, answer)) = racing.next().await {
+            match answer {
                 Ok(conn) => {
                     self.current = i;
                     self.liveness = Some(failover::Liveness::new(&conn));
                     return Ok(conn);
                 }
-                Err(e @ TunnelError::Unreachable { .. }) => last = Some(e),
-                Err(e) => return Err(e),
+                Err(e) => failures.push(e),
             }
         }
-        Err(last
-            .unwrap_or_else(|| TunnelError::Unreachable { addr: String::new(), reason: "no broker address".into() }))
+        // The most telling failure: one that is not just "no answer".
+        let telling = failures.iter().position(|e| !matches!(e, TunnelError::Unreachable { .. }));
+        Err(match telling {
+            Some(i) => failures.swap_remove(i),
+            None => failures.pop().unwrap_or_else(|| TunnelError::Unreachable {
+                addr: String::new(),
+                reason: "no broker address".into(),
+            }),
+        })
     }
 
-    async fn connect_to(
-        &mut self,
-        addr_text: &str,
-        transport: Arc<quinn::TransportConfig>,
-        wait: Duration,
-    ) -> Result<quinn::Connection, TunnelError> {
-        let addr_text = addr_text.to_owned();
-        let unreachable = |reason: String| TunnelError::Unreachable { addr: addr_text.clone(), reason };
-        let (host, addr) = resolve(&addr_text).await.map_err(unreachable)?;
+    /// Resolves `addr_text` and prepares a handshake with it.
+    async fn dial(&mut self, addr_text: &str, transport: Arc<quinn::TransportConfig>) -> Result<Dial, TunnelError> {
+        let unreachable = |reason: String| TunnelError::Unreachable { addr: addr_text.to_owned(), reason };
+        let (host, addr) = resolve(addr_text).await.map_err(unreachable)?;
         let endpoint = self.endpoint_for(addr).map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
         let config = client_config(&self.profile, transport)?;
-        let connecting = endpoint.connect_with(config, addr, &host).map_err(|e| unreachable(e.to_string()))?;
-        let conn = match tokio::time::timeout(wait, connecting).await {
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no answer within {}s (is UDP to that port allowed through the firewalls on the way?)",
-                    wait.as_secs()
-                )));
-            }
-            Ok(Err(e)) => return Err(handshake_error(&e, &addr_text)),
-            Ok(Ok(conn)) => conn,
-        };
-        tracing::info!(broker = %addr, "connected to the broker");
-        Ok(conn)
+        Ok(Dial { addr_text: addr_text.to_owned(), host, addr, endpoint, config })
     }
 
     fn endpoint_for(&mut self, remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
@@ -411,6 +421,40 @@ impl State {
         let endpoint = new_endpoint(remote)?;
         self.endpoint = Some(endpoint.clone());
         Ok(endpoint)
+    }
+}
+
+/// A handshake ready to start ([`State::dial`]).
+struct Dial {
+    addr_text: String,
+    host: String,
+    addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl Dial {
+    /// Runs the handshake, for at most `wait`.
+    async fn handshake(self, wait: Duration) -> Result<quinn::Connection, TunnelError> {
+        let Dial { addr_text, host, addr, endpoint, config } = self;
+        let connecting = endpoint
+            .connect_with(config, addr, &host)
+            .map_err(|e| TunnelError::Unreachable { addr: addr_text.clone(), reason: e.to_string() })?;
+        let conn = match tokio::time::timeout(wait, connecting).await {
+            Err(_) => {
+                return Err(TunnelError::Unreachable {
+                    addr: addr_text,
+                    reason: format!(
+                        "no answer within {}s (is UDP to that port allowed through the firewalls on the way?)",
+                        wait.as_secs()
+                    ),
+                });
+            }
+            Ok(Err(e)) => return Err(handshake_error(&e, &addr_text)),
+            Ok(Ok(conn)) => conn,
+        };
+        tracing::info!(broker = %addr_text, remote = %addr, "connected to the broker");
+        Ok(conn)
     }
 }
 
@@ -476,14 +520,16 @@ fn client_config(
 }
 
 /// Windows sized for bulk transfer (quinn's defaults are small), set on purpose;
-/// the client accepts no streams from the broker.
+/// the client accepts no bidirectional streams from the broker, and one
+/// unidirectional stream: the move notice of a broker that is stopping.
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
     t.receive_window(VarInt::from_u32(32 * 1024 * 1024));
     t.send_window(32 * 1024 * 1024);
     t.max_concurrent_bidi_streams(VarInt::from_u32(0));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // One: the move notice of a broker that is stopping.
+    t.max_concurrent_uni_streams(VarInt::from_u32(1));
     t.keep_alive_interval(Some(failover::KEEP_ALIVE));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
     t

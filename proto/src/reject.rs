@@ -112,6 +112,11 @@ impl fmt::Display for RejectCode {
     }
 }
 
+/// What a draining broker writes on the one unidirectional stream it opens
+/// to each client: open new streams on another replica; the streams already
+/// running here may finish.
+pub const MOVE_NOTICE: &[u8] = b"palisade: move to another replica\n";
+
 /// QUIC connection close codes used by the broker.
 pub mod close {
     /// Normal close.

@@ -115,10 +115,11 @@ impl BrokerBuilder {
         self
     }
 
-    /// Makes this broker another replica of `first`: the same database and
-    /// the same CA (its certificate, encrypted key and KEK copied into this
-    /// broker's data directory before `init`, as an operator would from a
-    /// secret store); `init` then gives it a server certificate of its own.
+    /// Makes this broker another replica of `first`: the same database, the
+    /// same CA (its certificate, encrypted key and KEK) and the same audit
+    /// checkpoint key, copied into this broker's data directory before
+    /// `init` as an operator would from a secret store; `init` then gives it
+    /// a server certificate of its own.
     pub fn replica_of(mut self, first: &Broker) -> Self {
         self.replica_of = Some(first.info.clone());
         self
@@ -129,7 +130,7 @@ impl BrokerBuilder {
     pub async fn spawn(self) -> Broker {
         let data_dir = self.env.fresh_dir("broker");
         if let Some(first) = &self.replica_of {
-            for file in ["ca.pem", "ca.key.enc", "kek"] {
+            for file in ["ca.pem", "ca.key.enc", "kek", "audit-signing.key"] {
                 std::fs::copy(first.data_dir.join(file), data_dir.join(file))
                     .unwrap_or_else(|e| panic!("copy {file} from the first replica: {e}"));
             }
@@ -452,6 +453,16 @@ impl Broker {
     #[must_use]
     pub fn our_ca(&self) -> OurCa {
         OurCa::load(&self.info.data_dir)
+    }
+
+    /// Sends SIGTERM: the broker drains (see `[relay] drain_timeout`), then exits.
+    pub async fn terminate(&self) {
+        self.process().signal("TERM").await;
+    }
+
+    /// Waits for the broker to exit by itself (after [`Broker::terminate`]).
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.proc.take().expect("the broker is running").wait().await
     }
 
     /// Kills the broker (SIGKILL, like a crash).

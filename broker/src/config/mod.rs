@@ -49,6 +49,7 @@ const ENV_KEYS: &[&str] = &[
     "relay.max_connections",
     "relay.max_connections_per_identity",
     "relay.retry",
+    "relay.drain_timeout",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",
@@ -268,6 +269,9 @@ pub struct RelayConfig {
     pub max_connections_per_identity: usize,
     /// When to validate a client's address with a QUIC Retry before keeping any state for it.
     pub retry: RetryPolicy,
+    /// After SIGTERM, how long streams in progress may go on while clients
+    /// move to other replicas; then the rest are closed. Default 30 s.
+    pub drain_timeout: Duration,
 }
 
 /// `relay.retry`: when the broker makes a new client prove its address (one
@@ -399,6 +403,9 @@ impl Config {
         check_ttl("certificates.connector_ttl", self.certificates.connector_ttl)?;
         if self.relay.connect_timeout.is_zero() {
             return Err(invalid("relay.connect_timeout", "must be greater than zero"));
+        }
+        if self.relay.drain_timeout > Duration::from_secs(3600) {
+            return Err(invalid("relay.drain_timeout", "must be at most 1h"));
         }
         if self.relay.max_connections == 0 || self.relay.max_connections_per_identity == 0 {
             return Err(invalid("relay.max_connections", "connection limits must be at least 1"));

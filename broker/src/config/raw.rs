@@ -82,6 +82,7 @@ struct RawRelay {
     max_connections: Option<Value>,
     max_connections_per_identity: Option<Value>,
     retry: Option<Value>,
+    drain_timeout: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +157,8 @@ impl RawConfig {
                 })?
                 .unwrap_or(64),
                 retry: opt(relay.retry, retry_policy)?.unwrap_or(RetryPolicy::UnderLoad),
+                drain_timeout: opt(relay.drain_timeout, |v| duration("relay.drain_timeout", v))?
+                    .unwrap_or(Duration::from_secs(30)),
             },
             data_dir,
         })

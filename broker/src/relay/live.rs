@@ -140,6 +140,13 @@ impl Live {
         true
     }
 
+    /// Every client connection tracked now.
+    #[must_use]
+    pub fn client_connections(&self) -> Vec<quinn::Connection> {
+        let map = self.by_identity.read().unwrap_or_else(PoisonError::into_inner);
+        map.values().flat_map(|entries| entries.iter().map(|e| e.conn.clone())).collect()
+    }
+
     /// Stops tracking a connection.
     pub fn remove(&self, identity: &str, conn: &quinn::Connection) {
         let mut map = self.by_identity.write().unwrap_or_else(PoisonError::into_inner);

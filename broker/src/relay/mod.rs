@@ -5,6 +5,7 @@
 //! [`crate::control`].
 
 pub mod accept;
+mod drain;
 pub mod live;
 pub mod open;
 pub mod query;
@@ -62,8 +63,9 @@ fn admit(broker: &Broker, endpoint: &quinn::Endpoint, incoming: quinn::Incoming,
     tokio::spawn(accept::handle(broker.clone(), incoming, shutdown.clone()));
 }
 
-/// Serves QUIC on `socket` until `shutdown` fires, then closes every
-/// connection with the "shutting down" code so clients reconnect.
+/// Serves QUIC on `socket` until `shutdown` fires, drains (see [`drain`]),
+/// then closes every connection with the "shutting down" code so clients
+/// reconnect.
 ///
 /// # Errors
 /// [`RelayError`] if the endpoint cannot be created.
@@ -75,19 +77,23 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;
-    tokio::spawn(revoke::watch(broker.clone(), shutdown.clone()));
-    tokio::spawn(reevaluate::watch(broker.clone(), shutdown.clone()));
+    // `shutdown` starts the drain; `stop` ends what the drain let finish.
+    let stop = CancellationToken::new();
+    tokio::spawn(revoke::watch(broker.clone(), stop.clone()));
+    tokio::spawn(reevaluate::watch(broker.clone(), stop.clone()));
     broker.live().set_quic_accepting(true);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => admit(&broker, &endpoint, incoming, &shutdown),
+                Some(incoming) => admit(&broker, &endpoint, incoming, &stop),
                 None => break,
             },
         }
     }
     broker.live().set_quic_accepting(false);
+    drain::run(&broker, &endpoint).await;
+    stop.cancel();
     endpoint.close(quinn::VarInt::from_u32(palisade_proto::reject::close::SHUTTING_DOWN), b"broker shutting down");
     endpoint.wait_idle().await;
     Ok(())

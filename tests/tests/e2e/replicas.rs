@@ -1,8 +1,10 @@
 //! Several broker replicas on one PostgreSQL database, one connector linked
 //! to each: any replica reaches the service, a revocation or a policy written
-//! through one replica is enforced by the other within 2 s, a replica's death
-//! leaves tunnels through the other alone while its clients fail over within
-//! 3 s, and the audit chain both wrote to stays one verifiable chain.
+//! through one replica is enforced by the others within 2 s, a replica asked
+//! to stop drains (its streams finish, its clients move), a replica's death
+//! leaves tunnels through the others alone while its clients fail over
+//! within 3 s, and the audit chain they all wrote to stays one verifiable
+//! chain.
 
 use std::time::{Duration, Instant};
 
@@ -25,8 +27,11 @@ async fn replicas_share_revocations_policy_and_one_audit_chain_and_clients_fail_
     let mut a = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
     let b =
         env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).replica_of(&a).spawn().await;
+    let mut c =
+        env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).replica_of(&a).spawn().await;
     let upstream = EchoUpstream::spawn().await;
-    let _connector = a.connector("rack-1").service("echo", upstream.addr()).also_linked_to(&b).spawn().await;
+    let _connector =
+        a.connector("rack-1").service("echo", upstream.addr()).also_linked_to(&b).also_linked_to(&c).spawn().await;
     let via_a = a.machine("agent-a").group("ml-agents").enroll().await;
     let via_b = b.machine("agent-b").group("ml-agents").enroll().await;
     wait_for("replica B to reach the service over the connector's second link", DEFAULT_TIMEOUT, || async {
@@ -62,6 +67,49 @@ async fn replicas_share_revocations_policy_and_one_audit_chain_and_clients_fail_
     eprintln!("revocation through A cut the tunnel through B after {:?}", end.at.saturating_duration_since(asked));
     let refused = via_b.tunnel_exchange("echo", b"again?").await.expect_err("the machine is disabled");
     assert_eq!(refused.reject_code(), Some(RejectCode::Revoked), "{refused}");
+
+    // C is asked to stop (SIGTERM): a stream in progress through C goes on,
+    // new connections of C's clients go to another replica meanwhile, and C
+    // exits once that stream has ended.
+    let via_c = c.machine("agent-c").group("ml-agents").enroll().await;
+    let forward_c = via_c.connect("echo").await;
+    let flow = Flow::start(forward_c.addr()).await;
+    wait_for("the flow through C to carry bytes", DEFAULT_TIMEOUT, || async { flow.echoed() > 0 }).await;
+    c.terminate().await;
+    let asked = Instant::now();
+    let moved = loop {
+        if forward_c
+            .exchange_within(b"while C drains", Duration::from_millis(500))
+            .await
+            .is_ok_and(|r| r == b"while C drains")
+        {
+            break asked.elapsed();
+        }
+        assert!(asked.elapsed() < Duration::from_secs(10), "no new connection while C drained");
+    };
+    eprintln!("a new connection went elsewhere {moved:?} after C was asked to stop");
+    assert!(moved <= FAIL_OVER_WITHIN, "moving off the draining replica took {moved:?}");
+    let elsewhere = Flow::start(forward_c.addr()).await;
+    wait_for("a flow opened during the drain to carry bytes", DEFAULT_TIMEOUT, || async { elsewhere.echoed() > 0 })
+        .await;
+    let before = flow.echoed();
+    wait_for("the stream through C to go on while C drains", DEFAULT_TIMEOUT, || async {
+        flow.echoed() > before + 4096
+    })
+    .await;
+    assert!(flow.end().is_none(), "the drain cut the stream in progress: {:?}", flow.end().map(|e| e.how));
+    drop(flow);
+    let status = c.wait_exit().await;
+    assert!(status.success(), "C exits cleanly once drained: {status}");
+    // The flow opened during the drain outlives C: it went to another replica.
+    let before = elsewhere.echoed();
+    wait_for("the flow opened during the drain to go on after C exited", DEFAULT_TIMEOUT, || async {
+        elsewhere.echoed() > before + 4096
+    })
+    .await;
+    assert!(elsewhere.end().is_none(), "{:?}", elsewhere.end().map(|e| e.how));
+    drop(elsewhere);
+    drop(forward_c);
 
     // A dies (SIGKILL). A tunnel through B does not notice; a `palisade
     // connect` that was using A gets its next connection through B within
