@@ -35,14 +35,23 @@ pub(super) struct Liveness {
     datagrams: u64,
     changed: Instant,
     moving: Arc<AtomicBool>,
+    /// The task listening for the notice; it holds the connection, so it
+    /// ends with this value (a dropped tunnel must close its connection).
+    listener: tokio::task::AbortHandle,
+}
+
+impl Drop for Liveness {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 impl Liveness {
     /// Starts watching `conn` (and listening for the broker's move notice).
     pub(super) fn new(conn: &quinn::Connection) -> Liveness {
         let moving = Arc::new(AtomicBool::new(false));
-        tokio::spawn(listen_for_move(conn.clone(), moving.clone()));
-        Liveness { datagrams: conn.stats().udp_rx.datagrams, changed: Instant::now(), moving }
+        let listener = tokio::spawn(listen_for_move(conn.clone(), moving.clone())).abort_handle();
+        Liveness { datagrams: conn.stats().udp_rx.datagrams, changed: Instant::now(), moving, listener }
     }
 
     /// Whether the broker asked its clients to open new streams elsewhere.
