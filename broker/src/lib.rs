@@ -29,6 +29,7 @@ pub mod quickstart;
 pub mod relay;
 pub mod run;
 pub mod state;
+pub mod sync;
 pub mod web;
 
 pub use run::run;

@@ -34,9 +34,11 @@ pub static CONNECTOR_LINKS: Family<Gauge> = Family::new(&["connector"], Gauge::n
 pub static STREAM_SETUP: Histogram<12> = Histogram::new(SETUP_BOUNDS);
 /// Every audit event, by `kind` and `outcome`.
 pub static AUDIT_EVENTS: Family<Counter> = Family::new(&["kind", "outcome"], Counter::new);
+/// 1 while this broker cannot confirm its view of the database is current ([`crate::sync`]).
+pub static STALE: Gauge = Gauge::new();
 
 /// Everything the broker exports, in the order `/metrics` lists it.
-pub static SERIES: [Series; 9] = [
+pub static SERIES: [Series; 10] = [
     Series {
         name: "palisade_relay_live_tunnels",
         help: "Client streams being relayed to a connector now.",
@@ -82,6 +84,11 @@ pub static SERIES: [Series; 9] = [
         help: "Audit events recorded, by kind and outcome.",
         metric: &AUDIT_EVENTS,
     },
+    Series {
+        name: "palisade_broker_stale",
+        help: "1 while this broker cannot confirm its view of revocations and policy is current (see [consistency]).",
+        metric: &STALE,
+    },
 ];
 
 /// How a client's stream open ended, for [`STREAM_OPENS`].
@@ -89,7 +96,7 @@ pub static SERIES: [Series; 9] = [
 pub enum StreamOpen {
     /// Decided, audited and relayed to a connector.
     Allowed,
-    /// Refused by a decision (policy, no connector, stale revocation view).
+    /// Refused by a decision (policy, no connector, a stale view of the database).
     Denied,
     /// Allowed, but the audit event or the connector's stream failed.
     Failed,

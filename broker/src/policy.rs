@@ -4,11 +4,13 @@
 //! connector.
 //!
 //! The database is the truth. On first start the policy directory seeds
-//! store version 1; afterwards the broker follows the database: it polls
-//! the active version and the catalog version ([`follow`]), so a change
-//! made by `palisade-broker policy apply`, `service assign`, the admin
-//! socket, the web UI or another replica takes effect within
-//! [`FOLLOW_INTERVAL`]. The directory is kept as a mirror of the active
+//! store version 1; afterwards the broker follows the database: it reads
+//! the active version and the catalog version ([`follow`]) when a change is
+//! announced and at least every resync interval ([`crate::sync`]: 200 ms on
+//! SQLite; on PostgreSQL at once by notification and at the latest after
+//! 1 s), so a change made by `palisade-broker policy apply`, `service
+//! assign`, the admin socket, the web UI or another replica takes effect
+//! within that bound. The directory is kept as a mirror of the active
 //! version; `policy reload` and SIGHUP import it as a new version when an
 //! admin edited it (GitOps). A set that fails to parse or validate is
 //! refused with file and line, audited, and changes nothing.
@@ -16,7 +18,7 @@
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use palisade_policies::{
     AccessRequest, DecisionCache, Engine, LoadError, PolicyBundle, PolicyFile, Verdict, read_policy_dir,
@@ -29,13 +31,11 @@ use crate::db::Db;
 use crate::inventory::{self, InventoryError};
 use crate::policy_store::{self, PolicyStoreError, Proposal};
 use crate::state::Broker;
+use crate::sync::View;
 
 /// The policy engine crate, re-exported for tools built on the broker
 /// (the Cedar benchmark in palisade-tests).
 pub use palisade_policies as engine;
-
-/// How often a running broker looks for a new active version or catalog.
-pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How many verdicts the relay's decision cache holds.
 pub const DECISION_CACHE_CAPACITY: usize = 10_000;
@@ -265,13 +265,17 @@ async fn audit_unreadable(broker: &Broker, dir: &Path, error: &LoadError) {
 /// becomes the set every later decision uses (and re-decides live streams).
 pub async fn follow(broker: Broker, shutdown: CancellationToken) {
     let mut failing = false;
+    let mut waiter = broker.sync().waiter();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            () = waiter.wait() => {}
         }
         match broker.policy().sync().await {
-            Ok(_) => failing = false,
+            Ok(_) => {
+                failing = false;
+                broker.sync().confirmed(View::Policy);
+            }
             Err(e) if !failing => {
                 failing = true;
                 tracing::error!(error = %e, "cannot load the active policy set; the running set stays");

@@ -96,6 +96,16 @@ pub async fn run_with_ready(
         announce_replica(b, s).await;
         Ok("replica heartbeat")
     });
+    let (b, s) = (broker.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        crate::sync::listen::run(b, s).await;
+        Ok("change notifications")
+    });
+    let (b, s) = (broker.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        crate::sync::report(b, s).await;
+        Ok("staleness report")
+    });
     if let Some(listener) = metrics {
         let (b, s) = (broker.clone(), shutdown.clone());
         tasks.spawn(

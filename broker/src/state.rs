@@ -13,6 +13,7 @@ use crate::issuance::rate::IssuanceLimits;
 use crate::policy::PolicyStore;
 use crate::relay::live::Live;
 use crate::relay::registry::Registry;
+use crate::sync::Freshness;
 
 /// Everything a request handler or relay task needs. Cheap to clone.
 #[derive(Clone)]
@@ -30,6 +31,7 @@ struct Inner {
     policy: PolicyStore,
     registry: Registry,
     live: Live,
+    sync: Freshness,
     issuance_limits: IssuanceLimits,
 }
 
@@ -57,6 +59,7 @@ impl Broker {
     pub fn new(parts: BrokerParts) -> Self {
         let BrokerParts { config, db, audit, ca, trust, server_identity, policy } = parts;
         let issuance_limits = IssuanceLimits::new(config.certificates.issuances_per_hour);
+        let sync = Freshness::new(db.backend(), config.consistency);
         let inner = Inner {
             issuance_limits,
             config,
@@ -68,6 +71,7 @@ impl Broker {
             policy,
             registry: Registry::default(),
             live: Live::default(),
+            sync,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -133,5 +137,11 @@ impl Broker {
     #[must_use]
     pub fn live(&self) -> &Live {
         &self.inner.live
+    }
+
+    /// Change notifications and how current this broker's view is.
+    #[must_use]
+    pub fn sync(&self) -> &Freshness {
+        &self.inner.sync
     }
 }

@@ -27,7 +27,7 @@ use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarIn
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::authorize::PolicyState;
+use crate::authorize::{Callers, PolicyState};
 use crate::config::{ServiceConfig, split_host_port};
 use crate::dispatch::{self, StreamContext};
 use crate::store::{Store, StoredIdentity};
@@ -195,7 +195,7 @@ async fn serve(
     let (in_tx, in_rx) = mpsc::channel(16);
     let streams = Arc::new(StreamContext {
         policy: link.policy.clone(),
-        trust: Arc::new(identity.trust.clone()),
+        callers: Callers::new(identity.trust.clone()),
         services: link.services.clone(),
         connect_timeout: link.connect_timeout,
         control: out_tx.clone(),
@@ -385,6 +385,11 @@ impl Control<'_> {
 
     async fn check_renewal(&mut self) {
         if !self.renewal.due(SystemTime::now()) {
+            return;
+        }
+        self.renewal.adopt_stored().await;
+        if !self.renewal.due(SystemTime::now()) {
+            tracing::debug!("another link to a broker replica renewed the certificate already");
             return;
         }
         match self.renewal.start() {

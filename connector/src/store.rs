@@ -203,6 +203,14 @@ impl Store {
         Ok(StoredIdentity { record, spiffe, tls: TlsIdentity { chain, key }, trust, validity: info.validity })
     }
 
+    /// The validity of the stored certificate, read without touching
+    /// anything else (a renewal by another link may be in progress).
+    pub(crate) fn certificate_validity(&self) -> Result<Validity, StoreError> {
+        let chain = pem::certs(&self.read(CERT)?).map_err(|e| self.corrupt(CERT, e.to_string()))?;
+        let leaf = chain.first().ok_or_else(|| self.corrupt(CERT, "no certificate".into()))?;
+        Ok(leaf_info(leaf).map_err(|reason| self.corrupt(CERT, reason))?.validity)
+    }
+
     /// Finishes or discards a renewal interrupted by a crash.
     fn recover(&self) -> Result<(), StoreError> {
         if self.path(CERT_NEXT).exists() {

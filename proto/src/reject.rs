@@ -33,10 +33,13 @@ pub enum RejectCode {
     ShuttingDown = 0x1a,
     /// The tunnel was closed because access was revoked.
     Revoked = 0x1b,
+    /// The broker could not confirm its view of revocations and policy is
+    /// current (strict consistency), so it decides nothing for now.
+    Stale = 0x1c,
 }
 
 impl RejectCode {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::Forbidden,
         Self::ForbiddenByConnector,
         Self::UnknownService,
@@ -49,6 +52,7 @@ impl RejectCode {
         Self::RateLimited,
         Self::ShuttingDown,
         Self::Revoked,
+        Self::Stale,
     ];
 
     /// The code as sent on the wire.
@@ -79,6 +83,7 @@ impl RejectCode {
             Self::RateLimited => "rate_limited",
             Self::ShuttingDown => "shutting_down",
             Self::Revoked => "revoked",
+            Self::Stale => "stale",
         }
     }
 
@@ -102,6 +107,9 @@ impl RejectCode {
             Self::RateLimited => format!("too many requests to {service}; slow down and try again"),
             Self::ShuttingDown => "the broker is restarting; the client will reconnect".to_owned(),
             Self::Revoked => format!("access to {service} was revoked"),
+            Self::Stale => {
+                "the broker cannot reach its database to confirm access is still allowed; try again shortly".to_owned()
+            }
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct BrokerBuilder {
     policies: Vec<(String, String)>,
     oidc: Option<OidcClient>,
     replica_of: Option<Arc<BrokerInfo>>,
+    database_url: Option<String>,
+    extra_config: String,
     observed: Observed,
 }
 
@@ -63,6 +65,8 @@ impl BrokerBuilder {
             policies: Vec::new(),
             oidc: None,
             replica_of: None,
+            database_url: None,
+            extra_config: String::new(),
             observed: Observed::default(),
         }
     }
@@ -125,6 +129,19 @@ impl BrokerBuilder {
         self
     }
 
+    /// Reaches the database at `url` instead (with [`Self::replica_of`]:
+    /// the first replica's database by another way, e.g. a [`crate::CutProxy`]).
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_owned());
+        self
+    }
+
+    /// Appends `toml` (whole sections, e.g. `[consistency]`) to `broker.toml`.
+    pub fn extra_config(mut self, toml: &str) -> Self {
+        self.extra_config.push_str(toml);
+        self
+    }
+
     /// Initialises the data directory, writes the configuration and the
     /// policies, starts the broker and waits until it is ready.
     pub async fn spawn(self) -> Broker {
@@ -140,9 +157,10 @@ impl BrokerBuilder {
         if let Some(td) = &self.trust_domain {
             init.args(["--trust-domain", td]);
         }
-        let database_url = match &self.replica_of {
-            Some(first) => Some(first.database_url.clone()),
-            None => self.env.new_database(),
+        let database_url = match (&self.database_url, &self.replica_of) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some(first)) => Some(first.database_url.clone()),
+            (None, None) => self.env.new_database(),
         };
         if let Some(url) = &database_url {
             init.args(["--database-url", url]);
@@ -153,6 +171,11 @@ impl BrokerBuilder {
 
         write_config(&data_dir, &self.services, self.oidc.as_ref());
         write_observed(&data_dir, self.observed);
+        if !self.extra_config.is_empty() {
+            let path = data_dir.join("broker.toml");
+            let text = std::fs::read_to_string(&path).expect("read broker.toml") + "\n" + &self.extra_config;
+            std::fs::write(&path, text).expect("write broker.toml");
+        }
         let policy_dir = data_dir.join("policies");
         if !self.policies.is_empty() {
             for entry in std::fs::read_dir(&policy_dir).expect("init created the policy directory") {

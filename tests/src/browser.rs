@@ -123,6 +123,15 @@ impl Browser {
         }
     }
 
+    /// Sends the cookies `from`'s site set to `to`'s site as well: two broker
+    /// replicas on 127.0.0.1 as a browser sees them behind one load-balanced
+    /// name.
+    pub fn share_cookies(&self, from: &Url, to: &Url) {
+        let mut jar = self.jar.lock().unwrap();
+        let cookies = jar.get(&host_key(from)).cloned().unwrap_or_default();
+        jar.entry(host_key(to)).or_default().extend(cookies);
+    }
+
     /// `GET url`, without following a redirect.
     pub async fn get(&self, url: &Url) -> Page {
         self.send(url, self.http.get(url.clone())).await

@@ -95,6 +95,11 @@ impl TestEnv {
         }
     }
 
+    /// Starts `cmd` as a process whose output joins this test's logs.
+    pub fn spawn(&self, name: &str, cmd: tokio::process::Command) -> crate::Proc {
+        crate::Proc::spawn(name, cmd, self.logs())
+    }
+
     pub(crate) fn logs(&self) -> &LogBook {
         &self.inner.logs
     }

@@ -70,7 +70,7 @@ fn tail(text: &str, max: usize) -> &str {
 
 /// A command for one of our binaries, with no `PALISADE_*` variable
 /// inherited from the environment the tests run in.
-pub(crate) fn command(bin: &str) -> Command {
+pub fn command(bin: &str) -> Command {
     let mut cmd = Command::new(bin_path(bin));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PALISADE_") {

@@ -13,10 +13,12 @@
 //! resolved against the directory of the config file.
 
 mod audit;
+mod consistency;
 mod console;
 mod observability;
 
 pub use audit::{AuditTrailConfig, WhenUnavailable};
+pub use consistency::{ConsistencyConfig, StaleMode};
 pub use console::ConsoleConfig;
 pub use observability::{LogConfig, MetricsConfig};
 
@@ -50,6 +52,8 @@ const ENV_KEYS: &[&str] = &[
     "relay.max_connections_per_identity",
     "relay.retry",
     "relay.drain_timeout",
+    "consistency.max_staleness",
+    "consistency.mode",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",
@@ -101,6 +105,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[log]`: the log format.
     pub log: LogConfig,
+    /// `[consistency]`: how stale a replica's view may get, and what it does then.
+    pub consistency: ConsistencyConfig,
 }
 
 /// `[audit]`.

@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     console: Option<Value>,
     metrics: Option<Value>,
     log: Option<Value>,
+    consistency: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +120,7 @@ impl RawConfig {
             console: super::console::build(self.console)?,
             metrics: super::observability::metrics(self.metrics)?,
             log: super::observability::log(self.log)?,
+            consistency: super::consistency::consistency(self.consistency)?,
             oidc,
             login,
             audit: AuditConfig { sinks: sinks.collect::<Result<_, _>>()?, trail },

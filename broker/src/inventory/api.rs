@@ -2,7 +2,7 @@
 //! the same functions as the CLI, answered as JSON, with the live registry's
 //! view of which connectors are online. A change takes effect on this broker
 //! before the answer is sent (other replicas follow the database within
-//! [`crate::policy::FOLLOW_INTERVAL`]).
+//! the resync interval, see [`crate::sync`]).
 
 use serde::Serialize;
 use serde_json::{Value, json};

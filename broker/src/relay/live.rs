@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -56,17 +56,9 @@ pub struct Live {
     streams: Mutex<HashMap<u64, LiveStream>>,
     next_stream: AtomicU64,
     revoked: broadcast::Sender<RevokedBatch>,
-    /// When the revocation feed was last read successfully (ms since `epoch`).
-    feed_read_ms: AtomicU64,
-    epoch: Instant,
     /// Whether the QUIC endpoint is bound and accepting (for `/readyz`).
     quic_accepting: AtomicBool,
 }
-
-/// How old the broker's view of the revocation feed may get before new
-/// streams are refused: a revocation must never be ignored because the
-/// database could not be read (deny on doubt).
-pub const REVOCATION_VIEW_MAX_AGE: Duration = Duration::from_secs(3);
 
 impl Default for Live {
     fn default() -> Self {
@@ -76,8 +68,6 @@ impl Default for Live {
             streams: Mutex::default(),
             next_stream: AtomicU64::new(1),
             revoked,
-            feed_read_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
             quic_accepting: AtomicBool::new(false),
         }
     }
@@ -93,19 +83,6 @@ impl Live {
     #[must_use]
     pub fn quic_accepting(&self) -> bool {
         self.quic_accepting.load(Ordering::Relaxed)
-    }
-
-    /// Records a successful read of the revocation feed.
-    pub fn feed_read(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.feed_read_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Whether the revocation view is recent enough to admit new streams.
-    #[must_use]
-    pub fn revocation_view_fresh(&self) -> bool {
-        let read = Duration::from_millis(self.feed_read_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(read) <= REVOCATION_VIEW_MAX_AGE
     }
 
     /// Tracks a relayed stream until [`Live::remove_stream`]; returns its key.

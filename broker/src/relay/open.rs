@@ -25,6 +25,7 @@ use crate::config::WhenUnavailable;
 use crate::metrics::{self, StreamOpen};
 use crate::policy::ActivePolicy;
 use crate::state::Broker;
+use crate::sync::Admission;
 
 /// A client that opens a stream and never sends its header is cut off.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,34 +106,43 @@ struct Admitted {
     decided: serde_json::Value,
 }
 
-/// Decides the stream: a fresh revocation view, the policy, a live connector.
-/// Every refusal is audited here.
+/// Decides the stream: a current view of the database (or best-effort
+/// mode, marked in the event), the policy, a live connector. Every refusal
+/// is audited here.
 async fn admit(
     broker: &Broker,
     peer: &Peer,
     service: &ServiceName,
     decision_id: DecisionId,
 ) -> Result<Admitted, RejectCode> {
-    if !broker.live().revocation_view_fresh() {
-        let detail = "the revocation feed could not be read recently";
-        deny(broker, peer, service, decision_id, ("revocation_view_stale", detail, &[]), json!({})).await;
-        return Err(RejectCode::Internal);
-    }
+    let stale_for = match broker.sync().admission() {
+        Admission::Current => None,
+        Admission::Proceed { age } => Some(age),
+        Admission::Refuse { age } => {
+            let detail = format!("this broker has not confirmed its view of the database for {} ms", age.as_millis());
+            deny(broker, peer, service, decision_id, ("broker_stale", &detail, &[]), json!({})).await;
+            return Err(RejectCode::Stale);
+        }
+    };
     let decided = decide(broker, &peer.identity, peer.remote.ip(), service.as_str());
+    let mut audit_detail = decided.audit_detail();
+    if let Some(age) = stale_for {
+        audit_detail["stale_view_ms"] = json!(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+    }
     let (policy_ids, bundle_version) = match &decided.verdict.decision {
         Decision::Allow(grant) => (grant.policy_ids().to_vec(), grant.policy_version()),
         Decision::Deny(reason) => {
             let why = (reason.code(), reason.to_string(), reason.policy_ids());
-            deny(broker, peer, service, decision_id, (why.0, &why.1, why.2), decided.audit_detail()).await;
+            deny(broker, peer, service, decision_id, (why.0, &why.1, why.2), audit_detail).await;
             return Err(reject_for(reason));
         }
     };
     let Some(link) = broker.registry().pick(service.as_str()) else {
         let why = ("no_connector", "no connector is serving the service", &[][..]);
-        deny(broker, peer, service, decision_id, why, decided.audit_detail()).await;
+        deny(broker, peer, service, decision_id, why, audit_detail).await;
         return Err(RejectCode::NoConnector);
     };
-    Ok(Admitted { link, policy_ids, bundle_version, decided: decided.audit_detail() })
+    Ok(Admitted { link, policy_ids, bundle_version, decided: audit_detail })
 }
 
 /// Makes the `stream.allowed` event durable and opens the connector's stream
@@ -302,7 +312,8 @@ async fn ended(
         "connector": link.connector_id,
         "reset": reset,
     }));
-    if let Err(e) = broker.audit().record(event).await {
+    // Nothing waits on this event: let the writer pair it with the next one.
+    if let Err(e) = broker.audit().record_soon(event).await {
         tracing::error!(error = %e, "could not audit the end of a stream");
     }
 }

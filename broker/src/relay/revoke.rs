@@ -13,20 +13,21 @@ use super::live::RevokedBatch;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::db::revocations::{self, Revocation, RevocationKind};
 use crate::state::Broker;
-
-/// How often the feed is read. Revocations take effect within this bound
-/// plus the time to close a connection (the issue asks for one second).
-const POLL: Duration = Duration::from_millis(200);
+use crate::sync::View;
 
 /// How far back a connector is told about revocations when it connects:
 /// the longest a certificate may be valid.
 const LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Polls the revocation feed until shutdown.
+/// Follows the revocation feed until shutdown: read when a change is
+/// announced, and at least every resync interval ([`crate::sync`]).
+/// Revocations take effect within that bound plus the time to close a
+/// connection.
 pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
+    let mut waiter = broker.sync().waiter();
     let mut last = match revocations::head(broker.db()).await {
         Ok(seq) => {
-            broker.live().feed_read();
+            broker.sync().confirmed(View::Revocations);
             seq
         }
         Err(e) => {
@@ -34,19 +35,17 @@ pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
             0
         }
     };
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            () = waiter.wait() => {}
         }
         match revocations::after(broker.db(), last).await {
-            Ok(rows) if rows.is_empty() => broker.live().feed_read(),
+            Ok(rows) if rows.is_empty() => broker.sync().confirmed(View::Revocations),
             Ok(rows) => {
                 last = rows.last().map_or(last, |r| r.seq);
                 apply(&broker, &rows).await;
-                broker.live().feed_read();
+                broker.sync().confirmed(View::Revocations);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the revocation feed; new streams are refused until it can")

@@ -1,6 +1,7 @@
 //! The broker's metrics listener: [`crate::metrics::SERIES`] on `/metrics`,
 //! `/healthz`, and `/readyz` ready when the database answers, the CA is
-//! loaded and valid, and the QUIC endpoint accepts connections. Plain HTTP
+//! loaded and valid, the QUIC endpoint accepts connections, and (in strict
+//! consistency mode) the broker is current with the database. Plain HTTP
 //! on `[metrics] listen`, apart from the public HTTPS port.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Broker;
 use crate::db::meta;
+use crate::sync::Admission;
 
 struct BrokerReadiness(Broker);
 
@@ -22,6 +24,9 @@ impl palisade_telemetry::Readiness for BrokerReadiness {
         }
         if !broker.live().quic_accepting() {
             return Err("the QUIC endpoint is not accepting connections".into());
+        }
+        if let Admission::Refuse { age } = broker.sync().admission() {
+            return Err(format!("stale: the database view was last confirmed {} ms ago", age.as_millis()));
         }
         // A real read of the database, through the same pool every request uses.
         match meta::get(broker.db(), meta::TRUST_DOMAIN).await {

@@ -5,6 +5,10 @@
 //! strictly as enrollment does before replacing key and certificate on
 //! disk. The running connection keeps its handshake; the next one uses the
 //! new certificate.
+//!
+//! A connector linked to several broker replicas has one `Renewal` per
+//! link, all over one store: before asking, a link takes the validity of
+//! the certificate on disk, so once one link has renewed the others do not.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -63,6 +67,19 @@ impl Renewal {
         self.validity.renewal_due(now)
             && Instant::now() >= self.next_attempt
             && self.pending.as_ref().is_none_or(|p| p.sent.elapsed() > ANSWER_TIMEOUT)
+    }
+
+    /// Takes the validity of the certificate in the store, which another
+    /// link of this connector may have renewed meanwhile. Keeps what it
+    /// knew if the store cannot be read.
+    pub(crate) async fn adopt_stored(&mut self) {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.certificate_validity()).await {
+            Ok(Ok(validity)) if validity.not_after > self.validity.not_after => self.validity = validity,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the stored certificate before renewing"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the stored certificate before renewing"),
+        }
     }
 
     /// Makes a new key and returns the CSR to send.

@@ -348,3 +348,26 @@ async fn a_policy_update_with_a_bad_signature_is_refused_over_the_link() {
     assert_eq!(h.tunnel(&["ml-agents"]).await.expect("v1 still in force"), b"PING");
     h.stop().await;
 }
+
+/// One renewal per connector, not one per broker replica: a link whose
+/// renewal is due first looks at the store, where another link's renewed
+/// certificate already is.
+#[tokio::test]
+async fn a_link_does_not_renew_what_another_link_renewed() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = SystemTime::now();
+    let old = (now - Duration::from_secs(4 * 3_600), now + Duration::from_secs(3_600));
+    enroll_in(&ca, dir.path(), "127.0.0.1:1".parse().expect("addr"), old);
+    let store = Store::new(dir.path().to_owned());
+    let stored = store.load().expect("enrolled");
+    let mut first = Renewal::new(store.clone(), stored.spiffe.clone(), stored.validity);
+    let mut second = Renewal::new(store.clone(), stored.spiffe.clone(), stored.validity);
+    assert!(first.due(now) && second.due(now), "both links see the old certificate as due");
+
+    let csr_pem = first.start().expect("csr");
+    let certificate_pem = ca.sign_csr(&csr_pem, PeerRole::Connector, CONNECTOR_ID, Duration::from_secs(8 * 3_600));
+    first.finish(&certificate_pem, &ca.pem).await.expect("renewed");
+    second.adopt_stored().await;
+    assert!(!second.due(SystemTime::now()), "the second link takes the renewed certificate instead of renewing again");
+}

@@ -1,5 +1,5 @@
-//! Several broker replicas on one PostgreSQL database, one connector linked
-//! to each: any replica reaches the service, a revocation or a policy written
+//! Several broker replicas on one PostgreSQL database, two connectors each
+//! linked to all of them: any replica reaches the service, a revocation or a policy written
 //! through one replica is enforced by the others within 2 s, a replica asked
 //! to stop drains (its streams finish, its clients move), a replica's death
 //! leaves tunnels through the others alone while its clients fail over
@@ -29,9 +29,12 @@ async fn replicas_share_revocations_policy_and_one_audit_chain_and_clients_fail_
         env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).replica_of(&a).spawn().await;
     let mut c =
         env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).replica_of(&a).spawn().await;
-    let upstream = EchoUpstream::spawn().await;
+    // Two connectors serve the service, each linked to every replica.
+    let (upstream, upstream_2) = (EchoUpstream::spawn().await, EchoUpstream::spawn().await);
     let _connector =
         a.connector("rack-1").service("echo", upstream.addr()).also_linked_to(&b).also_linked_to(&c).spawn().await;
+    let _connector_2 =
+        b.connector("rack-2").service("echo", upstream_2.addr()).also_linked_to(&a).also_linked_to(&c).spawn().await;
     let via_a = a.machine("agent-a").group("ml-agents").enroll().await;
     let via_b = b.machine("agent-b").group("ml-agents").enroll().await;
     wait_for("replica B to reach the service over the connector's second link", DEFAULT_TIMEOUT, || async {
@@ -150,4 +153,51 @@ async fn replicas_share_revocations_policy_and_one_audit_chain_and_clients_fail_
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "one gapless chain: {seqs:?}");
     let online = audit.of_kind("connector.online").len();
     assert!(online >= 2, "the connector linked to both replicas:\n{}", audit.summary());
+}
+
+/// A person's session revoked through replica A: their live tunnel through
+/// replica C closes within 2 s and C refuses the session from then on; a
+/// portal session signed in through A is served by C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_on_one_replica_is_cut_on_another_and_any_replica_serves_the_portal() {
+    if !store::runs_only_on(store::Store::Postgres, "broker replicas on one database") {
+        return;
+    }
+    let env = TestEnv::new();
+    let provider = palisade_tests::OidcProvider::shared().await;
+    let people = |b: palisade_tests::BrokerBuilder| {
+        b.oidc(&provider).service("echo", "inference").policy("ml-team.cedar", palisade_tests::ALLOW_ML_TEAM_WITH_MFA)
+    };
+    let a = people(env.broker()).spawn().await;
+    let c = people(env.broker()).replica_of(&a).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = a.connector("rack-1").service("echo", upstream.addr()).also_linked_to(&c).spawn().await;
+    let alice = c.person("alice").login().await;
+    wait_for("C to reach the service", DEFAULT_TIMEOUT, || async {
+        alice.tunnel_exchange("echo", b"via c").await.is_ok_and(|r| r == b"via c")
+    })
+    .await;
+    let forward = alice.connect("echo").await;
+    let flow = Flow::start(forward.addr()).await;
+    wait_for("the flow through C to carry bytes", DEFAULT_TIMEOUT, || async { flow.echoed() > 0 }).await;
+
+    let asked = Instant::now();
+    a.cli(&["session", "revoke", alice.session_id()]).await.expect_success();
+    let end = within("C to cut the tunnel of the session revoked through A", ACROSS_REPLICAS, flow.ended()).await;
+    assert!(end.at >= asked, "the tunnel broke before the revocation: {}", end.how);
+    eprintln!("a session revoked through A was cut on C after {:?}", end.at.saturating_duration_since(asked));
+    let refused = alice.tunnel_exchange("echo", b"again?").await.expect_err("the session is revoked");
+    assert_eq!(refused.reject_code(), Some(RejectCode::Revoked), "{refused}");
+
+    // The web portal: signed in through A, served by C with the same cookie.
+    let browser = palisade_tests::Browser::new(&a.ca_der());
+    let mfa = browser.sign_in(&format!("{}/login", a.public_url()), "bob").await;
+    let landing = browser.second_factor(&mfa, &mut palisade_tests::Passkey::new()).await;
+    let on_a = browser.get(&landing).await;
+    assert_eq!(on_a.status, 200, "{}", on_a.body);
+    let on_c_url = url::Url::parse(&format!("{}{}", c.public_url(), landing.path())).expect("url");
+    browser.share_cookies(&landing, &on_c_url);
+    let on_c = browser.get(&on_c_url).await;
+    assert_eq!(on_c.status, 200, "C serves the portal to a session signed in through A: {}", on_c.body);
+    assert!(on_c.body.contains("bob"), "C shows bob's portal: {}", on_c.body);
 }

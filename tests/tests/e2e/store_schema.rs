@@ -166,8 +166,9 @@ async fn pg_facts(pool: &AnyPool) -> Facts {
             facts.insert(format!("index {} {} ({})", r[0], r[1], r[3]));
         }
     }
+    // Change-notification triggers exist only on PostgreSQL (migration 0014).
     let triggers = "SELECT DISTINCT trigger_name::text, event_object_table::text FROM information_schema.triggers \
-                    WHERE trigger_schema = 'public'";
+                    WHERE trigger_schema = 'public' AND trigger_name NOT LIKE 'palisade\\_notify\\_%'";
     for r in strings(pool, triggers).await {
         facts.insert(format!("trigger {} on {}", r[0], r[1]));
     }
