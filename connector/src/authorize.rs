@@ -10,16 +10,18 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use palisade_policies::{
-    AccessRequest, Action, Decision, DenyReason, Engine, Grant, LoadError, PolicyBundle, PolicyFile, Principal,
-    PrincipalKind, RequestContext,
+    AccessRequest, Action, Decision, DecisionCache, DenyReason, Engine, Grant, LoadError, PolicyBundle, PolicyFile,
+    Principal, PrincipalKind, RequestContext,
 };
 use palisade_proto::bundle::VerifiedBundle;
-use palisade_proto::identity::{PeerRole, TrustAnchors, VerifiedPeer, VerifyPeerError, verify_peer};
+use palisade_proto::identity::{PeerRole, VerifiedPeer, VerifyPeerError};
 use palisade_proto::wire::Dispatch;
-use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 
 use crate::config::{DEFAULT_BUNDLE_MAX_AGE, ServiceConfig};
+
+mod callers;
+pub(crate) use callers::Callers;
 
 /// The policy bundle currently enforced; replaced only by a verified, valid
 /// bundle of the same or a newer version. A bundle signed longer than
@@ -34,7 +36,13 @@ pub(crate) struct PolicyState {
     revoked: RwLock<Revocations>,
     /// Bumped after every revocation the broker pushes; live tunnels wait on it.
     revocations: watch::Sender<u64>,
+    /// Verdicts of the bundle's engine, per (principal, service, context it
+    /// reads); emptied whenever the bundle's version or digest changes.
+    decisions: DecisionCache,
 }
+
+/// How many bundle verdicts the connector keeps.
+const DECISION_CACHE_CAPACITY: usize = 10_000;
 
 #[derive(Clone)]
 struct Enforced {
@@ -51,6 +59,7 @@ impl Default for PolicyState {
             local: RwLock::default(),
             revoked: RwLock::default(),
             revocations: watch::Sender::new(0),
+            decisions: DecisionCache::new(DECISION_CACHE_CAPACITY),
         }
     }
 }
@@ -103,6 +112,11 @@ fn unix_secs(t: SystemTime) -> u64 {
 }
 
 impl PolicyState {
+    /// The cache of the enforced bundle's verdicts.
+    pub(crate) fn decisions(&self) -> &DecisionCache {
+        &self.decisions
+    }
+
     /// A state that also enforces local guardrail policies (checked against
     /// an empty catalog here; against each bundle's catalog on apply).
     pub(crate) fn with_local(files: Vec<PolicyFile>) -> Result<Self, LoadError> {
@@ -276,19 +290,19 @@ pub(crate) struct Engines<'e> {
     pub(crate) bundle: Option<&'e Engine>,
     pub(crate) local: Option<&'e Engine>,
     pub(crate) revoked: Option<&'e PolicyState>,
+    /// Where the bundle's verdicts are cached, if anywhere.
+    pub(crate) cache: Option<&'e DecisionCache>,
 }
 
 /// Verifies the caller, checks the service is ours, and asks the engines.
 pub(crate) fn authorize<'a>(
     dispatch: &Dispatch,
-    trust: &TrustAnchors,
+    callers: &Callers,
     engines: Engines<'_>,
     services: &'a [ServiceConfig],
     now: SystemTime,
 ) -> Result<Authorized<'a>, Denied> {
-    let chain: Vec<CertificateDer<'_>> =
-        dispatch.caller_chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
-    let peer = verify_peer(&chain, trust, now, &[PeerRole::User, PeerRole::Machine])?;
+    let peer = callers.verify(&dispatch.caller_chain, now)?;
     if engines.revoked.is_some_and(|state| state.is_revoked(&peer)) {
         return Err(Denied::Revoked);
     }
@@ -312,7 +326,11 @@ pub(crate) fn authorize<'a>(
         service: dispatch.service.as_str(),
         context: &context,
     };
-    let grant = match engine.decide(&request) {
+    let decision = match engines.cache {
+        Some(cache) => cache.verdict(engine, &request).decision,
+        None => engine.decide(&request),
+    };
+    let grant = match decision {
         Decision::Allow(grant) => grant,
         Decision::Deny(reason) => return Err(Denied::Policy(reason)),
     };

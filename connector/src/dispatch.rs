@@ -12,7 +12,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-use crate::authorize::{Authorized, Engines, PolicyState, authorize};
+use crate::authorize::{Authorized, Callers, Engines, PolicyState, authorize};
 use crate::config::ServiceConfig;
 use crate::http;
 use crate::metrics;
@@ -24,7 +24,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every stream of one connection shares.
 pub(crate) struct StreamContext {
     pub(crate) policy: Arc<PolicyState>,
-    pub(crate) trust: Arc<palisade_proto::identity::TrustAnchors>,
+    /// The CA callers are verified against, and what it verified.
+    pub(crate) callers: Callers,
     pub(crate) services: Arc<[ServiceConfig]>,
     pub(crate) connect_timeout: Duration,
     /// Frames for the control stream (stream reports).
@@ -55,8 +56,13 @@ async fn tunnel(ctx: &StreamContext, dispatch: Dispatch, mut send: SendStream, m
     let started = Instant::now();
     let now = SystemTime::now();
     let (engine, local) = (ctx.policy.current(now), ctx.policy.local());
-    let engines = Engines { bundle: engine.as_deref(), local: local.as_deref(), revoked: Some(&ctx.policy) };
-    let authorized = match authorize(&dispatch, &ctx.trust, engines, &ctx.services, now) {
+    let engines = Engines {
+        bundle: engine.as_deref(),
+        local: local.as_deref(),
+        revoked: Some(&ctx.policy),
+        cache: Some(ctx.policy.decisions()),
+    };
+    let authorized = match authorize(&dispatch, &ctx.callers, engines, &ctx.services, now) {
         Ok(authorized) => authorized,
         Err(denied) => {
             tracing::info!(reason = denied.code(), detail = %denied, "stream denied by the connector");

@@ -437,9 +437,24 @@ impl Audit {
     /// # Errors
     /// The database refused the write, or the writer has stopped.
     pub async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.queue(event, false).await
+    }
+
+    /// Like [`Audit::record`], for an event nothing waits on (a stream that
+    /// has ended): the writer may hold it for a few milliseconds to write it
+    /// together with the next event, in one database round trip.
+    ///
+    /// # Errors
+    /// The database refused the write, or the writer has stopped.
+    pub async fn record_soon(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.queue(event, true).await
+    }
+
+    async fn queue(&self, event: AuditEvent, lazy: bool) -> Result<u64, AuditError> {
         crate::metrics::audit_event(&event);
         let (done, wait) = oneshot::channel();
-        self.jobs.send(writer::Job { event, at: SystemTime::now(), done }).await.map_err(|_| AuditError::Closed)?;
+        let job = writer::Job { event, at: SystemTime::now(), lazy, done };
+        self.jobs.send(job).await.map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -477,19 +492,7 @@ pub(crate) async fn append_after(
     event: &AuditEvent,
     at: SystemTime,
 ) -> Result<(i64, String), AuditError> {
-    let mut row = EventRow {
-        seq: prev_seq + 1,
-        ts_ms: at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        kind: event.kind.as_str().to_owned(),
-        outcome: event.outcome.as_str().to_owned(),
-        actor: event.actor.clone(),
-        subject: event.subject.clone(),
-        decision_id: event.decision_id.map(|d| d.to_string()),
-        detail: event.detail.to_string(),
-        prev_hash,
-        hash: String::new(),
-    };
-    row.hash = row.compute_hash();
+    let row = chained_row((prev_seq, prev_hash), event, at);
     sqlx::query(
         "INSERT INTO audit_events (seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -507,6 +510,24 @@ pub(crate) async fn append_after(
     .execute(conn)
     .await?;
     Ok((row.seq, row.hash))
+}
+
+/// The row that appends `event` after `(prev_seq, prev_hash)`, hashed.
+pub(crate) fn chained_row((prev_seq, prev_hash): (i64, String), event: &AuditEvent, at: SystemTime) -> EventRow {
+    let mut row = EventRow {
+        seq: prev_seq + 1,
+        ts_ms: at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        kind: event.kind.as_str().to_owned(),
+        outcome: event.outcome.as_str().to_owned(),
+        actor: event.actor.clone(),
+        subject: event.subject.clone(),
+        decision_id: event.decision_id.map(|d| d.to_string()),
+        detail: event.detail.to_string(),
+        prev_hash,
+        hash: String::new(),
+    };
+    row.hash = row.compute_hash();
+    row
 }
 
 #[cfg(test)]

@@ -141,6 +141,44 @@ async fn record_in_shares_the_chain_with_record() {
     assert!(verify(&db).await.unwrap().broken.is_none());
 }
 
+fn ended(subject: &str) -> AuditEvent {
+    AuditEvent::new(EventKind::StreamEnded, Outcome::Success).subject(subject)
+}
+
+/// A lazy event and an urgent one queued after it share one write, in order.
+async fn lazy_then_urgent(audit: &Audit) -> (u64, u64) {
+    let urgent = async {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        audit.record(AuditEvent::new(EventKind::StreamAllowed, Outcome::Allow).subject("next")).await
+    };
+    let (lazy, urgent) = tokio::join!(audit.record_soon(ended("lingering")), urgent);
+    (lazy.unwrap(), urgent.unwrap())
+}
+
+#[tokio::test]
+async fn an_event_nobody_waits_on_is_written_with_the_next_or_after_a_short_linger() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 1).await;
+    let started = std::time::Instant::now();
+    assert_eq!(audit.record_soon(ended("alone")).await.unwrap(), 2);
+    assert!(started.elapsed() < writer::LINGER * 20, "a lone lazy event waited {:?}", started.elapsed());
+    assert_eq!(lazy_then_urgent(&audit).await, (3, 4));
+    assert_intact(&db, 4).await;
+}
+
+#[tokio::test]
+async fn a_run_that_meets_a_moved_head_is_written_whole_after_it() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 2).await;
+    // Another writer (another process, a transaction) appends: the head moves.
+    let other = Audit::new(db.clone());
+    assert_eq!(other.record(ended("elsewhere")).await.unwrap(), 3);
+    // The run written after the remembered head (2) collides: nothing of it
+    // is kept, and it goes after the real head instead.
+    assert_eq!(lazy_then_urgent(&audit).await, (4, 5));
+    assert_intact(&db, 5).await;
+}
+
 #[tokio::test]
 async fn a_rolled_back_transaction_leaves_no_event() {
     let (_dir, db, audit) = fresh().await;

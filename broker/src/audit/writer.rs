@@ -7,14 +7,19 @@
 //! lock, taken before the chain head is read, keeps the chain linear when
 //! other processes (the admin CLI) append to the same file.
 //!
-//! A lone event (the common case: one stream decision while nothing else is
-//! queued) skips the transaction: the task remembers the head it last wrote
-//! and appends after it in one autocommit `INSERT`, a single round trip to
-//! the database thread instead of four. `seq` is the primary key, so if
-//! anything else appended meanwhile (a state change recorded in its own
-//! transaction, another process) the insert fails as a duplicate, nothing is
-//! written, and the event goes the transactional way after a fresh read of
-//! the head. On PostgreSQL every append takes the transactional way: there an
+//! A short run of events (the common case: one stream decision while
+//! nothing else is queued) skips the transaction: the task remembers the
+//! head it last wrote and appends after it in one autocommit multi-row
+//! `INSERT`, a single round trip to the database thread instead of four.
+//! `seq` is the primary key, so if anything else appended meanwhile (a state
+//! change recorded in its own transaction, another process) the insert fails
+//! as a duplicate, nothing is written, and the events go the transactional
+//! way after a fresh read of the head.
+//!
+//! Events nobody waits on ([`super::Audit::record_soon`]: a stream that
+//! ended) may linger up to [`LINGER`] for the next event, so that a client
+//! opening connection after connection costs one write per connection, not
+//! two. On PostgreSQL every append takes the transactional way: there an
 //! insert outside the write lock could collide with another replica's locked
 //! transaction and fail that transaction's own work.
 //!
@@ -32,11 +37,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
 use super::checkpoint::{self, Checkpoint, Signer};
-use super::{AuditError, AuditEvent, append_after, head};
+use super::{AuditError, AuditEvent, append_after, chained_row, head};
 use crate::db::{Backend, Db};
 
 pub(super) const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 512;
+/// The most events one multi-row `INSERT` carries (10 parameters each).
+const MAX_RUN: usize = 32;
+/// How long an event nobody waits on may wait for company.
+pub(super) const LINGER: Duration = Duration::from_millis(20);
 
 /// When the writer signs a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +65,8 @@ impl Default for CheckpointPolicy {
 pub(super) struct Job {
     pub(super) event: AuditEvent,
     pub(super) at: SystemTime,
+    /// Nobody waits on it: it may linger for [`LINGER`].
+    pub(super) lazy: bool,
     pub(super) done: oneshot::Sender<Result<u64, AuditError>>,
 }
 
@@ -85,6 +96,10 @@ impl Writer {
                     if n == 0 {
                         break;
                     }
+                    if batch.iter().all(|job| job.lazy) {
+                        let room = MAX_BATCH - batch.len();
+                        let _ = tokio::time::timeout(LINGER, jobs.recv_many(&mut batch, room)).await;
+                    }
                     self.commit(&mut batch, &mut since_checkpoint, &mut last_head).await;
                 }
                 Some(reply) = requests.recv() => {
@@ -113,8 +128,8 @@ impl Writer {
             .as_deref()
             .filter(|_| *since_checkpoint + u64::try_from(batch.len()).unwrap_or(u64::MAX) >= self.policy.every_events);
         let written = match (sign, batch.as_slice(), last_head.take()) {
-            (None, [job], Some(head)) if self.db.backend() == Backend::Sqlite => {
-                match append_lone(&self.db, head, job).await {
+            (None, run, Some(head)) if run.len() <= MAX_RUN && self.db.backend() == Backend::Sqlite => {
+                match append_run(&self.db, head, run).await {
                     Ok(Some(head)) => Ok(head),
                     Ok(None) => write_batch(&self.db, batch, None).await,
                     Err(e) => Err(e),
@@ -151,14 +166,58 @@ impl Writer {
 /// The chain head the writer last committed: `(seq, hash)`.
 type Head = (i64, String);
 
-/// Appends one event after `head` without a transaction. `Ok(None)`: the
-/// head moved (the insert hit an existing `seq`), nothing was written.
-async fn append_lone(db: &Db, head: Head, job: &Job) -> Result<Option<(Vec<u64>, Head)>, AuditError> {
+/// Appends `run` after `head` in one multi-row `INSERT`, without a
+/// transaction (one statement is atomic). `Ok(None)`: the head moved (the
+/// insert hit an existing `seq`), nothing was written.
+async fn append_run(db: &Db, head: Head, run: &[Job]) -> Result<Option<(Vec<u64>, Head)>, AuditError> {
+    let mut rows = Vec::with_capacity(run.len());
+    let mut prev = head;
+    for job in run {
+        let row = chained_row(prev, &job.event, job.at);
+        prev = (row.seq, row.hash.clone());
+        rows.push(row);
+    }
+    let mut sql = String::from(
+        "INSERT INTO audit_events (seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash) VALUES ",
+    );
+    for i in 0..rows.len() {
+        let p = i * 10;
+        let sep = if i == 0 { "" } else { ", " };
+        sql.push_str(&format!(
+            "{sep}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9,
+            p + 10
+        ));
+    }
+    // Only numbered placeholders are formatted into the statement; every value is bound.
+    let seqs: Vec<u64> = rows.iter().map(|r| u64::try_from(r.seq).unwrap_or(0)).collect();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for row in rows {
+        query = query
+            .bind(row.seq)
+            .bind(row.ts_ms)
+            .bind(row.kind)
+            .bind(row.outcome)
+            .bind(row.actor)
+            .bind(row.subject)
+            .bind(row.decision_id)
+            .bind(row.detail)
+            .bind(row.prev_hash)
+            .bind(row.hash);
+    }
     let mut conn = db.pool().acquire().await?;
-    match append_after(&mut conn, head, &job.event, job.at).await {
-        Ok(head) => Ok(Some((vec![u64::try_from(head.0).unwrap_or(0)], head))),
-        Err(AuditError::Db(e)) if crate::db::is_unique_violation(&e) => Ok(None),
-        Err(e) => Err(e),
+    match query.execute(&mut *conn).await {
+        Ok(_) => Ok(Some((seqs, prev))),
+        Err(e) if crate::db::is_unique_violation(&e) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -80,6 +80,10 @@ impl Db {
         let backend = Backend::of_url(url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // A SQLite connection is a file handle in this process: checking it
+            // before each use (a round trip to its thread) only costs time.
+            // A PostgreSQL connection can die with its server; check those.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| Box::pin(async move { prepare_connection(conn, backend).await }))
             // A connection whose COMMIT or ROLLBACK failed (a full disk, an I/O
             // error) can come back still inside its transaction; every later

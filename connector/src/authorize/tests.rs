@@ -47,8 +47,13 @@ impl Fixture {
 
     fn check(&self, d: &Dispatch) -> Result<Authorized<'_>, Denied> {
         let (engine, local) = (self.policy.current(SystemTime::now()), self.policy.local());
-        let engines = Engines { bundle: engine.as_deref(), local: local.as_deref(), revoked: Some(&self.policy) };
-        authorize(d, &self.ca.trust(), engines, &self.services, SystemTime::now())
+        let engines = Engines {
+            bundle: engine.as_deref(),
+            local: local.as_deref(),
+            revoked: Some(&self.policy),
+            cache: Some(self.policy.decisions()),
+        };
+        authorize(d, &Callers::new(self.ca.trust()), engines, &self.services, SystemTime::now())
     }
 }
 
@@ -211,4 +216,18 @@ async fn a_waiting_tunnel_wakes_on_its_own_revocation_only() {
     tokio::time::timeout(std::time::Duration::from_secs(5), &mut waiting).await.expect("woken by the revocation");
     let late = tokio::time::timeout(quiet, f.policy.revoked(&peer)).await;
     assert!(late.is_ok(), "a tunnel that starts watching after the revocation is cut at once");
+}
+
+#[test]
+fn a_cached_allow_never_outlives_its_bundle() {
+    let f = Fixture::new();
+    f.apply(bundle(1, "ml-agents")).expect("v1");
+    let d = dispatch(f.agent_chain(), "llm-prod");
+    f.check(&d).expect("allowed by v1");
+    f.check(&d).expect("allowed by v1 again");
+    let (hits, _) = f.policy.decisions().stats();
+    assert!(hits >= 1, "the second stream was answered from the cache");
+    // v2 grants another group: the cached allow of v1 must not be used.
+    f.apply(bundle(2, "interns")).expect("v2");
+    assert!(matches!(f.check(&d), Err(Denied::Policy(_))), "v2 decides, not v1's cached verdict");
 }

@@ -1,0 +1,211 @@
+//! What can go wrong between this client and the broker, and how each
+//! failure reads for a person: stream reset codes, connection close codes
+//! and handshake failures mapped to [`TunnelError`].
+
+use palisade_proto::reject::{RejectCode, close};
+use quinn::{ConnectionError, VarInt};
+
+use crate::store::StoreError;
+
+/// TLS alert `no_application_protocol`.
+const ALERT_NO_ALPN: u8 = 120;
+
+/// Why a stream through the broker could not be opened or was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The broker or the connector refused the stream.
+    #[error("{}", code.message(service))]
+    Rejected {
+        /// The reason code from the stream reset.
+        code: RejectCode,
+        /// The service that was asked for.
+        service: String,
+    },
+    /// The stream was reset with a code that is not a [`RejectCode`].
+    #[error("the connection to {service} was reset (code {code})")]
+    Reset {
+        /// The QUIC application error code.
+        code: u64,
+        /// The service.
+        service: String,
+    },
+    /// No enrollment is stored.
+    #[error("not signed in or enrolled: run `palisade login --broker URL` (or `palisade enroll` for a machine)")]
+    NotEnrolled,
+    /// The local certificate has expired.
+    #[error("certificate expired: run `palisade login` (or enroll again)")]
+    CertificateExpired,
+    /// The broker closed the connection (or a connector cut the stream)
+    /// because the session or the identity was revoked.
+    #[error(
+        "session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)"
+    )]
+    Revoked,
+    /// The broker refused this client's certificate.
+    #[error("the broker refused this identity: enroll or log in again")]
+    IdentityRefused,
+    /// The broker's certificate is not from the CA we enrolled with.
+    #[error("the broker at {addr} did not prove it is our broker ({reason}); check the address or enroll again")]
+    BrokerUntrusted {
+        /// The broker's QUIC address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// No QUIC connection to the broker could be made.
+    #[error("cannot reach the broker at {addr} over UDP: {reason}")]
+    Unreachable {
+        /// The broker's QUIC address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// An established connection to the broker ended.
+    #[error("lost the connection to the broker: {0}")]
+    ConnectionLost(String),
+    /// The broker answered something this client does not understand.
+    #[error("unexpected answer from the broker: {0}; upgrade the palisade client")]
+    Protocol(String),
+    /// The stored enrollment could not be read.
+    #[error(transparent)]
+    Store(StoreError),
+    /// TLS settings could not be built from the stored files.
+    #[error("cannot use the stored certificate: {0}")]
+    Tls(String),
+    /// A local socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TunnelError {
+    /// The broker's reason code, if this is a refusal.
+    #[must_use]
+    pub fn reject_code(&self) -> Option<RejectCode> {
+        match self {
+            Self::Rejected { code, .. } => Some(*code),
+            Self::IdentityRefused => Some(RejectCode::IdentityRejected),
+            Self::Revoked => Some(RejectCode::Revoked),
+            _ => None,
+        }
+    }
+
+    /// The stream reset code a refusal or cut came with, mapped for people.
+    pub(crate) fn from_code(code: VarInt, service: &str) -> Self {
+        let raw = code.into_inner();
+        match RejectCode::from_u64(raw) {
+            Some(RejectCode::IdentityRejected) => Self::IdentityRefused,
+            // A single tunnel cut (e.g. by a policy change) is not the end of the
+            // session: say which access went away.
+            Some(code) => Self::Rejected { code, service: service.to_owned() },
+            None => Self::Reset { code: raw, service: service.to_owned() },
+        }
+    }
+
+    /// An established connection closed.
+    pub(crate) fn from_connection(e: &ConnectionError, service: &str) -> Self {
+        match e {
+            ConnectionError::ApplicationClosed(c) => match c.error_code.into_inner() {
+                code if code == u64::from(close::IDENTITY_REJECTED) => Self::IdentityRefused,
+                code if code == u64::from(close::REVOKED) => Self::Revoked,
+                code if code == u64::from(close::SHUTTING_DOWN) => {
+                    Self::Rejected { code: RejectCode::ShuttingDown, service: service.to_owned() }
+                }
+                code if code == u64::from(close::TOO_MANY_CONNECTIONS) => {
+                    Self::Rejected { code: RejectCode::RateLimited, service: service.to_owned() }
+                }
+                code if code == u64::from(close::UNAVAILABLE) => {
+                    Self::Rejected { code: RejectCode::Internal, service: service.to_owned() }
+                }
+                code if code == u64::from(close::BAD_PROTOCOL) => {
+                    Self::Protocol("the broker refused this client's protocol".into())
+                }
+                _ => Self::ConnectionLost(e.to_string()),
+            },
+            ConnectionError::ConnectionClosed(c)
+                if c.error_code == quinn::TransportErrorCode::crypto(ALERT_NO_ALPN) =>
+            {
+                Self::Protocol("the broker does not speak this client's protocol".into())
+            }
+            // A TLS alert from the broker: in TLS 1.3 the client's handshake completes
+            // before the broker has checked its certificate, so a refusal arrives here.
+            ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => Self::IdentityRefused,
+            ConnectionError::Reset => Self::ConnectionLost("the broker restarted".into()),
+            ConnectionError::TimedOut => Self::ConnectionLost("the broker stopped answering".into()),
+            other => Self::ConnectionLost(other.to_string()),
+        }
+    }
+
+    /// Whether this is only a local socket error (the local application went away).
+    #[must_use]
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Io(_))
+    }
+}
+
+impl From<StoreError> for TunnelError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotEnrolled { .. } => Self::NotEnrolled,
+            other => Self::Store(other),
+        }
+    }
+}
+
+pub(super) fn is_crypto(code: quinn::TransportErrorCode) -> bool {
+    (0x100..0x200).contains(&u64::from(code))
+}
+
+pub(super) fn handshake_error(e: &ConnectionError, addr: &str) -> TunnelError {
+    match e {
+        ConnectionError::TransportError(t) if is_crypto(t.code) => {
+            TunnelError::BrokerUntrusted { addr: addr.to_owned(), reason: t.reason.clone() }
+        }
+        ConnectionError::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::crypto(ALERT_NO_ALPN) => {
+            TunnelError::from_connection(e, "")
+        }
+        ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => TunnelError::IdentityRefused,
+        ConnectionError::ApplicationClosed(_) => TunnelError::from_connection(e, ""),
+        other => TunnelError::Unreachable { addr: addr.to_owned(), reason: other.to_string() },
+    }
+}
+
+pub(super) fn read_exact_error(e: quinn::ReadExactError, what: &str) -> TunnelError {
+    match e {
+        quinn::ReadExactError::FinishedEarly(_) => TunnelError::Protocol("the answer ended early".into()),
+        quinn::ReadExactError::ReadError(e) => crate::splice::read_error(e, what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_codes_map_to_messages() {
+        let e = TunnelError::from_code(VarInt::from_u32(RejectCode::NoConnector.as_u32()), "llm-prod");
+        assert_eq!(e.reject_code(), Some(RejectCode::NoConnector));
+        assert!(e.to_string().starts_with("no connector is serving llm-prod"));
+        let e = TunnelError::from_code(VarInt::from_u32(0x17), "llm-prod");
+        assert!(matches!(e, TunnelError::IdentityRefused));
+        let e = TunnelError::from_code(VarInt::from_u32(0x999), "llm-prod");
+        assert!(matches!(e, TunnelError::Reset { code: 0x999, .. }));
+        let e = TunnelError::from_code(VarInt::from_u32(RejectCode::Revoked.as_u32()), "llm-prod");
+        assert_eq!(e.reject_code(), Some(RejectCode::Revoked));
+        assert_eq!(e.to_string(), "access to llm-prod was revoked");
+    }
+
+    #[test]
+    fn the_revoked_close_code_tells_people_to_log_in() {
+        let closed = ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: VarInt::from_u32(close::REVOKED),
+            reason: bytes::Bytes::from_static(b"revoked"),
+        });
+        let e = TunnelError::from_connection(&closed, "llm-prod");
+        assert!(matches!(e, TunnelError::Revoked), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)"
+        );
+        assert!(matches!(handshake_error(&closed, "broker:4433"), TunnelError::Revoked));
+    }
+}
