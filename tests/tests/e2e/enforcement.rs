@@ -82,10 +82,10 @@ async fn new_streams_are_refused_while_the_revocation_feed_cannot_be_read() {
     })
     .await;
     let err = agent.tunnel_exchange("echo", b"library view").await.expect_err("refused while the feed is unreadable");
-    assert_eq!(err.reject_code(), Some(palisade_proto::reject::RejectCode::Internal), "{err}");
+    assert_eq!(err.reject_code(), Some(palisade_proto::reject::RejectCode::Stale), "{err}");
     let denied = broker.audit_events().await;
     assert!(
-        denied.of_kind("stream.denied").iter().any(|r| r.detail_str("reason") == Some("revocation_view_stale")),
+        denied.of_kind("stream.denied").iter().any(|r| r.detail_str("reason") == Some("broker_stale")),
         "{}",
         denied.summary()
     );
