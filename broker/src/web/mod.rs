@@ -8,6 +8,7 @@
 
 pub mod enroll;
 pub mod health;
+mod json_only;
 pub mod jwks;
 pub mod metrics;
 pub mod security;
@@ -57,6 +58,7 @@ pub fn router(broker: Broker) -> Router {
         .merge(jwks::routes())
         .merge(crate::login::routes(&broker))
         .merge(crate::console::routes(&broker))
+        .layer(axum::middleware::from_fn(json_only::guard))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::map_response(security::headers))
         .with_state(broker)

@@ -8,7 +8,7 @@ use palisade_broker::login::manage;
 use serde_json::json;
 
 use crate::support::{Cli, Idp, Key, TestBroker, authenticate, exchange, mfa_mode, person, set_groups};
-use crate::webauthn_cases::{at_mfa, signed_up};
+use crate::webauthn_cases::{at_mfa, signed_in, signed_up};
 
 async fn feed(broker: &TestBroker) -> Vec<(String, String)> {
     revocations::after(&broker.db, 0).await.unwrap().into_iter().map(|r| (r.target, r.reason)).collect()
@@ -64,9 +64,7 @@ async fn admins_revoke_sessions_disable_people_and_reset_credentials() {
 async fn a_person_adds_and_removes_credentials_but_not_the_last_without_fresh_mfa() {
     let broker = TestBroker::start(Idp::Real, |_| {}).await;
     let mut key = Key::new();
-    signed_up(&broker, "alice", &mut key).await;
-    let browser = at_mfa(&broker, "alice").await;
-    assert_eq!(authenticate(&browser, &broker, &mut key).await.status, 200);
+    let browser = signed_in(&broker, "alice", &mut key).await;
     assert_eq!(broker.browser().get(&broker.url("/api/v1/me/credentials")).await.status, 401);
 
     // A second key, added from the signed-in session.
@@ -148,4 +146,37 @@ async fn the_cli_exchange_is_single_use_and_needs_the_verifier() {
     let after = person(&broker, &refreshed).mfa_at().unwrap();
     assert!(after >= before, "{before} {after}");
     assert!(refreshed["not_after_unix"].as_u64().unwrap() <= refreshed["session_expires_unix"].as_u64().unwrap());
+}
+
+/// UI-02: the JSON endpoints refuse a `text/plain` or form body (what a
+/// cross-site form can send without a CORS preflight), even with a valid
+/// session cookie, and nothing changes.
+#[tokio::test]
+async fn json_endpoints_refuse_text_and_form_bodies_and_change_nothing() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    let browser = signed_in(&broker, "alice", &mut key).await;
+    let credentials_before = broker.events(EventKind::CredentialRegistered).await.len();
+    let sessions_before = broker.sessions().await;
+    for path in [
+        "/api/v1/me/credentials/register/start",
+        "/api/v1/me/credentials/register/finish",
+        "/login/webauthn/authenticate/start",
+        "/login/webauthn/authenticate/finish",
+        "/api/v1/login/exchange",
+        "/api/v1/enroll",
+    ] {
+        let url = broker.url(path);
+        for (how, answer) in [
+            ("text/plain", browser.post_text(&url, "{}").await),
+            ("form", browser.post_form(&url, &[("token", "pal1.x"), ("code", "x")]).await),
+        ] {
+            assert!(answer.status == 415, "{path} with a {how} body answered {}: {}", answer.status, answer.body);
+        }
+    }
+    assert_eq!(broker.events(EventKind::CredentialRegistered).await.len(), credentials_before);
+    assert_eq!(broker.sessions().await, sessions_before, "no session was created or ended");
+    let list = browser.get(&broker.url("/api/v1/me/credentials")).await;
+    assert_eq!(list.status, 200, "the session still works: {}", list.body);
+    assert_eq!(list.json().as_array().map(Vec::len), Some(1), "{}", list.body);
 }

@@ -325,6 +325,11 @@ impl Browser {
         self.send(url, self.http.post(url).json(body)).await
     }
 
+    /// `POST` with a `text/plain` body: what a cross-site form can send without a preflight.
+    pub async fn post_text(&self, url: &str, body: &str) -> Resp {
+        self.send(url, self.http.post(url).header("content-type", "text/plain").body(body.to_owned())).await
+    }
+
     pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Resp {
         self.send(url, self.http.post(url).form(form)).await
     }

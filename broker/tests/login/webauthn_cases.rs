@@ -32,6 +32,15 @@ pub async fn at_mfa(broker: &TestBroker, user: &str) -> Browser {
     browser
 }
 
+/// `user` signed up with `key`, then signed in again with it: a browser
+/// holding a session with a fresh second factor.
+pub async fn signed_in(broker: &TestBroker, user: &str, key: &mut Key) -> Browser {
+    signed_up(broker, user, key).await;
+    let browser = at_mfa(broker, user).await;
+    assert_eq!(authenticate(&browser, broker, key).await.status, 200);
+    browser
+}
+
 #[tokio::test]
 async fn wa_01_an_assertion_works_once_even_in_parallel() {
     let broker = TestBroker::start(Idp::Real, |_| {}).await;
