@@ -36,6 +36,8 @@ pub struct PolicyTrace {
     pub line: usize,
     /// Permit or forbid.
     pub effect: PolicyEffect,
+    /// Annotated `@mode("dry_run")`: reported, never part of the decision.
+    pub dry_run: bool,
     /// What happened when it was evaluated.
     pub outcome: PolicyOutcome,
 }
@@ -114,7 +116,7 @@ impl Explanation {
             PolicyOutcome::ScopeMismatch { parts } => Some(parts.len()),
             PolicyOutcome::Applied | PolicyOutcome::NotEvaluated => None,
         };
-        let permits = || self.policies.iter().filter(|t| t.effect == PolicyEffect::Permit);
+        let permits = || self.policies.iter().filter(|t| t.effect == PolicyEffect::Permit && !t.dry_run);
         if permits().any(|t| t.outcome == PolicyOutcome::Applied) {
             return Vec::new();
         }
@@ -124,10 +126,11 @@ impl Explanation {
         permits().filter(|t| rank(t) == Some(best)).collect()
     }
 
+    /// Enforced policies only: a dry-run policy never permits or forbids.
     fn applied(&self, effect: PolicyEffect) -> Vec<&str> {
         self.policies
             .iter()
-            .filter(|t| t.effect == effect && t.outcome == PolicyOutcome::Applied)
+            .filter(|t| t.effect == effect && !t.dry_run && t.outcome == PolicyOutcome::Applied)
             .map(|t| t.id.as_str())
             .collect()
     }
@@ -160,7 +163,11 @@ impl fmt::Display for PolicyTrace {
             PolicyEffect::Permit => "permit",
             PolicyEffect::Forbid => "forbid",
         };
-        write!(f, "{effect} {} ({}:{}): {}", self.id, self.file, self.line, self.outcome)
+        write!(f, "{effect} {} ({}:{}): {}", self.id, self.file, self.line, self.outcome)?;
+        if self.dry_run {
+            f.write_str(" [dry-run: reported only, not part of the decision]")?;
+        }
+        Ok(())
     }
 }
 
@@ -198,7 +205,14 @@ impl Engine {
 }
 
 fn traced(info: &PolicyInfo, outcome: PolicyOutcome) -> PolicyTrace {
-    PolicyTrace { id: info.id.clone(), file: info.file.clone(), line: info.line, effect: info.effect, outcome }
+    PolicyTrace {
+        id: info.id.clone(),
+        file: info.file.clone(),
+        line: info.line,
+        effect: info.effect,
+        dry_run: info.dry_run,
+        outcome,
+    }
 }
 
 struct Probe<'a> {

@@ -201,3 +201,27 @@ fn deeply_nested_policies_are_refused_with_a_location_instead_of_overflowing_the
     let many_ifs = format!("{head}if true then true else false }};\n").repeat(100);
     load_on_small_stack(many_ifs).unwrap();
 }
+
+#[test]
+fn explain_labels_dry_run_policies_and_never_counts_them_as_deciding() {
+    let engine = engine(&[(
+        "rollout.cedar",
+        r#"@id("agents") permit (principal in Group::"ml-agents", action == Action::"connect", resource);
+@id("trial-interns") @mode("dry_run") permit (principal in Group::"interns", action == Action::"connect", resource);
+@id("trial-freeze") @mode("dry_run") forbid (principal, action, resource in Segment::"inference");"#,
+    )]);
+    let intern = principal(PrincipalKind::User, "u-ivy", &["interns"]);
+    let ctx = context(Some(10));
+    let request = AccessRequest { principal: &intern, action: Action::Connect, service: "llm-prod", context: &ctx };
+    let explanation = engine.explain(&request);
+    assert!(matches!(explanation.decision, Decision::Deny(_)), "a dry-run permit grants nothing");
+    assert_eq!(outcome(&explanation, "trial-interns"), &PolicyOutcome::Applied);
+    assert!(explanation.permitted_by().is_empty() && explanation.forbidden_by().is_empty());
+    let closest: Vec<&str> = explanation.closest_permits().iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(closest, ["agents"], "the enforced permit is the one to look at");
+    let text = explanation.to_string();
+    let line = |id: &str| text.lines().find(|l| l.contains(id)).unwrap_or_default().to_owned();
+    assert!(line("trial-interns").contains("[dry-run"), "{text}");
+    assert!(line("trial-freeze").contains("[dry-run"), "{text}");
+    assert!(!line("permit agents").contains("[dry-run"), "{text}");
+}
