@@ -1,4 +1,5 @@
-//! `palisade-broker`: init, run, tokens, policy reload, audit verify/export, identities, quickstart.
+//! `palisade-broker`: init, run, tokens, identities, quickstart; policies, the
+//! inventory, people and the audit trail have modules of their own in `main/`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,17 +7,19 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use palisade_broker::admin;
 use palisade_broker::config::Config;
 use palisade_broker::init::{self, CONFIG_FILE, InitOptions};
 use palisade_broker::issuance::enroll::{MAX_TOKEN_TTL, TokenRequest, create_token};
 use palisade_broker::issuance::keystore::KEK_ENV;
-use palisade_broker::{audit, issuance, quickstart};
+use palisade_broker::{issuance, quickstart};
 use palisade_proto::identity::PeerRole;
 use palisade_telemetry::LogFormat;
 use tokio_util::sync::CancellationToken;
 
+#[path = "main/audit_cmd.rs"]
+mod audit_cmd;
 #[path = "main/audit_query.rs"]
 mod audit_query;
 #[path = "main/inventory_cmd.rs"]
@@ -42,34 +45,67 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a data directory: CA, server certificate, database, config, default policy.
+    #[command(
+        after_help = "Examples:\n  palisade-broker init --data-dir /var/lib/palisade --trust-domain palisade.example.com --server-name broker.example.com\n  palisade-broker init --data-dir /var/lib/palisade --database-url postgres://palisade@db.internal/palisade"
+    )]
     Init(InitArgs),
     /// Run the broker.
+    #[command(
+        after_help = "Examples:\n  palisade-broker run --data-dir /var/lib/palisade\n  palisade-broker run --config /etc/palisade/broker.toml --log-format json"
+    )]
     Run(RunArgs),
     /// Enrollment tokens.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker token create --data-dir /var/lib/palisade --machine eval-agent --group ml-agents --ttl 15m\n  palisade-broker token create --data-dir /var/lib/palisade --connector gpu-rack-1"
+    )]
     Token(TokenCommand),
     /// Policies.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker policy validate --data-dir /var/lib/palisade policies/\n  palisade-broker policy apply --data-dir /var/lib/palisade --comment \"eval team gets llm-prod\" policies/\n  palisade-broker policy explain --data-dir /var/lib/palisade --principal machine:eval-agent --service llm-prod\n  palisade-broker policy rollback --data-dir /var/lib/palisade 4"
+    )]
     Policy(PolicyCommand),
     /// Services: the inventory, segment assignment, labels.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker service list --data-dir /var/lib/palisade\n  palisade-broker service assign --data-dir /var/lib/palisade llm-prod inference"
+    )]
     Service(inventory_cmd::ServiceCommand),
     /// Segments: sets of services that policies grant together.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker segment list --data-dir /var/lib/palisade\n  palisade-broker segment create --data-dir /var/lib/palisade --description \"model weights\" model-admin"
+    )]
     Segment(inventory_cmd::SegmentCommand),
     /// The audit trail.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    #[command(
+        after_help = "Examples:\n  palisade-broker audit verify --data-dir /var/lib/palisade\n  palisade-broker audit query --data-dir /var/lib/palisade --service llm-prod --kind stream.denied --since 1h\n  palisade-broker audit export --data-dir /var/lib/palisade --format csv --output audit.csv"
+    )]
+    Audit(audit_cmd::AuditCommand),
     /// Machines and connectors.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker identity disable --data-dir /var/lib/palisade --id 5c1d3e2a-9f7b-4c61-8e0a-0d4b7a6f2c10"
+    )]
     Identity(IdentityCommand),
     /// People: invites for local accounts, listing, disabling, credential resets.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker user invite --data-dir /var/lib/palisade --group ml-team alice@example.com\n  palisade-broker user list --data-dir /var/lib/palisade\n  palisade-broker user disable --data-dir /var/lib/palisade alice@example.com"
+    )]
     User(UserCommand),
     /// Sign-in sessions of people.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker session list --data-dir /var/lib/palisade --user alice@example.com\n  palisade-broker session revoke --data-dir /var/lib/palisade 8b0f…"
+    )]
     Session(SessionCommand),
     /// Everything on this machine: broker, demo model server, connector, and a machine token.
+    #[command(
+        after_help = "Examples:\n  palisade-broker quickstart\n  palisade-broker quickstart --data-dir /tmp/palisade-demo --listen 127.0.0.1:9443"
+    )]
     Quickstart {
         /// Data directory (created if missing).
         #[arg(long, default_value = "./palisade-data")]
@@ -143,73 +179,6 @@ struct TokenArgs {
     /// How long the token stays valid (at most 7d).
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     ttl: Duration,
-}
-
-#[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// Check the hash chain and the signed checkpoints of the audit trail.
-    Verify {
-        /// Data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Trust only checkpoints signed by this hex Ed25519 public key
-        /// (default: the key in DATA_DIR/audit-signing.key, else those recorded in the database).
-        #[arg(long)]
-        public_key: Option<String>,
-    },
-    /// Write the audit trail as JSON lines or CSV (see docs/audit-events.md).
-    Export(AuditExportArgs),
-    /// Search the audit trail (person, machine, service, kind, outcome, time), or print a login trail.
-    Query(audit_query::QueryArgs),
-    /// Delete events older than a time, under a signed anchor that keeps the chain verifiable.
-    Prune {
-        /// Data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Delete events recorded before this time (RFC 3339 in UTC, or a duration ago such as `90d`).
-        #[arg(long, value_parser = parse_when)]
-        before: SystemTime,
-        /// First write the deleted events to this file as JSON lines.
-        #[arg(long)]
-        archive: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Args)]
-struct AuditExportArgs {
-    /// Data directory.
-    #[arg(long)]
-    data_dir: PathBuf,
-    /// Only events at or after this time: RFC 3339 in UTC (`2026-11-01T00:00:00Z`) or a duration ago (`24h`).
-    #[arg(long, value_parser = parse_when)]
-    since: Option<SystemTime>,
-    /// Only events before this time (same forms as --since).
-    #[arg(long, value_parser = parse_when)]
-    until: Option<SystemTime>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
-    format: ExportFormat,
-    /// Write to this file instead of stdout.
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// Keep running and write new events as they are appended (jsonl to stdout only).
-    #[arg(long, conflicts_with_all = ["output", "until"])]
-    follow: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ExportFormat {
-    Jsonl,
-    Csv,
-}
-
-fn parse_when(s: &str) -> Result<SystemTime, String> {
-    if let Ok(ago) = humantime::parse_duration(s) {
-        return SystemTime::now().checked_sub(ago).ok_or_else(|| format!("{s:?} is too long ago"));
-    }
-    let s = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
-    humantime::parse_rfc3339(&s)
-        .map_err(|e| format!("{s:?}: {e} (give RFC 3339 in UTC, e.g. 2026-11-01T00:00:00Z, or a duration like 24h)"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,14 +295,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Policy(command) => policy_cmd::policy(command).await,
         Command::Service(command) => inventory_cmd::service(command).await,
         Command::Segment(command) => inventory_cmd::segment(command).await,
-        Command::Audit(AuditCommand::Verify { data_dir, public_key }) => {
-            audit_verify(&data_dir, public_key.as_deref()).await
-        }
-        Command::Audit(AuditCommand::Export(args)) => audit_export(args).await,
-        Command::Audit(AuditCommand::Query(args)) => audit_query::run(args).await,
-        Command::Audit(AuditCommand::Prune { data_dir, before, archive }) => {
-            audit_prune(&data_dir, before, archive.as_deref()).await
-        }
+        Command::Audit(command) => audit_cmd::audit(command).await,
         Command::Identity(IdentityCommand::Disable { data_dir, id }) => identity_disable(&data_dir, &id).await,
         Command::User(command) => people::user(command).await,
         Command::Session(command) => people::session(command).await,
@@ -445,107 +407,6 @@ async fn token_create(args: TokenArgs) -> anyhow::Result<ExitCode> {
         "one-time token for {role} {name:?}, valid {}; on that machine run:\n  {how}",
         humantime::format_duration(args.ttl)
     );
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn audit_verify(data_dir: &Path, public_key: Option<&str>) -> anyhow::Result<ExitCode> {
-    let config = load_config(data_dir)?;
-    let trusted = match public_key {
-        Some(hex) => Some(audit::checkpoint::unhex(hex).context("--public-key: not hex")?),
-        None => audit::Signer::load(&config.data_dir.join(audit::checkpoint::KEY_FILE))
-            .context("cannot read the audit signing key")?
-            .map(|signer| signer.public_key().to_vec()),
-    };
-    let db = config.open_db().await.context("cannot open the database")?;
-    let report = audit::verify_with(&db, trusted.as_deref()).await?;
-    db.close().await;
-    let code = match &report.broken {
-        None => {
-            println!("audit chain intact: {} events", report.events);
-            ExitCode::SUCCESS
-        }
-        Some(broken) => {
-            println!("audit chain broken at event #{}: {}: {}", broken.seq, broken.kind.as_str(), broken.reason);
-            ExitCode::FAILURE
-        }
-    };
-    if let Some(seq) = report.pruned_through {
-        println!("pruned through event #{seq} (signed anchor)");
-    }
-    match &report.last_checkpoint {
-        Some(cp) => println!(
-            "checkpoints: {} confirmed; newest at event #{}, signed {} by key {}",
-            report.checkpoints,
-            cp.seq,
-            audit::export::rfc3339_ms(cp.ts_ms),
-            cp.key_id
-        ),
-        None => println!("checkpoints: none (a truncated tail cannot be detected until one is written)"),
-    }
-    for key in &report.keys {
-        let source = if trusted.as_deref().map(audit::checkpoint::key_id_of).as_deref() == Some(key.key_id.as_str()) {
-            "trusted"
-        } else {
-            "recorded"
-        };
-        println!("signing key {} ({source}): ed25519 {}", key.key_id, key.public_key);
-    }
-    Ok(code)
-}
-
-async fn audit_export(args: AuditExportArgs) -> anyhow::Result<ExitCode> {
-    use audit::export::{Filter, Format};
-    let config = load_config(&args.data_dir)?;
-    let ms = |t: SystemTime| i64::try_from(t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis());
-    let filter = Filter {
-        since_ms: args.since.map(ms).transpose()?,
-        until_ms: args.until.map(ms).transpose()?,
-        ..Filter::default()
-    };
-    let format = match args.format {
-        ExportFormat::Jsonl => Format::Jsonl,
-        ExportFormat::Csv => Format::Csv,
-    };
-    let db = config.open_db().await.context("cannot open the database")?;
-    let mut out: Box<dyn std::io::Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let last = audit::export::export(&db, filter, format, &mut out).await?;
-    if args.follow {
-        let filter = Filter { after_seq: last, ..filter };
-        audit::export::follow(&db, filter, format, &mut out, Duration::from_millis(500), ctrl_c_token()).await?;
-    }
-    db.close().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn audit_prune(data_dir: &Path, before: SystemTime, archive: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let config = load_config(data_dir)?;
-    let signer = audit::Signer::load_or_create(&config.data_dir.join(audit::checkpoint::KEY_FILE))?;
-    let before_ms = i64::try_from(before.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis())?;
-    let mut file = match archive {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?,
-        )),
-        None => None,
-    };
-    let db = config.open_db().await.context("cannot open the database")?;
-    let report = audit::retention::prune(&db, &signer, before_ms, file.as_mut()).await;
-    db.close().await;
-    let report = report?;
-    match report.anchor {
-        Some(anchor) => {
-            println!("pruned {} events up to #{} (anchor signed by key {})", report.deleted, anchor.seq, anchor.key_id)
-        }
-        None => println!("nothing to prune"),
-    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,7 +6,7 @@
 //! creates a machine token for group `ml-agents`, and prints what to run next.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -52,7 +52,7 @@ pub async fn quickstart(opts: Options, shutdown: CancellationToken) -> anyhow::R
     let ready = wait(&mut tasks, ready_rx, "the broker").await?;
     let connector = start_connector(&mut tasks, &config, &ready, demo, shutdown.clone()).await?;
     let token = machine_token(&config).await?;
-    print_next_steps(&config, &ready, demo, &connector, &token);
+    print_next_steps(&config, &opts.data_dir, &ready, demo, &connector, &token);
     supervise(tasks, shutdown).await
 }
 
@@ -233,7 +233,11 @@ async fn token_with_free_name(
     result
 }
 
-fn print_next_steps(config: &Config, ready: &Ready, demo: SocketAddr, connector: &str, token: &str) {
+/// How the README runs the client and the broker from a source checkout.
+const CLIENT: &str = "cargo run --release -p palisade-client --";
+const BROKER: &str = "cargo run --release -p palisade-broker --";
+
+fn print_next_steps(config: &Config, shown_dir: &Path, ready: &Ready, demo: SocketAddr, connector: &str, token: &str) {
     let dir = config.data_dir.display();
     println!();
     println!("Palisade quickstart is running.");
@@ -241,11 +245,17 @@ fn print_next_steps(config: &Config, ready: &Ready, demo: SocketAddr, connector:
     println!("  connector  {connector}, serving {SERVICE} -> demo model server at http://{demo}");
     println!("  policy     {dir}/policies/ (default: group ml-agents may reach segment inference)");
     println!();
-    println!("In another terminal, enroll as a machine in group ml-agents (token valid 1h, single use) and connect:");
+    println!("In another terminal, in this directory, enroll as a machine in group ml-agents (the token is");
+    println!("valid for 1 hour, once) and open a tunnel to {SERVICE} on local port 9000:");
     println!();
-    println!("  palisade enroll --broker https://{} --token {token}", ready.https);
-    println!("  palisade connect {SERVICE} --listen 127.0.0.1:9000");
+    println!("  {CLIENT} enroll --broker https://{} --token {token}", ready.https);
+    println!("  {CLIENT} connect {SERVICE} --listen 127.0.0.1:9000");
+    println!();
+    println!("In a third terminal, call the model through the tunnel, then find the call in the audit trail:");
+    println!();
     println!("  curl http://127.0.0.1:9000/v1/models");
+    println!("  {BROKER} audit query --data-dir {} --service {SERVICE}", shown_dir.display());
     println!();
+    println!("(With the programs installed, `palisade` and `palisade-broker` stand for the `cargo run` commands.)");
     println!("Press Ctrl-C to stop.");
 }

@@ -72,6 +72,8 @@ async fn export_writes_csv_to_a_file_and_jsonl_to_stdout_one_line_per_event() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = std::fs::read_to_string(&file).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("exported 4 events to {}", file.display())), "{said}");
     assert!(csv.contains(r#","'=HYPERLINK(""http://x"")","#), "{csv}");
     assert!(!csv.contains(['\r', '\u{1b}', '\u{202e}']), "{csv}");
 

@@ -29,8 +29,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Sign in as a person: in the browser, or with a code on another device.
+    #[command(
+        after_help = "Examples:\n  palisade login --broker https://palisade.example.com:8443 --ca-pin 3f1c…e9\n  palisade login --device\n  palisade login --mfa"
+    )]
     Login(LoginArgs),
     /// Show who you are signed in as, from the local certificate.
+    #[command(after_help = "Examples:\n  palisade status\n  palisade status --online --json")]
     Status {
         /// Also ask the broker who it sees.
         #[arg(long)]
@@ -40,8 +44,12 @@ enum Command {
         json: bool,
     },
     /// End your session on the broker and delete the local certificate (the key stays).
+    #[command(after_help = "Examples:\n  palisade logout")]
     Logout,
     /// Enroll this machine with a one-time token from an admin.
+    #[command(
+        after_help = "Examples:\n  palisade enroll --broker https://palisade.example.com:8443 --token pal1.…\n  PALISADE_ENROLL_TOKEN=pal1.… palisade enroll --broker https://palisade.example.com:8443"
+    )]
     Enroll {
         /// The broker's HTTPS address, e.g. https://palisade.example.com:8443.
         #[arg(long, value_name = "URL")]
@@ -54,6 +62,9 @@ enum Command {
         force: bool,
     },
     /// Forward a local port to a service.
+    #[command(
+        after_help = "Examples:\n  palisade connect llm-prod --listen 127.0.0.1:8000\n  curl http://127.0.0.1:8000/v1/models"
+    )]
     Connect {
         /// The service, as listed by `palisade services`.
         service: String,
@@ -65,6 +76,9 @@ enum Command {
         allow_remote: bool,
     },
     /// Run a SOCKS5 and HTTP CONNECT proxy: ask for SERVICE or SERVICE.palisade.
+    #[command(
+        after_help = "Examples:\n  palisade proxy --socks5 127.0.0.1:1080\n  curl --proxy socks5h://127.0.0.1:1080 http://llm-prod.palisade/v1/models"
+    )]
     Proxy {
         /// Local address to listen on, e.g. 127.0.0.1:1080.
         #[arg(long, value_name = "ADDR")]
@@ -74,6 +88,7 @@ enum Command {
         allow_remote: bool,
     },
     /// List the services you may reach.
+    #[command(after_help = "Examples:\n  palisade services\n  palisade services --json")]
     Services {
         /// Print JSON.
         #[arg(long)]
@@ -82,12 +97,14 @@ enum Command {
     /// Check what usually goes wrong (certificate, trust bundle, HTTPS, clock, UDP, services) and say what to do.
     ///
     /// Exits non-zero when a check fails. Example: `palisade doctor`, or `palisade doctor --json`.
+    #[command(after_help = "Examples:\n  palisade doctor\n  palisade doctor --json")]
     Doctor {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show who the broker sees.
+    #[command(after_help = "Examples:\n  palisade whoami\n  palisade whoami --json")]
     Whoami {
         /// Print JSON.
         #[arg(long)]
@@ -123,7 +140,9 @@ struct LoginArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread, like ssh: a person's tunnels are light, and every hand-off
+    // between worker threads is a wake-up a new connection would wait for.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
     };

@@ -26,6 +26,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Enroll this machine with a one-time token from the broker's admin.
+    #[command(
+        after_help = "Examples:\n  palisade-connector enroll --broker https://broker.example.com:8443 --token pal1.… --state-dir /var/lib/palisade-connector"
+    )]
     Enroll {
         /// The broker's HTTPS URL, e.g. https://broker.example.com:443.
         #[arg(long)]
@@ -43,12 +46,14 @@ enum Command {
     /// Check the config, the enrollment, the broker's HTTPS API, the policy bundle and every upstream.
     ///
     /// Exits non-zero when a check fails. Example: `palisade-connector doctor --config /etc/palisade/connector.toml`.
+    #[command(after_help = "Examples:\n  palisade-connector doctor --config /etc/palisade/connector.toml")]
     Doctor {
         /// The connector's TOML configuration.
         #[arg(long, env = "PALISADE_CONNECTOR_CONFIG")]
         config: PathBuf,
     },
     /// Connect to the broker and serve the configured services.
+    #[command(after_help = "Examples:\n  palisade-connector run --config /etc/palisade/connector.toml")]
     Run {
         /// The connector's TOML configuration.
         #[arg(long, env = "PALISADE_CONNECTOR_CONFIG")]

@@ -16,7 +16,8 @@ use palisade_broker::audit::query::{self, Query};
 use palisade_broker::audit::{EventKind, Outcome, export};
 use palisade_broker::db::Db;
 
-use super::{load_config, parse_when};
+use super::audit_cmd::parse_when;
+use super::load_config;
 
 #[derive(Debug, Args)]
 pub(super) struct QueryArgs {

@@ -57,11 +57,13 @@ pub(crate) async fn run(
     let deadline = Instant::now() + code.expires_in;
     let mut interval = secs(auth.interval).max(pacing.min_interval);
     let mut failures = 0;
+    let mut progress = Waiting::new(deadline);
     loop {
         tokio::time::sleep(interval).await;
         if Instant::now() >= deadline {
             return Err(LoginError::DeviceExpired);
         }
+        progress.tick();
         match https.device_token(&auth.device_code, csr_pem).await {
             Ok(DevicePoll::Done(answer)) => return Ok(*answer),
             Ok(DevicePoll::Pending) => {}
@@ -76,6 +78,40 @@ pub(crate) async fn run(
             Err(e) => return Err(e),
         }
         failures = 0;
+    }
+}
+
+/// While the code waits for approval: the time left, redrawn in place when
+/// stderr is a terminal, else one line a minute (so a log shows it is alive).
+struct Waiting {
+    deadline: Instant,
+    terminal: bool,
+    last_line: Instant,
+}
+
+impl Waiting {
+    fn new(deadline: Instant) -> Self {
+        use std::io::IsTerminal as _;
+        Self { deadline, terminal: std::io::stderr().is_terminal(), last_line: Instant::now() }
+    }
+
+    fn tick(&mut self) {
+        let left = self.deadline.saturating_duration_since(Instant::now()).as_secs();
+        let text = format!("still waiting for approval; the code expires in {}:{:02}", left / 60, left % 60);
+        if self.terminal {
+            eprint!("\r{text} ");
+        } else if self.last_line.elapsed() >= Duration::from_secs(60) {
+            eprintln!("{text}");
+            self.last_line = Instant::now();
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.terminal {
+            eprintln!();
+        }
     }
 }
 

@@ -135,3 +135,50 @@ fn assert_logs_carry(broker: &Broker, connector_stderr: &str, decision_id: &str)
     let completed = completed.unwrap_or_else(|| panic!("no JSON \"stream completed\" line in:\n{connector_stderr}"));
     assert_eq!(completed["span"]["decision_id"], decision_id, "{completed}");
 }
+
+/// A person's sign-in (real provider, software passkey) and an L7 model call
+/// show up in the series the operator guide documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_and_model_calls_are_counted() {
+    use crate::l7::{AI_HTTP, CHAT, http};
+
+    let env = TestEnv::new();
+    let provider = palisade_tests::OidcProvider::shared().await;
+    let mut broker = env
+        .broker()
+        .oidc(&provider)
+        .service("llm-prod", "inference")
+        .policy("ai-http.cedar", AI_HTTP)
+        .metrics()
+        .spawn()
+        .await;
+    broker.cli(&["service", "assign", "llm-prod", "inference", "--protocol", "http"]).await.expect_success();
+    broker.restart().await;
+    let upstream = palisade_tests::OpenAiUpstream::spawn(std::time::Duration::from_millis(5)).await;
+    let connector = broker.connector("rack-1").service("llm-prod", upstream.addr()).metrics().spawn().await;
+
+    let _alice = broker.person("alice").login().await;
+    let b = scrape_until(broker.metrics_addr(), "alice's sign-in", |s| {
+        s.get(r#"palisade_signins_total{result="success"}"#).is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(value(&b, r#"palisade_certificate_issuances_total{result="issued"}"#) >= 1.0, "her certificate");
+
+    let trainer = broker.machine("trainer").group("ml-team").enroll().await;
+    let forward = trainer.connect("llm-prod").await;
+    let chat = http()
+        .post(format!("http://{}/v1/chat/completions", forward.addr()))
+        .header("content-type", "application/json")
+        .body(CHAT)
+        .send()
+        .await
+        .expect("the model answers");
+    assert_eq!(chat.status(), 200);
+    let c = scrape_until(connector.metrics_addr(), "the model call", |s| {
+        s.get(r#"palisade_connector_http_requests_total{service="llm-prod",status="200",decision="allow"}"#)
+            == Some(1.0)
+    })
+    .await;
+    let prompt = value(&c, r#"palisade_connector_tokens_total{service="llm-prod",kind="prompt"}"#);
+    assert_eq!(prompt, palisade_tests::openai::PROMPT_TOKENS as f64, "tokens from the usage object");
+}
