@@ -132,3 +132,28 @@ fn a_case_file_without_cases_is_refused() {
     let err = run_cases(&example_files(), "empty.toml", ONE_SERVICE).expect_err("no cases");
     assert!(matches!(err, CaseError::NoCases { .. }), "{err}");
 }
+
+/// docs/policy-guide.md points at the example files for its recipes: every
+/// example is there, every file it links exists, and every policy id it
+/// names is a policy of the file on the same row.
+#[test]
+fn the_policy_guide_names_real_examples_and_policy_ids() {
+    let guide = std::fs::read_to_string(crate_dir("../docs/policy-guide.md")).expect("docs/policy-guide.md");
+    let mut files = Vec::new();
+    for dir in ["examples", "examples/ai-http"] {
+        for f in read_policy_dir(&crate_dir(dir)).expect("readable") {
+            files.push(format!("{dir}/{}", f.name));
+        }
+    }
+    for file in &files {
+        assert!(guide.contains(&format!("(../policies/{file})")), "the guide does not link policies/{file}");
+    }
+    for row in guide.lines().filter(|l| l.starts_with('|') && l.contains("(../policies/examples/")) {
+        let link = row.split("(../policies/").nth(1).and_then(|r| r.split(')').next()).expect("a link");
+        let text = std::fs::read_to_string(crate_dir(link)).unwrap_or_else(|_| panic!("{link} does not exist"));
+        let ids = row.rsplit('|').nth(1).expect("an ids column");
+        for id in ids.split(',').map(|i| i.trim().trim_matches('`')).filter(|i| !i.is_empty()) {
+            assert!(text.contains(&format!("@id(\"{id}\")")), "{link} has no policy {id}");
+        }
+    }
+}
