@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 mod audit_cmd;
 #[path = "main/audit_query.rs"]
 mod audit_query;
+#[path = "main/ca_cmd.rs"]
+mod ca_cmd;
 #[path = "main/inventory_cmd.rs"]
 mod inventory_cmd;
 #[path = "main/people.rs"]
@@ -84,6 +86,12 @@ enum Command {
         after_help = "Examples:\n  palisade-broker audit verify --data-dir /var/lib/palisade\n  palisade-broker audit query --data-dir /var/lib/palisade --service llm-prod --kind stream.denied --since 1h\n  palisade-broker audit export --data-dir /var/lib/palisade --format csv --output audit.csv"
     )]
     Audit(audit_cmd::AuditCommand),
+    /// The CA: status and rotation (prepare, activate, retire).
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker ca status --data-dir /var/lib/palisade\n  palisade-broker ca prepare --data-dir /var/lib/palisade"
+    )]
+    Ca(ca_cmd::CaCommand),
     /// Machines and connectors.
     #[command(subcommand)]
     #[command(
@@ -296,6 +304,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Service(command) => inventory_cmd::service(command).await,
         Command::Segment(command) => inventory_cmd::segment(command).await,
         Command::Audit(command) => audit_cmd::audit(command).await,
+        Command::Ca(command) => ca_cmd::ca(command).await,
         Command::Identity(IdentityCommand::Disable { data_dir, id }) => identity_disable(&data_dir, &id).await,
         Command::User(command) => people::user(command).await,
         Command::Session(command) => people::session(command).await,

@@ -24,6 +24,7 @@ use crate::db::meta;
 use crate::init::{SERVER_CERT_FILE, SERVER_KEY_FILE, replace_file};
 use crate::issuance::ca::Ca;
 use crate::issuance::keystore::{KEK_ENV, KekSource};
+use crate::issuance::rotation;
 use crate::policy::PolicyStore;
 use crate::state::{Broker, BrokerParts};
 
@@ -193,12 +194,11 @@ async fn assemble(config: Config) -> anyhow::Result<Broker> {
     if ca.trust_domain().as_str() != trust_domain {
         bail!("ca.pem is for trust domain {} but the database says {trust_domain}", ca.trust_domain());
     }
-    let ca_digest = palisade_proto::enroll::hex(&palisade_proto::enroll::sha256(ca.cert_der()));
-    if meta::get(&db, meta::CA_SHA256).await?.is_some_and(|d| d != ca_digest) {
-        bail!("ca.pem is not the CA this database was created with");
-    }
+    rotation::check_active(&config.data_dir, &db, ca.cert_der()).await?;
+    let mut anchors = vec![ca.cert_der().clone()];
+    anchors.extend(rotation::also_trusted(&config.data_dir, &db, ca.trust_domain()).await?);
+    let trust = TrustAnchors::new(ca.trust_domain().clone(), anchors).context("trust bundle")?;
     let server_identity = server_identity(&config, &ca).context("server certificate")?;
-    let trust: TrustAnchors = ca.trust_anchors().clone();
     let policy = PolicyStore::load(&config, &db)
         .await
         .map_err(|e| anyhow::anyhow!("policy in {}: {e}", config.policy_dir.display()))?;
@@ -212,7 +212,19 @@ async fn load_ca(config: &Config) -> anyhow::Result<Ca> {
     let kek =
         source.read(env.as_deref()).with_context(|| format!("cannot read the CA key-encryption key ({source:?})"))?;
     let data_dir = config.data_dir.clone();
-    tokio::task::spawn_blocking(move || Ca::load(&data_dir, &kek)).await?.context("cannot load the CA")
+    let loaded = tokio::task::spawn_blocking(move || Ca::load(&data_dir, &kek)).await?;
+    let interrupted = config.data_dir.join(rotation::CA_NEXT_CERT_FILE).exists()
+        && !config.data_dir.join(rotation::CA_NEXT_KEY_FILE).exists();
+    loaded.with_context(|| {
+        if interrupted {
+            format!(
+                "cannot load the CA; a `ca activate` looks interrupted: run `palisade-broker ca activate --data-dir {}` again",
+                config.data_dir.display()
+            )
+        } else {
+            "cannot load the CA".to_owned()
+        }
+    })
 }
 
 /// The server chain `[leaf, CA]` and key from `server.pem`/`server.key`, renewed
@@ -226,7 +238,9 @@ fn server_identity(config: &Config, ca: &Ca) -> anyhow::Result<TlsIdentity> {
     let key_pem = std::fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
     let leaf = palisade_proto::pem::certs(&cert_pem)?.into_iter().next().context("server.pem holds no certificate")?;
     let key = palisade_proto::pem::private_key(&key_pem)?;
-    if let Some(reason) = needs_renewal(&leaf, &key_pem, &config.server_names, SystemTime::now()) {
+    let reason = issued_by_other_ca(&leaf, ca)
+        .or_else(|| needs_renewal(&leaf, &key_pem, &config.server_names, SystemTime::now()));
+    if let Some(reason) = reason {
         tracing::info!(reason, "issuing a new server certificate");
         let fresh = ca.issue_server(&config.server_names, &uuid::Uuid::new_v4().to_string(), SystemTime::now())?;
         replace_file(&key_path, fresh.key_pem.as_bytes(), 0o600)?;
@@ -236,6 +250,16 @@ fn server_identity(config: &Config, ca: &Ca) -> anyhow::Result<TlsIdentity> {
         return Ok(TlsIdentity { chain: vec![leaf, ca.cert_der().clone()], key });
     }
     Ok(TlsIdentity { chain: vec![leaf, ca.cert_der().clone()], key })
+}
+
+/// After a CA rotation the server certificate must come from the active CA:
+/// clients and tokens pin the active CA.
+fn issued_by_other_ca(leaf: &[u8], ca: &Ca) -> Option<&'static str> {
+    let (Ok((_, cert)), Ok((_, issuer))) = (X509Certificate::from_der(leaf), X509Certificate::from_der(ca.cert_der()))
+    else {
+        return Some("server.pem is unreadable");
+    };
+    (cert.issuer().as_raw() != issuer.subject().as_raw()).then_some("the server certificate is not from the active CA")
 }
 
 fn needs_renewal(leaf: &[u8], key_pem: &str, names: &[String], now: SystemTime) -> Option<&'static str> {

@@ -118,6 +118,12 @@ impl Broker {
     pub fn trust(&self) -> &TrustAnchors {
         &self.inner.trust
     }
+    /// The trust bundle handed to clients and connectors, PEM: the active CA
+    /// first, then a prepared successor or the previous CA during a rotation.
+    #[must_use]
+    pub fn trust_bundle_pem(&self) -> String {
+        self.inner.trust.ca_certs().iter().map(|c| palisade_proto::pem::encode("CERTIFICATE", c)).collect()
+    }
     /// The broker's own server certificate chain and key.
     #[must_use]
     pub fn server_identity(&self) -> &TlsIdentity {

@@ -25,7 +25,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct StreamContext {
     pub(crate) policy: Arc<PolicyState>,
     /// The CA callers are verified against, and what it verified.
-    pub(crate) callers: Callers,
+    pub(crate) callers: Arc<Callers>,
     pub(crate) services: Arc<[ServiceConfig]>,
     pub(crate) connect_timeout: Duration,
     /// Frames for the control stream (stream reports).

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use palisade_proto::bundle::SignedBundle;
 use palisade_proto::control::{BrokerToConnector, ConnectorToBroker};
-use palisade_proto::identity::TrustAnchors;
 use palisade_proto::identity::{PeerRole, VerifyPeerError, verify_peer};
 use palisade_proto::reject::close;
 use palisade_proto::wire::{self, StreamHeader};
@@ -193,9 +192,10 @@ async fn serve(
     };
     let (out_tx, out_rx) = mpsc::channel(CONTROL_QUEUE);
     let (in_tx, in_rx) = mpsc::channel(16);
+    let callers = Arc::new(Callers::new(identity.trust.clone()));
     let streams = Arc::new(StreamContext {
         policy: link.policy.clone(),
-        callers: Callers::new(identity.trust.clone()),
+        callers: callers.clone(),
         services: link.services.clone(),
         connect_timeout: link.connect_timeout,
         control: out_tx.clone(),
@@ -204,7 +204,7 @@ async fn serve(
     let mut control = Control {
         policy: link.policy.clone(),
         store: link.store.clone(),
-        trust: identity.trust.clone(),
+        callers,
         renewal,
         out: out_tx,
         welcomed: false,
@@ -306,8 +306,9 @@ async fn read_frames(mut recv: RecvStream, frames: mpsc::Sender<BrokerToConnecto
 struct Control<'a> {
     policy: Arc<PolicyState>,
     store: Store,
-    /// The CA bundle of this connection's identity: it verifies bundle signatures.
-    trust: TrustAnchors,
+    /// The CA bundle callers and policy bundle signatures are verified
+    /// against: this connection's, until a renewal brings a new one.
+    callers: Arc<Callers>,
     renewal: Renewal,
     out: mpsc::Sender<ConnectorToBroker>,
     welcomed: bool,
@@ -355,10 +356,13 @@ impl Control<'_> {
             }
             BrokerToConnector::Renewed { certificate_pem, ca_pem } => {
                 match self.renewal.finish(&certificate_pem, &ca_pem).await {
-                    Ok(validity) => tracing::info!(
-                        not_after = %humantime::format_rfc3339_seconds(validity.not_after),
-                        "connector certificate renewed; the next connection uses it"
-                    ),
+                    Ok(validity) => {
+                        tracing::info!(
+                            not_after = %humantime::format_rfc3339_seconds(validity.not_after),
+                            "connector certificate renewed; the next connection uses it"
+                        );
+                        self.refresh_trust().await;
+                    }
                     Err(e) => tracing::error!(error = %e, "certificate renewal refused; will retry"),
                 }
             }
@@ -374,7 +378,7 @@ impl Control<'_> {
     }
 
     async fn apply_policy(&self, policy: SignedBundle) {
-        let (state, store, trust) = (self.policy.clone(), self.store.clone(), self.trust.clone());
+        let (state, store, trust) = (self.policy.clone(), self.store.clone(), self.callers.trust());
         let accepted =
             tokio::task::spawn_blocking(move || bundle::accept(&state, &store, &trust, policy, SystemTime::now()));
         match accepted.await {
@@ -383,11 +387,28 @@ impl Control<'_> {
         }
     }
 
+    /// Takes the stored CA bundle, which a renewal (on this link or another)
+    /// may have changed during a CA rotation, for callers and bundle signatures.
+    async fn refresh_trust(&self) {
+        let (store, td) = (self.store.clone(), self.callers.trust().trust_domain().clone());
+        match tokio::task::spawn_blocking(move || store.trust_anchors(&td)).await {
+            Ok(Ok(trust)) if trust.ca_certs() != self.callers.trust().ca_certs() => {
+                tracing::info!(cas = trust.ca_certs().len(), "the CA bundle changed; verifying callers against it");
+                self.callers.set_trust(trust);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the stored CA bundle; keeping the current one"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the stored CA bundle; keeping the current one"),
+        }
+    }
+
     async fn check_renewal(&mut self) {
         if !self.renewal.due(SystemTime::now()) {
             return;
         }
-        self.renewal.adopt_stored().await;
+        if self.renewal.adopt_stored().await {
+            self.refresh_trust().await;
+        }
         if !self.renewal.due(SystemTime::now()) {
             tracing::debug!("another link to a broker replica renewed the certificate already");
             return;

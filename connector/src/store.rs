@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use palisade_proto::bundle::SignedBundle;
+use palisade_proto::id::TrustDomain;
 use palisade_proto::identity::{PeerRole, SpiffeId, TrustAnchors};
 use palisade_proto::pem;
 use palisade_proto::tls::TlsIdentity;
@@ -209,6 +210,12 @@ impl Store {
         let chain = pem::certs(&self.read(CERT)?).map_err(|e| self.corrupt(CERT, e.to_string()))?;
         let leaf = chain.first().ok_or_else(|| self.corrupt(CERT, "no certificate".into()))?;
         Ok(leaf_info(leaf).map_err(|reason| self.corrupt(CERT, reason))?.validity)
+    }
+
+    /// The stored CA bundle as trust anchors of `td`.
+    pub(crate) fn trust_anchors(&self, td: &TrustDomain) -> Result<TrustAnchors, StoreError> {
+        let ca = pem::certs(&self.read(CA)?).map_err(|e| self.corrupt(CA, e.to_string()))?;
+        TrustAnchors::new(td.clone(), ca).map_err(|e| self.corrupt(CA, e.to_string()))
     }
 
     /// Finishes or discards a renewal interrupted by a crash.

@@ -60,6 +60,10 @@ impl TestCa {
         Self { der: cert.der().clone(), pem: cert.pem(), params, key }
     }
 
+    pub(crate) fn der(&self) -> CertificateDer<'static> {
+        self.der.clone()
+    }
+
     pub(crate) fn trust(&self) -> TrustAnchors {
         TrustAnchors::new(TRUST_DOMAIN.parse().expect("td"), vec![self.der.clone()]).expect("anchors")
     }

@@ -33,7 +33,7 @@ pub use verify::{BreakKind, Broken, VerifyReport, verify, verify_with};
 pub use writer::CheckpointPolicy;
 
 /// How many event kinds there are.
-const KINDS: usize = 37;
+const KINDS: usize = 38;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,6 +112,8 @@ pub enum EventKind {
     AlertModelExtraction,
     /// The models a connector found behind an HTTP service (`/v1/models`).
     ConnectorModels,
+    /// A step of a CA rotation: a successor prepared, activated or cancelled, the old CA retired.
+    CaRotated,
 }
 
 impl EventKind {
@@ -153,6 +155,7 @@ impl EventKind {
         Self::AlertConnectorBackOnline,
         Self::AlertModelExtraction,
         Self::ConnectorModels,
+        Self::CaRotated,
     ];
 
     /// The stable name stored in the `kind` column.
@@ -196,6 +199,7 @@ impl EventKind {
             Self::AlertConnectorBackOnline => "alert.connector_back_online",
             Self::AlertModelExtraction => "alert.model_extraction",
             Self::ConnectorModels => "connector.models",
+            Self::CaRotated => "ca.rotated",
         }
     }
 
@@ -212,7 +216,7 @@ impl EventKind {
         const APPLICATION_LIFECYCLE: (u32, &str) = (6002, "Application Lifecycle");
         match self {
             Self::BrokerInitialized => APPLICATION_LIFECYCLE,
-            Self::TokenCreated | Self::PolicyActivated | Self::PolicyRejected => ENTITY_MANAGEMENT,
+            Self::TokenCreated | Self::PolicyActivated | Self::PolicyRejected | Self::CaRotated => ENTITY_MANAGEMENT,
             Self::TokenRedeemed
             | Self::TokenRefused
             | Self::LoginSucceeded

@@ -235,10 +235,9 @@ async fn renew(broker: &Broker, peer: &Peer, csr_pem: &str) -> BrokerToConnector
         }
     };
     match crate::issuance::issue_for_identity(broker, &record, csr_pem).await {
-        Ok(issued) => BrokerToConnector::Renewed {
-            certificate_pem: issued.certificate_pem,
-            ca_pem: broker.trust().ca_certs().iter().map(|c| palisade_proto::pem::encode("CERTIFICATE", c)).collect(),
-        },
+        Ok(issued) => {
+            BrokerToConnector::Renewed { certificate_pem: issued.certificate_pem, ca_pem: broker.trust_bundle_pem() }
+        }
         Err(e) => failed(e.to_string()),
     }
 }

@@ -105,9 +105,22 @@ impl Ca {
     /// # Errors
     /// Key generation or signing failed.
     pub fn create(trust_domain: &TrustDomain, now: SystemTime) -> Result<(Ca, Vec<u8>), CaError> {
+        Ca::create_named(trust_domain, &format!("Palisade CA {trust_domain}"), now)
+    }
+
+    /// As [`Ca::create`], with its own common name: a successor CA made for a
+    /// rotation is told apart from the one it replaces by name as well as key.
+    ///
+    /// # Errors
+    /// Key generation or signing failed.
+    pub fn create_named(
+        trust_domain: &TrustDomain,
+        common_name: &str,
+        now: SystemTime,
+    ) -> Result<(Ca, Vec<u8>), CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&format!("Palisade CA {trust_domain}"));
+        params.distinguished_name = dn(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
@@ -125,8 +138,16 @@ impl Ca {
     /// # Errors
     /// A missing or unreadable file, a wrong KEK, or a key that does not match the certificate.
     pub fn load(data_dir: &Path, kek: &Kek) -> Result<Ca, CaError> {
-        let (cert_der, _) = read_ca_cert(data_dir)?;
-        let key_path = data_dir.join(CA_KEY_FILE);
+        Ca::load_files(&data_dir.join(CA_CERT_FILE), &data_dir.join(CA_KEY_FILE), kek)
+    }
+
+    /// Loads a CA from its certificate and sealed key files.
+    ///
+    /// # Errors
+    /// As [`Ca::load`].
+    pub fn load_files(cert_path: &Path, key_path: &Path, kek: &Kek) -> Result<Ca, CaError> {
+        let (cert_der, _) = read_ca_cert_at(cert_path)?;
+        let key_path = key_path.to_owned();
         let sealed = std::fs::read_to_string(&key_path).map_err(|source| CaError::Io { path: key_path, source })?;
         let pkcs8 = keystore::open(kek, &sealed)?;
         let key = KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(pkcs8), &PKCS_ECDSA_P256_SHA256)
@@ -304,7 +325,15 @@ fn leaf_params(
 /// # Errors
 /// The file is missing or not a Palisade CA certificate.
 pub fn read_ca_cert(data_dir: &Path) -> Result<(CertificateDer<'static>, TrustDomain), CaError> {
-    let path = data_dir.join(CA_CERT_FILE);
+    read_ca_cert_at(&data_dir.join(CA_CERT_FILE))
+}
+
+/// Reads a CA certificate file: the certificate and the trust domain it names.
+///
+/// # Errors
+/// The file is missing or not a Palisade CA certificate.
+pub fn read_ca_cert_at(path: &Path) -> Result<(CertificateDer<'static>, TrustDomain), CaError> {
+    let path = path.to_owned();
     let pem = std::fs::read_to_string(&path).map_err(|source| CaError::Io { path, source })?;
     let der = palisade_proto::pem::certs(&pem)
         .map_err(|e| CaError::Cert(e.to_string()))?

@@ -7,6 +7,7 @@ pub mod csr;
 pub mod enroll;
 pub mod keystore;
 pub mod rate;
+pub mod rotation;
 mod selfcheck;
 
 use std::net::SocketAddr;

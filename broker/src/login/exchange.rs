@@ -157,7 +157,7 @@ pub(crate) async fn issue_for_session(
     Ok(LoginCertificate {
         identity: issued.spiffe_id,
         certificate_pem: issued.certificate_pem,
-        ca_pem: broker.ca().cert_pem().to_owned(),
+        ca_pem: broker.trust_bundle_pem(),
         not_after_unix: issued.not_after_unix,
         quic_addr: broker.config().quic_public_addr(),
         replicas: broker.other_replicas().await,

@@ -24,7 +24,7 @@ pub(crate) fn routes() -> Router<Broker> {
 }
 
 async fn trust_bundle(State(broker): State<Broker>) -> Response {
-    ([(header::CONTENT_TYPE, "application/x-pem-file")], broker.ca().cert_pem().to_owned()).into_response()
+    ([(header::CONTENT_TYPE, "application/x-pem-file")], broker.trust_bundle_pem()).into_response()
 }
 
 async fn enroll(
@@ -55,7 +55,7 @@ async fn enroll(
         Ok(enrolled) => Json(EnrollResponse {
             identity: enrolled.issued.spiffe_id,
             certificate_pem: enrolled.issued.certificate_pem,
-            ca_pem: broker.ca().cert_pem().to_owned(),
+            ca_pem: broker.trust_bundle_pem(),
             not_after_unix: enrolled.issued.not_after_unix,
             quic_addr: config.quic_public_addr(),
             replicas: broker.other_replicas().await,

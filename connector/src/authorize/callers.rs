@@ -7,10 +7,11 @@
 //! trust anchors (the cache lives and dies with the connection whose
 //! anchors it was built with) and a time between the moment it was
 //! verified and the certificate's end. Revocation is not cached: it is
-//! checked on every stream, after this.
+//! checked on every stream, after this. New anchors (a renewal brought a
+//! bundle changed by a CA rotation) empty the cache.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use palisade_proto::enroll::sha256;
@@ -25,7 +26,7 @@ const CALLER_ROLES: [PeerRole; 2] = [PeerRole::User, PeerRole::Machine];
 
 /// The trust anchors of one broker connection and what they verified.
 pub(crate) struct Callers {
-    trust: TrustAnchors,
+    trust: RwLock<Arc<TrustAnchors>>,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
@@ -36,7 +37,20 @@ struct Verified {
 
 impl Callers {
     pub(crate) fn new(trust: TrustAnchors) -> Self {
-        Self { trust, verified: Mutex::default() }
+        Self { trust: RwLock::new(Arc::new(trust)), verified: Mutex::default() }
+    }
+
+    /// The anchors callers are verified against now.
+    pub(crate) fn trust(&self) -> Arc<TrustAnchors> {
+        self.trust.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Verifies callers against `trust` from now on; what the old anchors
+    /// verified is forgotten.
+    pub(crate) fn set_trust(&self, trust: TrustAnchors) {
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.trust.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(trust);
+        verified.clear();
     }
 
     /// Verifies `chain` (leaf first) as a person or machine at `now`, or
@@ -50,8 +64,13 @@ impl Callers {
             return Ok(hit.peer.clone());
         }
         let ders: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
-        let peer = verify_peer(&ders, &self.trust, now, &CALLER_ROLES)?;
+        let trust = self.trust();
+        let peer = verify_peer(&ders, &trust, now, &CALLER_ROLES)?;
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&trust, &self.trust.read().unwrap_or_else(PoisonError::into_inner)) {
+            // The anchors changed while this was verified: do not cache it.
+            return Ok(peer);
+        }
         if verified.len() >= CAPACITY {
             verified.clear();
         }
@@ -115,5 +134,25 @@ mod tests {
         assert!(callers.verify(&forged, now).is_err(), "a chain from another CA is refused");
         assert!(callers.verify(&forged, now).is_err(), "and not cached as valid");
         assert!(callers.verify(&[], now).is_err(), "an empty chain is refused");
+    }
+
+    #[test]
+    fn new_anchors_drop_what_the_old_ones_verified() {
+        let (old, new) = (TestCa::new(), TestCa::new());
+        let callers = Callers::new(old.trust());
+        let now = SystemTime::now();
+        let from_old = chain(&old, now + Duration::from_secs(600));
+        let from_new = chain(&new, now + Duration::from_secs(600));
+        callers.verify(&from_old, now).expect("trusted");
+        assert!(callers.verify(&from_new, now).is_err(), "not trusted yet");
+        // A rotation's bundle with both CAs: both verify.
+        let both = TrustAnchors::new(old.trust().trust_domain().clone(), vec![old.der(), new.der()]).expect("bundle");
+        callers.set_trust(both);
+        callers.verify(&from_new, now).expect("the successor is trusted");
+        callers.verify(&from_old, now).expect("the old CA too, until retired");
+        // The old CA retired: its chain, verified and cached before, is refused.
+        callers.set_trust(new.trust());
+        assert!(callers.verify(&from_old, now).is_err(), "a retired CA's certificate is refused");
+        callers.verify(&from_new, now).expect("the new CA's");
     }
 }

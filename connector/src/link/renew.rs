@@ -71,15 +71,19 @@ impl Renewal {
 
     /// Takes the validity of the certificate in the store, which another
     /// link of this connector may have renewed meanwhile. Keeps what it
-    /// knew if the store cannot be read.
-    pub(crate) async fn adopt_stored(&mut self) {
+    /// knew if the store cannot be read. True when it took a newer one.
+    pub(crate) async fn adopt_stored(&mut self) -> bool {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.certificate_validity()).await {
-            Ok(Ok(validity)) if validity.not_after > self.validity.not_after => self.validity = validity,
+            Ok(Ok(validity)) if validity.not_after > self.validity.not_after => {
+                self.validity = validity;
+                return true;
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the stored certificate before renewing"),
             Err(e) => tracing::warn!(error = %e, "cannot read the stored certificate before renewing"),
         }
+        false
     }
 
     /// Makes a new key and returns the CSR to send.

@@ -10,6 +10,7 @@
 mod audit;
 mod audit_crash;
 mod audit_schema;
+mod ca_rotation;
 mod certificates;
 mod client_tools;
 mod consistency;
