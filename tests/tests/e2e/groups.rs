@@ -84,6 +84,37 @@ async fn removing_a_machine_from_a_group_cuts_the_tunnels_that_needed_it_within_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_person_from_a_group_cuts_their_tunnel_and_keeps_their_session() {
+    let env = TestEnv::new();
+    let provider = palisade_tests::OidcProvider::shared().await;
+    let broker = env
+        .broker()
+        .oidc(&provider)
+        .service("echo", "inference")
+        .policy("ml-team.cedar", palisade_tests::ALLOW_ML_TEAM_WITH_MFA)
+        .spawn()
+        .await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let alice = broker.person("alice").login().await;
+    let forward = alice.connect("echo").await;
+    let flow = Flow::start(forward.addr()).await;
+
+    let asked = Instant::now();
+    let out = broker.cli(&["user", "groups", "alice@example.com", "--remove", "ml-team"]).await;
+    assert!(out.expect_success().contains("groups now none"), "{out}");
+    let end = within("alice's tunnel to close", CUT_WITHIN * 3, flow.ended()).await;
+    let took = end.at.saturating_duration_since(asked);
+    assert!(took <= CUT_WITHIN, "the tunnel closed {took:?} after the change: {}", end.how);
+    let err = alice.tunnel_exchange("echo", b"after").await.expect_err("no longer in ml-team");
+    assert_eq!(err.reject_code(), Some(RejectCode::Forbidden), "{err}");
+    assert!(!broker.active_sessions("alice").await.is_empty(), "only the group went, not the session");
+    let who = alice.cli(&["whoami", "--json"]).await.expect_success();
+    let who: serde_json::Value = serde_json::from_str(&who).unwrap_or_else(|e| panic!("{e}: {who}"));
+    assert_eq!(who["groups"], serde_json::json!([]), "the broker shows the groups that count: {who}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_group_grants_nothing_the_certificate_lacks_but_forbids_at_once() {
     let env = TestEnv::new();
     let broker = env.broker().service("echo", "inference").policy("groups.cedar", BY_GROUP).spawn().await;
