@@ -95,7 +95,8 @@ async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send
     let stats = splice((send, recv), connector, &cut, &traffic).await;
     metrics::LIVE_TUNNELS.dec();
     broker.live().remove_stream(live_id);
-    ended(broker, peer, &service, decision_id, &admitted.link, (stats, closed_by.get().map(String::as_str))).await;
+    let closed_by = closed_by.get().map(String::as_str);
+    ended(broker, peer, &service, decision_id, &admitted.link, stats, closed_by).await;
 }
 
 /// An allowed stream and the connector chosen for it.
@@ -328,7 +329,8 @@ async fn ended(
     service: &ServiceName,
     decision_id: DecisionId,
     link: &Link,
-    (stats, closed_by): (SpliceStats, Option<&str>),
+    stats: SpliceStats,
+    closed_by: Option<&str>,
 ) {
     let reset =
         stats.reset.map(|code| RejectCode::from_u64(code).map_or_else(|| code.to_string(), |c| c.as_str().into()));
