@@ -8,8 +8,11 @@
 //! yet, so it lives here, where only the data directory's owner reaches it):
 //! `inventory`, `segment_list`, `segment_create`, `segment_delete`,
 //! `service_assign` and `service_label` answer `{"ok":true,"data":…}`; see
-//! [`crate::inventory::api`].
+//! [`crate::inventory::api`]. `identity_groups` changes the groups of a
+//! person or machine ([`groups`]).
 //! Only the socket's owner (or root) may talk to it.
+
+pub mod groups;
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -74,6 +77,19 @@ pub enum AdminRequest {
         #[serde(default)]
         add: Vec<String>,
         /// Labels to remove.
+        #[serde(default)]
+        remove: Vec<String>,
+    },
+    /// Adds and removes groups of a person or machine.
+    IdentityGroups {
+        /// `user` or `machine`.
+        role: String,
+        /// A person's name, email or id; a machine's name or id.
+        who: String,
+        /// Groups to add (they count from the identity's next certificate).
+        #[serde(default)]
+        add: Vec<String>,
+        /// Groups to remove (at once, live tunnels included).
         #[serde(default)]
         remove: Vec<String>,
     },
@@ -216,7 +232,36 @@ async fn execute(broker: &Broker, request: AdminRequest) -> AdminResponse {
             Ok(data) => AdminResponse { ok: true, version: None, error: None, data: Some(data) },
             Err(e) => AdminResponse::failed(e.to_string()),
         },
+        AdminRequest::IdentityGroups { role, who, add, remove } => {
+            match identity_groups(broker, &role, who, groups::GroupEdit { add, remove }).await {
+                Ok(data) => AdminResponse { ok: true, version: None, error: None, data: Some(data) },
+                Err(e) => AdminResponse::failed(e),
+            }
+        }
     }
+}
+
+async fn identity_groups(
+    broker: &Broker,
+    role: &str,
+    who: String,
+    edit: groups::GroupEdit,
+) -> Result<serde_json::Value, String> {
+    let who = match role {
+        "user" => groups::Who::User(who),
+        "machine" => groups::Who::Machine(who),
+        other => return Err(format!("role {other:?}: groups belong to a \"user\" or a \"machine\"")),
+    };
+    let identity = groups::resolve(broker.db(), &who).await.map_err(|e| e.to_string())?;
+    let change = groups::change_groups(broker.db(), &identity, &edit, "admin").await.map_err(|e| e.to_string())?;
+    tracing::info!(identity = %change.identity.id, added = ?change.added, removed = ?change.removed, "groups changed (admin socket)");
+    // Enforce here without waiting for the next resync.
+    broker.sync().announce();
+    Ok(serde_json::json!({
+        "id": change.identity.id, "role": change.identity.role.as_str(), "name": change.identity.name,
+        "groups_before": change.before, "groups": change.identity.groups,
+        "added": change.added, "removed": change.removed,
+    }))
 }
 
 /// Sends one request to the broker serving `data_dir` and returns its answer.

@@ -24,6 +24,8 @@ mod audit_cmd;
 mod audit_query;
 #[path = "main/ca_cmd.rs"]
 mod ca_cmd;
+#[path = "main/groups_cmd.rs"]
+mod groups_cmd;
 #[path = "main/inventory_cmd.rs"]
 mod inventory_cmd;
 #[path = "main/people.rs"]
@@ -98,10 +100,16 @@ enum Command {
         after_help = "Examples:\n  palisade-broker identity disable --data-dir /var/lib/palisade --id 5c1d3e2a-9f7b-4c61-8e0a-0d4b7a6f2c10"
     )]
     Identity(IdentityCommand),
-    /// People: invites for local accounts, listing, disabling, credential resets.
+    /// Machines: their groups.
     #[command(subcommand)]
     #[command(
-        after_help = "Examples:\n  palisade-broker user invite --data-dir /var/lib/palisade --group ml-team alice@example.com\n  palisade-broker user list --data-dir /var/lib/palisade\n  palisade-broker user disable --data-dir /var/lib/palisade alice@example.com"
+        after_help = "Examples:\n  palisade-broker machine groups --data-dir /var/lib/palisade eval-agent --remove ml-agents --add quarantine"
+    )]
+    Machine(groups_cmd::MachineCommand),
+    /// People: invites for local accounts, listing, groups, disabling, credential resets.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker user invite --data-dir /var/lib/palisade --group ml-team alice@example.com\n  palisade-broker user list --data-dir /var/lib/palisade\n  palisade-broker user groups --data-dir /var/lib/palisade alice@example.com --remove ml-team\n  palisade-broker user disable --data-dir /var/lib/palisade alice@example.com"
     )]
     User(UserCommand),
     /// Sign-in sessions of people.
@@ -224,6 +232,16 @@ enum UserCommand {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Add or remove a person's groups (the IdP sets them again at the next sign-in).
+    #[command(
+        after_help = "Examples:\n  palisade-broker user groups --data-dir /var/lib/palisade alice@example.com --remove ml-team\n  palisade-broker user groups --data-dir /var/lib/palisade alice --add model-admins"
+    )]
+    Groups {
+        /// Name, email or id.
+        who: String,
+        #[command(flatten)]
+        edit: groups_cmd::GroupArgs,
+    },
     /// Disable a person: their sessions and certificates stop working, live tunnels close.
     Disable {
         /// Data directory.
@@ -306,6 +324,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Audit(command) => audit_cmd::audit(command).await,
         Command::Ca(command) => ca_cmd::ca(command).await,
         Command::Identity(IdentityCommand::Disable { data_dir, id }) => identity_disable(&data_dir, &id).await,
+        Command::Machine(command) => groups_cmd::machine(command).await,
         Command::User(command) => people::user(command).await,
         Command::Session(command) => people::session(command).await,
         Command::Quickstart { data_dir, listen } => {

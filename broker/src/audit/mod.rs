@@ -33,7 +33,7 @@ pub use verify::{BreakKind, Broken, VerifyReport, verify, verify_with};
 pub use writer::CheckpointPolicy;
 
 /// How many event kinds there are.
-const KINDS: usize = 38;
+const KINDS: usize = 39;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,6 +72,8 @@ pub enum EventKind {
     PolicyRejected,
     /// An identity was disabled (or re-enabled; see the detail).
     IdentityDisabled,
+    /// An admin changed an identity's groups.
+    IdentityUpdated,
     /// A sign-in created a session.
     SessionCreated,
     /// A session was revoked (logout, admin, group change).
@@ -135,6 +137,7 @@ impl EventKind {
         Self::PolicyActivated,
         Self::PolicyRejected,
         Self::IdentityDisabled,
+        Self::IdentityUpdated,
         Self::SessionCreated,
         Self::SessionRevoked,
         Self::LoginSucceeded,
@@ -179,6 +182,7 @@ impl EventKind {
             Self::PolicyActivated => "policy.activated",
             Self::PolicyRejected => "policy.rejected",
             Self::IdentityDisabled => "identity.disabled",
+            Self::IdentityUpdated => "identity.updated",
             Self::SessionCreated => "session.created",
             Self::SessionRevoked => "session.revoked",
             Self::LoginSucceeded => "login.succeeded",
@@ -228,6 +232,7 @@ impl EventKind {
             Self::CertificateIssued
             | Self::CertificateRefused
             | Self::IdentityDisabled
+            | Self::IdentityUpdated
             | Self::CredentialRegistered
             | Self::CredentialRemoved
             | Self::UserInvited => ACCOUNT_CHANGE,

@@ -1,5 +1,7 @@
 //! The `identities` table: machines, connectors and (later) people.
 
+use std::collections::HashMap;
+
 use palisade_proto::identity::PeerRole;
 use sqlx::{Any, AnyConnection};
 
@@ -128,5 +130,40 @@ pub async fn set_disabled_in(conn: &mut AnyConnection, id: &str, disabled: bool)
         .bind(id)
         .execute(conn)
         .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How many ids one [`groups_of`] query names.
+const GROUPS_CHUNK: usize = 200;
+
+/// The groups of each of these identities that exists, by id.
+///
+/// # Errors
+/// A database error, or a row that does not decode.
+pub async fn groups_of(db: &Db, ids: &[String]) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(GROUPS_CHUNK) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("SELECT id, groups FROM identities WHERE id IN ({})", marks.join(", "));
+        let mut query = sqlx::query_as::<Any, (String, String)>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for (id, groups) in query.fetch_all(db.pool()).await? {
+            let groups = serde_json::from_str(&groups).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            out.insert(id, groups);
+        }
+    }
+    Ok(out)
+}
+
+/// Sets an identity's groups inside the caller's transaction. Returns whether it exists.
+///
+/// # Errors
+/// A database error.
+pub async fn set_groups_in(conn: &mut AnyConnection, id: &str, groups: &[String]) -> Result<bool, sqlx::Error> {
+    let groups = serde_json::to_string(groups).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let done =
+        sqlx::query("UPDATE identities SET groups = $1 WHERE id = $2").bind(groups).bind(id).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }

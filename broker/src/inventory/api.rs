@@ -18,8 +18,8 @@ fn to_json(value: &impl Serialize) -> Result<Value, InventoryError> {
     serde_json::to_value(value).map_err(|e| InventoryError::Corrupt { name: "answer".into(), message: e.to_string() })
 }
 
-/// Answers one inventory request. `ping` and `policy_reload` are not
-/// inventory requests and answer `null`.
+/// Answers one inventory request. `ping`, `policy_reload` and
+/// `identity_groups` are not inventory requests and answer `null`.
 ///
 /// # Errors
 /// [`InventoryError`]: unknown service or segment, bad name, database.
@@ -49,7 +49,9 @@ pub async fn execute(broker: &Broker, request: AdminRequest) -> Result<Value, In
                 add.iter().map(|l| LabelChange::Add(l)).chain(remove.iter().map(|l| LabelChange::Remove(l))).collect();
             to_json(&super::label(db, &service, &changes, actor).await?)?
         }
-        AdminRequest::Ping | AdminRequest::PolicyReload => return Ok(Value::Null),
+        AdminRequest::Ping | AdminRequest::PolicyReload | AdminRequest::IdentityGroups { .. } => {
+            return Ok(Value::Null);
+        }
     };
     if let Err(e) = broker.policy().sync().await {
         tracing::error!(error = %e, "the catalog changed but the new set could not be loaded; the running set stays");

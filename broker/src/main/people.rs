@@ -1,4 +1,5 @@
-//! `palisade-broker user …` and `session …`: thin wrappers over `login::manage`.
+//! `palisade-broker user …` and `session …`: thin wrappers over `login::manage`
+//! (`user groups` is in `groups_cmd`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ pub(super) async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
                     u.identity.groups.join(",")
                 );
             }
+        }
+        UserCommand::Groups { who, edit } => {
+            return super::groups_cmd::change(palisade_broker::admin::groups::Who::User(who), edit).await;
         }
         UserCommand::Disable { data_dir, who } => {
             let (_, db) = open(&data_dir).await?;

@@ -56,7 +56,7 @@ pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: 
         Ok(Err(e)) => return refused(&broker, remote, None, &format!("handshake failed: {e}")).await,
         Err(_) => return refused(&broker, remote, None, "handshake timed out").await,
     };
-    let (purpose, peer) = match identify(&broker, &conn, remote).await {
+    let (purpose, peer, groups) = match identify(&broker, &conn, remote).await {
         Ok(found) => found,
         Err(refusal) => {
             conn.close(VarInt::from_u32(refusal.code), refusal.reason.as_bytes());
@@ -78,7 +78,7 @@ pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: 
     }
     let peer = Arc::new(peer);
     match purpose {
-        Purpose::Client => serve_client(broker, conn, peer, shutdown).await,
+        Purpose::Client => serve_client(broker, conn, peer, &groups, shutdown).await,
         Purpose::Connector => crate::control::link::serve(broker, conn, peer, shutdown).await,
     }
 }
@@ -105,7 +105,12 @@ fn revoked(reason: String) -> Refusal {
     Refusal { code: close::REVOKED, reason }
 }
 
-async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr) -> Result<(Purpose, Peer), Refusal> {
+/// Who the peer is, and its groups as the database says now.
+async fn identify(
+    broker: &Broker,
+    conn: &quinn::Connection,
+    remote: SocketAddr,
+) -> Result<(Purpose, Peer, Vec<String>), Refusal> {
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -125,16 +130,16 @@ async fn identify(broker: &Broker, conn: &quinn::Connection, remote: SocketAddr)
     let record = db::identities::get(broker.db(), identity.role(), &identity.id().id)
         .await
         .map_err(|e| format!("identity lookup failed: {e}"))?;
-    match record {
-        Some(r) if !r.disabled => {}
+    let groups = match record {
+        Some(r) if !r.disabled => r.groups,
         Some(_) => return Err(revoked(format!("identity {} is disabled", identity.id()))),
         None => return Err(format!("identity {} is unknown", identity.id()).into()),
-    }
+    };
     check_session(broker, &identity)
         .await
         .map_err(|reason| if reason.contains("revoked") { revoked(reason) } else { Refusal::from(reason) })?;
     let chain = chain.iter().map(|c| c.to_vec()).collect();
-    Ok((purpose, Peer { identity, chain, remote }))
+    Ok((purpose, Peer { identity, chain, remote }, groups))
 }
 
 /// People's certificates name a sign-in session that must still be active;
@@ -169,10 +174,16 @@ async fn refused(broker: &Broker, remote: SocketAddr, actor: Option<String>, rea
     }
 }
 
-async fn serve_client(broker: Broker, conn: quinn::Connection, peer: Arc<Peer>, shutdown: CancellationToken) {
+async fn serve_client(
+    broker: Broker,
+    conn: quinn::Connection,
+    peer: Arc<Peer>,
+    groups: &[String],
+    shutdown: CancellationToken,
+) {
     let identity = peer.identity.id().id.clone();
     let limit = broker.config().relay.max_connections_per_identity;
-    if !broker.live().try_add(&identity, peer.identity.session(), &conn, limit) {
+    if !broker.live().try_add(&identity, peer.identity.session(), &conn, limit, groups) {
         conn.close(VarInt::from_u32(close::TOO_MANY_CONNECTIONS), b"too many connections for this identity");
         return refused(&broker, peer.remote, Some(peer.identity.id().uri()), "per-identity connection limit").await;
     }

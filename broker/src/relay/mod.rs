@@ -6,7 +6,9 @@
 
 pub mod accept;
 mod drain;
+mod groups;
 pub mod live;
+mod membership;
 pub mod open;
 pub mod query;
 mod reevaluate;
@@ -81,6 +83,7 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
     let stop = CancellationToken::new();
     tokio::spawn(revoke::watch(broker.clone(), stop.clone()));
     tokio::spawn(reevaluate::watch(broker.clone(), stop.clone()));
+    tokio::spawn(groups::watch(broker.clone(), stop.clone()));
     broker.live().set_quic_accepting(true);
     loop {
         tokio::select! {

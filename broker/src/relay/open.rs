@@ -18,6 +18,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use serde_json::json;
 
 use super::accept::Peer;
+use super::membership::Membership;
 use super::registry::Link;
 use super::splice::{SpliceStats, splice};
 use crate::audit::{AuditEvent, EventKind, Outcome};
@@ -88,12 +89,14 @@ async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send
     tracing::info!(%decision_id, %service, %caller, connector = %admitted.link.name, "stream allowed");
     let cut = tokio_util::sync::CancellationToken::new();
     let traffic = Arc::new(super::live::Traffic::default());
-    let live_id = broker.live().add_stream(peer.clone(), service.to_string(), cut.clone(), traffic.clone());
+    let (live_id, closed_by) =
+        broker.live().add_stream(peer.clone(), service.to_string(), cut.clone(), traffic.clone());
     metrics::LIVE_TUNNELS.inc();
     let stats = splice((send, recv), connector, &cut, &traffic).await;
     metrics::LIVE_TUNNELS.dec();
     broker.live().remove_stream(live_id);
-    ended(broker, peer, &service, decision_id, &admitted.link, stats).await;
+    let closed_by = closed_by.get().map(String::as_str);
+    ended(broker, peer, &service, decision_id, &admitted.link, stats, closed_by).await;
 }
 
 /// An allowed stream and the connector chosen for it.
@@ -195,6 +198,8 @@ async fn dispatch(
 pub(crate) struct Decided {
     pub(crate) verdict: Verdict,
     pub(crate) active: Arc<ActivePolicy>,
+    /// The groups that could permit, when the database and the certificate disagreed.
+    pub(crate) narrowed_to: Option<Vec<String>>,
 }
 
 impl Decided {
@@ -213,14 +218,19 @@ impl Decided {
                 "forbids": dry.forbids,
             });
         }
+        if let Some(groups) = &self.narrowed_to {
+            detail["effective_groups"] = json!(groups);
+        }
         detail
     }
 }
 
 /// Evaluates the active policy set for this peer and service (through the
-/// decision cache, which never outlives the set it was filled by).
+/// decision cache, which never outlives the set it was filled by), with the
+/// groups the database holds for the peer now ([`Membership`]).
 pub(crate) fn decide(broker: &Broker, peer: &VerifiedPeer, source: std::net::IpAddr, service: &str) -> Decided {
-    let principal = principal_of(peer);
+    let db_groups = broker.live().db_groups(&peer.id().id);
+    let membership = Membership::of(peer.groups(), db_groups.as_deref());
     let now_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let context = RequestContext {
         source_ip: Some(source),
@@ -229,9 +239,29 @@ pub(crate) fn decide(broker: &Broker, peer: &VerifiedPeer, source: std::net::IpA
         auth_methods: peer.auth_methods().to_vec(),
         client_version: None,
     };
+    let mut principal = principal_of(peer, membership.within.clone());
+    let (verdict, active) = broker.policy().verdict(&AccessRequest {
+        principal: &principal,
+        action: Action::Connect,
+        service,
+        context: &context,
+    });
+    if membership.settled() {
+        return Decided { verdict, active, narrowed_to: None };
+    }
+    let narrowed_to = Some(membership.within);
+    if matches!(verdict.decision, Decision::Deny(_)) {
+        return Decided { verdict, active, narrowed_to };
+    }
+    // Allowed with the groups both agree on; a group only the database
+    // knows (added since the certificate) may still forbid.
+    principal.groups = membership.across;
     let request = AccessRequest { principal: &principal, action: Action::Connect, service, context: &context };
-    let (verdict, active) = broker.policy().verdict(&request);
-    Decided { verdict, active }
+    let (wider, wider_active) = broker.policy().verdict(&request);
+    match wider.decision {
+        Decision::Deny(_) => Decided { verdict: wider, active: wider_active, narrowed_to },
+        Decision::Allow(_) => Decided { verdict, active, narrowed_to },
+    }
 }
 
 fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
@@ -240,10 +270,10 @@ fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
     }
 }
 
-/// The Cedar principal for a verified peer.
-pub(crate) fn principal_of(peer: &VerifiedPeer) -> Principal {
+/// The Cedar principal for a verified peer, in `groups`.
+fn principal_of(peer: &VerifiedPeer, groups: Vec<String>) -> Principal {
     let kind = if peer.role() == PeerRole::User { PrincipalKind::User } else { PrincipalKind::Machine };
-    Principal { kind, id: peer.id().id.clone(), name: peer.name().to_owned(), groups: peer.groups().to_vec() }
+    Principal { kind, id: peer.id().id.clone(), name: peer.name().to_owned(), groups }
 }
 
 fn reject_for(reason: &DenyReason) -> RejectCode {
@@ -300,18 +330,23 @@ async fn ended(
     decision_id: DecisionId,
     link: &Link,
     stats: SpliceStats,
+    closed_by: Option<&str>,
 ) {
     let reset =
         stats.reset.map(|code| RejectCode::from_u64(code).map_or_else(|| code.to_string(), |c| c.as_str().into()));
     let duration_ms = u64::try_from(stats.duration.as_millis()).unwrap_or(u64::MAX);
     tracing::info!(%decision_id, %service, stats.bytes_up, stats.bytes_down, duration_ms, ?reset, "stream ended");
-    let event = stream_event(EventKind::StreamEnded, Outcome::Success, peer, service, decision_id).detail(json!({
+    let mut detail = json!({
         "bytes_up": stats.bytes_up,
         "bytes_down": stats.bytes_down,
         "duration_ms": duration_ms,
         "connector": link.connector_id,
         "reset": reset,
-    }));
+    });
+    if let Some(change) = closed_by {
+        detail["closed_by"] = json!(change);
+    }
+    let event = stream_event(EventKind::StreamEnded, Outcome::Success, peer, service, decision_id).detail(detail);
     // Nothing waits on this event: let the writer pair it with the next one.
     if let Err(e) = broker.audit().record_soon(event).await {
         tracing::error!(error = %e, "could not audit the end of a stream");

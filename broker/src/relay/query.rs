@@ -8,6 +8,7 @@ use palisade_proto::wire::{self, LogoutDone, Query, ServiceInfo, ServiceListing,
 use quinn::{SendStream, VarInt};
 
 use super::accept::Peer;
+use super::membership::Membership;
 use super::open::decide;
 use crate::state::Broker;
 
@@ -15,7 +16,7 @@ use crate::state::Broker;
 pub(crate) async fn answer(broker: &Broker, peer: &Peer, query: Query, mut send: SendStream) {
     let frame = match query {
         Query::Services => wire::encode_frame(&services(broker, peer)),
-        Query::WhoAmI => wire::encode_frame(&whoami(peer)),
+        Query::WhoAmI => wire::encode_frame(&whoami(broker, peer)),
         Query::Logout => wire::encode_frame(&logout(broker, peer).await),
     };
     let result = match frame {
@@ -52,11 +53,14 @@ fn services(broker: &Broker, peer: &Peer) -> ServiceListing {
     ServiceListing { services }
 }
 
-fn whoami(peer: &Peer) -> WhoAmI {
+/// Who the caller is; its groups are those that count now: the
+/// certificate's, less any the database has removed since.
+fn whoami(broker: &Broker, peer: &Peer) -> WhoAmI {
+    let db_groups = broker.live().db_groups(&peer.identity.id().id);
     WhoAmI {
         identity: peer.identity.id().uri(),
         name: peer.identity.name().to_owned(),
-        groups: peer.identity.groups().to_vec(),
+        groups: Membership::of(peer.identity.groups(), db_groups.as_deref()).within,
         not_after_unix: peer.identity.not_after().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         session: peer.identity.session().map(str::to_owned),
         mfa_at_unix: peer.identity.mfa_at(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::live::LiveStream;
 use super::open::decide;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::policy::ActivePolicy;
@@ -25,8 +26,8 @@ pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
             changed = policy.changed() => if changed.is_err() { return },
         }
         let active = policy.borrow_and_update().clone();
-        let cut = cut_disallowed(&broker);
         let reason = reason(&previous, &active);
+        let cut = cut_disallowed(&broker, |_| true, &format!("{reason}: {}", active.change));
         previous = active.clone();
         if cut.is_empty() {
             continue;
@@ -51,13 +52,16 @@ fn reason(previous: &Arc<ActivePolicy>, active: &Arc<ActivePolicy>) -> &'static 
     }
 }
 
-/// Cuts every live stream the current set denies; returns who and what.
-fn cut_disallowed(broker: &Broker) -> Vec<serde_json::Value> {
+/// Cuts every live stream (of those `only` picks) the current set denies,
+/// leaving `why` as the reason its `stream.ended` event names; returns who
+/// and what.
+pub(super) fn cut_disallowed(broker: &Broker, only: impl Fn(&LiveStream) -> bool, why: &str) -> Vec<serde_json::Value> {
     let mut cut = Vec::new();
-    for stream in broker.live().streams() {
+    for stream in broker.live().streams().into_iter().filter(|s| only(s)) {
         let peer = &stream.peer;
         let decided = decide(broker, &peer.identity, peer.remote.ip(), &stream.service);
         if let palisade_policies::Decision::Deny(reason) = &decided.verdict.decision {
+            let _ = stream.closed_by.set(why.to_owned());
             stream.cut.cancel();
             cut.push(json!({
                 "identity": peer.identity.id().uri(), "service": stream.service,

@@ -1,8 +1,9 @@
 //! Staying current with the database that every replica shares.
 //!
 //! A broker acts on state that other processes change: revocations, the
-//! active policy version, the service catalog, identities. Two loops read it
-//! ([`crate::relay::revoke::watch`] and [`crate::policy::follow`]). They
+//! active policy version, the service catalog, identities. Three loops read
+//! it ([`crate::relay::revoke::watch`], [`crate::policy::follow`] and
+//! `relay::groups::watch`, for the groups of connected identities). They
 //! wake when [`Freshness::announce`] says something changed — on PostgreSQL a
 //! `LISTEN` on [`CHANNEL`], which triggers on those tables notify
 //! ([`listen`]) — and at the latest every resync interval, so a lost
@@ -48,6 +49,8 @@ pub enum View {
     Revocations,
     /// The active policy version, the catalog and what the policy depends on.
     Policy,
+    /// The groups of the identities connected to this broker.
+    Groups,
 }
 
 /// May a new stream be decided on this broker's view?
@@ -74,7 +77,7 @@ pub struct Freshness {
     config: ConsistencyConfig,
     epoch: Instant,
     /// Per [`View`], when it was last confirmed (ms since `epoch`).
-    confirmed_ms: [AtomicU64; 2],
+    confirmed_ms: [AtomicU64; 3],
 }
 
 impl Freshness {
@@ -89,7 +92,7 @@ impl Freshness {
         // never looks stale between two of them.
         let resync = resync.min(config.max_staleness / 3);
         let (changes, _) = watch::channel(0);
-        Self { changes, resync, config, epoch: Instant::now(), confirmed_ms: [AtomicU64::new(0), AtomicU64::new(0)] }
+        Self { changes, resync, config, epoch: Instant::now(), confirmed_ms: Default::default() }
     }
 
     /// Something may have changed in the database: wake every follower.
@@ -197,6 +200,8 @@ mod tests {
         // The policy view is still old: one current view is not enough.
         assert!(matches!(strict.admission(), Admission::Refuse { age } if age >= Duration::from_millis(40)));
         strict.confirmed(View::Policy);
+        assert!(matches!(strict.admission(), Admission::Refuse { .. }), "the groups view is still old");
+        strict.confirmed(View::Groups);
         assert_eq!(strict.admission(), Admission::Current);
     }
 

@@ -19,6 +19,7 @@ mod enforcement;
 mod enrollment;
 mod faults;
 mod flood;
+mod groups;
 mod help;
 mod l7;
 mod l7_body;
