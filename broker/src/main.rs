@@ -24,6 +24,8 @@ mod audit_cmd;
 mod audit_query;
 #[path = "main/ca_cmd.rs"]
 mod ca_cmd;
+#[path = "main/connector_cmd.rs"]
+mod connector_cmd;
 #[path = "main/groups_cmd.rs"]
 mod groups_cmd;
 #[path = "main/inventory_cmd.rs"]
@@ -100,6 +102,10 @@ enum Command {
         after_help = "Examples:\n  palisade-broker identity disable --data-dir /var/lib/palisade --id 5c1d3e2a-9f7b-4c61-8e0a-0d4b7a6f2c10"
     )]
     Identity(IdentityCommand),
+    /// Connectors: state, links to the broker replicas, version, last seen.
+    #[command(subcommand)]
+    #[command(after_help = "Examples:\n  palisade-broker connector list --data-dir /var/lib/palisade")]
+    Connector(connector_cmd::ConnectorCommand),
     /// Machines: their groups.
     #[command(subcommand)]
     #[command(
@@ -325,6 +331,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ca(command) => ca_cmd::ca(command).await,
         Command::Identity(IdentityCommand::Disable { data_dir, id }) => identity_disable(&data_dir, &id).await,
         Command::Machine(command) => groups_cmd::machine(command).await,
+        Command::Connector(command) => connector_cmd::connector(command).await,
         Command::User(command) => people::user(command).await,
         Command::Session(command) => people::session(command).await,
         Command::Quickstart { data_dir, listen } => {

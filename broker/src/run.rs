@@ -70,6 +70,12 @@ pub async fn run_with_ready(
         config.public_addr = Some(quic_addr.to_string());
     }
     let broker = assemble(config).await?;
+    // Before the relay accepts: links this address held in an earlier run are down.
+    match crate::db::connector_links::close_left_open(broker.db(), &broker.config().quic_public_addr()).await {
+        Ok(0) => {}
+        Ok(closed) => tracing::info!(closed, "connector links of the previous run are recorded as down"),
+        Err(e) => tracing::warn!(error = %e, "cannot close the connector links left open by a previous run"),
+    }
     let metrics = bind_metrics(broker.config()).await?;
     let metrics_addr = metrics.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
     let admin = crate::admin::bind(&broker.config().data_dir).await?;
@@ -358,6 +364,9 @@ async fn announce_replica(broker: Broker, shutdown: CancellationToken) {
         let now = crate::db::unix_seconds(std::time::SystemTime::now());
         if let Err(e) = crate::db::replicas::heartbeat(broker.db(), &addr, now).await {
             tracing::warn!(error = %e, "cannot record this broker among the replicas");
+        }
+        if let Err(e) = crate::db::connector_links::heartbeat(broker.db(), &addr, now).await {
+            tracing::warn!(error = %e, "cannot refresh this broker's connector links");
         }
     }
     if let Err(e) = crate::db::replicas::forget(broker.db(), &addr).await {

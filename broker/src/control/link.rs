@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::{FrameError, read_frame, write_frame};
 use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::db::connector_links;
 use crate::issuance::ca::{Ca, CaError, unix};
 use crate::relay::accept::Peer;
 use crate::relay::open::read_header;
@@ -29,7 +30,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves a connector's connection until it or the broker goes away.
 pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Peer>, shutdown: CancellationToken) {
-    let (send, recv, services) = match tokio::time::timeout(HELLO_TIMEOUT, hello(&conn)).await {
+    let (send, recv, version, services) = match tokio::time::timeout(HELLO_TIMEOUT, hello(&conn)).await {
         Ok(Ok(opened)) => opened,
         Ok(Err(e)) => return refuse(&conn, &peer, &e),
         Err(_) => return refuse(&conn, &peer, "no control stream in time"),
@@ -46,18 +47,20 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
     let link = Link { connector_id: peer.identity.id().id.clone(), name: peer.identity.name().to_owned(), conn };
     broker.registry().register(&link, &served);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).inc();
+    record_link(&broker, &link.connector_id, Some((&peer.remote.to_string(), &version))).await;
     audit(&broker, &peer, EventKind::ConnectorOnline, json!({ "services": served, "remote": peer.remote.to_string() }))
         .await;
     run_link(&broker, &link, &peer, send, recv, &shutdown).await;
     broker.registry().unregister(&link.conn);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).dec();
+    record_link(&broker, &link.connector_id, None).await;
     let detail = json!({ "remote": peer.remote.to_string(), "broker_stopping": shutdown.is_cancelled() });
     audit(&broker, &peer, EventKind::ConnectorOffline, detail).await;
     let code = if shutdown.is_cancelled() { close::SHUTTING_DOWN } else { close::NORMAL };
     link.conn.close(VarInt::from_u32(code), b"control stream ended");
 }
 
-async fn hello(conn: &quinn::Connection) -> Result<(SendStream, RecvStream, Vec<String>), String> {
+async fn hello(conn: &quinn::Connection) -> Result<(SendStream, RecvStream, String, Vec<String>), String> {
     let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     match read_header(&mut recv).await? {
         StreamHeader::ConnectorControl => {}
@@ -66,9 +69,23 @@ async fn hello(conn: &quinn::Connection) -> Result<(SendStream, RecvStream, Vec<
     match read_frame::<ConnectorToBroker>(&mut recv).await.map_err(|e| e.to_string())? {
         ConnectorToBroker::Hello { version, services } => {
             tracing::info!(version, ?services, "connector said hello");
-            Ok((send, recv, services))
+            Ok((send, recv, version, services))
         }
         _ => Err("the first control frame must be hello".into()),
+    }
+}
+
+/// Records the link up (`Some((remote, version))`) or down in
+/// `connector_links`, for the connector's status and the offline alert. A
+/// failure is logged: the link itself works without the record.
+async fn record_link(broker: &Broker, connector_id: &str, up: Option<(&str, &str)>) {
+    let (db, here, now) = (broker.db(), broker.config().quic_public_addr(), crate::db::unix_seconds(SystemTime::now()));
+    let recorded = match up {
+        Some((remote, version)) => connector_links::connected(db, connector_id, &here, remote, version, now).await,
+        None => connector_links::disconnected(db, connector_id, &here, now).await,
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, connector_id, "cannot record the connector link's state");
     }
 }
 

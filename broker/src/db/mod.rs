@@ -9,6 +9,7 @@
 //! `migrations/postgres` hold the same schema in each dialect.
 
 pub mod certificates;
+pub mod connector_links;
 pub mod credentials;
 pub mod identities;
 pub mod login_state;

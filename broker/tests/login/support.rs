@@ -35,8 +35,15 @@ fn oidc_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc")
 }
 
+/// How long a provider may take to print its ready lines. The misbehaving
+/// one makes an RSA key per mode: seconds, more on a loaded machine.
+const NODE_READY_WITHIN: Duration = Duration::from_secs(90);
+
 /// Starts `node SCRIPT ARGS` in tests/oidc and collects its ready lines until
-/// one contains `done`. The process ends when this test binary does (its stdin closes).
+/// one contains `done`. The process ends when this test binary does (its
+/// stdin closes). A provider that is not ready in time is killed and started
+/// once more; a second failure panics with what it wrote on stderr, so a
+/// stuck provider fails the tests instead of hanging them.
 fn spawn_node(script: &str, args: &[&str], done: &str) -> Node {
     let dir = oidc_dir();
     if Command::new("node").arg("--version").output().is_err() {
@@ -45,35 +52,76 @@ fn spawn_node(script: &str, args: &[&str], done: &str) -> Node {
     if !dir.join("node_modules/oidc-provider").exists() || !dir.join("node_modules/oauth2-mock-server").exists() {
         panic!("{}/node_modules is missing: run scripts/setup-test-deps (npm ci in tests/oidc)", dir.display());
     }
+    match try_spawn_node(&dir, script, args, done) {
+        Ok(node) => node,
+        Err(first) => {
+            eprintln!("node {script} was not ready ({first}); starting it once more");
+            try_spawn_node(&dir, script, args, done).unwrap_or_else(|second| panic!("node {script}: {second}"))
+        }
+    }
+}
+
+fn try_spawn_node(dir: &std::path::Path, script: &str, args: &[&str], done: &str) -> Result<Node, String> {
     let mut child = Command::new("node")
         .arg(script)
         .args(args)
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start node {script}: {e}"));
-    let stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = Vec::new();
-    loop {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            panic!("node {script} exited before it was ready");
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let said = Arc::new(Mutex::new(String::new()));
+    let said_too = said.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut said = said_too.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if said.len() < 8192 {
+                said.push_str(&line);
+                said.push('\n');
+            }
         }
-        if line.contains(" ready ") {
-            ready.push(line.split_whitespace().map(str::to_owned).collect());
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let done = done.to_owned();
+    std::thread::spawn(move || {
+        let mut ready: Vec<Vec<String>> = Vec::new();
+        let mut lines = stdout.lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if line.contains(" ready ") {
+                ready.push(line.split_whitespace().map(str::to_owned).collect());
+            }
+            if line.contains(&done) {
+                let _ = tx.send(Some(ready));
+                // Keep draining so the provider never blocks on a full pipe.
+                lines.for_each(drop);
+                return;
+            }
         }
-        if line.contains(done) {
-            break;
+        let _ = tx.send(None);
+    });
+    let outcome = rx.recv_timeout(NODE_READY_WITHIN);
+    let stderr_text = || said.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    match outcome {
+        Ok(Some(ready)) => {
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            Ok(Node { _stdin: Mutex::new(stdin), ready })
+        }
+        Ok(None) => {
+            let _ = child.wait();
+            Err(format!("exited before it was ready; stderr:\n{}", stderr_text()))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("not ready within {NODE_READY_WITHIN:?}; stderr:\n{}", stderr_text()))
         }
     }
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        let _ = child.wait();
-    });
-    Node { _stdin: Mutex::new(stdin), ready }
 }
 
 /// The real provider (oidc-provider), started once per test binary.

@@ -55,9 +55,20 @@ async fn every_event_class_from_real_flows_matches_the_documented_schema() {
     let intruder_id = intruder.spiffe_id().rsplit('/').next().unwrap().to_owned();
     broker.cli(&["identity", "disable", "--id", &intruder_id]).await.expect_success();
 
+    // `connector list` shows the link, through this broker, and the version.
+    let listed = broker.cli(&["connector", "list"]).await.expect_success();
+    let rack = listed.lines().find(|l| l.starts_with("rack-1 ")).unwrap_or_else(|| panic!("rack-1 listed:\n{listed}"));
+    let via = format!(":{} ", broker.quic_addr().port());
+    assert!(rack.contains("online via ") && rack.contains(&via), "linked through this broker: {listed}");
+    assert!(rack.contains(env!("CARGO_PKG_VERSION")) && rack.contains("enabled"), "{listed}");
+
     // The connector goes away for longer than the threshold, then comes back.
     connector.kill().await;
     wait_for_kind(&broker, "connector.offline", 40).await;
+    let listed = broker.cli(&["connector", "list"]).await.expect_success();
+    let rack = listed.lines().find(|l| l.starts_with("rack-1 ")).unwrap_or_else(|| panic!("rack-1 listed:\n{listed}"));
+    assert!(rack.contains("offline") && !rack.contains("online via"), "offline once its link timed out: {listed}");
+    assert!(rack.split_whitespace().any(|w| w.contains('T') && w.ends_with('Z')), "a last-seen time: {listed}");
     wait_for_kind(&broker, "alert.connector_offline", 30).await;
     connector.restart().await;
     wait_for_kind(&broker, "alert.connector_back_online", 30).await;

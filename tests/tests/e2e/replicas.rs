@@ -42,6 +42,14 @@ async fn replicas_share_revocations_policy_and_one_audit_chain_and_clients_fail_
     })
     .await;
     assert_eq!(via_a.tunnel_exchange("echo", b"via a").await.expect("replica A reaches it too"), b"via a");
+    // Any replica lists each connector's links to all three.
+    wait_for("rack-1 listed as linked to all three replicas", DEFAULT_TIMEOUT, || async {
+        let listed = c.cli(&["connector", "list"]).await.expect_success();
+        listed.lines().any(|l| {
+            l.starts_with("rack-1 ") && [&a, &b, &c].iter().all(|r| l.contains(&format!(":{}", r.quic_addr().port())))
+        })
+    })
+    .await;
 
     // A policy applied through A is enforced by B, and lifted again.
     a.write_policy("freeze.cedar", FORBID_ML_AGENTS);

@@ -10,6 +10,9 @@ pub(crate) async fn admin_enrolls_a_connector_with_the_printed_command_and_reads
     chrome.goto(&ui.url("/admin/connectors")).await;
     let connectors = chrome.text("#connectors tr[data-connector='rack-1']").await;
     assert!(connectors.contains("echo") && connectors.contains("enabled"), "rack-1 and what it serves: {connectors}");
+    assert!(connectors.contains("online") && connectors.contains("via 1 broker"), "rack-1's link: {connectors}");
+    let version = chrome.text("#connectors tr[data-connector='rack-1'] td.version").await;
+    assert_eq!(version.trim(), env!("CARGO_PKG_VERSION"), "the version rack-1 announced");
     let echo = chrome.text("#inventory-services tr[data-service=echo]").await;
     assert!(echo.contains("inference") && echo.contains("online"), "echo's segment and connector: {echo}");
     assert!(echo.contains("user:bob"), "bob (ml-team) can reach echo: {echo}");

@@ -24,7 +24,7 @@ use super::SinkError;
 use crate::audit::chain::EventRow;
 use crate::audit::export::rfc3339_ms;
 use crate::audit::{Audit, AuditEvent, EventKind, Outcome};
-use crate::db::Db;
+use crate::db::{Db, connector_links};
 
 /// Feeds one event; records `alert.connector_back_online` if due.
 pub(super) async fn observe(db: &Db, row: &EventRow) -> Result<(), SinkError> {
@@ -32,6 +32,10 @@ pub(super) async fn observe(db: &Db, row: &EventRow) -> Result<(), SinkError> {
     if row.kind == EventKind::ConnectorOffline.as_str() {
         let detail = serde_json::from_str::<Value>(&row.detail).unwrap_or(Value::Null);
         if detail["broker_stopping"].as_bool() == Some(true) {
+            return Ok(());
+        }
+        // One replica lost its link; the connector still serves through another.
+        if linked_elsewhere(db, connector, row.ts_ms).await? {
             return Ok(());
         }
         sqlx::query(
@@ -84,6 +88,15 @@ pub(super) async fn overdue(db: &Db, threshold: Duration, now_ms: i64) -> Result
     let mut tx = db.begin_write().await?;
     let mut alerted = 0;
     for (connector, since_ms) in due {
+        if linked_elsewhere(db, &connector, now_ms).await? {
+            // It came back through another replica without a connector.online
+            // this broker has read yet, or never left it: not offline.
+            sqlx::query("DELETE FROM audit_connectors_offline WHERE connector = $1 AND alerted = 0")
+                .bind(&connector)
+                .execute(&mut *tx)
+                .await?;
+            continue;
+        }
         let claimed =
             sqlx::query("UPDATE audit_connectors_offline SET alerted = 1 WHERE connector = $1 AND alerted = 0")
                 .bind(&connector)
@@ -103,6 +116,13 @@ pub(super) async fn overdue(db: &Db, threshold: Duration, now_ms: i64) -> Result
     }
     tx.commit().await?;
     Ok(alerted)
+}
+
+/// Whether a broker replica holds a live link to the connector named by its
+/// SPIFFE id (`spiffe://TD/connector/ID`) at `now_ms`.
+async fn linked_elsewhere(db: &Db, connector: &str, now_ms: i64) -> Result<bool, SinkError> {
+    let Some(id) = connector.rsplit('/').next().filter(|id| !id.is_empty()) else { return Ok(false) };
+    Ok(connector_links::has_live_link(db, id, now_ms / 1000).await?)
 }
 
 /// At the alert task's start (`now_ms`): puts every connector that was linked

@@ -13,7 +13,7 @@ use super::serve_configured;
 use crate::audit::chain::EventRow;
 use crate::audit::{Audit, AuditEvent, CheckpointPolicy, EventKind, Outcome};
 use crate::config::{AuditSinkConfig, AuditSinkTarget, AuditTrailConfig};
-use crate::db::{Db, sqlite_url};
+use crate::db::{Db, connector_links, sqlite_url};
 
 struct Trail {
     _dir: tempfile::TempDir,
@@ -183,6 +183,42 @@ async fn a_connector_offline_past_the_threshold_alerts_and_its_return_is_recorde
         "rack-2 never alerted"
     );
     assert_eq!(alerts[1].outcome, "success");
+    t.stop().await;
+}
+
+/// #9: with broker replicas a connector holds one link per replica; losing
+/// one of them is not being offline.
+#[tokio::test]
+async fn a_connector_still_linked_through_another_replica_does_not_alert() {
+    let t = trail(Duration::from_millis(1000)).await;
+    let rack = "spiffe://corp/connector/rack-9";
+    sqlx::query(
+        "INSERT INTO identities (id, role, name, groups, disabled, created_at)          VALUES ('rack-9', 'connector', 'rack-9', '[]', 0, 0)",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    let now = crate::db::unix_seconds(std::time::SystemTime::now());
+    for (broker, remote) in [("10.0.0.1:443", "10.0.0.9:4433"), ("10.0.0.2:443", "10.0.0.9:4434")] {
+        connector_links::connected(&t.db, "rack-9", broker, remote, "0.1.0", now).await.unwrap();
+        t.link(EventKind::ConnectorOnline, rack, json!({ "services": ["llm"], "remote": remote })).await;
+    }
+    // Replica A loses its link; B still holds one.
+    connector_links::disconnected(&t.db, "rack-9", "10.0.0.1:443", now).await.unwrap();
+    t.link(EventKind::ConnectorOffline, rack, json!({ "remote": "10.0.0.9:4433", "broker_stopping": false })).await;
+    t.settled().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(t.alerts().await, Vec::new(), "still linked through replica B");
+
+    // Then B's link goes too: now it is offline.
+    connector_links::disconnected(&t.db, "rack-9", "10.0.0.2:443", now).await.unwrap();
+    t.link(EventKind::ConnectorOffline, rack, json!({ "remote": "10.0.0.9:4434", "broker_stopping": false })).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.alerts().await.is_empty() {
+        assert!(Instant::now() < deadline, "no alert.connector_offline once the last link went");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.alerts().await[0].subject.as_deref(), Some(rack));
     t.stop().await;
 }
 

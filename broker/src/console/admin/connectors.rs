@@ -1,5 +1,6 @@
 //! Connectors and the inventory: every connector identity (enabled or
-//! not, the services it last advertised and when), a one-time enrollment
+//! not, online through which broker replicas or offline, its version, when
+//! it was last seen, the services it last advertised and when), a one-time enrollment
 //! token with the command to paste on the connector's host, disable; and
 //! every service with its segment, connectors, online state and who can
 //! reach it under the active set, with segment assignment.
@@ -17,6 +18,7 @@ use crate::Broker;
 use crate::console::layout::{self, Nav};
 use crate::console::stepup;
 use crate::console::viewer::{Admin, Viewer};
+use crate::db::connector_links;
 use crate::inventory::{self, InventoryError, InventoryRow};
 use crate::issuance::enroll::{TokenRequest, create_token};
 
@@ -49,6 +51,11 @@ async fn render(broker: &Broker, viewer: &Viewer, result: Markup) -> Response {
             (Err(e), _, _) => return layout::internal(&e),
             (_, Err(e), _) | (_, _, Err(e)) => return layout::internal(&e),
         };
+    let now = crate::db::unix_seconds(SystemTime::now());
+    let links = match connector_links::statuses(broker.db(), now).await {
+        Ok(links) => links,
+        Err(e) => return layout::internal(&e),
+    };
     let advertised = |id: &str| -> Vec<(String, i64)> {
         inv.iter()
             .filter_map(|r| {
@@ -63,11 +70,13 @@ async fn render(broker: &Broker, viewer: &Viewer, result: Markup) -> Response {
         @if list.is_empty() { p.empty { "No connector is enrolled. Create a token below and run the command on a host beside your services." } }
         @else {
             table #connectors {
-                thead { tr { th { "Name" } th { "Services (last seen)" } th { "State" } th {} } }
+                thead { tr { th { "Name" } th { "Link" } th { "Version" } th { "Services (last seen)" } th { "State" } th {} } }
                 tbody {
                     @for (id, name, disabled) in &list {
                         tr data-connector=(name) {
                             td { (name) }
+                            td.link { (link_cell(links.get(id))) }
+                            td.version { (links.get(id).map_or("-", |l| l.version.as_str())) }
                             td { @for (s, seen) in advertised(id) { span.tag { (s) } " " span.muted { (layout::when(seen)) } " " } }
                             td { @if *disabled != 0 { span.bad { "disabled" } } @else { span.ok { "enabled" } } }
                             td { @if *disabled == 0 { (layout::button_form(viewer, &format!("/admin/connectors/{id}/disable"), "Disable", "danger")) } }
@@ -89,6 +98,22 @@ async fn render(broker: &Broker, viewer: &Viewer, result: Markup) -> Response {
         (inventory_table(viewer, &inv, &segments))
     };
     layout::page(viewer, Nav::Connectors, "Connectors & services", body)
+}
+
+/// Online through which replicas, or offline since when.
+fn link_cell(status: Option<&connector_links::ConnectorStatus>) -> Markup {
+    html! {
+        @match status {
+            Some(s) if s.online() => {
+                span.ok { "online" } " "
+                span.muted title=(s.linked_to.join(", ")) {
+                    "via " (s.linked_to.len()) @if s.linked_to.len() == 1 { " broker" } @else { " brokers" }
+                }
+            }
+            Some(s) => { span.bad { "offline" } " " span.muted { "last seen " (layout::when(s.last_seen)) } }
+            None => span.muted { "never linked" },
+        }
+    }
 }
 
 fn inventory_table(viewer: &Viewer, inv: &[InventoryRow], segments: &[inventory::SegmentRecord]) -> Markup {
