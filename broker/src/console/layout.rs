@@ -17,6 +17,8 @@ pub(crate) enum Nav {
     Overview,
     Policies,
     People,
+    Machines,
+    Groups,
     Connectors,
     Audit,
     None,
@@ -28,10 +30,12 @@ const PORTAL_LINKS: [(Nav, &str, &str); 3] = [
     (Nav::Passkeys, "/portal/passkeys", "Passkeys"),
 ];
 
-const ADMIN_LINKS: [(Nav, &str, &str); 5] = [
+const ADMIN_LINKS: [(Nav, &str, &str); 7] = [
     (Nav::Overview, "/admin", "Overview"),
     (Nav::Policies, "/admin/policies", "Policies"),
     (Nav::People, "/admin/sessions", "Users & sessions"),
+    (Nav::Machines, "/admin/machines", "Machines"),
+    (Nav::Groups, "/admin/groups", "Groups"),
     (Nav::Connectors, "/admin/connectors", "Connectors & services"),
     (Nav::Audit, "/admin/audit", "Audit"),
 ];

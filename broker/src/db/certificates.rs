@@ -1,5 +1,7 @@
 //! The `certificates` table: every leaf the CA issued.
 
+use std::collections::HashMap;
+
 use sqlx::{Any, AnyConnection};
 
 use super::Db;
@@ -59,6 +61,28 @@ pub async fn for_identity(db: &Db, identity_id: &str) -> Result<Vec<CertificateR
             not_after,
         })
         .collect())
+}
+
+/// How many certificates an identity holds and when the last was issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IssuedSummary {
+    /// Certificates issued, expired ones included.
+    pub count: i64,
+    /// Unix seconds of the newest one.
+    pub last_issued_at: i64,
+}
+
+/// [`IssuedSummary`] for every identity that was ever issued a certificate, by id.
+///
+/// # Errors
+/// A database error.
+pub async fn summary(db: &Db) -> Result<HashMap<String, IssuedSummary>, sqlx::Error> {
+    let rows = sqlx::query_as::<Any, (String, i64, i64)>(
+        "SELECT identity_id, COUNT(*), MAX(issued_at) FROM certificates GROUP BY identity_id",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows.into_iter().map(|(id, count, last_issued_at)| (id, IssuedSummary { count, last_issued_at })).collect())
 }
 
 /// Which identity, if any, already holds a certificate for this public key.

@@ -92,6 +92,20 @@ pub async fn get_any(db: &Db, id: &str) -> Result<Option<IdentityRecord>, sqlx::
     row.map(from_row).transpose()
 }
 
+/// Every identity with this role, by name.
+///
+/// # Errors
+/// A database error, or a row that does not decode.
+pub async fn list(db: &Db, role: PeerRole) -> Result<Vec<IdentityRecord>, sqlx::Error> {
+    let rows = sqlx::query_as::<Any, Row>(
+        "SELECT id, role, name, groups, disabled FROM identities WHERE role = $1 ORDER BY name, id",
+    )
+    .bind(role.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(from_row).collect()
+}
+
 /// Inserts a new identity inside the caller's transaction.
 ///
 /// # Errors

@@ -1,11 +1,14 @@
-//! The admin console: overview, policies, users and sessions, connectors
-//! and the service inventory, audit.
+//! The admin console: overview, policies, users and sessions, machines, groups, connectors and the service inventory,
+//! audit.
 //! Every handler takes [`super::viewer::Admin`]; every write also checks
 //! the viewer's WebAuthn proof is fresh ([`super::stepup`]).
 
 pub(crate) mod audit;
 pub(crate) mod connectors;
+pub(crate) mod group_edit;
+pub(crate) mod groups;
 pub(crate) mod history;
+pub(crate) mod machines;
 pub(crate) mod overview;
 pub(crate) mod people;
 pub(crate) mod policies;
@@ -15,7 +18,7 @@ use axum::routing::{get, post};
 
 use crate::Broker;
 
-/// The admin routes: overview, policies, people, audit.
+/// The admin routes: overview, policies, people, machines, groups, connectors, audit.
 pub(crate) fn routes() -> Router<Broker> {
     Router::new()
         .route("/admin", get(overview::page))
@@ -28,6 +31,10 @@ pub(crate) fn routes() -> Router<Broker> {
         .route("/admin/sessions/{id}/revoke", post(people::revoke))
         .route("/admin/users/{id}/disable", post(people::disable))
         .route("/admin/tunnels/kill", post(people::kill))
+        .route("/admin/machines", get(machines::page))
+        .route("/admin/machines/{id}/groups", post(machines::groups))
+        .route("/admin/machines/{id}/disable", post(machines::disable))
+        .route("/admin/groups", get(groups::page))
         .route("/admin/connectors", get(connectors::page))
         .route("/admin/connectors/token", post(connectors::token))
         .route("/admin/connectors/{id}/disable", post(connectors::disable))
