@@ -29,6 +29,16 @@ pub struct StoredCredential {
     pub disabled_reason: Option<String>,
 }
 
+impl StoredCredential {
+    /// The signature counter as last stored. webauthn-rs keeps it private
+    /// without its `danger-credential-internals` feature, so it is read from
+    /// the stored form; `None` if that form ever stops carrying it.
+    #[must_use]
+    pub fn counter(&self) -> Option<u64> {
+        serde_json::to_value(&self.passkey).ok()?.pointer("/cred/counter")?.as_u64()
+    }
+}
+
 /// The base64url form of a credential id, as stored.
 #[must_use]
 pub fn encode_id(raw: &[u8]) -> String {

@@ -1,4 +1,5 @@
-//! The admin console: overview, policies, users and sessions, machines, groups, connectors and the service inventory,
+//! The admin console: overview, policies, users and sessions (and one
+//! person's page), machines, groups, connectors and the service inventory,
 //! audit.
 //! Every handler takes [`super::viewer::Admin`]; every write also checks
 //! the viewer's WebAuthn proof is fresh ([`super::stepup`]).
@@ -11,6 +12,7 @@ pub(crate) mod history;
 pub(crate) mod machines;
 pub(crate) mod overview;
 pub(crate) mod people;
+pub(crate) mod person;
 pub(crate) mod policies;
 
 use axum::Router;
@@ -29,6 +31,9 @@ pub(crate) fn routes() -> Router<Broker> {
         .route("/admin/policies/rollback/{version}", post(history::rollback))
         .route("/admin/sessions", get(people::page))
         .route("/admin/sessions/{id}/revoke", post(people::revoke))
+        .route("/admin/users/{id}", get(person::page))
+        .route("/admin/users/{id}/groups", post(person::groups))
+        .route("/admin/users/{id}/reset", post(person::reset))
         .route("/admin/users/{id}/disable", post(people::disable))
         .route("/admin/tunnels/kill", post(people::kill))
         .route("/admin/machines", get(machines::page))

@@ -89,7 +89,7 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
             tbody {
                 @for u in &people {
                     tr data-user=(u.identity.id) {
-                        td { (u.display_name.as_deref().unwrap_or(&u.identity.name)) }
+                        td { a href={ "/admin/users/" (u.identity.id) } { (u.display_name.as_deref().unwrap_or(&u.identity.name)) } }
                         td { (u.email.as_deref().unwrap_or("-")) }
                         td { @for g in &u.identity.groups { span.tag { (g) } " " } }
                         td { (u.last_login.map_or_else(|| "never".to_owned(), layout::when)) }
