@@ -10,12 +10,12 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::deployment::{HOSTILE_USER_AGENT, Ui, http_client};
 use crate::policies::HOSTILE_COMMENT;
 
-const HOSTILE_NAME: &str = "<img src=x onerror=alert(1)>";
+pub(crate) const HOSTILE_NAME: &str = "<img src=x onerror=alert(1)>";
 /// An email without whitespace (the invite checks for it) that is still markup.
 const HOSTILE_EMAIL: &str = "<img/src=x/onerror=alert(1)>@evil.example";
 
 /// Asserts the page runs no injected markup: no image element, no dialog.
-async fn assert_inert(ui: &Ui, page: &str) {
+pub(crate) async fn assert_inert(ui: &Ui, page: &str) {
     let images = ui.chrome.client().execute("return document.images.length", vec![]).await.unwrap();
     assert_eq!(images.as_u64(), Some(0), "{page}: an <img> from hostile text became an element");
     assert_eq!(ui.chrome.dialog().await, None, "{page}: a script opened a dialog");
@@ -83,6 +83,8 @@ async fn mallory_is_not_an_admin(ui: &Ui, link: &str) {
         "/admin",
         "/admin/policies",
         "/admin/sessions",
+        "/admin/machines",
+        "/admin/groups",
         "/admin/connectors",
         "/admin/audit",
         "/admin/audit/export?format=jsonl",
@@ -224,6 +226,8 @@ pub(crate) async fn every_page_carries_the_security_headers(ui: &Ui) {
         "/admin/policies",
         "/admin/policies/history",
         "/admin/sessions",
+        "/admin/machines",
+        "/admin/groups",
         "/admin/connectors",
         "/admin/audit",
         "/admin/audit?person=bob%40example.com&trail=1",

@@ -53,14 +53,7 @@ pub(crate) async fn admin_enrolls_a_connector_with_the_printed_command_and_reads
 /// A write with a passkey proof older than `[console] step_up` goes through
 /// the WebAuthn step-up first and changes nothing until it is done.
 pub(crate) async fn a_stale_passkey_proof_sends_an_admin_write_through_step_up(ui: &Ui) {
-    let db = palisade_tests::open_db(ui.broker.database_url()).await;
-    sqlx::query(
-        "UPDATE sessions SET mfa_at = mfa_at - 3600 \
-         WHERE identity_id = (SELECT identity_id FROM users WHERE email = 'bob@example.com')",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    ui.age_passkey_proof().await;
     let chrome = &ui.chrome;
     chrome.goto(&ui.url("/admin/connectors")).await;
     let banner = chrome.text(".notice.info").await;

@@ -90,6 +90,52 @@ impl Ui {
         format!("__Host-palisade-session={value}")
     }
 
+    /// Makes bob's last passkey proof an hour old, so the next admin write needs a step-up.
+    pub(crate) async fn age_passkey_proof(&self) {
+        let db = palisade_tests::open_db(self.broker.database_url()).await;
+        sqlx::query(
+            "UPDATE sessions SET mfa_at = mfa_at - 3600 \
+             WHERE identity_id = (SELECT identity_id FROM users WHERE email = 'bob@example.com')",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+
+    /// Confirms with the passkey on the step-up page the browser is on, and
+    /// waits to be back at `return_to`.
+    pub(crate) async fn step_up(&self, return_to: &str) {
+        self.chrome.wait_for_path("/console/step-up").await;
+        self.chrome.click_and_load("#step-up").await;
+        self.chrome.wait_for_path("/login/mfa").await;
+        self.chrome.click("#go").await;
+        self.chrome.wait_for_path(return_to).await;
+    }
+
+    /// Clicks an admin write's button on the page at `path`; if the passkey
+    /// proof went stale meanwhile, steps up and clicks it again.
+    pub(crate) async fn admin_write(&self, css: &str, path: &str) {
+        self.chrome.click_and_load(css).await;
+        if self.chrome.url().await.path() == "/console/step-up" {
+            self.step_up(path).await;
+            self.chrome.click_and_load(css).await;
+        }
+    }
+
+    /// The identity id of the machine named `name`.
+    pub(crate) async fn machine_id(&self, name: &str) -> String {
+        let db = palisade_tests::open_db(self.broker.database_url()).await;
+        let sql = "SELECT id FROM identities WHERE role = 'machine' AND name = $1";
+        sqlx::query_scalar(sql).bind(name).fetch_one(&db).await.unwrap()
+    }
+
+    /// The identity id of the person with this email.
+    pub(crate) async fn user_id(&self, email: &str) -> String {
+        let db = palisade_tests::open_db(self.broker.database_url()).await;
+        let sql = "SELECT identity_id FROM users WHERE email = $1";
+        sqlx::query_scalar(sql).bind(email).fetch_one(&db).await.unwrap()
+    }
+
     pub(crate) async fn finish(self) {
         self.chrome.close().await;
         drop(self.env);

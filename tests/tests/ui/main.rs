@@ -7,7 +7,8 @@
 //! passkey, sees their services; as an admin they fix a broken policy and
 //! apply it (a machine's tunnel is refused afterwards), revoke another
 //! person's session (their live tunnel closes), and find both in the audit
-//! trail. Then the attacks: hostile names and user agents render as text,
+//! trail; they take a machine out of a group (audited), read the groups and
+//! their members, and reset a person's passkeys. Then the attacks: hostile names and user agents render as text,
 //! cross-site and token-less posts change nothing, and every page carries
 //! the security headers. Screenshots land in `target/ui-screenshots/`.
 //!
@@ -18,6 +19,7 @@
 mod attacks;
 mod connectors;
 mod deployment;
+mod machines;
 mod people;
 mod policies;
 
@@ -34,8 +36,12 @@ async fn console_in_chromium_from_sign_in_to_audit_and_under_attack() {
     people::admin_revokes_a_session_and_its_tunnel_closes(&ui).await;
     people::tables_sort_by_a_column_with_the_mouse_and_the_keyboard(&ui).await;
     people::audit_page_shows_the_policy_change_and_the_revocation(&ui).await;
+    machines::admin_takes_a_machine_out_of_a_group_after_step_up_and_the_audit_shows_it(&ui).await;
+    machines::groups_page_lists_each_group_with_its_members(&ui).await;
+    machines::admin_reads_a_persons_passkeys_and_resets_them(&ui).await;
 
     attacks::hostile_names_and_user_agents_render_as_text(&ui).await;
+    machines::hostile_machine_names_and_group_edits_render_as_text_or_are_refused(&ui).await;
     attacks::cross_site_and_tokenless_posts_change_nothing(&ui).await;
     attacks::every_page_carries_the_security_headers(&ui).await;
     attacks::a_person_who_is_not_an_admin_gets_a_bare_403(&ui).await;
