@@ -7,6 +7,7 @@
 CREATE TABLE connector_links (
     connector_id    TEXT NOT NULL REFERENCES identities (id),
     broker          TEXT NOT NULL,      -- the replica's QUIC address
+    link_id         TEXT NOT NULL,      -- this link; an older link of the pair ending later changes nothing
     remote          TEXT NOT NULL,      -- the connector's address as the broker saw it
     version         TEXT NOT NULL,
     connected_at    INTEGER NOT NULL,   -- unix seconds

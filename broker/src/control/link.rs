@@ -47,13 +47,14 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
     let link = Link { connector_id: peer.identity.id().id.clone(), name: peer.identity.name().to_owned(), conn };
     broker.registry().register(&link, &served);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).inc();
-    record_link(&broker, &link.connector_id, Some((&peer.remote.to_string(), &version))).await;
+    let link_id = uuid::Uuid::new_v4().to_string();
+    record_link(&broker, &link.connector_id, &link_id, Some((&peer.remote.to_string(), &version))).await;
     audit(&broker, &peer, EventKind::ConnectorOnline, json!({ "services": served, "remote": peer.remote.to_string() }))
         .await;
     run_link(&broker, &link, &peer, send, recv, &shutdown).await;
     broker.registry().unregister(&link.conn);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).dec();
-    record_link(&broker, &link.connector_id, None).await;
+    record_link(&broker, &link.connector_id, &link_id, None).await;
     let detail = json!({ "remote": peer.remote.to_string(), "broker_stopping": shutdown.is_cancelled() });
     audit(&broker, &peer, EventKind::ConnectorOffline, detail).await;
     let code = if shutdown.is_cancelled() { close::SHUTTING_DOWN } else { close::NORMAL };
@@ -78,11 +79,12 @@ async fn hello(conn: &quinn::Connection) -> Result<(SendStream, RecvStream, Stri
 /// Records the link up (`Some((remote, version))`) or down in
 /// `connector_links`, for the connector's status and the offline alert. A
 /// failure is logged: the link itself works without the record.
-async fn record_link(broker: &Broker, connector_id: &str, up: Option<(&str, &str)>) {
+async fn record_link(broker: &Broker, connector_id: &str, link_id: &str, up: Option<(&str, &str)>) {
     let (db, here, now) = (broker.db(), broker.config().quic_public_addr(), crate::db::unix_seconds(SystemTime::now()));
+    let link = connector_links::LinkRef { connector_id, broker: &here, link_id };
     let recorded = match up {
-        Some((remote, version)) => connector_links::connected(db, connector_id, &here, remote, version, now).await,
-        None => connector_links::disconnected(db, connector_id, &here, now).await,
+        Some((remote, version)) => connector_links::connected(db, link, remote, version, now).await,
+        None => connector_links::disconnected(db, link, now).await,
     };
     if let Err(e) = recorded {
         tracing::warn!(error = %e, connector_id, "cannot record the connector link's state");

@@ -32,26 +32,33 @@ impl ConnectorStatus {
     }
 }
 
+/// One link of a connector to a broker replica.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkRef<'a> {
+    /// The connector's identity id.
+    pub connector_id: &'a str,
+    /// The replica's QUIC address.
+    pub broker: &'a str,
+    /// This link (a connector that reconnects before its old link timed out
+    /// has two to the same replica for a while).
+    pub link_id: &'a str,
+}
+
 /// Records a link that came up (replacing what the pair had).
 ///
 /// # Errors
 /// A database error.
-pub async fn connected(
-    db: &Db,
-    connector_id: &str,
-    broker: &str,
-    remote: &str,
-    version: &str,
-    now: i64,
-) -> Result<(), sqlx::Error> {
+pub async fn connected(db: &Db, link: LinkRef<'_>, remote: &str, version: &str, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO connector_links (connector_id, broker, remote, version, connected_at, last_seen, disconnected_at) \
-         VALUES ($1, $2, $3, $4, $5, $5, NULL) \
-         ON CONFLICT (connector_id, broker) DO UPDATE SET remote = excluded.remote, version = excluded.version, \
-         connected_at = excluded.connected_at, last_seen = excluded.last_seen, disconnected_at = NULL",
+        "INSERT INTO connector_links (connector_id, broker, link_id, remote, version, connected_at, last_seen, disconnected_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, NULL) \
+         ON CONFLICT (connector_id, broker) DO UPDATE SET link_id = excluded.link_id, remote = excluded.remote, \
+         version = excluded.version, connected_at = excluded.connected_at, last_seen = excluded.last_seen, \
+         disconnected_at = NULL",
     )
-    .bind(connector_id)
-    .bind(broker)
+    .bind(link.connector_id)
+    .bind(link.broker)
+    .bind(link.link_id)
     .bind(remote)
     .bind(version)
     .bind(now)
@@ -60,17 +67,18 @@ pub async fn connected(
     Ok(())
 }
 
-/// Records that the link between `connector_id` and `broker` went down.
+/// Records that `link` went down, unless a newer link of the same pair replaced it.
 ///
 /// # Errors
 /// A database error.
-pub async fn disconnected(db: &Db, connector_id: &str, broker: &str, now: i64) -> Result<(), sqlx::Error> {
+pub async fn disconnected(db: &Db, link: LinkRef<'_>, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE connector_links SET last_seen = $3, disconnected_at = $3 \
-         WHERE connector_id = $1 AND broker = $2 AND disconnected_at IS NULL",
+        "UPDATE connector_links SET last_seen = $4, disconnected_at = $4 \
+         WHERE connector_id = $1 AND broker = $2 AND link_id = $3 AND disconnected_at IS NULL",
     )
-    .bind(connector_id)
-    .bind(broker)
+    .bind(link.connector_id)
+    .bind(link.broker)
+    .bind(link.link_id)
     .bind(now)
     .execute(db.pool())
     .await?;

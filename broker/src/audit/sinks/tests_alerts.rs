@@ -199,19 +199,24 @@ async fn a_connector_still_linked_through_another_replica_does_not_alert() {
     .await
     .unwrap();
     let now = crate::db::unix_seconds(std::time::SystemTime::now());
+    let link = |broker| connector_links::LinkRef { connector_id: "rack-9", broker, link_id: broker };
     for (broker, remote) in [("10.0.0.1:443", "10.0.0.9:4433"), ("10.0.0.2:443", "10.0.0.9:4434")] {
-        connector_links::connected(&t.db, "rack-9", broker, remote, "0.1.0", now).await.unwrap();
+        connector_links::connected(&t.db, link(broker), remote, "0.1.0", now).await.unwrap();
         t.link(EventKind::ConnectorOnline, rack, json!({ "services": ["llm"], "remote": remote })).await;
     }
+    // A link replaced by a newer one of the same pair ends: nothing changes.
+    let stale = connector_links::LinkRef { link_id: "older", ..link("10.0.0.2:443") };
+    connector_links::disconnected(&t.db, stale, now).await.unwrap();
+    assert!(connector_links::statuses(&t.db, now).await.unwrap()["rack-9"].linked_to.len() == 2);
     // Replica A loses its link; B still holds one.
-    connector_links::disconnected(&t.db, "rack-9", "10.0.0.1:443", now).await.unwrap();
+    connector_links::disconnected(&t.db, link("10.0.0.1:443"), now).await.unwrap();
     t.link(EventKind::ConnectorOffline, rack, json!({ "remote": "10.0.0.9:4433", "broker_stopping": false })).await;
     t.settled().await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(t.alerts().await, Vec::new(), "still linked through replica B");
 
     // Then B's link goes too: now it is offline.
-    connector_links::disconnected(&t.db, "rack-9", "10.0.0.2:443", now).await.unwrap();
+    connector_links::disconnected(&t.db, link("10.0.0.2:443"), now).await.unwrap();
     t.link(EventKind::ConnectorOffline, rack, json!({ "remote": "10.0.0.9:4434", "broker_stopping": false })).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while t.alerts().await.is_empty() {
