@@ -1,6 +1,7 @@
-//! WA-01 … WA-09, WA-11: the second factor's ceremonies under attack.
+//! WA-01 … WA-11: the second factor's ceremonies under attack.
 
 use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_broker::audit::EventKind;
 use palisade_broker::db::credentials;
 use serde_json::Value;
@@ -210,7 +211,7 @@ fn discouraged<T: serde::de::DeserializeOwned>() -> T {
     serde_json::from_value(Value::String("discouraged".into())).unwrap()
 }
 
-// ------------------------------------------------------- WA-11: bodies
+// ------------------------------------------------------- WA-10, WA-11: bodies
 
 const REGISTER_START: &str = "/login/webauthn/register/start";
 const REGISTER: &str = "/login/webauthn/register/finish";
@@ -383,4 +384,33 @@ async fn wa_11_malformed_bodies_adding_a_key_from_a_session_store_nothing() {
     let detail = refused(&broker, &browser, ACCOUNT_FINISH, bytes(&rsa), (400, "key_unsupported")).await;
     assert!(detail.contains("COSEKeyRSANEInvalid"), "{detail}");
     assert_eq!(stored(&broker).await, before);
+}
+
+#[tokio::test]
+async fn wa_10_a_registered_credential_id_is_refused_for_another_person_and_its_owner() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    let alice = signed_in(&broker, "alice", &mut key).await;
+    let (creds, _) = stored(&broker).await;
+    let taken = URL_SAFE_NO_PAD.decode(&creds[0].0).unwrap();
+    let before = stored(&broker).await;
+
+    // Bob's own registration ceremony, answered with alice's credential id
+    // (fmt "none" signs nothing, so anyone can claim any id).
+    let bob = broker.browser();
+    assert_eq!(mfa_mode(&bob.sign_in(&broker.url("/login"), "bob").await), "register");
+    let reg = genuine_registration(&broker, &bob, REGISTER_START).await;
+    let claim = forge::registration(&reg, &taken, &forge::ec2_key(-7));
+    refused(&broker, &bob, REGISTER, bytes(&claim), (401, "credential_taken")).await;
+    assert_eq!(stored(&broker).await, before, "alice's credential untouched, no credential or session for bob");
+
+    // Alice, adding a key from her session, names the one she has: excluded.
+    let reg = genuine_registration(&broker, &alice, ACCOUNT_START).await;
+    let again = forge::registration(&reg, &taken, &forge::ec2_key(-7));
+    let detail = refused(&broker, &alice, ACCOUNT_FINISH, bytes(&again), (401, "registration_invalid")).await;
+    assert!(detail.contains("CredentialAlteredAlgFromRequest"), "excludeCredentials: {detail}");
+    assert_eq!(stored(&broker).await, before);
+
+    let browser = at_mfa(&broker, "alice").await;
+    assert_eq!(authenticate(&browser, &broker, &mut key).await.status, 200, "alice's key still signs in");
 }
