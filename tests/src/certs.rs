@@ -141,6 +141,35 @@ impl OurCa {
     pub fn sign(&self, spec: &LeafSpec) -> TlsIdentity {
         spec.sign_with(&self.issuer)
     }
+
+    /// Signs a leaf as described through `depth` CA certificates, each one
+    /// signed by the one above and the top one by our CA. The chain is the
+    /// leaf, then the intermediates from the leaf's issuer up.
+    #[must_use]
+    pub fn sign_through(&self, spec: &LeafSpec, depth: usize) -> TlsIdentity {
+        let mut intermediates = Vec::with_capacity(depth);
+        let mut lowest: Option<Issuer<'static, KeyPair>> = None;
+        for level in 1..=depth {
+            let key = KeyPair::generate().expect("generate an intermediate key");
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(DnType::CommonName, format!("forged intermediate {level}"));
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = match &lowest {
+                Some(above) => params.signed_by(&key, above),
+                None => params.signed_by(&key, &self.issuer),
+            };
+            intermediates.push(cert.expect("sign an intermediate").der().clone());
+            lowest = Some(Issuer::new(params, key));
+        }
+        let mut identity = match &lowest {
+            Some(issuer) => spec.sign_with(issuer),
+            None => self.sign(spec),
+        };
+        identity.chain.extend(intermediates.into_iter().rev());
+        identity
+    }
 }
 
 /// A PEM CSR for `params`, signed by `key`.

@@ -69,7 +69,7 @@ pub use oidc::OidcProvider;
 pub use openai::OpenAiUpstream;
 pub use person::{Person, PersonBuilder};
 pub use process::{CliOutput, Proc, command};
-pub use quic::{ControlLink, Probe, QuicProbe};
+pub use quic::{ControlLink, Probe, QuicProbe, ZeroRttAttempt};
 pub use socks::socks5_connect;
 pub use upstream::{DigestUpstream, EchoUpstream};
 pub use wait::{DEFAULT_TIMEOUT, wait_for, wait_for_some, wait_until_clock_passes, within};

@@ -6,7 +6,7 @@
 //! stream round-trip: a probe always sends a request and waits for an answer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use palisade_proto::control::{BrokerToConnector, ConnectorToBroker};
@@ -14,6 +14,7 @@ use palisade_proto::id::ServiceName;
 use palisade_proto::identity::TrustAnchors;
 use palisade_proto::tls::TlsIdentity;
 use palisade_proto::wire::{ALPN_CLIENT, ALPN_CONNECTOR, OpenStream, StreamHeader, encode_frame, frame_len};
+use rustls_pki_types::ServerName;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -75,9 +76,7 @@ impl QuicProbe {
 
     /// As a client: opens a stream to `service` and expects `ping` echoed back.
     pub async fn open_service(&self, identity: &TlsIdentity, service: &str) -> Probe {
-        let service: ServiceName = service.parse().expect("a service name");
-        let header = StreamHeader::Open(OpenStream { service }).encode().expect("encode the header");
-        self.exchange(identity, ALPN_CLIENT, header, b"ping".to_vec(), Expect::Bytes(4)).await
+        self.exchange(identity, ALPN_CLIENT, open_header(service), b"ping".to_vec(), Expect::Bytes(4)).await
     }
 
     /// As a connector: opens the control stream, says hello, and waits for the first frame.
@@ -132,6 +131,11 @@ impl QuicProbe {
         endpoint.close(0u32.into(), b"");
         probe
     }
+}
+
+fn open_header(service: &str) -> Vec<u8> {
+    let service: ServiceName = service.parse().expect("a service name");
+    StreamHeader::Open(OpenStream { service }).encode().expect("encode the header")
 }
 
 #[derive(Clone, Copy)]
@@ -224,5 +228,141 @@ impl ControlLink {
             Ok(None) => panic!("the control stream ended or sent garbage ({:?})", self.conn.close_reason()),
             Err(_) => panic!("no control frame within {PROBE_TIMEOUT:?}"),
         }
+    }
+}
+
+// ---------------------------------------------------------------- 0-RTT
+
+/// What a client holding the broker's resumption tickets got when it asked for 0-RTT.
+#[derive(Debug)]
+pub struct ZeroRttAttempt {
+    /// The `max_early_data_size` of each ticket the broker sent on the first connection.
+    pub tickets: Vec<u32>,
+    /// Whether quinn could start the second connection in 0-RTT.
+    pub zero_rtt: bool,
+    /// Whether the broker accepted the early data (asked only if `zero_rtt`).
+    pub accepted: Option<bool>,
+    /// The echo over the second connection once its handshake completed.
+    pub then: Probe,
+}
+
+/// A client session store that also notes what each TLS 1.3 ticket allows.
+#[derive(Debug)]
+struct TicketLog {
+    inner: rustls::client::ClientSessionMemoryCache,
+    early_data: Mutex<Vec<u32>>,
+}
+
+impl TicketLog {
+    fn seen(&self) -> Vec<u32> {
+        self.early_data.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketLog {
+    fn set_kx_hint(&self, server: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(server, group);
+    }
+    fn kx_hint(&self, server: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server)
+    }
+    fn set_tls12_session(&self, server: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(server, value);
+    }
+    fn tls12_session(&self, server: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server)
+    }
+    fn remove_tls12_session(&self, server: &ServerName<'static>) {
+        self.inner.remove_tls12_session(server);
+    }
+    fn insert_tls13_ticket(&self, server: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.early_data.lock().unwrap_or_else(PoisonError::into_inner).push(value.max_early_data_size());
+        self.inner.insert_tls13_ticket(server, value);
+    }
+    fn take_tls13_ticket(&self, server: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(server)
+    }
+}
+
+/// A client configuration with early data enabled whose tickets go to a [`TicketLog`].
+fn early_data_config(identity: &TlsIdentity, trust: &TrustAnchors) -> (quinn::ClientConfig, Arc<TicketLog>) {
+    let log =
+        Arc::new(TicketLog { inner: rustls::client::ClientSessionMemoryCache::new(16), early_data: Mutex::default() });
+    let mut tls = palisade_proto::tls::quic_client_config(identity, trust, ALPN_CLIENT).expect("TLS config");
+    tls.enable_early_data = true;
+    tls.resumption = rustls::client::Resumption::store(log.clone());
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("QUIC TLS config");
+    (quinn::ClientConfig::new(Arc::new(crypto)), log)
+}
+
+impl QuicProbe {
+    /// As a client with early data enabled: connects once (1-RTT, one echo
+    /// of `service`) to collect the broker's resumption tickets, then
+    /// connects again with the same configuration and asks quinn for 0-RTT
+    /// (`Connecting::into_0rtt`).
+    pub async fn try_zero_rtt(&self, identity: &TlsIdentity, service: &str) -> ZeroRttAttempt {
+        let (config, log) = early_data_config(identity, &self.trust);
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+        let host = self.addr.ip().to_string();
+        let header = open_header(service);
+
+        let first = endpoint.connect_with(config.clone(), self.addr, &host).expect("dial").await.expect("handshake");
+        let echo = round_trip(&first, &header, b"ping", Expect::Bytes(4)).await;
+        assert!(echo.is_ok(), "the first connection is served");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while log.seen().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.close(0u32.into(), b"done");
+
+        let connecting = endpoint.connect_with(config, self.addr, &host).expect("dial again");
+        let (zero_rtt, accepted, conn) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => (true, Some(accepted.await), conn),
+            Err(connecting) => (false, None, connecting.await.expect("the second handshake")),
+        };
+        let then = outcome(round_trip(&conn, &header, b"ping", Expect::Bytes(4)).await);
+        conn.close(0u32.into(), b"done");
+        endpoint.close(0u32.into(), b"");
+        ZeroRttAttempt { tickets: log.seen(), zero_rtt, accepted, then }
+    }
+}
+
+fn outcome(result: Result<Vec<u8>, Failure>) -> Probe {
+    match result {
+        Ok(bytes) => Probe::Served(bytes),
+        Err(Failure::Reset(code)) => Probe::Reset(code),
+        Err(Failure::Other(e)) => Probe::Refused(e),
+    }
+}
+
+// ------------------------------------------------------- NAT rebinding
+
+impl QuicProbe {
+    /// As a client: echoes once over a connection, then moves the client to
+    /// a new UDP socket (a NAT rebinding: new source port, same connection)
+    /// and echoes again on the same connection. Returns both outcomes and
+    /// the client's address before and after.
+    pub async fn echo_across_rebind(&self, identity: &TlsIdentity, service: &str) -> [(SocketAddr, Probe); 2] {
+        let tls = palisade_proto::tls::quic_client_config(identity, &self.trust, ALPN_CLIENT).expect("TLS config");
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("QUIC TLS config");
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+        let conn = endpoint
+            .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), self.addr, &self.addr.ip().to_string())
+            .expect("dial")
+            .await
+            .expect("handshake");
+        let header = open_header(service);
+        let echo = || async {
+            match tokio::time::timeout(PROBE_TIMEOUT, round_trip(&conn, &header, b"ping", Expect::Bytes(4))).await {
+                Ok(result) => outcome(result),
+                Err(_) => Probe::TimedOut,
+            }
+        };
+        let before = (endpoint.local_addr().expect("local address"), echo().await);
+        endpoint.rebind(std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a new socket")).expect("rebind");
+        let after = (endpoint.local_addr().expect("local address"), echo().await);
+        conn.close(0u32.into(), b"done");
+        endpoint.close(0u32.into(), b"");
+        [before, after]
     }
 }

@@ -182,7 +182,7 @@ pub(crate) async fn register_finish(
 ) -> Response {
     let result = async {
         let (details, pending_id) = fresh_session(&broker, &headers).await?;
-        let Json(reg) = json.map_err(|e| Failure::bad("account", "malformed", e.body_text()))?;
+        let reg = super::webauthn::finish_body("account", json)?;
         let owner = details.record.identity_id.clone();
         let found = login_state::take_ceremony(broker.db(), &pending_id).await.internal("account")?;
         let ceremony = found.filter(|c| c.kind == "register" && c.identity_id.as_deref() == Some(owner.as_str()));
@@ -193,7 +193,11 @@ pub(crate) async fn register_finish(
         let state: PasskeyRegistration = serde_json::from_str(&ceremony.state).internal("account")?;
         let webauthn = login.webauthn.as_ref().ok_or_else(|| Failure::unavailable("account", "not_configured", ""))?;
         let passkey = webauthn.finish_passkey_registration(&reg, &state).map_err(|e| {
-            Failure::refused("account", "registration_invalid", format!("{e:?}")).account(owner.clone())
+            let f = match super::webauthn::malformed_reason(&e) {
+                Some(reason) => Failure::bad("account", reason, format!("{e:?}")),
+                None => Failure::refused("account", "registration_invalid", format!("{e:?}")),
+            };
+            f.account(owner.clone())
         })?;
         let mut tx = broker.db().begin_write().await.internal("account")?;
         let id = match credentials::insert_in(&mut tx, &owner, &passkey, "passkey", now_unix()).await {

@@ -91,9 +91,12 @@ pub(crate) fn routes(broker: &Broker) -> Router<Broker> {
         .route("/invite/{token}", get(local::invite))
         .route("/login/mfa", get(webauthn::page))
         .route("/login/webauthn/register/start", post(webauthn::register_start))
-        .route("/login/webauthn/register/finish", post(webauthn::register_finish))
+        .route("/login/webauthn/register/finish", post(webauthn::register_finish).layer(webauthn::finish_body_limit()))
         .route("/login/webauthn/authenticate/start", post(webauthn::authenticate_start))
-        .route("/login/webauthn/authenticate/finish", post(webauthn::authenticate_finish))
+        .route(
+            "/login/webauthn/authenticate/finish",
+            post(webauthn::authenticate_finish).layer(webauthn::finish_body_limit()),
+        )
         .route("/login/static/webauthn.js", get(pages::script))
         .route("/api/v1/login/exchange", post(exchange::exchange).layer(exchange::body_limit()))
         .route("/api/v1/login/device", post(device::issue))
@@ -103,7 +106,10 @@ pub(crate) fn routes(broker: &Broker) -> Router<Broker> {
         .route("/api/v1/me/credentials", get(account::list))
         .route("/api/v1/me/credentials/{id}", delete(account::remove))
         .route("/api/v1/me/credentials/register/start", post(account::register_start))
-        .route("/api/v1/me/credentials/register/finish", post(account::register_finish))
+        .route(
+            "/api/v1/me/credentials/register/finish",
+            post(account::register_finish).layer(webauthn::finish_body_limit()),
+        )
         .layer(axum::middleware::map_response(page_headers))
         .layer(Extension(login))
 }
@@ -253,6 +259,7 @@ pub(crate) async fn report(broker: &Broker, login: &Login, client: &Client, f: &
         StatusCode::INTERNAL_SERVER_ERROR => {
             format!("internal error; the broker logged the cause (reference {reference})")
         }
+        StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is too large (reference {reference})"),
         _ => format!("sign-in failed (reference {reference})"),
     };
     let mut response = match shape {
@@ -271,6 +278,7 @@ fn json_code(f: &Failure) -> &'static str {
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         StatusCode::INTERNAL_SERVER_ERROR => "internal",
         StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         _ => "login_failed",
     }
 }

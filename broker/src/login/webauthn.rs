@@ -4,15 +4,19 @@
 //! happened for a person without a credential, or that redeems an invite.
 //! Ceremony state lives in the database, one per pending login, and is
 //! deleted by the first finish that takes it: a replayed or parallel second
-//! finish finds nothing. Passkey flows require user verification. After each
+//! finish finds nothing. A finish body that is not the expected JSON is
+//! refused (400; 413 over [`MAX_FINISH_BODY`]) before the ceremony is taken;
+//! one whose authenticator bytes (CBOR, authenticator data, COSE key) do not
+//! parse or carry an unsupported key is refused with 400 after, and the
+//! ceremony is spent. Passkey flows require user verification. After each
 //! authentication the counter and backup flags are stored; a counter that
 //! went backwards disables the credential and raises `credential.alert`.
 
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
@@ -148,8 +152,28 @@ fn ctx(broker: Broker, login: Arc<Login>, peer: Option<Extension<PeerAddr>>, hea
     Ctx { broker, login, client }
 }
 
+/// Most bytes a ceremony finish body may have. A browser's answer is a few
+/// kilobytes; one with an attestation certificate chain stays well under this.
+pub const MAX_FINISH_BODY: usize = 64 * 1024;
+
+/// The body limit of the finish routes (the sign-in's and the account's).
+pub(crate) fn finish_body_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(MAX_FINISH_BODY)
+}
+
+/// The finish body, or 400 (413 if over [`MAX_FINISH_BODY`]) before any ceremony is taken.
+pub(crate) fn finish_body<T>(step: &'static str, json: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
+    json.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Failure::bad(step, "too_large", e.body_text()).status(StatusCode::PAYLOAD_TOO_LARGE)
+        } else {
+            Failure::bad(step, "malformed", e.body_text())
+        }
+    })
+}
+
 fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
-    json.map(|Json(t)| t).map_err(|e| Failure::bad("webauthn", "malformed", e.body_text()))
+    finish_body("webauthn", json)
 }
 
 fn too_many(ctx: &Ctx) -> Option<Failure> {
@@ -385,6 +409,9 @@ async fn disable_clone(ctx: &Ctx, stored: &StoredCredential) -> Failure {
 }
 
 fn assertion_failure(e: &WebauthnError) -> Failure {
+    if let Some(reason) = malformed_reason(e) {
+        return Failure::bad("webauthn", reason, format!("{e:?}"));
+    }
     let reason = match e {
         WebauthnError::InvalidRPOrigin | WebauthnError::CredentialCrossOrigin => "origin",
         WebauthnError::UserNotVerified => "user_not_verified",
@@ -404,4 +431,28 @@ fn completed(done: Completed) -> Response {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// Errors that mean the authenticator's bytes do not parse (CBOR, authenticator
+/// data, COSE key) or carry a key shape the broker does not take, e.g. RSA
+/// under 2048 bits: the request is malformed (400), not a refused ceremony.
+/// Ambiguous errors (`CredentialAlteredAlgFromRequest` also means "excluded
+/// credential") stay refusals.
+pub(crate) fn malformed_reason(e: &WebauthnError) -> Option<&'static str> {
+    use WebauthnError as E;
+    match e {
+        E::ParseCBORFailure(_) | E::ParseJSONFailure(_) | E::ParseNOMFailure | E::ParseInsufficientBytesAvailable => {
+            Some("malformed")
+        }
+        E::COSEKeyInvalidCBORValue
+        | E::COSEKeyInvalidType
+        | E::COSEKeyEDUnsupported
+        | E::COSEKeyECDSAXYInvalid
+        | E::COSEKeyRSANEInvalid
+        | E::COSEKeyECDSAInvalidCurve
+        | E::COSEKeyEDDSAXInvalid
+        | E::COSEKeyEDDSAInvalidCurve
+        | E::COSEKeyInvalidAlgorithm => Some("key_unsupported"),
+        _ => None,
+    }
 }

@@ -6,6 +6,7 @@
 
 mod device;
 mod flow;
+mod forge;
 mod local;
 mod oidc_cases;
 mod sessions;

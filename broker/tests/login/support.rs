@@ -378,6 +378,11 @@ impl Browser {
         self.send(url, self.http.post(url).header("content-type", "text/plain").body(body.to_owned())).await
     }
 
+    /// `POST` of raw bytes declared as JSON: malformed or oversized bodies `post_json` cannot make.
+    pub async fn post_raw_json(&self, url: &str, body: Vec<u8>) -> Resp {
+        self.send(url, self.http.post(url).header("content-type", "application/json").body(body)).await
+    }
+
     pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Resp {
         self.send(url, self.http.post(url).form(form)).await
     }

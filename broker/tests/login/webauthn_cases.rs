@@ -1,11 +1,13 @@
-//! WA-01 … WA-09: the second factor's ceremonies under attack.
+//! WA-01 … WA-11: the second factor's ceremonies under attack.
 
 use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_broker::audit::EventKind;
 use palisade_broker::db::credentials;
 use serde_json::Value;
 use webauthn_rs::prelude::PublicKeyCredential;
 
+use crate::forge;
 use crate::support::{Browser, Idp, Key, TestBroker, auth_finish, auth_start, authenticate, mfa_mode, register};
 
 /// First sign-in of `user` through the portal, registering `key`. Returns the person's id.
@@ -207,4 +209,208 @@ async fn wa_07_a_counter_regression_disables_the_credential_and_alerts() {
 /// `userVerification: "discouraged"`: the authenticator then signs with UV=0.
 fn discouraged<T: serde::de::DeserializeOwned>() -> T {
     serde_json::from_value(Value::String("discouraged".into())).unwrap()
+}
+
+// ------------------------------------------------------- WA-10, WA-11: bodies
+
+const REGISTER_START: &str = "/login/webauthn/register/start";
+const REGISTER: &str = "/login/webauthn/register/finish";
+const AUTHENTICATE: &str = "/login/webauthn/authenticate/finish";
+const ACCOUNT_START: &str = "/api/v1/me/credentials/register/start";
+const ACCOUNT_FINISH: &str = "/api/v1/me/credentials/register/finish";
+/// The "huge attestationObject" of WA-11: 2 MiB before base64.
+const HUGE: usize = 2 * 1024 * 1024;
+
+/// What a refusal must leave alone: every stored credential (key, counter) and the session count.
+async fn stored(broker: &TestBroker) -> (Vec<(String, String, String)>, i64) {
+    let sql = "SELECT id, identity_id, passkey FROM webauthn_credentials ORDER BY id";
+    let creds = sqlx::query_as(sql).fetch_all(broker.db.pool()).await.unwrap();
+    (creds, broker.sessions().await)
+}
+
+async fn ceremonies(broker: &TestBroker) -> i64 {
+    broker.count("SELECT COUNT(*) FROM webauthn_ceremonies").await
+}
+
+fn bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap()
+}
+
+/// Starts a registration at `start` and has a fresh software authenticator
+/// answer it; the answer (JSON) is not posted.
+async fn genuine_registration(broker: &TestBroker, browser: &Browser, start: &str) -> Value {
+    let r = browser.post_json(&broker.url(start), &serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{start}: {}", r.body);
+    Key::new().register(&broker.origin(), serde_json::from_str(&r.body).unwrap())
+}
+
+/// POSTs `body` to `path` and checks the status, the JSON error code and the
+/// reason of the `login.failed` just recorded; returns that event's detail.
+async fn refused(broker: &TestBroker, browser: &Browser, path: &str, body: Vec<u8>, want: (u16, &str)) -> String {
+    let (status, reason) = want;
+    let r = browser.post_raw_json(&broker.url(path), body).await;
+    assert_eq!(r.status, status, "{path} ({reason}): {}", r.body);
+    let code = match status {
+        400 => "bad_request",
+        413 => "too_large",
+        _ => "login_failed",
+    };
+    assert_eq!(r.json()["error"], code, "{}", r.body);
+    let last = broker.events(EventKind::LoginFailed).await.remove(0);
+    assert_eq!(last["reason"], reason, "{last}");
+    last["detail"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Finish bodies that fail before any ceremony is taken: cut-off JSON, not
+/// UTF-8, wrong JSON types, and the genuine answer with 2 MiB at `field`.
+fn unparsable_bodies(genuine: &Value, field: &str) -> Vec<(Vec<u8>, (u16, &'static str))> {
+    let wrong_types = serde_json::json!({
+        "id": 7, "rawId": ["AAAA"], "type": "public-key",
+        "response": { "attestationObject": 1, "authenticatorData": true, "clientDataJSON": null },
+    });
+    let huge = forge::edit_bytes(genuine, field, |_| vec![0xa5; HUGE]);
+    vec![
+        (br#"{"id": "AAAA", "rawId":"#.to_vec(), (400, "malformed")),
+        (vec![0xff, 0xfe, 0x00, b'{'], (400, "malformed")),
+        (bytes(&wrong_types), (400, "malformed")),
+        (bytes(&huge), (413, "too_large")),
+    ]
+}
+
+/// Refuses every unparsable body at `finish`, then a copy of `genuine` cut
+/// short at `field` (it parses as JSON, so the ceremony is taken and spent),
+/// then `genuine` itself: no ceremony is left for it.
+async fn malformed_bodies_spend_nothing_but_a_parsed_one(
+    broker: &TestBroker,
+    browser: &Browser,
+    finish: &str,
+    (genuine, field): (&Value, &str),
+) -> String {
+    for (body, want) in unparsable_bodies(genuine, field) {
+        refused(broker, browser, finish, body, want).await;
+    }
+    assert_eq!(ceremonies(broker).await, 1, "a body that does not parse leaves the ceremony alone");
+    let cut = forge::edit_bytes(genuine, field, |b| b[..b.len() / 2].to_vec());
+    let detail = refused(broker, browser, finish, bytes(&cut), (400, "malformed")).await;
+    assert_eq!(ceremonies(broker).await, 0, "the cut-off answer spent the ceremony");
+    refused(broker, browser, finish, bytes(genuine), (400, "no_ceremony")).await;
+    detail
+}
+
+#[tokio::test]
+async fn wa_11_malformed_or_oversized_registration_bodies_are_4xx_and_store_nothing() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let browser = broker.browser();
+    assert_eq!(mfa_mode(&browser.sign_in(&broker.url("/login"), "alice").await), "register");
+    let reg = genuine_registration(&broker, &browser, REGISTER_START).await;
+    let before = stored(&broker).await;
+    let detail = malformed_bodies_spend_nothing_but_a_parsed_one(
+        &broker,
+        &browser,
+        REGISTER,
+        (&reg, "/response/attestationObject"),
+    )
+    .await;
+    assert!(detail.contains("ParseCBORFailure"), "truncated CBOR: {detail}");
+    assert_eq!(stored(&broker).await, before);
+    assert_eq!(broker.count("SELECT COUNT(*) FROM webauthn_credentials").await, 0);
+}
+
+#[tokio::test]
+async fn wa_11_rsa_1024_and_unsupported_cose_algorithms_are_refused() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let browser = broker.browser();
+    assert_eq!(mfa_mode(&browser.sign_in(&broker.url("/login"), "alice").await), "register");
+    let before = stored(&broker).await;
+    for (key, want, error) in [
+        (forge::rsa_key(1024), (400, "key_unsupported"), "COSEKeyRSANEInvalid"),
+        (forge::ec2_key(999), (400, "key_unsupported"), "COSEKeyInvalidAlgorithm"),
+        // webauthn-rs refuses an Ed25519 key while converting it, before the algorithm check.
+        (forge::ed25519_key(), (401, "assertion_invalid"), "SshPublicKeyEDUnsupported"),
+    ] {
+        let reg = genuine_registration(&broker, &browser, REGISTER_START).await;
+        let forged = forge::registration(&reg, &forge::cred_id(), &key);
+        let detail = refused(&broker, &browser, REGISTER, bytes(&forged), want).await;
+        assert!(detail.contains(error), "{error}: {detail}");
+        assert_eq!(ceremonies(&broker).await, 0);
+        assert_eq!(stored(&broker).await, before);
+    }
+    // The same forgery carrying a P-256 ES256 key is taken: the key alone was refused above.
+    let reg = genuine_registration(&broker, &browser, REGISTER_START).await;
+    let es256 = forge::registration(&reg, &forge::cred_id(), &forge::ec2_key(-7));
+    let taken = browser.post_json(&broker.url(REGISTER), &es256).await;
+    assert_eq!(taken.status, 200, "{}", taken.body);
+}
+
+#[tokio::test]
+async fn wa_11_malformed_or_oversized_assertions_are_4xx_and_change_nothing() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+    let browser = at_mfa(&broker, "alice").await;
+    let rcr = auth_start(&browser, &broker).await;
+    let cred = serde_json::to_value(key.assert(&broker.origin(), rcr)).unwrap();
+    let before = stored(&broker).await;
+    let detail = malformed_bodies_spend_nothing_but_a_parsed_one(
+        &broker,
+        &browser,
+        AUTHENTICATE,
+        (&cred, "/response/authenticatorData"),
+    )
+    .await;
+    assert!(detail.contains("ParseNOMFailure"), "truncated authenticator data: {detail}");
+    assert_eq!(stored(&broker).await, before, "no session, the counter untouched");
+    let browser = at_mfa(&broker, "alice").await;
+    assert_eq!(authenticate(&browser, &broker, &mut key).await.status, 200, "the genuine key still works");
+}
+
+#[tokio::test]
+async fn wa_11_malformed_bodies_adding_a_key_from_a_session_store_nothing() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    let browser = signed_in(&broker, "alice", &mut key).await;
+    let reg = genuine_registration(&broker, &browser, ACCOUNT_START).await;
+    let before = stored(&broker).await;
+    let detail = malformed_bodies_spend_nothing_but_a_parsed_one(
+        &broker,
+        &browser,
+        ACCOUNT_FINISH,
+        (&reg, "/response/attestationObject"),
+    )
+    .await;
+    assert!(detail.contains("ParseCBORFailure"), "truncated CBOR: {detail}");
+    let reg = genuine_registration(&broker, &browser, ACCOUNT_START).await;
+    let rsa = forge::registration(&reg, &forge::cred_id(), &forge::rsa_key(1024));
+    let detail = refused(&broker, &browser, ACCOUNT_FINISH, bytes(&rsa), (400, "key_unsupported")).await;
+    assert!(detail.contains("COSEKeyRSANEInvalid"), "{detail}");
+    assert_eq!(stored(&broker).await, before);
+}
+
+#[tokio::test]
+async fn wa_10_a_registered_credential_id_is_refused_for_another_person_and_its_owner() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    let alice = signed_in(&broker, "alice", &mut key).await;
+    let (creds, _) = stored(&broker).await;
+    let taken = URL_SAFE_NO_PAD.decode(&creds[0].0).unwrap();
+    let before = stored(&broker).await;
+
+    // Bob's own registration ceremony, answered with alice's credential id
+    // (fmt "none" signs nothing, so anyone can claim any id).
+    let bob = broker.browser();
+    assert_eq!(mfa_mode(&bob.sign_in(&broker.url("/login"), "bob").await), "register");
+    let reg = genuine_registration(&broker, &bob, REGISTER_START).await;
+    let claim = forge::registration(&reg, &taken, &forge::ec2_key(-7));
+    refused(&broker, &bob, REGISTER, bytes(&claim), (401, "credential_taken")).await;
+    assert_eq!(stored(&broker).await, before, "alice's credential untouched, no credential or session for bob");
+
+    // Alice, adding a key from her session, names the one she has: excluded.
+    let reg = genuine_registration(&broker, &alice, ACCOUNT_START).await;
+    let again = forge::registration(&reg, &taken, &forge::ec2_key(-7));
+    let detail = refused(&broker, &alice, ACCOUNT_FINISH, bytes(&again), (401, "registration_invalid")).await;
+    assert!(detail.contains("CredentialAlteredAlgFromRequest"), "excludeCredentials: {detail}");
+    assert_eq!(stored(&broker).await, before);
+
+    let browser = at_mfa(&broker, "alice").await;
+    assert_eq!(authenticate(&browser, &broker, &mut key).await.status, 200, "alice's key still signs in");
 }

@@ -174,3 +174,93 @@ fn attributes_round_trip_and_refuse_garbage() {
     let v2 = IdentityAttributes { v: 2, ..attrs };
     assert!(IdentityAttributes::from_der(&v2.to_der()).is_err());
 }
+
+// ------------------------------------------------ X5-07: intermediates
+
+/// A CA certificate named `cn` with basic constraints `is_ca`, signed by `parent`.
+fn sub_ca(parent: &Issuer<'static, KeyPair>, cn: &str, is_ca: IsCa) -> Ca {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.is_ca = is_ca;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    // Without clientAuth here webpki refuses the path for the EKU before reaching the defect under test.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, parent).expect("signed");
+    Ca { der: cert.der().clone(), issuer: Issuer::new(params, key) }
+}
+
+/// A self-issued CA certificate (subject = issuer = `cn`) with its own key: anyone can make these.
+fn look_alike(cn: &str) -> Ca {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.self_signed(&key).expect("self-signed");
+    Ca { der: cert.der().clone(), issuer: Issuer::new(params, key) }
+}
+
+/// Verifies `chain`, returning the error and how long the refusal took.
+fn refuse(chain: &[CertificateDer<'static>], ca: &Ca) -> (VerifyPeerError, Duration) {
+    let started = std::time::Instant::now();
+    let err = verify_peer(chain, &trust(ca), SystemTime::now(), MACHINE).expect_err("the chain must be refused");
+    let took = started.elapsed();
+    eprintln!("refused in {took:?}: {err:?}");
+    (err, took)
+}
+
+fn chain_error(err: &VerifyPeerError) -> &str {
+    match err {
+        VerifyPeerError::Chain(e) => e,
+        other => panic!("expected a chain error, got {other:?}"),
+    }
+}
+
+/// X5-07: twelve CA certificates between our CA and the leaf, each one
+/// properly signed by the one above. webpki stops at its depth limit (six
+/// intermediates). Observed: refused in about 0.1 ms (debug build).
+#[test]
+fn a_twelve_deep_chain_of_intermediates_is_refused_quickly() {
+    let root = ca();
+    let mut below: Vec<Ca> = Vec::new();
+    for depth in 1..=12 {
+        let parent = below.last().map_or(&root.issuer, |c| &c.issuer);
+        let next = sub_ca(parent, &format!("intermediate {depth}"), IsCa::Ca(BasicConstraints::Unconstrained));
+        below.push(next);
+    }
+    let mut chain = vec![leaf(below.last().expect("twelve"), |_| {})];
+    chain.extend(below.iter().rev().map(|c| c.der.clone()));
+    assert_eq!(chain.len(), 13);
+    let (err, _) = refuse(&chain, &root);
+    assert!(chain_error(&err).contains("MaximumPathDepthExceeded"), "{err:?}");
+}
+
+/// X5-07: an intermediate under our CA that is not a CA (basicConstraints
+/// CA:FALSE) signs a leaf. Observed: refused in about 0.02 ms (debug build).
+#[test]
+fn a_leaf_signed_by_a_non_ca_intermediate_is_refused() {
+    let root = ca();
+    let not_a_ca = sub_ca(&root.issuer, "not a CA", IsCa::ExplicitNoCa);
+    let chain = [leaf(&not_a_ca, |_| {}), not_a_ca.der.clone()];
+    let (err, _) = refuse(&chain, &root);
+    assert!(chain_error(&err).contains("EndEntityUsedAsCa"), "{err:?}");
+}
+
+/// X5-07, path-building explosion: a forged leaf presented with 50
+/// self-issued CA certificates that all carry its issuer's name, so every
+/// one is a candidate issuer of the leaf and of each other (50^6 paths
+/// without a budget). webpki's path-building budget (200 000 calls) ends
+/// the search. Observed: refused in about 240 ms (debug build), CPU a peer
+/// can make the verifier spend on every handshake.
+#[test]
+fn fifty_look_alike_intermediates_are_refused_quickly() {
+    let root = ca();
+    let name = "Palisade Intermediate";
+    let look_alikes: Vec<Ca> = (0..50).map(|_| look_alike(name)).collect();
+    let issuer = look_alike(name);
+    let mut chain = vec![leaf(&issuer, |_| {})];
+    chain.extend(look_alikes.iter().map(|c| c.der.clone()));
+    let (err, _) = refuse(&chain, &root);
+    let err = chain_error(&err);
+    assert!(err.contains("MaximumPathBuildCallsExceeded") || err.contains("MaximumSignatureChecksExceeded"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! QUIC denial of service (catalogue ): stalled handshakes and a
 //! client that opens thousands of streams and never reads the replies. The
 //! broker must free what stalled peers hold and keep serving everyone else.
+//! Also Q-14's 0-RTT part: early data, which an attacker could replay, is off.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
@@ -12,7 +13,7 @@ use palisade_proto::id::ServiceName;
 use palisade_proto::identity::TrustAnchors;
 use palisade_proto::tls::TlsIdentity;
 use palisade_proto::wire::{ALPN_CLIENT, OpenStream, StreamHeader};
-use palisade_tests::{ALLOW_ML_AGENTS, Broker, EchoUpstream, TestEnv};
+use palisade_tests::{ALLOW_ML_AGENTS, Broker, EchoUpstream, Probe, QuicProbe, TestEnv};
 
 /// The broker's QUIC handshake timeout (`broker/src/relay/accept.rs`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -322,4 +323,49 @@ async fn thousands_of_unread_streams_keep_broker_memory_bounded_and_others_serve
     conn.close(0u32.into(), b"done");
     endpoint.close(0u32.into(), b"");
     echo_once(&other, "after the flood").await;
+}
+
+/// Q-14 (0-RTT): a client with early data enabled that holds the broker's
+/// resumption tickets asks quinn for 0-RTT on its next connection. The
+/// broker's tickets allow no early data (`max_early_data_size = 0` in
+/// `proto/src/tls.rs`), so there is no 0-RTT and nothing to replay; the
+/// connection completes in 1-RTT and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_rtt_is_refused_even_with_a_resumption_ticket() {
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let probe = QuicProbe::new(broker.quic_addr(), broker.trust_anchors(&agent.trust_domain()));
+
+    let attempt = probe.try_zero_rtt(&agent.identity(), "echo").await;
+    eprintln!("Q-14: {attempt:?}");
+    assert!(!attempt.tickets.is_empty(), "the broker sent a resumption ticket, so the client had one to try");
+    assert!(attempt.tickets.iter().all(|&max| max == 0), "no ticket may allow early data: {:?}", attempt.tickets);
+    assert!(!attempt.zero_rtt, "0-RTT must not be available: {attempt:?}");
+    assert_eq!(attempt.then, Probe::Served(b"ping".to_vec()), "the 1-RTT connection is served");
+    assert_eq!(upstream.accepted(), 2);
+}
+
+/// Q-14 (NAT rebinding): a client's source port changes mid-connection (the
+/// client endpoint moves to a new UDP socket). The broker keeps serving the
+/// same connection, so the identity it verified at the handshake is unchanged;
+/// quinn validates the new path before sending more than the anti-amplification
+/// limit to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_address_changes_mid_connection_keeps_its_connection() {
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let probe = QuicProbe::new(broker.quic_addr(), broker.trust_anchors(&agent.trust_domain()));
+
+    let [(from, before), (to, after)] = probe.echo_across_rebind(&agent.identity(), "echo").await;
+    eprintln!("Q-14 rebinding: {from} {before:?} -> {to} {after:?}");
+    assert_ne!(from, to, "the client moved to a new address");
+    let served = Probe::Served(b"ping".to_vec());
+    assert_eq!((before, after), (served.clone(), served), "the same connection is served from the new address");
+    assert_eq!(upstream.accepted(), 2);
 }
