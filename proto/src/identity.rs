@@ -357,12 +357,32 @@ pub fn verify_peer(
     Ok(peer)
 }
 
+/// Palisade's CA signs every leaf itself; a peer may send the CA along,
+/// but nothing more. Longer chains are refused before any path is built,
+/// so a peer cannot make the verifier search among look-alike
+/// intermediates (X5-07: 50 of them cost about 240 ms of CPU in webpki).
+pub const MAX_INTERMEDIATES: usize = 1;
+
+/// Refuses a chain with more intermediates than [`MAX_INTERMEDIATES`].
+///
+/// # Errors
+/// [`VerifyPeerError::Chain`] naming the count.
+pub fn check_chain_length(intermediates: usize) -> Result<(), VerifyPeerError> {
+    if intermediates > MAX_INTERMEDIATES {
+        return Err(VerifyPeerError::Chain(format!(
+            "{intermediates} intermediate certificates; the Palisade CA signs leaves directly (at most {MAX_INTERMEDIATES} accepted)"
+        )));
+    }
+    Ok(())
+}
+
 fn verify_chain(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     trust: &TrustAnchors,
     now: SystemTime,
 ) -> Result<(), VerifyPeerError> {
+    check_chain_length(intermediates.len())?;
     let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| VerifyPeerError::Chain(e.to_string()))?;
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     cert.verify_for_usage(

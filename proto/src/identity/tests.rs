@@ -217,8 +217,9 @@ fn chain_error(err: &VerifyPeerError) -> &str {
 }
 
 /// X5-07: twelve CA certificates between our CA and the leaf, each one
-/// properly signed by the one above. webpki stops at its depth limit (six
-/// intermediates). Observed: refused in about 0.1 ms (debug build).
+/// properly signed by the one above. Refused for its length before any
+/// path is built (webpki alone would stop at its depth limit, six
+/// intermediates, in about 0.1 ms).
 #[test]
 fn a_twelve_deep_chain_of_intermediates_is_refused_quickly() {
     let root = ca();
@@ -232,7 +233,7 @@ fn a_twelve_deep_chain_of_intermediates_is_refused_quickly() {
     chain.extend(below.iter().rev().map(|c| c.der.clone()));
     assert_eq!(chain.len(), 13);
     let (err, _) = refuse(&chain, &root);
-    assert!(chain_error(&err).contains("MaximumPathDepthExceeded"), "{err:?}");
+    assert!(chain_error(&err).contains("12 intermediate certificates"), "{err:?}");
 }
 
 /// X5-07: an intermediate under our CA that is not a CA (basicConstraints
@@ -249,9 +250,9 @@ fn a_leaf_signed_by_a_non_ca_intermediate_is_refused() {
 /// X5-07, path-building explosion: a forged leaf presented with 50
 /// self-issued CA certificates that all carry its issuer's name, so every
 /// one is a candidate issuer of the leaf and of each other (50^6 paths
-/// without a budget). webpki's path-building budget (200 000 calls) ends
-/// the search. Observed: refused in about 240 ms (debug build), CPU a peer
-/// can make the verifier spend on every handshake.
+/// without a budget). webpki's path-building budget (200 000 calls) would
+/// end the search after about 240 ms of CPU (debug build) on every
+/// handshake; the chain is refused for its length before that.
 #[test]
 fn fifty_look_alike_intermediates_are_refused_quickly() {
     let root = ca();
@@ -261,6 +262,8 @@ fn fifty_look_alike_intermediates_are_refused_quickly() {
     let mut chain = vec![leaf(&issuer, |_| {})];
     chain.extend(look_alikes.iter().map(|c| c.der.clone()));
     let (err, _) = refuse(&chain, &root);
-    let err = chain_error(&err);
-    assert!(err.contains("MaximumPathBuildCallsExceeded") || err.contains("MaximumSignatureChecksExceeded"), "{err}");
+    assert!(chain_error(&err).contains("50 intermediate certificates"), "{err:?}");
+    // Our CA sent along, as some clients do, is still fine.
+    let with_ca = [leaf(&root, |_| {}), root.der.clone()];
+    verify_peer(&with_ca, &trust(&root), SystemTime::now(), MACHINE).expect("a leaf with our CA sent along");
 }
