@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use palisade_broker::db::{connector_links, unix_seconds};
+use palisade_broker::db::{connector_links, identities, unix_seconds};
+use palisade_proto::identity::PeerRole;
 
 use super::load_config;
 
@@ -29,20 +30,17 @@ pub(super) async fn connector(command: ConnectorCommand) -> anyhow::Result<ExitC
     let db = config.open_db().await.context("cannot open the database")?;
     let now = unix_seconds(SystemTime::now());
     let listed = async {
-        let identities = sqlx::query_as::<_, (String, String, i64)>(
-            "SELECT id, name, disabled FROM identities WHERE role = 'connector' ORDER BY name",
-        )
-        .fetch_all(db.pool())
-        .await?;
-        Ok::<_, sqlx::Error>((identities, connector_links::statuses(&db, now).await?))
+        let connectors = identities::list(&db, PeerRole::Connector).await?;
+        Ok::<_, sqlx::Error>((connectors, connector_links::statuses(&db, now).await?))
     }
     .await;
     db.close().await;
-    let (identities, statuses) = listed.context("cannot read the connectors")?;
+    let (connectors, statuses) = listed.context("cannot read the connectors")?;
     println!("{:<24}  {:<8}  {:<28}  {:<10}  {:<20}  ID", "NAME", "STATE", "LINK", "VERSION", "LAST SEEN");
-    for (id, name, disabled) in identities {
-        let state = if disabled != 0 { "disabled" } else { "enabled" };
-        let (link, version, seen) = match statuses.get(&id) {
+    for connector in connectors {
+        let (id, name) = (&connector.id, &connector.name);
+        let state = if connector.disabled { "disabled" } else { "enabled" };
+        let (link, version, seen) = match statuses.get(id) {
             Some(s) if s.online() => {
                 (format!("online via {}", s.linked_to.join(",")), s.version.clone(), "now".to_owned())
             }
