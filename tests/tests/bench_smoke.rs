@@ -188,3 +188,42 @@ async fn tiny_control_plane_benchmark_writes_a_well_formed_table_and_json() {
         assert!(r["p99_ms"].as_f64() >= r["p50_ms"].as_f64(), "{r}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_llm_benchmark_streams_through_every_setup_and_writes_a_table() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade-bench"));
+    cmd.args(["--llm", "--llm-requests", "4", "--llm-tokens", "20", "--token-interval-us", "200", "--runs", "1"])
+        .arg("--out")
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let run = tokio::time::timeout(Duration::from_secs(300), cmd.output()).await;
+    let output = run.expect("the tiny LLM benchmark finishes within 5 minutes").expect("palisade-bench starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "palisade-bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+
+    let markdown = std::fs::read_to_string(out.path().join("llm.md")).expect("llm.md");
+    assert!(stdout.contains(markdown.trim()), "the table is printed on stdout too");
+    let table: Vec<&str> = markdown.lines().filter(|l| l.starts_with('|')).collect();
+    let columns = table[0].matches('|').count();
+    assert!(table.iter().all(|l| l.matches('|').count() == columns), "{markdown}");
+    for label in ["direct", "Palisade, TCP service", "Palisade, HTTP-aware service", "HTTP-aware − TCP"] {
+        assert!(table[0].contains(label), "the header names {label}:\n{markdown}");
+    }
+    let json: Value = serde_json::from_slice(&std::fs::read(out.path().join("llm.json")).unwrap()).unwrap();
+    let samples = json["samples"].as_array().expect("samples");
+    for path in ["direct", "palisade_tcp", "palisade_http"] {
+        let sample = samples.iter().find(|s| s["path"] == path).unwrap_or_else(|| panic!("no sample for {path}"));
+        for key in ["first_token_p50_ms", "delay_p99_us", "whole_p50_ms"] {
+            let v = sample["values"][key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{key} of {path} is {v}");
+        }
+        // Tokens that arrive in one read have no gap between them.
+        assert!(sample["values"]["gap_p99_us"].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0), "{sample}");
+        // 20 tokens 200 µs apart: the whole answer cannot come faster than the upstream paces it.
+        assert!(sample["values"]["whole_p50_ms"].as_f64().unwrap() >= 3.8, "{sample}");
+    }
+    let http = samples.iter().find(|s| s["path"] == "palisade_http").unwrap();
+    assert!(http["values"]["cpu_us_per_request.server"].as_f64().is_some_and(|v| v >= 0.0), "{http}");
+}

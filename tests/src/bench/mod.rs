@@ -9,7 +9,9 @@
 //! upstream has no connection left → report.
 
 pub mod cedar;
+pub mod chat;
 pub mod control_plane;
+pub mod llm;
 pub mod netns;
 pub mod options;
 pub mod procfs;
@@ -395,7 +397,7 @@ impl PalisadeDeployment {
     }
 }
 
-async fn header(opts: &Options, params: Params) -> Header {
+pub(crate) async fn header(opts: &Options, params: Params) -> Header {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()

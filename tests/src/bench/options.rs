@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::control_plane::ControlParams;
+use super::llm::LlmParams;
 use super::workload::{Params, Workload};
 
 /// Measures Palisade's tunnel against a direct TCP connection and `ssh -L`,
@@ -65,6 +66,21 @@ pub struct Options {
     /// policies) instead of the tunnel; writes `cedar.md`.
     #[arg(long)]
     pub cedar: bool,
+    /// Measure an LLM token stream instead (time to first token, gaps
+    /// between tokens, CPU per request) directly, through Palisade as a TCP
+    /// and as an HTTP-aware service, and through `ssh -L`; writes `llm.md`.
+    #[arg(long)]
+    pub llm: bool,
+    /// Streamed answers per setup and run for `--llm` [default: 50; quick: 20].
+    #[arg(long, value_name = "N")]
+    pub llm_requests: Option<usize>,
+    /// Tokens per answer for `--llm`.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub llm_tokens: u32,
+    /// Microseconds between tokens at the upstream for `--llm` (a fast
+    /// model server streams one every 10–30 ms; the default is a stress test).
+    #[arg(long, value_name = "US", default_value_t = 1000)]
+    pub token_interval_us: u32,
     /// Where `results.md` and `results.json` go.
     #[arg(long, value_name = "DIR", default_value = "bench-results")]
     pub out: PathBuf,
@@ -135,6 +151,17 @@ impl Options {
             issuances: self.issuances.unwrap_or(if q { 50 } else { 500 }).max(1),
             sign_ins: self.sign_ins.unwrap_or(if q { 12 } else { 24 }).max(1),
             concurrency: self.concurrency.max(1),
+        }
+    }
+
+    /// `--llm` sizes after `--quick` and explicit flags.
+    #[must_use]
+    pub fn llm_params(&self) -> LlmParams {
+        LlmParams {
+            requests: self.llm_requests.unwrap_or(if self.quick { 20 } else { 50 }).max(1),
+            tokens: self.llm_tokens.max(1),
+            interval_us: self.token_interval_us,
+            runs: self.runs(),
         }
     }
 

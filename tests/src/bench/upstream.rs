@@ -10,6 +10,7 @@
 //! | `D`  | length (u64 BE)              | sends that many bytes, closes                      |
 //! | `S`  | count, interval µs, size (u32 BE each) | sends `count` SSE events of `size` bytes, one every interval (0: as fast as it can) |
 //! | `?`  | —                            | answers how many other connections are open (u64 BE) |
+//! | `P`, `G` | the rest of an HTTP/1.1 request | `POST /v1/chat/completions`: a paced token stream; `GET /v1/models`: a model list ([`super::chat`]) |
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -115,6 +116,12 @@ async fn handle(mut socket: TcpStream, open: &Open, payload: &[u8]) -> std::io::
             tokio::task::spawn_blocking(move || send_events(std, count, interval, size as usize)).await?
         }
         ACTIVE => socket.write_all(&open.others().to_be_bytes()).await,
+        b'P' | b'G' => {
+            let std = socket.into_std()?;
+            std.set_nonblocking(false)?;
+            let first = mode[0];
+            tokio::task::spawn_blocking(move || super::chat::serve(std, first)).await?
+        }
         other => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown mode byte {other:#x}"))),
     }
 }

@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         match &opts.command {
             Some(Internal::Upstream { listen }) => bench::upstream::serve(*listen).await.map(|()| None),
             None if opts.cedar => bench::cedar::run_and_write(opts.quick, &opts.out).map(Some),
+            None if opts.llm => tokio::select! {
+                result = bench::llm::run_and_write(&opts, &opts.out) => result.map(Some),
+                () = interrupted() => Err(anyhow::anyhow!("interrupted; every process started was stopped")),
+            },
             None if opts.control_plane => tokio::select! {
                 result = bench::control_plane::run_and_write(opts.control_params(), &opts.out) => result.map(Some),
                 () = interrupted() => Err(anyhow::anyhow!("interrupted; every process started was stopped")),
