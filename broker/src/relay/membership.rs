@@ -26,6 +26,10 @@ impl Membership {
     /// Combines the certificate's groups with the database's; `None` (the
     /// database's view is unknown) keeps no group from permitting.
     pub(crate) fn of(cert: &[String], db: Option<&[String]>) -> Self {
+        // The common case, both lists the same: no sets to build.
+        if db == Some(cert) {
+            return Self { within: cert.to_vec(), across: cert.to_vec() };
+        }
         let cert: BTreeSet<&String> = cert.iter().collect();
         let db: BTreeSet<&String> = db.unwrap_or_default().iter().collect();
         Self {
@@ -108,6 +112,9 @@ mod tests {
         let m = Membership::of(&v(&["b", "a"]), Some(&v(&["a", "b"])));
         assert!(m.settled());
         assert_eq!(m.within, v(&["a", "b"]));
+        let same = Membership::of(&v(&["ml", "ops"]), Some(&v(&["ml", "ops"])));
+        assert!(same.settled());
+        assert_eq!((same.within, same.across), (v(&["ml", "ops"]), v(&["ml", "ops"])));
     }
 
     #[test]
