@@ -13,6 +13,7 @@
 pub(crate) mod admin;
 pub(crate) mod device;
 pub mod layout;
+pub(crate) mod paging;
 pub(crate) mod portal;
 pub(crate) mod stepup;
 pub(crate) mod viewer;
