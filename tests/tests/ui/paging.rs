@@ -58,6 +58,8 @@ pub(crate) async fn long_tables_page_on_the_server_from_the_keyboard(ui: &Ui) {
     let first = row_ids(ui, "#people tbody tr", "data-user").await;
     assert_eq!(first.len(), 10, "one page of ten people");
     assert!(chrome.find_all("#people-pager a.prev").await.is_empty(), "no previous page from the first");
+    let show = "document.getElementById('people').scrollIntoView(); return true;";
+    chrome.client().execute(show, vec![]).await.expect("scroll to the People table");
     chrome.screenshot("20-admin-people-paged").await;
 
     chrome.enter_and_load("#people-pager a.next").await;
