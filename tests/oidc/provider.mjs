@@ -12,7 +12,8 @@
 // are registered by the test through a small admin API on the same port:
 //
 //   POST /admin/clients  {"client_id","client_secret","redirect_uris":[…]}
-//   POST /admin/users/NAME  {"groups":[…]}        set a user's groups (creating NAME, password NAME-pw, if new)
+//   POST /admin/users/NAME  {"groups":[…], "name":"…"}  set a user's groups and, if given, the display name
+//                                                 (the `name` claim, any text); creates NAME, password NAME-pw, if new
 //   POST /admin/rotate                            new signing key, same issuer
 //
 // The login form lives at the interaction URL `/interaction/UID`.
@@ -149,6 +150,8 @@ async function admin(req, res, url) {
     // Unknown names become new people (password NAME-pw), for tests and the benchmark that need many.
     USERS[user[1]] ??= { password: `${user[1]}-pw`, email: `${user[1]}@example.com`, name: user[1], groups: [] };
     USERS[user[1]].groups = body.groups ?? [];
+    // Any text, markup included: tests check the broker renders an IdP's claims as text.
+    if (typeof body.name === 'string') USERS[user[1]].name = body.name;
     return send(res, 200, 'application/json', JSON.stringify({ ok: true }));
   }
   if (url.pathname === '/admin/rotate') {

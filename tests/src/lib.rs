@@ -67,7 +67,7 @@ pub use env::TestEnv;
 pub use flow::{Flow, FlowEnd};
 pub use oidc::OidcProvider;
 pub use openai::OpenAiUpstream;
-pub use person::{Person, PersonBuilder};
+pub use person::{DeviceLogin, Person, PersonBuilder};
 pub use process::{CliOutput, Proc, command};
 pub use quic::{ControlLink, Probe, QuicProbe, ZeroRttAttempt};
 pub use socks::socks5_connect;

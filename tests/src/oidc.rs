@@ -70,6 +70,15 @@ impl OidcProvider {
         assert!(response.status().is_success(), "POST {url}: {}", response.status());
     }
 
+    /// Like [`OidcProvider::set_user`], and gives the person `display_name`
+    /// as their `name` claim (any text: tests use markup).
+    pub async fn set_user_named(&self, user: &str, groups: &[&str], display_name: &str) {
+        let url = format!("{}/admin/users/{user}", self.issuer);
+        let body = json!({ "groups": groups, "name": display_name });
+        let response = plain_http().post(&url).json(&body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert!(response.status().is_success(), "POST {url}: {}", response.status());
+    }
+
     /// A test person's password at the provider.
     #[must_use]
     pub fn password(user: &str) -> String {

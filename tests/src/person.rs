@@ -14,6 +14,8 @@ use crate::process::{Proc, command};
 const BIN: &str = "palisade";
 /// The line `palisade login` prints before the URL to open.
 const URL_PREFIX: &str = "open this URL to sign in: ";
+/// The line `palisade login --device` prints with the approval page's address.
+const DEVICE_PREFIX: &str = "(or open ";
 
 /// Describes a person before they sign in.
 #[must_use = "call .login().await"]
@@ -55,6 +57,50 @@ impl PersonBuilder {
         let session_id = line.split_whitespace().nth(1).expect("a session id").to_owned();
         let agent = Agent::at(self.broker, home, &self.name);
         Person { agent, session_id }
+    }
+
+    /// Runs `palisade login --device --broker … --ca-file …` in a fresh home
+    /// and returns once it prints the approval page's address; someone
+    /// signed in as this person approves it in a browser, then
+    /// [`DeviceLogin::finish`] waits for the CLI.
+    pub async fn start_device_login(self) -> DeviceLogin {
+        let home = self.broker.env.fresh_dir(&format!("home-{}-device", self.name));
+        let mut cmd = command(BIN);
+        cmd.arg("--home").arg(&home).args(["login", "--device", "--broker", &self.broker.public_url()]);
+        cmd.arg("--ca-file").arg(self.broker.data_dir.join("ca.pem"));
+        let login = Proc::spawn(&format!("login --device {}", self.name), cmd, self.broker.env.logs());
+        let line = login.wait_for_line("the approval URL", |l| l.starts_with(DEVICE_PREFIX)).await;
+        let url = line.strip_prefix(DEVICE_PREFIX).and_then(|l| l.strip_suffix(')')).expect("(or open URL)").to_owned();
+        DeviceLogin { broker: self.broker, name: self.name, home, login, url }
+    }
+}
+
+/// `palisade login --device` waiting for someone to approve its code.
+pub struct DeviceLogin {
+    broker: Arc<BrokerInfo>,
+    name: String,
+    home: std::path::PathBuf,
+    login: Proc,
+    url: String,
+}
+
+impl DeviceLogin {
+    /// The approval page with the code filled in (`…/device?user_code=…`).
+    #[must_use]
+    pub fn approval_url(&self) -> &str {
+        &self.url
+    }
+
+    /// Waits for `palisade login --device` to get its certificate and exit.
+    ///
+    /// # Panics
+    /// If it fails or does not finish in time.
+    pub async fn finish(mut self) -> Person {
+        let status = self.login.wait().await;
+        assert!(status.success(), "palisade login --device failed ({status}):\n{}", self.login.stderr());
+        let line = self.login.wait_for_line("`Session ID ends …`", |l| l.starts_with("Session ")).await;
+        let session_id = line.split_whitespace().nth(1).expect("a session id").to_owned();
+        Person { agent: Agent::at(self.broker, self.home, &self.name), session_id }
     }
 }
 

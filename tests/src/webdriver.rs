@@ -160,6 +160,21 @@ impl Chrome {
         let mark = "window.__palisadeLeft = true; return true;";
         self.client.execute(mark, vec![]).await.expect("mark the current document");
         self.click(css).await;
+        self.wait_for_new_document(css).await;
+    }
+
+    /// Presses Enter on the element matching `css` (a link or a button:
+    /// what a keyboard user does) and waits until the next document has
+    /// loaded, as [`Chrome::click_and_load`].
+    pub async fn enter_and_load(&self, css: &str) {
+        let mark = "window.__palisadeLeft = true; return true;";
+        self.client.execute(mark, vec![]).await.expect("mark the current document");
+        let element = self.find(css).await;
+        element.send_keys("\u{e007}").await.unwrap_or_else(|e| panic!("press Enter on {css}: {e}"));
+        self.wait_for_new_document(css).await;
+    }
+
+    async fn wait_for_new_document(&self, css: &str) {
         let loaded = "return window.__palisadeLeft === undefined && document.readyState === 'complete';";
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {

@@ -88,8 +88,13 @@ pub enum GroupsError {
 }
 
 impl GroupEdit {
-    /// Checks the names (the certificate's rules for groups) and that the
-    /// edit asks for something and does not contradict itself.
+    /// Checks the names to add (the certificate's rules for groups) and that
+    /// the edit asks for something and does not contradict itself.
+    ///
+    /// A name to remove is not held to those rules: a stored name that fails
+    /// them (written by an older version or straight into the database)
+    /// must still be removable. [`change_groups`] removes only a name the
+    /// identity holds, exactly as stored.
     ///
     /// # Errors
     /// [`GroupsError::Invalid`] naming the problem.
@@ -97,8 +102,11 @@ impl GroupEdit {
         if self.add.is_empty() && self.remove.is_empty() {
             return Err(GroupsError::Invalid("nothing to change: name a group to add or to remove".into()));
         }
-        for g in self.add.iter().chain(&self.remove) {
+        for g in &self.add {
             g.parse::<GroupName>().map_err(|e| GroupsError::Invalid(format!("{g:?}: {e}; nothing was changed")))?;
+        }
+        if self.remove.iter().any(String::is_empty) {
+            return Err(GroupsError::Invalid("a group to remove must not be empty; nothing was changed".into()));
         }
         if let Some(g) = self.add.iter().find(|g| self.remove.contains(g)) {
             return Err(GroupsError::Invalid(format!("group {g:?} is both added and removed: name it once")));
@@ -220,5 +228,44 @@ mod tests {
         assert!(message(edit(&["ops,admins"], &[])).contains("group name"));
         assert!(message(edit(&["ml"], &["ml"])).contains("both added and removed"));
         assert!(edit(&["ml-team.eu"], &["ops"]).check().is_ok());
+        assert!(message(edit(&[], &[""])).contains("must not be empty"));
+    }
+
+    #[test]
+    fn a_stored_name_that_fails_the_rules_can_be_removed_but_not_added() {
+        let bad = "<img src=x onerror=alert(1)>";
+        assert!(edit(&[], &[bad]).check().is_ok(), "removing a bad stored name is allowed");
+        assert_eq!(edit(&[], &[bad]).apply(&v(&["ops", bad])), Ok(v(&["ops"])));
+        assert!(matches!(edit(&[bad], &[]).check(), Err(GroupsError::Invalid(_))), "adding one is refused");
+        assert!(matches!(edit(&[bad], &[bad]).check(), Err(GroupsError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn a_bad_name_written_straight_into_the_database_is_removed_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&crate::db::sqlite_url(&dir.path().join("palisade.db"))).await.unwrap();
+        let bad = "<img src=x onerror=alert(1)>";
+        sqlx::query(
+            "INSERT INTO identities (id, role, name, groups, disabled, created_at) VALUES ('m1', 'machine', 'agent-1', $1, 0, 0)",
+        )
+        .bind(serde_json::json!(["ops", bad]).to_string())
+        .execute(db.pool())
+        .await
+        .unwrap();
+        let identity = identities::get(&db, PeerRole::Machine, "m1").await.unwrap().unwrap();
+
+        let refused = change_groups(&db, &identity, &edit(&[bad], &[]), "user/admin").await;
+        assert!(matches!(refused, Err(GroupsError::Invalid(_))), "adding a bad name is still refused");
+        let change = change_groups(&db, &identity, &edit(&[], &[bad]), "user/admin").await.unwrap();
+        assert_eq!(change.removed, v(&[bad]));
+        let stored = identities::get(&db, PeerRole::Machine, "m1").await.unwrap().unwrap();
+        assert_eq!(stored.groups, v(&["ops"]), "the bad name is gone, the good one kept");
+        let details: Vec<String> =
+            sqlx::query_scalar("SELECT detail FROM audit_events WHERE kind = 'identity.updated'")
+                .fetch_all(db.pool())
+                .await
+                .unwrap();
+        assert_eq!(details.len(), 1, "one change, one event: {details:?}");
+        assert!(details[0].contains("onerror"), "the removed name is in the event: {}", details[0]);
     }
 }

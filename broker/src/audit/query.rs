@@ -112,11 +112,56 @@ pub async fn search(db: &Db, q: &Query) -> Result<Page<EventRow>, AuditError> {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
     };
-    let mut sql = Filter::new(
-        "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
-         FROM audit_events WHERE seq < ",
-    );
-    sql.bind(q.before_seq.unwrap_or(i64::MAX));
+    let head = "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
+                FROM audit_events WHERE seq < ";
+    let Some(mut sql) = matching(head, q.before_seq.unwrap_or(i64::MAX), q) else {
+        return Ok(Page { items: Vec::new(), next_before: None });
+    };
+    sql.push(" ORDER BY seq DESC LIMIT ").bind(i64::from(limit) + 1);
+    let mut rows: Vec<EventRow> = sql.fetch_all(db).await?.into_iter().map(from_raw).collect();
+    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_before = if more { rows.last().map(|r| r.seq) } else { None };
+    Ok(Page { items: rows, next_before })
+}
+
+/// How many events match `q`'s filters and are older than `q.before_seq`
+/// (all of them when it is `None`); `q.limit` does not apply. With and
+/// without `before_seq`, the two counts place a page: it starts at row
+/// `all - older + 1` of `all`.
+///
+/// # Errors
+/// The table could not be read.
+pub async fn count_matching(db: &Db, q: &Query) -> Result<u64, AuditError> {
+    let Some(sql) = matching("SELECT COUNT(*) FROM audit_events WHERE seq < ", q.before_seq.unwrap_or(i64::MAX), q)
+    else {
+        return Ok(0);
+    };
+    let n = sql.fetch_i64s(db).await?.first().copied().unwrap_or(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The `before_seq` of the page just newer than `q`'s (keyset paging
+/// backwards, `limit` events a page): `None` when that page is the newest,
+/// or when `q` already starts at the newest event.
+///
+/// # Errors
+/// The table could not be read.
+pub async fn previous_before(db: &Db, q: &Query, limit: u32) -> Result<Option<i64>, AuditError> {
+    let Some(before) = q.before_seq else { return Ok(None) };
+    // The newer page ends with the event at `before`; it starts `limit` matching events later.
+    let Some(mut sql) = matching("SELECT seq FROM audit_events WHERE seq >= ", before, q) else {
+        return Ok(None);
+    };
+    sql.push(" ORDER BY seq ASC LIMIT 1 OFFSET ").bind(i64::from(limit));
+    Ok(sql.fetch_i64s(db).await?.first().copied())
+}
+
+/// `head` (ending in a comparison with `seq`) bound to `seq`, and every
+/// filter of `q` but its paging; `None` when nothing can match.
+fn matching(head: &str, seq: i64, q: &Query) -> Option<Filter> {
+    let mut sql = Filter::new(head);
+    sql.bind(seq);
     if let Some(since) = q.since_ms {
         sql.push(" AND ts_ms >= ").bind(since);
     }
@@ -135,9 +180,7 @@ pub async fn search(db: &Db, q: &Query) -> Result<Page<EventRow>, AuditError> {
     if let Some(machine) = &q.machine {
         party(&mut sql, &["machine", "connector"], machine);
     }
-    let Some(kinds) = kinds_wanted(q) else {
-        return Ok(Page { items: Vec::new(), next_before: None });
-    };
+    let kinds = kinds_wanted(q)?;
     if !kinds.is_empty() {
         sql.push(" AND kind IN (");
         for (i, kind) in kinds.into_iter().enumerate() {
@@ -145,12 +188,7 @@ pub async fn search(db: &Db, q: &Query) -> Result<Page<EventRow>, AuditError> {
         }
         sql.push(")");
     }
-    sql.push(" ORDER BY seq DESC LIMIT ").bind(i64::from(limit) + 1);
-    let mut rows: Vec<EventRow> = sql.fetch_all(db).await?.into_iter().map(from_raw).collect();
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let next_before = if more { rows.last().map(|r| r.seq) } else { None };
-    Ok(Page { items: rows, next_before })
+    Some(sql)
 }
 
 /// The event kinds a query asks for (empty: any), or `None` when its kinds
@@ -235,6 +273,17 @@ impl Filter {
         }
         query.fetch_all(db.pool()).await
     }
+
+    async fn fetch_i64s(self, db: &Db) -> Result<Vec<i64>, sqlx::Error> {
+        let mut query = sqlx::query_scalar::<Any, i64>(sqlx::AssertSqlSafe(self.sql));
+        for param in self.params {
+            query = match param {
+                Param::Int(v) => query.bind(v),
+                Param::Text(v) => query.bind(v),
+            };
+        }
+        query.fetch_all(db.pool()).await
+    }
 }
 
 fn like_escape(s: &str) -> String {
@@ -273,7 +322,15 @@ pub struct LoginAttempt {
 /// # Errors
 /// The table could not be read.
 pub async fn login_trail(db: &Db, person: &str, q: &Query) -> Result<Page<LoginAttempt>, AuditError> {
-    let q = Query {
+    let page = search(db, &trail_query(person, q)).await?;
+    Ok(Page { items: page.items.iter().map(attempt).collect(), next_before: page.next_before })
+}
+
+/// The query [`login_trail`] runs for `person`: `q`'s paging and time
+/// bounds, the sign-in kinds, nothing else.
+#[must_use]
+pub fn trail_query(person: &str, q: &Query) -> Query {
+    Query {
         person: Some(person.to_owned()),
         kinds: vec![EventKind::LoginSucceeded, EventKind::LoginFailed, EventKind::SessionCreated],
         before_seq: q.before_seq,
@@ -281,9 +338,7 @@ pub async fn login_trail(db: &Db, person: &str, q: &Query) -> Result<Page<LoginA
         until_ms: q.until_ms,
         limit: q.limit,
         ..Query::default()
-    };
-    let page = search(db, &q).await?;
-    Ok(Page { items: page.items.iter().map(attempt).collect(), next_before: page.next_before })
+    }
 }
 
 fn attempt(row: &EventRow) -> LoginAttempt {

@@ -197,3 +197,27 @@ fn kinds_have_stable_names() {
     }
     assert_eq!(Outcome::Deny.as_str(), "deny");
 }
+
+#[tokio::test]
+async fn keyset_pages_are_counted_and_walk_back_to_the_newest() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 12).await;
+    let other = AuditEvent::new(EventKind::PolicyActivated, Outcome::Success).actor("admin");
+    audit.record(other).await.unwrap();
+    let q = query::Query { kinds: vec![EventKind::StreamAllowed], limit: 5, ..query::Query::default() };
+    assert_eq!(query::count_matching(&db, &q).await.unwrap(), 12, "only the matching kind counts");
+    assert_eq!(query::previous_before(&db, &q, 5).await.unwrap(), None, "the first page has no newer page");
+
+    let first = query::search(&db, &q).await.unwrap();
+    let second_q = query::Query { before_seq: first.next_before, ..q.clone() };
+    let second = query::search(&db, &second_q).await.unwrap();
+    assert_eq!(query::count_matching(&db, &second_q).await.unwrap(), 7, "events older than page one");
+    assert_eq!(query::previous_before(&db, &second_q, 5).await.unwrap(), None, "page one is the newest");
+
+    let third_q = query::Query { before_seq: second.next_before, ..q.clone() };
+    let third = query::search(&db, &third_q).await.unwrap();
+    assert_eq!(third.items.len(), 2);
+    let back = query::previous_before(&db, &third_q, 5).await.unwrap();
+    let again = query::search(&db, &query::Query { before_seq: back, ..q.clone() }).await.unwrap();
+    assert_eq!(again.items, second.items, "previous from page three is page two");
+}

@@ -3,13 +3,17 @@
 //! styled and scripted only by the files in `static/` (no inline script or
 //! style, so the Content-Security-Policy needs no `unsafe-inline`).
 //!
+//! The device-code approval page ([`device`]) is a console page too.
+//!
 //! Sign-in is the login module's own flow (OIDC, then WebAuthn, then a
 //! fresh session id in a `__Host-` cookie). Every state change is a form
 //! post that passes [`crate::web::security::csrf_guard`]; admin writes
 //! also need a recent WebAuthn proof ([`stepup`]).
 
 pub(crate) mod admin;
+pub(crate) mod device;
 pub mod layout;
+pub(crate) mod paging;
 pub(crate) mod portal;
 pub(crate) mod stepup;
 pub(crate) mod viewer;

@@ -106,6 +106,51 @@ pub async fn list(db: &Db, role: PeerRole) -> Result<Vec<IdentityRecord>, sqlx::
     rows.into_iter().map(from_row).collect()
 }
 
+/// How many identities have this role.
+///
+/// # Errors
+/// A database error.
+pub async fn count(db: &Db, role: PeerRole) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar::<Any, i64>("SELECT COUNT(*) FROM identities WHERE role = $1")
+        .bind(role.as_str())
+        .fetch_one(db.pool())
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// One page of [`list`]: at most `limit` identities after the first `offset`.
+///
+/// # Errors
+/// A database error, or a row that does not decode.
+pub async fn list_page(db: &Db, role: PeerRole, limit: i64, offset: i64) -> Result<Vec<IdentityRecord>, sqlx::Error> {
+    let rows = sqlx::query_as::<Any, Row>(
+        "SELECT id, role, name, groups, disabled FROM identities WHERE role = $1 ORDER BY name, id LIMIT $2 OFFSET $3",
+    )
+    .bind(role.as_str())
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(from_row).collect()
+}
+
+/// The names of the identities `ids` (any role), by id.
+///
+/// # Errors
+/// A database error.
+pub async fn names_of(db: &Db, ids: &[String]) -> Result<HashMap<String, String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!("SELECT id, name FROM identities WHERE id IN ({})", marks.join(", "));
+    let mut query = sqlx::query_as::<Any, (String, String)>(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.as_str());
+    }
+    Ok(query.fetch_all(db.pool()).await?.into_iter().collect())
+}
+
 /// Inserts a new identity inside the caller's transaction.
 ///
 /// # Errors

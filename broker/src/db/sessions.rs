@@ -194,6 +194,32 @@ pub async fn list_active(db: &Db, identity_id: Option<&str>, now: i64) -> Result
     Ok(rows.into_iter().map(details_from_row).collect())
 }
 
+/// How many sessions are active at `now`.
+///
+/// # Errors
+/// A database error.
+pub async fn count_active(db: &Db, now: i64) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1")
+        .bind(now)
+        .fetch_one(db.pool())
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// One page of the sessions active at `now`, newest first: at most `limit`
+/// after the first `offset`.
+///
+/// # Errors
+/// A database error.
+pub async fn list_active_page(db: &Db, now: i64, limit: i64, offset: i64) -> Result<Vec<SessionDetails>, sqlx::Error> {
+    let sql = format!(
+        "{DETAILS} WHERE revoked_at IS NULL AND expires_at > $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
+    );
+    let rows: Vec<DetailsRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).bind(limit).bind(offset).fetch_all(db.pool()).await?;
+    Ok(rows.into_iter().map(details_from_row).collect())
+}
+
 /// Revokes every active session of a person inside the caller's write
 /// transaction, each with its row in the revocation feed. Returns their ids.
 ///

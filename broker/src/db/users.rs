@@ -155,6 +155,25 @@ pub async fn list(db: &Db) -> Result<Vec<UserRecord>, sqlx::Error> {
     rows.into_iter().map(from_row).collect()
 }
 
+/// How many people there are.
+///
+/// # Errors
+/// A database error.
+pub async fn count(db: &Db) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(db.pool()).await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// One page of [`list`]: at most `limit` people after the first `offset`.
+///
+/// # Errors
+/// A database error.
+pub async fn list_page(db: &Db, limit: i64, offset: i64) -> Result<Vec<UserRecord>, sqlx::Error> {
+    let sql = format!("{SELECT} ORDER BY i.name, i.id LIMIT $1 OFFSET $2");
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).bind(offset).fetch_all(db.pool()).await?;
+    rows.into_iter().map(from_row).collect()
+}
+
 /// People whose identity id, name or email is `who`.
 ///
 /// # Errors

@@ -1,8 +1,9 @@
 //! Device codes for headless machines (RFC 8628 shape).
 //!
 //! The CLI asks for a code (`POST /api/v1/login/device`), the person opens
-//! `/device` in a signed-in browser and approves (`POST /device/approve`,
-//! form with a CSRF token derived from their session cookie); approval binds
+//! `/device` in a signed-in browser and approves (`POST /device/approve`, a
+//! console form behind the console's CSRF guard; the page itself is
+//! [`crate::console::device`]); approval binds
 //! the code to that person and creates a session for the device. The CLI
 //! polls `POST /api/v1/login/device/token` with a CSR and gets the exchange
 //! answer once approved.
@@ -12,18 +13,19 @@ use std::sync::Arc;
 use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::exchange::issue_for_session;
 use super::limits::Bucket;
-use super::pages::{escape, page};
-use super::session::{self, SESSION_COOKIE};
+use super::session;
 use super::{Client, Failure, Login, OrInternal, Shape, hash, new_secret, now_unix, report};
 use crate::Broker;
 use crate::audit::{Audit, AuditEvent, EventKind, Outcome};
+use crate::console::device::{self as console, Waiting};
+use crate::console::viewer::Viewer;
 use crate::db::login_state::device::{self, DeviceCode};
 use crate::db::sessions::{self, NewSession};
 use crate::issuance::csr;
@@ -139,54 +141,29 @@ pub struct DevicePage {
     user_code: Option<String>,
 }
 
-/// A CSRF token bound to the browser's session cookie.
-fn csrf_token(headers: &HeaderMap) -> Option<String> {
-    session::cookie(headers, SESSION_COOKIE).map(|c| hash(&format!("device-approve:{c}")))
-}
-
-pub(crate) async fn show(
-    State(broker): State<Broker>,
-    Extension(login): Extension<Arc<Login>>,
-    peer: Option<Extension<PeerAddr>>,
-    headers: HeaderMap,
-    Query(q): Query<DevicePage>,
-) -> Response {
+/// `GET /device`: the approval page, for a signed-in person (the [`Viewer`]
+/// extractor sends anyone else to sign in first and back here after).
+pub(crate) async fn show(State(broker): State<Broker>, viewer: Viewer, Query(q): Query<DevicePage>) -> Response {
     let code = q.user_code.map(|c| normalize(&c)).unwrap_or_default();
-    let signed_in = match session::current(&broker, &headers).await {
-        Ok(found) => found,
-        Err(f) => return report(&broker, &login, &Client::new(&login, peer, &headers), &f, Shape::Page).await,
+    let waiting = if code.is_empty() {
+        Waiting::NoCode
+    } else {
+        match device::by_user_code(broker.db(), &code).await {
+            Ok(Some(d)) if d.expires_at > now_unix() && d.approved_by.is_none() => {
+                Waiting::Found { from: d.client_addr }
+            }
+            Ok(_) => Waiting::Unknown,
+            Err(e) => return crate::console::layout::internal(&e),
+        }
     };
-    let (Some((_, identity)), Some(csrf)) = (signed_in, csrf_token(&headers)) else {
-        let back = format!("/device?user_code={code}");
-        let query: String =
-            url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", &back).finish();
-        return Redirect::to(&format!("/login?{query}")).into_response();
-    };
-    let shown = device::by_user_code(broker.db(), &code).await.ok().flatten().filter(|d| d.expires_at > now_unix());
-    let from = shown.and_then(|d| d.client_addr).unwrap_or_else(|| "an unknown address".into());
-    page(
-        "Approve a device",
-        &format!(
-            "<main><h1>Approve a device</h1><p>Signed in as {}.</p>\
-             <p>A command-line sign-in from {} is waiting for this code. Approve it only if you started it.</p>\
-             <form method=\"post\" action=\"/device/approve\">\
-             <label>Code <input name=\"user_code\" value=\"{}\" autocomplete=\"off\"></label>\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button type=\"submit\">Approve</button></form></main>",
-            escape(&identity.name),
-            escape(&from),
-            escape(&code),
-            escape(&csrf)
-        ),
-    )
-    .into_response()
+    console::approve_page(&viewer, &code, &waiting, StatusCode::OK)
 }
 
-/// `POST /device/approve` form.
+/// `POST /device/approve` form (its CSRF token and origin were checked by
+/// [`crate::web::security::csrf_guard`] before this runs).
 #[derive(Debug, Deserialize)]
 pub struct Approve {
     user_code: String,
-    csrf: String,
 }
 
 pub(crate) async fn approve(
@@ -194,27 +171,25 @@ pub(crate) async fn approve(
     Extension(login): Extension<Arc<Login>>,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
+    viewer: Viewer,
     form: Result<Form<Approve>, FormRejection>,
 ) -> Response {
     let client = Client::new(&login, peer, &headers);
+    let code = form.as_ref().map(|Form(f)| normalize(&f.user_code)).unwrap_or_default();
     let result = async {
         if !login.limits.allows(Bucket::Failure, &client.addr_key()) {
             return Err(Failure::too_many("device"));
         }
-        let Form(form) = form.map_err(|e| Failure::bad("device", "malformed", e.body_text()))?;
-        let origin = headers.get("origin").and_then(|v| v.to_str().ok());
-        let ours = login.public_url.origin().ascii_serialization();
-        if origin.is_some_and(|o| o != ours) || csrf_token(&headers).as_deref() != Some(form.csrf.as_str()) {
-            return Err(Failure::refused("device", "csrf", "").status(StatusCode::FORBIDDEN));
-        }
-        let (approver, _) =
-            session::current(&broker, &headers).await?.ok_or_else(|| Failure::refused("device", "no_session", ""))?;
-        bind(&broker, &login, &approver, &normalize(&form.user_code)).await
+        let Form(_) = form.map_err(|e| Failure::bad("device", "malformed", e.body_text()))?;
+        bind(&broker, &login, &viewer.session, &code).await
     };
     match result.await {
-        Ok(()) => page("Device approved", "<main><h1>Approved</h1><p>You can go back to your terminal.</p></main>")
-            .into_response(),
-        Err(f) => report(&broker, &login, &client, &f, Shape::Page).await,
+        Ok(()) => console::approved_page(&viewer, &code),
+        Err(f) => {
+            // The audit event and the failure count; the person gets the console's page.
+            let _ = report(&broker, &login, &client, &f, Shape::Page).await;
+            console::refused_page(&viewer, &code, f.status)
+        }
     }
 }
 

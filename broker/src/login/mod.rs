@@ -100,8 +100,6 @@ pub(crate) fn routes(broker: &Broker) -> Router<Broker> {
         .route("/login/static/webauthn.js", get(pages::script))
         .route("/api/v1/login/exchange", post(exchange::exchange).layer(exchange::body_limit()))
         .route("/api/v1/login/device", post(device::issue))
-        .route("/device", get(device::show))
-        .route("/device/approve", post(device::approve))
         .route("/api/v1/login/device/token", post(device::token).layer(exchange::body_limit()))
         .route("/api/v1/me/credentials", get(account::list))
         .route("/api/v1/me/credentials/{id}", delete(account::remove))
@@ -111,7 +109,17 @@ pub(crate) fn routes(broker: &Broker) -> Router<Broker> {
             post(account::register_finish).layer(webauthn::finish_body_limit()),
         )
         .layer(axum::middleware::map_response(page_headers))
+        .merge(device_pages(broker))
         .layer(Extension(login))
+}
+
+/// The device-approval page and its form: console pages, so they get the
+/// console's CSRF guard and security headers rather than [`page_headers`].
+fn device_pages(broker: &Broker) -> Router<Broker> {
+    Router::new()
+        .route("/device", get(device::show))
+        .route("/device/approve", post(device::approve))
+        .layer(axum::middleware::from_fn_with_state(broker.clone(), crate::web::security::csrf_guard))
 }
 
 async fn page_headers(mut response: Response) -> Response {

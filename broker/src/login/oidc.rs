@@ -293,8 +293,8 @@ async fn record_person(broker: &Broker, pending: &PendingLogin, profile: &users:
     login_state::set_identity_in(&mut tx, &pending.id_hash, &id, &["oidc".to_owned()]).await.internal("callback")?;
     let event = AuditEvent::new(EventKind::LoginSucceeded, Outcome::Success)
         .subject(format!("user/{id}"))
-        .detail(json!({ "step": "oidc", "idp": profile.issuer, "groups": profile.groups, "created": upserted.created,
-                        "source": pending.client_addr }));
+        .detail(json!({ "step": "oidc", "idp": profile.issuer, "name": profile.display_name, "groups": profile.groups,
+                        "created": upserted.created, "source": pending.client_addr }));
     Audit::record_in(&mut tx, event).await.internal("callback")?;
     tx.commit().await.internal("callback")?;
     Ok(())

@@ -30,7 +30,8 @@ async fn approve(broker: &TestBroker, browser: &Browser, user_code: &str) -> u16
     assert_eq!(page.status, 200, "{}", page.body);
     let at = page.body.find("name=\"csrf\" value=\"").unwrap() + 19;
     let csrf = &page.body[at..at + 64];
-    browser.post_form(&broker.url("/device/approve"), &[("user_code", user_code), ("csrf", csrf)]).await.status
+    let form = [("user_code", user_code), ("csrf", csrf)];
+    browser.post_form_same_origin(&broker.url("/device/approve"), &form).await.status
 }
 
 #[tokio::test]
@@ -53,11 +54,23 @@ async fn a_device_code_binds_to_the_person_who_approves_it() {
     assert_eq!(anonymous.status, 303);
     assert!(anonymous.location.unwrap().as_str().contains("return_to=%2Fdevice%3Fuser_code%3D"));
 
-    // Without the CSRF token: refused.
+    // Without the CSRF token, or without the same-origin headers: refused.
     let bob_browser = portal(&broker, "bob", &mut bob_key).await;
-    let forged =
-        bob_browser.post_form(&broker.url("/device/approve"), &[("user_code", user_code), ("csrf", "x")]).await;
+    let forged = bob_browser
+        .post_form_same_origin(&broker.url("/device/approve"), &[("user_code", user_code), ("csrf", "x")])
+        .await;
     assert_eq!(forged.status, 403);
+    let page = bob_browser.get(&broker.url(&format!("/device?user_code={user_code}"))).await;
+    let at = page.body.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let token = &page.body[at..at + 64];
+    assert!(
+        page.body.contains("aria-label=\"Main\"") && page.body.contains("/console/static/console.css"),
+        "a console page"
+    );
+    assert!(page.body.contains("is waiting for this code"), "the waiting sign-in is described: {}", page.body);
+    let no_origin =
+        bob_browser.post_form(&broker.url("/device/approve"), &[("user_code", user_code), ("csrf", token)]).await;
+    assert_eq!(no_origin.status, 403, "a post that does not say it came from the broker's page");
 
     // Bob approves alice's terminal: the certificate is bob's, not alice's.
     assert_eq!(approve(&broker, &bob_browser, user_code).await, 200);

@@ -387,6 +387,14 @@ impl Browser {
         self.send(url, self.http.post(url).form(form)).await
     }
 
+    /// `POST` of a form from one of the broker's own pages: with the
+    /// `Origin` and `Sec-Fetch-Site` a browser sends then.
+    pub async fn post_form_same_origin(&self, url: &str, form: &[(&str, &str)]) -> Resp {
+        let origin = Url::parse(url).unwrap().origin().ascii_serialization();
+        let request = self.http.post(url).header("origin", origin).header("sec-fetch-site", "same-origin").form(form);
+        self.send(url, request).await
+    }
+
     pub async fn delete(&self, url: &str) -> Resp {
         self.send(url, self.http.delete(url)).await
     }

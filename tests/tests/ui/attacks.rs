@@ -1,10 +1,11 @@
 //! The console from the attacker's side: hostile text from people, the
-//! identity provider and browsers renders as text; cross-site and
+//! identity provider (a display name given by the real OIDC provider) and
+//! browsers renders as text; cross-site and
 //! token-less posts change nothing; every page carries the security
 //! headers; a person who is not an admin gets a 403 that explains nothing.
 
-use palisade_tests::open_db;
 use palisade_tests::webdriver::Chrome;
+use palisade_tests::{OidcProvider, open_db};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::deployment::{HOSTILE_USER_AGENT, Ui, http_client};
@@ -16,9 +17,31 @@ const HOSTILE_EMAIL: &str = "<img/src=x/onerror=alert(1)>@evil.example";
 
 /// Asserts the page runs no injected markup: no image element, no dialog.
 pub(crate) async fn assert_inert(ui: &Ui, page: &str) {
-    let images = ui.chrome.client().execute("return document.images.length", vec![]).await.unwrap();
+    assert_inert_in(&ui.chrome, page).await;
+}
+
+async fn assert_inert_in(chrome: &Chrome, page: &str) {
+    let images = chrome.client().execute("return document.images.length", vec![]).await.unwrap();
     assert_eq!(images.as_u64(), Some(0), "{page}: an <img> from hostile text became an element");
-    assert_eq!(ui.chrome.dialog().await, None, "{page}: a script opened a dialog");
+    assert_eq!(chrome.dialog().await, None, "{page}: a script opened a dialog");
+}
+
+/// Eve, whose name at the identity provider is markup, signs in through the
+/// provider in a second browser: her portal shows the name as text.
+async fn eve_signs_in_with_a_hostile_name_from_the_provider(ui: &Ui, chrome: &Chrome) {
+    OidcProvider::shared().await.set_user_named("eve", &["ml-team"], HOSTILE_NAME).await;
+    chrome.goto(&ui.url("/portal")).await;
+    chrome.fill("input[name=username]", "eve").await;
+    chrome.fill("input[name=password]", &OidcProvider::password("eve")).await;
+    chrome.click_and_load("button[type=submit]").await;
+    chrome.wait_for_path("/login/mfa").await;
+    chrome.click("#go").await;
+    chrome.wait_for_path("/portal").await;
+    assert_eq!(chrome.text("#whoami").await, HOSTILE_NAME, "the header shows the provider's name as text");
+    assert_eq!(chrome.text("#me-name").await, HOSTILE_NAME, "the portal shows it as text");
+    assert_inert_in(chrome, "eve's /portal").await;
+    chrome.screenshot("10b-hostile-name-portal").await;
+    chrome.click_and_load("header.top .me button").await;
 }
 
 pub(crate) async fn hostile_names_and_user_agents_render_as_text(ui: &Ui) {
@@ -27,14 +50,26 @@ pub(crate) async fn hostile_names_and_user_agents_render_as_text(ui: &Ui) {
     let printed = out.expect_success();
     let path = &printed[printed.find("/invite/").expect("an invite link")..];
     let link = ui.url(path);
+    let second = Chrome::start(&ui.env.fresh_dir("chrome-second"), None).await;
+    second.add_virtual_authenticator().await;
+    eve_signs_in_with_a_hostile_name_from_the_provider(ui, &second).await;
     let db = open_db(ui.broker.database_url()).await;
-    sqlx::query("UPDATE users SET display_name = $1 WHERE email = 'alice@example.com'")
-        .bind(HOSTILE_NAME)
-        .execute(&db)
+    let stored: Option<String> = sqlx::query_scalar("SELECT display_name FROM users WHERE email = 'eve@example.com'")
+        .fetch_one(&db)
         .await
         .unwrap();
+    assert_eq!(stored.as_deref(), Some(HOSTILE_NAME), "the name came from the provider, as given");
 
     let chrome = &ui.chrome;
+    let eve = ui.user_id("eve@example.com").await;
+    chrome.goto(&ui.url(&format!("/admin/users/{eve}"))).await;
+    assert!(chrome.text("main").await.contains(HOSTILE_NAME), "eve's page shows her name as text");
+    assert_inert(ui, "eve's person page").await;
+    chrome.goto(&ui.url("/admin/audit?person=eve%40example.com&kind=login.succeeded")).await;
+    let audit = chrome.text("#audit-events").await;
+    assert!(audit.contains(HOSTILE_NAME), "the sign-in's audit event shows the name as text: {audit}");
+    assert_inert(ui, "eve's audit events").await;
+
     chrome.goto(&ui.url("/admin/sessions")).await;
     let people = chrome.text("#people").await;
     assert!(people.contains(HOSTILE_NAME), "the display name is shown as text: {people}");
@@ -57,14 +92,13 @@ pub(crate) async fn hostile_names_and_user_agents_render_as_text(ui: &Ui) {
     chrome.goto(&ui.url("/admin/audit?person=bob%40example.com&trail=1")).await;
     assert!(chrome.text("#login-trail").await.contains(HOSTILE_USER_AGENT), "the login trail keeps the user agent");
 
-    mallory_is_not_an_admin(ui, &link).await;
+    mallory_is_not_an_admin(ui, &link, second).await;
 }
 
-/// The invited person signs in with a passkey in a second browser: their
-/// email shows as text, and every admin page is the same bare 403.
-async fn mallory_is_not_an_admin(ui: &Ui, link: &str) {
-    let chrome = Chrome::start(&ui.env.fresh_dir("chrome-mallory"), None).await;
-    chrome.add_virtual_authenticator().await;
+/// The invited person signs in with a passkey in the second browser (eve
+/// signed out of it): their email shows as text, and every admin page is
+/// the same bare 403.
+async fn mallory_is_not_an_admin(ui: &Ui, link: &str, chrome: Chrome) {
     chrome.goto(link).await;
     chrome.wait_for_path("/login/mfa").await;
     chrome.click("#go").await;
@@ -132,6 +166,7 @@ async fn csrf_token(ui: &Ui) -> String {
 }
 
 pub(crate) async fn cross_site_and_tokenless_posts_change_nothing(ui: &Ui) {
+    let signed_in = ui.broker.active_sessions("bob").await;
     let token = csrf_token(ui).await;
     let cookie = ui.session_cookie().await;
     let versions = || async { ui.broker.audit_events().await.of_kind("policy.activated").len() };
@@ -182,7 +217,7 @@ pub(crate) async fn cross_site_and_tokenless_posts_change_nothing(ui: &Ui) {
     cross_site_form_in_the_browser(ui, &token).await;
     assert_eq!(versions().await, before, "no refused post applied a policy");
     let active = ui.broker.active_sessions("bob").await;
-    assert_eq!(active.len(), 1, "bob is still signed in: {active:?}");
+    assert_eq!(active, signed_in, "bob's sessions (browser and device) are all still there");
 }
 
 /// Another site's page auto-submits a form to the console, even with a leaked token.
@@ -233,15 +268,21 @@ pub(crate) async fn every_page_carries_the_security_headers(ui: &Ui) {
         "/admin/audit?person=bob%40example.com&trail=1",
         "/console/step-up",
         "/admin/policies/explain?principal=machine%3Aagent-1&service=echo",
+        "/device",
+        "/device?user_code=BBBB-BBBB",
+        "/admin/sessions?people_size=10&people_page=2",
     ];
     for path in pages {
         let response = ui.http().get(ui.url(path)).header("cookie", &cookie).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
         assert_security_headers(path, response.headers());
     }
-    for (path, status) in
-        [("/portal", 303), ("/admin/audit/export?format=csv", 303), ("/console/static/console.css", 200)]
-    {
+    for (path, status) in [
+        ("/portal", 303),
+        ("/device?user_code=BBBB-BBBB", 303),
+        ("/admin/audit/export?format=csv", 303),
+        ("/console/static/console.css", 200),
+    ] {
         let response = http_client(&ui.broker.ca_der()).get(ui.url(path)).send().await.unwrap();
         assert_eq!(response.status(), status, "{path} without a session");
         assert_security_headers(path, response.headers());

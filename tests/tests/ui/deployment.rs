@@ -1,7 +1,8 @@
 //! The deployment every step of the UI test shares: a broker that signs
 //! people in at the real provider, with `bob@example.com` as console admin;
 //! a connector serving `echo`; a machine and a person (alice, through the
-//! CLI) with live tunnels; chromium with a virtual authenticator and a user
+//! CLI) with live tunnels, and a second machine (`batch-1`, in a group no
+//! policy names yet); chromium with a virtual authenticator and a user
 //! agent carrying `</script>`; and bob signed in through that browser.
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub(crate) struct Ui {
     pub(crate) _connector: Connector,
     pub(crate) agent: Agent,
     pub(crate) agent_forward: Forward,
+    pub(crate) batch: Agent,
     pub(crate) alice: Person,
     pub(crate) alice_forward: Forward,
 }
@@ -50,6 +52,7 @@ impl Ui {
         let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
         let agent_forward = agent.connect("echo").await;
         agent_forward.assert_echoes(b"agent before").await;
+        let batch = broker.machine("batch-1").group("batch-agents").enroll().await;
         let alice = broker.person("alice").login().await;
         let alice_forward = alice.connect("echo").await;
         alice_forward.assert_echoes(b"alice before").await;
@@ -64,6 +67,7 @@ impl Ui {
             _connector: connector,
             agent,
             agent_forward,
+            batch,
             alice,
             alice_forward,
         }

@@ -104,7 +104,9 @@ pub(crate) async fn admin_reads_a_persons_passkeys_and_resets_them(ui: &Ui) {
 
 /// A machine whose name is markup (slipped into the database, since names
 /// are checked at enrollment) renders as text on the Machines and Groups
-/// pages; a group name that is markup is refused and nothing is stored.
+/// pages; a group name that is markup is refused and nothing is stored; and
+/// such a name already stored (an older version, a raw write) can be
+/// removed from the console.
 pub(crate) async fn hostile_machine_names_and_group_edits_render_as_text_or_are_refused(ui: &Ui) {
     let db = open_db(ui.broker.database_url()).await;
     sqlx::query(
@@ -148,4 +150,18 @@ pub(crate) async fn hostile_machine_names_and_group_edits_render_as_text_or_are_
     let groups: String =
         sqlx::query_scalar("SELECT groups FROM identities WHERE id = $1").bind(&id).fetch_one(&db).await.unwrap();
     assert_eq!(groups, r#"["eval-bots"]"#, "agent-1's groups are unchanged");
+
+    let remove = group_button(HOSTILE_NAME, HOSTILE_NAME);
+    ui.admin_write(&remove, "/admin/machines").await;
+    let removed = chrome.text("#machine-result .notice.ok").await;
+    assert!(removed.contains(&format!("Removed {HOSTILE_NAME}")), "the stored bad name is removed: {removed}");
+    assert_inert(ui, "/admin/machines (bad name removed)").await;
+    assert!(chrome.find_all(&remove).await.is_empty(), "the bad name is gone from the row");
+    let groups: String =
+        sqlx::query_scalar("SELECT groups FROM identities WHERE id = 'hostile-machine'").fetch_one(&db).await.unwrap();
+    assert_eq!(groups, r#"["eval-bots"]"#, "only the bad name was removed");
+    let audit = ui.broker.audit_events().await;
+    let events = audit.of_kind("identity.updated");
+    assert_eq!(events.len(), before + 1, "{}", audit.summary());
+    assert_eq!(events[before].detail["removed"], serde_json::json!([HOSTILE_NAME]));
 }

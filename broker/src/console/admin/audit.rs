@@ -7,20 +7,18 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query as Query_, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::{Query as Query_, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-/// Rows per page.
-const PAGE: u32 = 100;
-
 use crate::Broker;
 use crate::audit::export::{self, Filter, Format};
-use crate::audit::query::{LoginAttempt, Query, login_trail, search};
+use crate::audit::query::{LoginAttempt, Query, count_matching, login_trail, previous_before, search, trail_query};
 use crate::audit::{AuditError, EventKind, EventRow, Outcome, VerifyReport, verify};
 use crate::console::layout::{self, Nav};
+use crate::console::paging::{self, Moves, Paging};
 use crate::console::viewer::Admin;
 use crate::db::identities;
 use crate::login::manage::find_user;
@@ -43,11 +41,25 @@ pub(crate) struct AuditQuery {
     hours: String,
     #[serde(default)]
     trail: String,
-    before: Option<i64>,
+    #[serde(default)]
+    before: String,
+}
+
+impl AuditQuery {
+    /// `before`, the keyset cursor: empty for the newest page.
+    fn before(&self) -> Result<Option<i64>, String> {
+        match self.before.trim() {
+            "" => Ok(None),
+            b => b.parse::<i64>().ok().filter(|b| *b > 0).map(Some).ok_or_else(|| {
+                let shown: String = b.chars().take(40).collect();
+                format!("before must be an event number (a whole number above 0), not {shown:?}")
+            }),
+        }
+    }
 }
 
 /// What the filters name, resolved to identity ids; `Err` is a message for the page.
-async fn to_query(broker: &Broker, q: &AuditQuery) -> Result<Query, String> {
+async fn to_query(broker: &Broker, q: &AuditQuery, size: u32) -> Result<Query, String> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
     let person = match q.person.trim() {
         "" => None,
@@ -80,9 +92,9 @@ async fn to_query(broker: &Broker, q: &AuditQuery) -> Result<Query, String> {
         service: Some(q.service.trim().to_owned()).filter(|s| !s.is_empty()),
         kinds: EventKind::from_name(q.kind.trim()).into_iter().collect(),
         outcome,
-        since_ms: q.hours.trim().parse::<i64>().ok().map(|h| now_ms - h * 3_600_000),
-        before_seq: q.before,
-        limit: PAGE,
+        since_ms: q.hours.trim().parse::<i64>().ok().map(|h| now_ms.saturating_sub(h.saturating_mul(3_600_000))),
+        before_seq: q.before()?,
+        limit: size,
         ..Query::default()
     })
 }
@@ -90,23 +102,41 @@ async fn to_query(broker: &Broker, q: &AuditQuery) -> Result<Query, String> {
 pub(crate) async fn page(
     State(broker): State<Broker>,
     Admin(viewer): Admin,
+    RawQuery(raw): RawQuery,
     Query_(q): Query_<AuditQuery>,
 ) -> Response {
-    let status = chain_report(&broker).await;
     let trail = !q.trail.is_empty();
-    let (results, next) = match to_query(&broker, &q).await {
+    let title = if trail { "Login trail" } else { "Audit trail" };
+    let size = match Paging::parse(raw.as_deref(), "audit") {
+        Ok(p) => p.size,
+        Err(e) => return paging::bad_request(&viewer, Nav::Audit, title, "/admin/audit", &e),
+    };
+    let status = chain_report(&broker).await;
+    let (results, moves) = match to_query(&broker, &q, size).await {
         Err(message) => (layout::notice("error", &message), None),
         Ok(query) if trail => match &query.person {
             None => (layout::notice("info", "Name a person to see their login trail."), None),
             Some(id) => match login_trail(broker.db(), id, &query).await {
-                Ok(page) => (trail_table(&page.items), page.next_before),
+                Ok(page) => {
+                    let counted = trail_query(id, &query);
+                    let moves = moves(&broker, &counted, &q, raw.as_deref(), page.items.len(), page.next_before);
+                    (trail_table(&page.items), Some(moves.await))
+                }
                 Err(e) => return layout::internal(&e),
             },
         },
         Ok(query) => match search(broker.db(), &query).await {
-            Ok(page) => (table(&page.items), page.next_before),
+            Ok(page) => {
+                let moves = moves(&broker, &query, &q, raw.as_deref(), page.items.len(), page.next_before);
+                (table(&page.items), Some(moves.await))
+            }
             Err(e) => return layout::internal(&e),
         },
+    };
+    let pager = match moves {
+        Some(Ok(moves)) => paging::render("/admin/audit", raw.as_deref(), "audit", size, &moves),
+        Some(Err(e)) => return layout::internal(&e),
+        None => html! {},
     };
     let body = html! {
         (chain_status(&status))
@@ -115,20 +145,47 @@ pub(crate) async fn page(
             a #export-jsonl href="/admin/audit/export?format=jsonl" { "JSON lines" } " · "
             a #export-csv href="/admin/audit/export?format=csv" { "CSV" } " (cells a spreadsheet would run as formulas are neutralised)" }
         (results)
-        nav.pager {
-            @if q.before.is_some() { a href=(page_link(&q, None)) { "← Newest" } }
-            @if let Some(before) = next { a href=(page_link(&q, Some(before))) { "Older →" } }
-        }
+        (pager)
     };
-    layout::page(&viewer, Nav::Audit, if trail { "Login trail" } else { "Audit trail" }, body)
+    let code = if q.before().is_err() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    (code, layout::page(&viewer, Nav::Audit, title, body)).into_response()
 }
 
-fn page_link(q: &AuditQuery, before: Option<i64>) -> String {
+/// Where this keyset page sits (`Showing 101–200 of 1234`) and where
+/// previous and next go.
+async fn moves(
+    broker: &Broker,
+    query: &Query,
+    q: &AuditQuery,
+    raw: Option<&str>,
+    shown: usize,
+    next_before: Option<i64>,
+) -> Result<Moves, AuditError> {
+    let all = count_matching(broker.db(), &Query { before_seq: None, ..query.clone() }).await?;
+    let older = count_matching(broker.db(), query).await?;
+    let first = all.saturating_sub(older) + 1;
+    let summary = match u64::try_from(shown).unwrap_or(0) {
+        0 => format!("Showing 0 of {all}"),
+        n => format!("Showing {first}–{} of {all}", first + n - 1),
+    };
+    let previous = match query.before_seq {
+        None => None,
+        Some(_) => Some(page_link(q, raw, previous_before(broker.db(), query, query.limit).await?)),
+    };
+    Ok(Moves { summary, previous, next: next_before.map(|b| page_link(q, raw, Some(b))), position: None })
+}
+
+/// This page's filters and page size, at the keyset cursor `before`.
+fn page_link(q: &AuditQuery, raw: Option<&str>, before: Option<i64>) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in [("person", &q.person), ("machine", &q.machine), ("service", &q.service), ("kind", &q.kind)] {
         s.append_pair(k, v);
     }
     s.append_pair("outcome", &q.outcome).append_pair("hours", &q.hours).append_pair("trail", &q.trail);
+    let size = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).find(|(k, _)| k == "audit_size");
+    if let Some((_, size)) = size {
+        s.append_pair("audit_size", &size);
+    }
     if let Some(b) = before {
         s.append_pair("before", &b.to_string());
     }

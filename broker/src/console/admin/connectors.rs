@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use palisade_proto::identity::PeerRole;
@@ -16,9 +16,11 @@ use serde::Deserialize;
 
 use crate::Broker;
 use crate::console::layout::{self, Nav};
+use crate::console::paging::{self, Paging, Window};
 use crate::console::stepup;
 use crate::console::viewer::{Admin, Viewer};
 use crate::db::connector_links;
+use crate::db::identities::{self, IdentityRecord};
 use crate::inventory::{self, InventoryError, InventoryRow};
 use crate::issuance::enroll::{TokenRequest, create_token};
 
@@ -26,11 +28,11 @@ const RETURN: &str = "/admin/connectors";
 /// How long a token made in the console stays redeemable.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-/// Connector identities: (id, name, disabled).
-async fn connectors(broker: &Broker) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, disabled FROM identities WHERE role = 'connector' ORDER BY name")
-        .fetch_all(broker.db().pool())
-        .await
+/// One page of connector identities, by name.
+async fn connectors(broker: &Broker, paging: Paging) -> Result<(Vec<IdentityRecord>, Window), sqlx::Error> {
+    let window = paging.window(identities::count(broker.db(), PeerRole::Connector).await?);
+    let (limit, offset) = window.limit_offset();
+    Ok((identities::list_page(broker.db(), PeerRole::Connector, limit, offset).await?, window))
 }
 
 async fn rows(broker: &Broker) -> Result<Vec<InventoryRow>, InventoryError> {
@@ -40,13 +42,16 @@ async fn rows(broker: &Broker) -> Result<Vec<InventoryRow>, InventoryError> {
     inventory::inventory(broker.db(), &engine, Some(&online)).await
 }
 
-pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> Response {
-    render(&broker, &viewer, html! {}).await
+pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin, RawQuery(raw): RawQuery) -> Response {
+    match Paging::parse(raw.as_deref(), "connectors") {
+        Ok(paging) => render(&broker, &viewer, html! {}, paging, raw.as_deref()).await,
+        Err(e) => paging::bad_request(&viewer, Nav::Connectors, "Connectors & services", RETURN, &e),
+    }
 }
 
-async fn render(broker: &Broker, viewer: &Viewer, result: Markup) -> Response {
-    let (list, inv, segments) =
-        match (connectors(broker).await, rows(broker).await, inventory::segments(broker.db()).await) {
+async fn render(broker: &Broker, viewer: &Viewer, result: Markup, paging: Paging, raw: Option<&str>) -> Response {
+    let ((list, window), inv, segments) =
+        match (connectors(broker, paging).await, rows(broker).await, inventory::segments(broker.db()).await) {
             (Ok(c), Ok(i), Ok(s)) => (c, i, s),
             (Err(e), _, _) => return layout::internal(&e),
             (_, Err(e), _) | (_, _, Err(e)) => return layout::internal(&e),
@@ -72,18 +77,19 @@ async fn render(broker: &Broker, viewer: &Viewer, result: Markup) -> Response {
             table #connectors {
                 thead { tr { th { "Name" } th { "Link" } th { "Version" } th { "Services (last seen)" } th { "State" } th {} } }
                 tbody {
-                    @for (id, name, disabled) in &list {
-                        tr data-connector=(name) {
-                            td { (name) }
-                            td.link { (link_cell(links.get(id))) }
-                            td.version { (links.get(id).map_or("-", |l| l.version.as_str())) }
-                            td { @for (s, seen) in advertised(id) { span.tag { (s) } " " span.muted { (layout::when(seen)) } " " } }
-                            td { @if *disabled != 0 { span.bad { "disabled" } } @else { span.ok { "enabled" } } }
-                            td { @if *disabled == 0 { (layout::button_form(viewer, &format!("/admin/connectors/{id}/disable"), "Disable", "danger")) } }
+                    @for c in &list {
+                        tr data-connector=(c.name) {
+                            td { (c.name) }
+                            td.link { (link_cell(links.get(&c.id))) }
+                            td.version { (links.get(&c.id).map_or("-", |l| l.version.as_str())) }
+                            td { @for (s, seen) in advertised(&c.id) { span.tag { (s) } " " span.muted { (layout::when(seen)) } " " } }
+                            td { @if c.disabled { span.bad { "disabled" } } @else { span.ok { "enabled" } } }
+                            td { @if !c.disabled { (layout::button_form(viewer, &format!("/admin/connectors/{}/disable", c.id), "Disable", "danger")) } }
                         }
                     }
                 }
             }
+            (paging::pager(RETURN, raw, "connectors", &window, list.len()))
         }
         section.card {
             h2 { "Enroll a connector" }
@@ -179,7 +185,7 @@ pub(crate) async fn token(State(broker): State<Broker>, Admin(viewer): Admin, Fo
         }
         Err(e) => layout::notice("error", &e.to_string()),
     };
-    render(&broker, &viewer, result).await
+    render(&broker, &viewer, result, Paging::default(), None).await
 }
 
 pub(crate) async fn disable(State(broker): State<Broker>, Admin(viewer): Admin, Path(id): Path<String>) -> Response {
@@ -212,5 +218,5 @@ pub(crate) async fn assign(State(broker): State<Broker>, Admin(viewer): Admin, F
     if let Err(e) = broker.policy().sync().await {
         tracing::warn!(error = %e, "the catalog changed but the policy set did not rebuild yet; the follower will retry");
     }
-    render(&broker, &viewer, result).await
+    render(&broker, &viewer, result, Paging::default(), None).await
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use palisade_proto::identity::PeerRole;
@@ -14,6 +14,7 @@ use palisade_proto::identity::PeerRole;
 use super::group_edit::{self, GroupForm};
 use crate::Broker;
 use crate::console::layout::{self, Nav};
+use crate::console::paging::{self, Paging, Window};
 use crate::console::stepup;
 use crate::console::viewer::{Admin, Viewer};
 use crate::db::certificates::{self, IssuedSummary};
@@ -21,13 +22,23 @@ use crate::db::identities::{self, IdentityRecord};
 
 const RETURN: &str = "/admin/machines";
 
-pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> Response {
-    render(&broker, &viewer, html! {}).await
+pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin, RawQuery(raw): RawQuery) -> Response {
+    match Paging::parse(raw.as_deref(), "machines") {
+        Ok(paging) => render(&broker, &viewer, html! {}, paging, raw.as_deref()).await,
+        Err(e) => paging::bad_request(&viewer, Nav::Machines, "Machines", RETURN, &e),
+    }
 }
 
-async fn render(broker: &Broker, viewer: &Viewer, result: Markup) -> Response {
-    let (machines, issued) =
-        match (identities::list(broker.db(), PeerRole::Machine).await, certificates::summary(broker.db()).await) {
+/// One page of machines, by name.
+async fn machines_page(broker: &Broker, paging: Paging) -> Result<(Vec<IdentityRecord>, Window), sqlx::Error> {
+    let window = paging.window(identities::count(broker.db(), PeerRole::Machine).await?);
+    let (limit, offset) = window.limit_offset();
+    Ok((identities::list_page(broker.db(), PeerRole::Machine, limit, offset).await?, window))
+}
+
+async fn render(broker: &Broker, viewer: &Viewer, result: Markup, paging: Paging, raw: Option<&str>) -> Response {
+    let ((machines, window), issued) =
+        match (machines_page(broker, paging).await, certificates::summary(broker.db()).await) {
             (Ok(m), Ok(i)) => (m, i),
             (Err(e), _) | (_, Err(e)) => return layout::internal(&e),
         };
@@ -49,6 +60,7 @@ async fn render(broker: &Broker, viewer: &Viewer, result: Markup) -> Response {
                 thead { tr { th { "Name" } th { "Groups" } th { "Certificates" } th { "Last certificate" } th { "Live tunnels" } th { "State" } th {} } }
                 tbody { @for m in &machines { (row(viewer, m, issued.get(&m.id), tunnels.get(&m.id))) } }
             }
+            (paging::pager(RETURN, raw, "machines", &window, machines.len()))
         }
     };
     layout::page(viewer, Nav::Machines, "Machines", body)
@@ -87,7 +99,7 @@ pub(crate) async fn groups(
         return Redirect::to(&stepup::link(RETURN)).into_response();
     }
     match group_edit::apply(&broker, &viewer, PeerRole::Machine, &id, &form).await {
-        Ok(result) => render(&broker, &viewer, result).await,
+        Ok(result) => render(&broker, &viewer, result, Paging::default(), None).await,
         Err(response) => response,
     }
 }

@@ -3,38 +3,102 @@
 //! Revocations go through the revocation feed, so every broker replica
 //! closes the matching tunnels, not only this one.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use maud::html;
+use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::atomic::Ordering;
 
 use crate::Broker;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::console::layout::{self, Nav};
+use crate::console::paging::{self, Paging, Window};
 use crate::console::stepup;
-use crate::console::viewer::Admin;
-use crate::db::{sessions, users};
+use crate::console::viewer::{Admin, Viewer};
+use crate::db::sessions::SessionDetails;
+use crate::db::users::UserRecord;
+use crate::db::{identities, sessions, users};
 use crate::login::manage::{self, ManageError};
 use crate::login::now_unix;
+use crate::relay::live::LiveStream;
 
 const RETURN: &str = "/admin/sessions";
 
-pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> Response {
+pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin, RawQuery(raw): RawQuery) -> Response {
+    let paging =
+        Paging::parse(raw.as_deref(), "people").and_then(|p| Ok((p, Paging::parse(raw.as_deref(), "sessions")?)));
+    let (people_paging, sessions_paging) = match paging {
+        Ok(both) => both,
+        Err(e) => return paging::bad_request(&viewer, Nav::People, "Users & sessions", RETURN, &e),
+    };
     let (people, active) =
-        match (users::list(broker.db()).await, sessions::list_active(broker.db(), None, now_unix()).await) {
+        match (people_page(&broker, people_paging).await, sessions_page(&broker, sessions_paging).await) {
             (Ok(p), Ok(a)) => (p, a),
             (Err(e), _) | (_, Err(e)) => return layout::internal(&e),
         };
-    let name_of = |id: &str| {
-        people.iter().find(|u| u.identity.id == id).map_or_else(|| id.to_owned(), |u| u.identity.name.clone())
-    };
     let tunnels = broker.live().streams();
+    let raw = raw.as_deref();
     let body = html! {
         (stepup::banner(&viewer, RETURN))
         h2 { "Live tunnels" }
+        (tunnels_table(&viewer, &tunnels))
+        h2 { "Active sessions" }
+        @if active.rows.is_empty() { p.empty { "Nobody is signed in." } }
+        @else {
+            table #active-sessions {
+                thead { tr { th { "Person" } th { "Started" } th { "Last passkey" } th { "From" } th { "Device" } th {} } }
+                tbody {
+                    @for s in &active.rows {
+                        tr data-session=(s.record.id) {
+                            td { (active.names.get(&s.record.identity_id).unwrap_or(&s.record.identity_id)) }
+                            td { (layout::when(s.record.created_at)) }
+                            td { (s.record.mfa_at.map_or_else(|| "-".to_owned(), layout::when)) }
+                            td { (s.client_addr.as_deref().unwrap_or("-")) }
+                            td.ua { (s.user_agent.as_deref().unwrap_or("-")) }
+                            td { (layout::button_form(&viewer, &format!("/admin/sessions/{}/revoke", s.record.id), "Revoke", "danger")) }
+                        }
+                    }
+                }
+            }
+            (paging::pager(RETURN, raw, "sessions", &active.window, active.rows.len()))
+        }
+        h2 { "People" }
+        (people_table(&viewer, &people.0))
+        (paging::pager(RETURN, raw, "people", &people.1, people.0.len()))
+    };
+    layout::page(&viewer, Nav::People, "Users & sessions", body)
+}
+
+/// One page of people, by name.
+async fn people_page(broker: &Broker, paging: Paging) -> Result<(Vec<UserRecord>, Window), sqlx::Error> {
+    let window = paging.window(users::count(broker.db()).await?);
+    let (limit, offset) = window.limit_offset();
+    Ok((users::list_page(broker.db(), limit, offset).await?, window))
+}
+
+/// One page of active sessions, newest first, with the names of their people.
+struct SessionsPage {
+    rows: Vec<SessionDetails>,
+    names: HashMap<String, String>,
+    window: Window,
+}
+
+async fn sessions_page(broker: &Broker, paging: Paging) -> Result<SessionsPage, sqlx::Error> {
+    let now = now_unix();
+    let window = paging.window(sessions::count_active(broker.db(), now).await?);
+    let (limit, offset) = window.limit_offset();
+    let rows = sessions::list_active_page(broker.db(), now, limit, offset).await?;
+    let ids: Vec<String> = rows.iter().map(|s| s.record.identity_id.clone()).collect();
+    let names = identities::names_of(broker.db(), &ids).await?;
+    Ok(SessionsPage { rows, names, window })
+}
+
+fn tunnels_table(viewer: &Viewer, tunnels: &[LiveStream]) -> Markup {
+    html! {
         @if tunnels.is_empty() { p.empty { "No tunnel is open right now." } }
         @else {
             table #live-tunnels {
@@ -42,8 +106,8 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
                     tr { th { "Who" } th { "Service" } th { "From" } th { "Session" } th { "Up" } th { "Down" } th { "Open for" } th {} }
                 }
                 tbody {
-                    @for t in &tunnels {
-                        tr {
+                    @for t in tunnels {
+                        tr data-identity=(t.peer.identity.name()) data-service=(t.service) {
                             td { (t.peer.identity.name()) }
                             td { (t.service) }
                             td { (t.peer.remote.to_string()) }
@@ -53,7 +117,7 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
                             td.num { (open_for(t.started.elapsed())) }
                             td {
                                 form.inline method="post" action="/admin/tunnels/kill" {
-                                    (layout::csrf(&viewer))
+                                    (layout::csrf(viewer))
                                     input type="hidden" name="identity" value=(t.peer.identity.id().id);
                                     input type="hidden" name="service" value=(t.service);
                                     button.danger type="submit" { "Kill" }
@@ -64,30 +128,15 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
                 }
             }
         }
-        h2 { "Active sessions" }
-        @if active.is_empty() { p.empty { "Nobody is signed in." } }
-        @else {
-            table #active-sessions {
-                thead { tr { th { "Person" } th { "Started" } th { "Last passkey" } th { "From" } th { "Device" } th {} } }
-                tbody {
-                    @for s in &active {
-                        tr data-session=(s.record.id) {
-                            td { (name_of(&s.record.identity_id)) }
-                            td { (layout::when(s.record.created_at)) }
-                            td { (s.record.mfa_at.map_or_else(|| "-".to_owned(), layout::when)) }
-                            td { (s.client_addr.as_deref().unwrap_or("-")) }
-                            td.ua { (s.user_agent.as_deref().unwrap_or("-")) }
-                            td { (layout::button_form(&viewer, &format!("/admin/sessions/{}/revoke", s.record.id), "Revoke", "danger")) }
-                        }
-                    }
-                }
-            }
-        }
-        h2 { "People" }
+    }
+}
+
+fn people_table(viewer: &Viewer, people: &[UserRecord]) -> Markup {
+    html! {
         table #people {
             thead { tr { th { "Name" } th { "Email" } th { "Groups" } th { "Last sign-in" } th { "State" } th {} } }
             tbody {
-                @for u in &people {
+                @for u in people {
                     tr data-user=(u.identity.id) {
                         td { a href={ "/admin/users/" (u.identity.id) } { (u.display_name.as_deref().unwrap_or(&u.identity.name)) } }
                         td { (u.email.as_deref().unwrap_or("-")) }
@@ -95,14 +144,13 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin) -> 
                         td { (u.last_login.map_or_else(|| "never".to_owned(), layout::when)) }
                         td { @if u.identity.disabled { span.bad { "disabled" } } @else { span.ok { "active" } } }
                         td { @if !u.identity.disabled {
-                            (layout::button_form(&viewer, &format!("/admin/users/{}/disable", u.identity.id), "Disable", "danger"))
+                            (layout::button_form(viewer, &format!("/admin/users/{}/disable", u.identity.id), "Disable", "danger"))
                         } }
                     }
                 }
             }
         }
-    };
-    layout::page(&viewer, Nav::People, "Users & sessions", body)
+    }
 }
 
 pub(crate) async fn revoke(State(broker): State<Broker>, Admin(viewer): Admin, Path(id): Path<String>) -> Response {

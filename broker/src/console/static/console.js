@@ -34,6 +34,7 @@
 
   // Tables sort by any column: click (or Enter / Space on) a header; again to
   // reverse. Numbers and sizes ("1.5 MiB") compare as numbers, the rest as text.
+  // Long tables are paged on the server; sorting orders the rows of the page shown.
   const UNITS = { B: 1, KiB: 1024, MiB: 1048576, GiB: 1073741824, TiB: 1099511627776 };
   function sortKey(text) {
     const t = text.trim();
@@ -63,7 +64,7 @@
       if (!th.textContent.trim()) return;
       th.tabIndex = 0;
       th.classList.add("sortable");
-      th.title = "Sort by " + th.textContent.trim();
+      th.title = "Sort this page by " + th.textContent.trim();
       th.addEventListener("click", () => sortBy(table, column, th));
       th.addEventListener("keydown", function (e) {
         if (e.key === "Enter" || e.key === " ") {
