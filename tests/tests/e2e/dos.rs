@@ -202,7 +202,7 @@ async fn the_handshake_timeout_frees_slots_filled_by_stalled_handshakes() {
     drop(sockets);
 }
 
-fn set_relay(broker: &Broker, key: &str, value: toml::Value) {
+pub(crate) fn set_relay(broker: &Broker, key: &str, value: toml::Value) {
     let path = broker.data_dir().join("broker.toml");
     let mut config: toml::Table = std::fs::read_to_string(&path).expect("broker.toml").parse().expect("toml");
     let relay = config.entry("relay").or_insert_with(|| toml::Value::Table(toml::Table::new()));
