@@ -94,3 +94,29 @@ async fn device_codes_expire_refuse_wrong_codes_and_slow_down_fast_pollers() {
     assert_eq!(approve(&broker, &browser, "BBBB-CCCC").await, 401, "nor a wrong one");
     broker.assert_failed("device", "user_code_unknown").await;
 }
+
+/// OIDC-16, guessing: wrong user codes from one address are refused (401)
+/// until the failure bucket (10, then one every 30 s) runs out; then every
+/// approval from there is 429, the right code included, and nothing is bound.
+#[tokio::test]
+async fn guessing_user_codes_runs_into_a_rate_limit_that_stops_the_right_code_too() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let code = issue(&broker).await;
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+    let browser = portal(&broker, "alice", &mut key).await;
+    let sessions = broker.count("SELECT COUNT(*) FROM sessions").await;
+
+    let mut statuses = Vec::new();
+    for guess in "BCDFGHJKLMNP".chars() {
+        statuses.push(approve(&broker, &browser, &format!("BBBB-CCC{guess}")).await);
+    }
+    eprintln!("OIDC-16 guesses: {statuses:?}");
+    let refused = statuses.iter().take_while(|&&s| s == 401).count();
+    assert_eq!(refused, 10, "10 wrong guesses are answered, no more: {statuses:?}");
+    assert!(statuses[refused..].iter().all(|&s| s == 429), "then every guess is throttled: {statuses:?}");
+    let user_code = code["user_code"].as_str().unwrap();
+    assert_eq!(approve(&broker, &browser, user_code).await, 429, "the right code waits too");
+    assert_eq!(broker.count("SELECT COUNT(*) FROM sessions").await, sessions, "no device session was created");
+    broker.assert_failed("device", "user_code_unknown").await;
+}
