@@ -120,3 +120,26 @@ async fn guessing_user_codes_runs_into_a_rate_limit_that_stops_the_right_code_to
     assert_eq!(broker.count("SELECT COUNT(*) FROM sessions").await, sessions, "no device session was created");
     broker.assert_failed("device", "user_code_unknown").await;
 }
+
+/// L-03: one address asking for 40 device codes gets the burst of the
+/// sign-in start bucket (30, then one every 2 s) and 429 after; only the
+/// codes it was given are stored, and a browser sign-in start from the same
+/// address is throttled by the same bucket.
+#[tokio::test]
+async fn a_flood_of_sign_in_starts_gets_429_and_stores_a_bounded_number() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let browser = broker.browser();
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(browser.post_json(&broker.url("/api/v1/login/device"), &json!({})).await.status);
+    }
+    let issued = statuses.iter().filter(|&&s| s == 200).count();
+    eprintln!("L-03 device code requests: {statuses:?}");
+    assert!((30..=32).contains(&issued), "the burst is 30 (plus what refilled meanwhile): {statuses:?}");
+    assert!(statuses[issued..].iter().all(|&s| s == 429), "then 429: {statuses:?}");
+    assert_eq!(broker.count("SELECT COUNT(*) FROM device_codes").await, i64::try_from(issued).unwrap());
+
+    let pending = broker.count("SELECT COUNT(*) FROM pending_logins").await;
+    assert_eq!(browser.get(&broker.url("/login")).await.status, 429, "the sign-in page's start shares the bucket");
+    assert_eq!(broker.count("SELECT COUNT(*) FROM pending_logins").await, pending, "no pending login stored");
+}
