@@ -32,6 +32,7 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(c.certificates.connector_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(c.relay.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.relay.udp_buffer_bytes, 4 << 20);
+    assert_eq!(c.relay.retry_token_lifetime, Duration::from_secs(15));
     assert!(c.services.is_empty() && c.ca.kek_file.is_none());
 }
 
@@ -54,6 +55,11 @@ fn errors_name_the_key_and_the_reason() {
     assert!(error("[certificates]\nconnector_ttl = \"0s\"").starts_with("certificates.connector_ttl:"));
     assert!(error("[relay]\nconnect_timeout = \"0s\"").starts_with("relay.connect_timeout:"));
     assert!(error("[relay]\nudp_buffer_bytes = \"lots\"").starts_with("relay.udp_buffer_bytes:"));
+    assert_eq!(
+        error("[relay]\nretry_token_lifetime = \"0s\""),
+        "relay.retry_token_lifetime: must be between 1s and 1m"
+    );
+    assert!(error("[relay]\nretry_token_lifetime = \"2m\"").starts_with("relay.retry_token_lifetime:"));
     assert!(error("public_addr = \"no-port\"").starts_with("public_addr:"));
     assert!(error("server_names = [\"bad name\"]").starts_with("server_names:"));
     assert!(error("listen = 8443").contains("listen: expected a string, found integer"));
@@ -93,6 +99,7 @@ fn environment_overrides_the_file() {
         ("PALISADE_LISTEN", "0.0.0.0:9443"),
         ("PALISADE_CERTIFICATES__MACHINE_TTL", "15m"),
         ("PALISADE_RELAY__UDP_BUFFER_BYTES", "8388608"),
+        ("PALISADE_RELAY__RETRY_TOKEN_LIFETIME", "3s"),
         ("PALISADE_SERVER_NAMES", "broker.example.com, 10.0.0.5"),
         ("PALISADE_PUBLIC_ADDR", "broker.example.com:443"),
         ("PALISADE_DATA_DIR", "state"),
@@ -103,6 +110,7 @@ fn environment_overrides_the_file() {
     assert_eq!(c.listen.to_string(), "0.0.0.0:9443");
     assert_eq!(c.certificates.machine_ttl, Duration::from_secs(900));
     assert_eq!(c.relay.udp_buffer_bytes, 8 << 20);
+    assert_eq!(c.relay.retry_token_lifetime, Duration::from_secs(3));
     assert_eq!(c.server_names, ["broker.example.com", "10.0.0.5"]);
     assert_eq!(c.quic_public_addr(), "broker.example.com:443");
     assert_eq!(c.data_dir, Path::new("/etc/palisade/state"));

@@ -224,6 +224,32 @@ async fn a_key_already_certified_for_another_identity_is_refused() {
     env.enroller().redeem(&second, &csr(), SystemTime::now()).await.unwrap();
 }
 
+/// CA-05: a connector's key, and the key of an identity that was disabled
+/// (Palisade revokes identities and sessions, not single certificates), are
+/// refused for any other identity.
+#[tokio::test]
+async fn a_connectors_key_or_a_disabled_identitys_key_is_refused_for_another_identity() {
+    let env = Env::new().await;
+    let now = SystemTime::now();
+    let connector_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let token = env.token(PeerRole::Connector, "gpu-rack-9", now).await;
+    env.enroller().redeem(&token, &csr_with(&connector_key), now).await.unwrap();
+    let token = env.token(PeerRole::Machine, "agent-9", now).await;
+    let err = env.enroller().redeem(&token, &csr_with(&connector_key), now).await.unwrap_err();
+    assert!(matches!(err, EnrollError::Issue(IssueError::KeyReused)), "{err}");
+
+    let revoked_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let token = env.token(PeerRole::Machine, "agent-10", now).await;
+    let revoked = env.enroller().redeem(&token, &csr_with(&revoked_key), now).await.unwrap();
+    assert!(identities::set_disabled(&env.db, &revoked.identity.id, true).await.unwrap());
+    let token = env.token(PeerRole::Machine, "agent-11", now).await;
+    let err = env.enroller().redeem(&token, &csr_with(&revoked_key), now).await.unwrap_err();
+    assert!(matches!(err, EnrollError::Issue(IssueError::KeyReused)), "{err}");
+    for name in ["agent-9", "agent-11"] {
+        assert!(identities::find_by_name(&env.db, PeerRole::Machine, name).await.unwrap().is_none(), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn renewal_honours_a_disable_and_records_every_outcome() {
     let env = Env::new().await;

@@ -25,8 +25,8 @@ pub enum TlsError {
     /// rustls refused the certificate, key or settings.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-    /// The client-certificate verifier could not be built.
-    #[error("client certificate verifier: {0}")]
+    /// A certificate verifier could not be built.
+    #[error("certificate verifier: {0}")]
     Verifier(String),
 }
 
@@ -66,6 +66,19 @@ fn root_store(trust: &TrustAnchors) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// How a client or connector checks the broker's certificate: webpki's
+/// server verifier with our CA as the only root, for the name it dialled.
+/// [`quic_client_config`] and [`https_client_config`] install it; the
+/// x509-limbo cases (`proto/tests/x509_limbo.rs`) run through it.
+///
+/// # Errors
+/// A CA certificate rustls cannot use as a root.
+pub fn broker_verifier(trust: &TrustAnchors) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    WebPkiServerVerifier::builder_with_provider(root_store(trust)?, crypto_provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
 /// The broker's QUIC listener: client certificates from our CA are required
 /// and must fit the Palisade profile (any role but `broker`). Which role may
 /// use which ALPN is checked by the broker after the handshake.
@@ -94,7 +107,7 @@ pub fn quic_client_config(
 ) -> Result<rustls::ClientConfig, TlsError> {
     let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(root_store(trust)?)
+        .with_webpki_verifier(broker_verifier(trust)?)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?;
     config.alpn_protocols = vec![alpn.to_vec()];
     config.enable_early_data = false;
@@ -121,7 +134,7 @@ pub fn https_server_config(identity: &TlsIdentity) -> Result<rustls::ServerConfi
 pub fn https_client_config(trust: &TrustAnchors) -> Result<rustls::ClientConfig, TlsError> {
     Ok(rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(root_store(trust)?)
+        .with_webpki_verifier(broker_verifier(trust)?)
         .with_no_client_auth())
 }
 

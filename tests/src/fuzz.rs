@@ -17,6 +17,12 @@ use palisade_proto::control::{BrokerToConnector, ConnectorToBroker};
 use palisade_proto::enroll::EnrollmentToken;
 use palisade_proto::identity::IdentityAttributes;
 use palisade_proto::wire::{StreamHeader, decode_frame};
+use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_rs::prelude::{
+    DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
+};
 
 /// A target body: any bytes in, a panic only on a bug.
 pub type Target = fn(&[u8]);
@@ -32,6 +38,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("policy_source", policy_source),
     ("policy_cases", policy_cases),
     ("audit_export", audit_export),
+    ("webauthn_finish", webauthn_finish),
 ];
 
 /// The stream header every QUIC stream starts with: decode, and re-encode what decoded.
@@ -134,4 +141,53 @@ pub fn audit_export(data: &[u8]) {
         assert!(!body.contains(['\n', '\r']), "an export line broke in two: {line:?}");
     }
     serde_json::from_str::<serde_json::Value>(json_line(&row).trim_end()).expect("a JSON line is JSON");
+}
+
+/// Real ceremonies a WebAuthn finish body is checked against: a registration
+/// in progress, and an authentication (known credential and discoverable)
+/// for a passkey registered by a software authenticator.
+struct Ceremonies {
+    webauthn: Webauthn,
+    registration: PasskeyRegistration,
+    authentication: PasskeyAuthentication,
+    discoverable: DiscoverableAuthentication,
+    passkey: Passkey,
+}
+
+fn ceremonies() -> &'static Ceremonies {
+    static CEREMONIES: OnceLock<Ceremonies> = OnceLock::new();
+    CEREMONIES.get_or_init(|| {
+        let origin = Url::parse("https://localhost:8443").expect("an origin");
+        let webauthn = WebauthnBuilder::new("localhost", &origin).and_then(WebauthnBuilder::build).expect("an RP");
+        let mut authenticator = SoftPasskey::new(true);
+        let user = Uuid::new_v4();
+        let (ccr, state) = webauthn.start_passkey_registration(user, "fuzz", "Fuzz", None).expect("start");
+        let reg = authenticator.do_registration(origin, ccr).expect("the soft passkey registers");
+        let passkey = webauthn.finish_passkey_registration(&reg, &state).expect("a genuine registration");
+        let (_, registration) = webauthn.start_passkey_registration(user, "fuzz", "Fuzz", None).expect("start");
+        let (_, authentication) = webauthn.start_passkey_authentication(std::slice::from_ref(&passkey)).expect("start");
+        let (_, discoverable) = webauthn.start_discoverable_authentication().expect("start");
+        Ceremonies { webauthn, registration, authentication, discoverable, passkey }
+    })
+}
+
+/// The JSON bodies of the WebAuthn finish endpoints (`/login/webauthn/register/finish`,
+/// `/login/webauthn/authenticate/finish`, `/api/v1/me/credentials/register/finish`),
+/// parsed as the broker's `Json` extractor parses them and, when they parse,
+/// finished against live ceremonies, so the CBOR attestation object, the
+/// authenticator data and the COSE key inside are attacker bytes too. No
+/// assertion may pass: the fuzzer cannot sign with the ceremony's key.
+pub fn webauthn_finish(data: &[u8]) {
+    let c = ceremonies();
+    if let Ok(reg) = serde_json::from_slice::<RegisterPublicKeyCredential>(data) {
+        let _ = c.webauthn.finish_passkey_registration(&reg, &c.registration);
+    }
+    if let Ok(cred) = serde_json::from_slice::<PublicKeyCredential>(data) {
+        let known = c.webauthn.finish_passkey_authentication(&cred, &c.authentication);
+        assert!(known.is_err(), "an assertion nobody signed was accepted");
+        if c.webauthn.identify_discoverable_authentication(&cred).is_ok() {
+            let found = c.webauthn.finish_discoverable_authentication_v2(&cred, c.discoverable.clone(), &c.passkey);
+            assert!(found.is_err(), "a discoverable assertion nobody signed was accepted");
+        }
+    }
 }

@@ -98,4 +98,28 @@ fn write_seed_corpora() {
 
     write("audit_export", "plain", "spiffe://td/machine/a\u{1f}llm-prod\u{1f}curl/8");
     write("audit_export", "hostile", "=cmd|' /c calc'!A1\n\u{1f}\x1b[31mred\u{202e}\u{1f}</script>\r\nX-Injected: 1");
+    write_webauthn_seeds();
+}
+
+/// A genuine registration and assertion from a software passkey (for
+/// another process's challenges), cut-off JSON and JSON of the wrong shape.
+fn write_webauthn_seeds() {
+    use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+    use webauthn_rs::prelude::{Url, Uuid, WebauthnBuilder};
+    let origin = Url::parse("https://localhost:8443").unwrap();
+    let webauthn = WebauthnBuilder::new("localhost", &origin).and_then(WebauthnBuilder::build).unwrap();
+    let mut passkey = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
+    let (ccr, state) = webauthn.start_passkey_registration(Uuid::new_v4(), "seed", "Seed", None).unwrap();
+    let registration = serde_json::to_string(&passkey.do_registration(origin.clone(), ccr).unwrap()).unwrap();
+    let key = webauthn.finish_passkey_registration(&serde_json::from_str(&registration).unwrap(), &state).unwrap();
+    let (rcr, _) = webauthn.start_passkey_authentication(&[key]).unwrap();
+    let assertion = serde_json::to_string(&passkey.do_authentication(origin, rcr).unwrap()).unwrap();
+    write("webauthn_finish", "registration", &registration);
+    write("webauthn_finish", "assertion", &assertion);
+    // With a user handle, as a discoverable passkey answers.
+    let mut discoverable: serde_json::Value = serde_json::from_str(&assertion).unwrap();
+    discoverable["response"]["userHandle"] = "AAECAwQFBgcICQoLDA0ODw".into();
+    write("webauthn_finish", "assertion-discoverable", discoverable.to_string());
+    write("webauthn_finish", "registration-cut", &registration[..registration.len() / 2]);
+    write("webauthn_finish", "wrong-types", r#"{"id":1,"rawId":[],"response":null,"type":"public-key"}"#);
 }

@@ -51,6 +51,7 @@ const ENV_KEYS: &[&str] = &[
     "relay.max_connections",
     "relay.max_connections_per_identity",
     "relay.retry",
+    "relay.retry_token_lifetime",
     "relay.drain_timeout",
     "consistency.max_staleness",
     "consistency.mode",
@@ -275,6 +276,9 @@ pub struct RelayConfig {
     pub max_connections_per_identity: usize,
     /// When to validate a client's address with a QUIC Retry before keeping any state for it.
     pub retry: RetryPolicy,
+    /// How long the token in a QUIC Retry stays good; a client returns it one
+    /// round trip later, and a token replayed after this is refused. Default 15 s.
+    pub retry_token_lifetime: Duration,
     /// After SIGTERM, how long streams in progress may go on while clients
     /// move to other replicas; then the rest are closed. Default 30 s.
     pub drain_timeout: Duration,
@@ -412,6 +416,9 @@ impl Config {
         }
         if self.relay.drain_timeout > Duration::from_secs(3600) {
             return Err(invalid("relay.drain_timeout", "must be at most 1h"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.relay.retry_token_lifetime) {
+            return Err(invalid("relay.retry_token_lifetime", "must be between 1s and 1m"));
         }
         if self.relay.max_connections == 0 || self.relay.max_connections_per_identity == 0 {
             return Err(invalid("relay.max_connections", "connection limits must be at least 1"));

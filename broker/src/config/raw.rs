@@ -83,6 +83,7 @@ struct RawRelay {
     max_connections: Option<Value>,
     max_connections_per_identity: Option<Value>,
     retry: Option<Value>,
+    retry_token_lifetime: Option<Value>,
     drain_timeout: Option<Value>,
 }
 
@@ -159,6 +160,8 @@ impl RawConfig {
                 })?
                 .unwrap_or(64),
                 retry: opt(relay.retry, retry_policy)?.unwrap_or(RetryPolicy::UnderLoad),
+                retry_token_lifetime: opt(relay.retry_token_lifetime, |v| duration("relay.retry_token_lifetime", v))?
+                    .unwrap_or(Duration::from_secs(15)),
                 drain_timeout: opt(relay.drain_timeout, |v| duration("relay.drain_timeout", v))?
                     .unwrap_or(Duration::from_secs(30)),
             },

@@ -85,6 +85,33 @@ async fn a_schema_invalid_set_is_refused_with_file_and_line_and_the_active_versi
 }
 
 #[tokio::test]
+async fn a_policy_file_over_the_size_limit_is_refused_before_parsing_and_the_active_version_stays() {
+    let (_dir, db) = fresh().await;
+    let services = services();
+    let good = [file("agents.cedar", AGENTS)];
+    apply(&db, &proposal(&good, None, &services)).await.unwrap();
+
+    // Valid policies all the way, so only the size can refuse it.
+    let mut huge = String::new();
+    for i in 0.. {
+        if huge.len() > palisade_policies::MAX_FILE_BYTES {
+            break;
+        }
+        huge.push_str(&AGENTS.replace("\"agents\"", &format!("\"agents-{i}\"")));
+    }
+    assert!(huge.len() > palisade_policies::MAX_FILE_BYTES);
+    let started = std::time::Instant::now();
+    let err = apply(&db, &proposal(&[file("huge.cedar", &huge)], Some(1), &services)).await.unwrap_err();
+    assert!(matches!(err, PolicyStoreError::Invalid(_)), "{err}");
+    assert!(err.to_string().contains("huge.cedar") && err.to_string().contains("more than the limit"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused before Cedar parses 8 MiB");
+
+    assert_eq!(active_version(&db).await.unwrap(), Some(1));
+    assert_eq!(active(&db).await.unwrap().unwrap().1, good);
+    assert_eq!(audited(&db, "policy.rejected").await, 1);
+}
+
+#[tokio::test]
 async fn a_set_whose_cases_fail_is_refused() {
     let (_dir, db) = fresh().await;
     let cases = tempfile::tempdir().unwrap();

@@ -50,6 +50,7 @@ pub(super) fn server_config(broker: &Broker) -> Result<quinn::ServerConfig, Rela
     let quic = QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| RelayError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(transport()));
+    config.retry_token_lifetime(broker.config().relay.retry_token_lifetime);
     Ok(config)
 }
 

@@ -107,3 +107,52 @@ async fn device_codes_expire_refuse_wrong_codes_and_slow_down_fast_pollers() {
     assert_eq!(approve(&broker, &browser, "BBBB-CCCC").await, 401, "nor a wrong one");
     broker.assert_failed("device", "user_code_unknown").await;
 }
+
+/// OIDC-16, guessing: wrong user codes from one address are refused (401)
+/// until the failure bucket (10, then one every 30 s) runs out; then every
+/// approval from there is 429, the right code included, and nothing is bound.
+#[tokio::test]
+async fn guessing_user_codes_runs_into_a_rate_limit_that_stops_the_right_code_too() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let code = issue(&broker).await;
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+    let browser = portal(&broker, "alice", &mut key).await;
+    let sessions = broker.count("SELECT COUNT(*) FROM sessions").await;
+
+    let mut statuses = Vec::new();
+    for guess in "BCDFGHJKLMNP".chars() {
+        statuses.push(approve(&broker, &browser, &format!("BBBB-CCC{guess}")).await);
+    }
+    eprintln!("OIDC-16 guesses: {statuses:?}");
+    let refused = statuses.iter().take_while(|&&s| s == 401).count();
+    assert_eq!(refused, 10, "10 wrong guesses are answered, no more: {statuses:?}");
+    assert!(statuses[refused..].iter().all(|&s| s == 429), "then every guess is throttled: {statuses:?}");
+    let user_code = code["user_code"].as_str().unwrap();
+    assert_eq!(approve(&broker, &browser, user_code).await, 429, "the right code waits too");
+    assert_eq!(broker.count("SELECT COUNT(*) FROM sessions").await, sessions, "no device session was created");
+    broker.assert_failed("device", "user_code_unknown").await;
+}
+
+/// L-03: one address asking for 40 device codes gets the burst of the
+/// sign-in start bucket (30, then one every 2 s) and 429 after; only the
+/// codes it was given are stored, and a browser sign-in start from the same
+/// address is throttled by the same bucket.
+#[tokio::test]
+async fn a_flood_of_sign_in_starts_gets_429_and_stores_a_bounded_number() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let browser = broker.browser();
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(browser.post_json(&broker.url("/api/v1/login/device"), &json!({})).await.status);
+    }
+    let issued = statuses.iter().filter(|&&s| s == 200).count();
+    eprintln!("L-03 device code requests: {statuses:?}");
+    assert!((30..=32).contains(&issued), "the burst is 30 (plus what refilled meanwhile): {statuses:?}");
+    assert!(statuses[issued..].iter().all(|&s| s == 429), "then 429: {statuses:?}");
+    assert_eq!(broker.count("SELECT COUNT(*) FROM device_codes").await, i64::try_from(issued).unwrap());
+
+    let pending = broker.count("SELECT COUNT(*) FROM pending_logins").await;
+    assert_eq!(browser.get(&broker.url("/login")).await.status, 429, "the sign-in page's start shares the bucket");
+    assert_eq!(broker.count("SELECT COUNT(*) FROM pending_logins").await, pending, "no pending login stored");
+}

@@ -97,6 +97,34 @@ async fn wa_02_wa_09_another_users_challenge_or_credential_is_refused() {
     assert_eq!(broker.sessions().await, sessions);
 }
 
+/// WA-02, same person: an assertion signed over the challenge issued to
+/// alice's sign-in in browser A, finished in her sign-in in browser B (which
+/// has a ceremony of its own), is refused and spends B's ceremony; the same
+/// assertion then works in A.
+#[tokio::test]
+async fn wa_02_an_assertion_for_another_sign_ins_challenge_is_refused_for_the_same_person() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+    let sessions = broker.sessions().await;
+    let first = at_mfa(&broker, "alice").await;
+    let second = at_mfa(&broker, "alice").await;
+    let for_first = auth_start(&first, &broker).await;
+    let _for_second = auth_start(&second, &broker).await;
+
+    let cred = key.assert(&broker.origin(), for_first);
+    let refused = auth_finish(&second, &broker, &cred).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    broker.assert_failed("webauthn", "challenge").await;
+    assert_eq!(broker.sessions().await, sessions, "no session from another sign-in's challenge");
+
+    let again = auth_finish(&second, &broker, &cred).await;
+    assert_eq!(again.status, 400, "the second sign-in's ceremony was spent: {}", again.body);
+    // The assertion itself was genuine: in the sign-in it was made for, it works.
+    let own = auth_finish(&first, &broker, &cred).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+}
+
 #[tokio::test]
 async fn wa_03_an_expired_ceremony_is_refused_and_purged() {
     let broker = TestBroker::start(Idp::Real, |c| c.login.ceremony_ttl = std::time::Duration::from_secs(1)).await;

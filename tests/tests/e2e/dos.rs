@@ -174,6 +174,9 @@ async fn the_handshake_timeout_frees_slots_filled_by_stalled_handshakes() {
     let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
     let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
     echo_once(&agent, "before the stall").await;
+    let service: ServiceName = "echo".parse().expect("service name");
+    let held = Tunnel::new(Profile::load(agent.home()).expect("profile")).expect("tunnel");
+    assert!(tunnel_echo(&held, &service, b"held").await, "a tunnel held through the stall works before it");
 
     let trust = broker.trust_anchors(&agent.trust_domain());
     let initials = capture_initials(STALLED, &agent.identity(), &trust).await;
@@ -184,6 +187,7 @@ async fn the_handshake_timeout_frees_slots_filled_by_stalled_handshakes() {
         .await
         .map_or(true, |r| r.is_err());
     assert!(refused_while_full, "with every slot held by a stalled handshake, a new connection is refused");
+    assert!(tunnel_echo(&held, &service, b"full").await, "the held tunnel keeps carrying data while the cap is full");
 
     // Slots free once quinn has also drained the abandoned connections (a
     // few PTOs after the 10 s timeout), so allow some seconds beyond it.
@@ -202,7 +206,7 @@ async fn the_handshake_timeout_frees_slots_filled_by_stalled_handshakes() {
     drop(sockets);
 }
 
-fn set_relay(broker: &Broker, key: &str, value: toml::Value) {
+pub(crate) fn set_relay(broker: &Broker, key: &str, value: toml::Value) {
     let path = broker.data_dir().join("broker.toml");
     let mut config: toml::Table = std::fs::read_to_string(&path).expect("broker.toml").parse().expect("toml");
     let relay = config.entry("relay").or_insert_with(|| toml::Value::Table(toml::Table::new()));

@@ -56,6 +56,12 @@ async fn one_identity_cannot_hold_more_connections_than_its_cap() {
             .any(|r| r.detail_str("reason") == Some("per-identity connection limit"))
     })
     .await;
+    for tunnel in &held {
+        assert!(
+            agent_echo(tunnel, &service).await,
+            "a connection within the cap keeps carrying data after the refusal"
+        );
+    }
 
     drop(held);
     // A connection freed, another one fits again.

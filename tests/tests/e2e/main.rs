@@ -31,6 +31,7 @@ mod quickstart;
 mod renewal;
 mod replicas;
 mod restart;
+mod retry_token;
 mod revocation;
 mod segments;
 mod store_faults;
