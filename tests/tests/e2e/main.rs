@@ -33,6 +33,7 @@ mod replicas;
 mod restart;
 mod revocation;
 mod segments;
+mod shared_quota;
 mod store_faults;
 mod store_schema;
 mod tunnel;
