@@ -347,8 +347,10 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-/// How often a broker refreshes its row in `broker_replicas`.
+/// How often a broker refreshes its row in `broker_replicas` (and prunes old quota counts).
 const REPLICA_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Quota counts are kept this long after their window ended (seconds).
+const QUOTA_KEPT_SECS: i64 = 600;
 
 /// Keeps this broker listed among the replicas that share its database (for
 /// clients to fail over to) while it runs, and takes it off when it stops.
@@ -367,6 +369,9 @@ async fn announce_replica(broker: Broker, shutdown: CancellationToken) {
         }
         if let Err(e) = crate::db::connector_links::heartbeat(broker.db(), &addr, now).await {
             tracing::warn!(error = %e, "cannot refresh this broker's connector links");
+        }
+        if let Err(e) = crate::db::quota_usage::prune(broker.db(), now.saturating_sub(QUOTA_KEPT_SECS) * 1_000).await {
+            tracing::warn!(error = %e, "cannot prune the quota counts of ended windows");
         }
     }
     if let Err(e) = crate::db::replicas::forget(broker.db(), &addr).await {

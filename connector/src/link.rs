@@ -325,6 +325,9 @@ impl Control<'_> {
         }
         let mut renew_check = tokio::time::interval(RENEW_CHECK);
         renew_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        crate::http::usage::announce(&self.out);
+        let mut usage_report = tokio::time::interval(crate::http::usage::REPORT_EVERY);
+        usage_report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 frame = frames.recv() => match frame {
@@ -332,6 +335,7 @@ impl Control<'_> {
                     None => return "control stream closed".to_owned(),
                 },
                 _ = renew_check.tick() => self.check_renewal().await,
+                _ = usage_report.tick() => crate::http::usage::report(&self.out),
             }
         }
     }
@@ -370,6 +374,7 @@ impl Control<'_> {
                 tracing::info!(sessions = sessions.len(), identities = identities.len(), "revocations received");
                 self.policy.revoke(sessions, identities);
             }
+            BrokerToConnector::UsageElsewhere { entries } => crate::http::usage::learn(entries),
             BrokerToConnector::RenewFailed { message } => {
                 tracing::warn!(%message, "the broker could not renew the certificate; will retry");
                 self.renewal.failed();

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::SignedBundle;
 use crate::id::DecisionId;
+use crate::usage::{UsageDelta, UsageElsewhere};
 
 /// Connector → broker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,15 @@ pub enum ConnectorToBroker {
     AssertionKey {
         /// The key as a JWK (`kty` EC, `crv` P-256, `x`, `y`, `kid`, `alg` ES256, `use` sig).
         jwk: serde_json::Value,
+    },
+    /// Quota usage this connector process counted since its last report
+    /// (see [`crate::usage`]); without entries, it names the instance the
+    /// link reports for. Checked whole with [`crate::usage::check_report`].
+    Usage {
+        /// The connector process (one per run), letters, digits and '-'.
+        instance: String,
+        /// At most [`crate::usage::MAX_ENTRIES`] counts to add.
+        entries: Vec<UsageDelta>,
     },
 }
 
@@ -165,6 +175,12 @@ pub enum BrokerToConnector {
         sessions: Vec<String>,
         /// Revoked (disabled) identity ids.
         identities: Vec<String>,
+    },
+    /// What the other connector instances counted for services this
+    /// connector serves, in windows still running (see [`crate::usage`]).
+    UsageElsewhere {
+        /// At most [`crate::usage::MAX_ENTRIES`] counts.
+        entries: Vec<UsageElsewhere>,
     },
 }
 

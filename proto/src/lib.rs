@@ -6,6 +6,7 @@
 //! - [`wire`]: the versioned stream header and control-frame encoding.
 //! - [`control`]: the connector's control-stream messages.
 //! - [`bundle`]: signed policy bundles sent on the control stream.
+//! - [`usage`]: quota counts shared by the connector replicas of a service.
 //! - [`reject`]: reason codes in stream resets and their messages.
 //! - [`enroll`]: the enrollment token and the enrollment API's JSON.
 //! - [`tls`]: rustls configurations built on the one crypto provider.
@@ -21,4 +22,5 @@ pub mod identity;
 pub mod pem;
 pub mod reject;
 pub mod tls;
+pub mod usage;
 pub mod wire;

@@ -328,7 +328,7 @@ fn token_line(out: &CliOutput) -> String {
 /// A running broker process and its data directory.
 pub struct Broker {
     proc: Option<Proc>,
-    info: Arc<BrokerInfo>,
+    pub(crate) info: Arc<BrokerInfo>,
 }
 
 impl Broker {

@@ -92,6 +92,22 @@ impl Agent {
         &self.name
     }
 
+    /// A copy of this home (same key and certificate) whose profile names
+    /// only `replica` as its broker: the same identity, through another replica.
+    #[must_use]
+    pub fn copy_pointed_at(&self, replica: &crate::Broker, name: &str) -> Agent {
+        let copy = self.broker.env.fresh_dir(name);
+        crate::person::copy_dir(&self.home, &copy);
+        let path = copy.join("profile.json");
+        let text = std::fs::read_to_string(&path).expect("read profile.json");
+        let mut profile: serde_json::Value = serde_json::from_str(&text).expect("profile.json is JSON");
+        profile["quic_addr"] = replica.quic_addr().to_string().into();
+        profile["broker_url"] = replica.https_url().into();
+        profile["replicas"] = serde_json::Value::Array(Vec::new());
+        std::fs::write(&path, profile.to_string()).expect("write profile.json");
+        Agent::at(replica.info.clone(), copy, &self.name)
+    }
+
     /// The SPIFFE id the broker gave it (from `profile.json`).
     #[must_use]
     pub fn spiffe_id(&self) -> String {

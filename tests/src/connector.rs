@@ -209,6 +209,16 @@ impl Connector {
         }
     }
 
+    /// Stops the connector cleanly (SIGTERM): it closes its broker links, so
+    /// the broker stops routing to it at once. Waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.signal("TERM").await;
+            let status = proc.wait().await;
+            assert!(status.success(), "the connector exits cleanly on SIGTERM: {status}");
+        }
+    }
+
     /// Kills the connector if it runs and starts it again with the same state.
     pub async fn restart(&mut self) {
         self.kill().await;

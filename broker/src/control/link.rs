@@ -1,6 +1,7 @@
 //! One connector's live link: it says hello with the services it serves, gets
 //! the policy bundle (and every later version), reports how streams ended,
-//! and renews its certificate before it expires.
+//! shares quota usage with the other connectors ([`super::usage`]), and
+//! renews its certificate before it expires.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{FrameError, read_frame, write_frame};
+use super::usage::{self, UsageLink};
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::db::connector_links;
 use crate::issuance::ca::{Ca, CaError, unix};
@@ -51,7 +53,8 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
     record_link(&broker, &link.connector_id, &link_id, Some((&peer.remote.to_string(), &version))).await;
     audit(&broker, &peer, EventKind::ConnectorOnline, json!({ "services": served, "remote": peer.remote.to_string() }))
         .await;
-    run_link(&broker, &link, &peer, send, recv, &shutdown).await;
+    let usage = UsageLink::new(served.clone());
+    run_link(&broker, &link, &peer, usage, (send, recv), &shutdown).await;
     broker.registry().unregister(&link.conn);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).dec();
     record_link(&broker, &link.connector_id, &link_id, None).await;
@@ -100,8 +103,8 @@ async fn run_link(
     broker: &Broker,
     link: &Link,
     peer: &Peer,
-    mut send: SendStream,
-    recv: RecvStream,
+    mut usage: UsageLink,
+    (mut send, recv): (SendStream, RecvStream),
     shutdown: &CancellationToken,
 ) {
     let mut policy = broker.policy().subscribe();
@@ -119,6 +122,8 @@ async fn run_link(
         }
     }
     let mut frames = spawn_reader(recv);
+    let mut usage_poll = tokio::time::interval(usage::POLL);
+    usage_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -140,24 +145,30 @@ async fn run_link(
                 Some(Err(e)) => return tracing::info!(connector = %link.name, error = %e, "control stream ended"),
                 None => return,
             },
+            _ = usage_poll.tick() => Next::UsagePoll,
         };
-        let reply = match next {
+        let replies = match next {
             Next::Policy => match sign_bundle(broker.ca(), policy.borrow_and_update().bundle(), SystemTime::now()) {
-                Ok(policy) => Some(BrokerToConnector::PolicyUpdate { policy }),
+                Ok(policy) => vec![BrokerToConnector::PolicyUpdate { policy }],
                 Err(e) => {
                     // The connector keeps its last good bundle; closing makes it reconnect and get a fresh one.
                     return tracing::error!(connector = %link.name, error = %e, "cannot sign the policy bundle");
                 }
             },
-            Next::Frame(frame) => on_frame(broker, peer, frame).await,
-            Next::Revoked(batch) => {
-                Some(BrokerToConnector::Revoked { sessions: batch.sessions, identities: batch.identities })
+            Next::Frame(ConnectorToBroker::Usage { instance, entries }) => {
+                usage.report(broker, peer, instance, entries).await;
+                Vec::new()
             }
+            Next::Frame(frame) => on_frame(broker, peer, frame).await.into_iter().collect(),
+            Next::Revoked(batch) => {
+                vec![BrokerToConnector::Revoked { sessions: batch.sessions, identities: batch.identities }]
+            }
+            Next::UsagePoll => usage.elsewhere(broker, peer).await,
         };
-        if let Some(reply) = reply
-            && let Err(e) = write_frame(&mut send, &reply).await
-        {
-            return tracing::warn!(connector = %link.name, error = %e, "control stream write failed");
+        for reply in replies {
+            if let Err(e) = write_frame(&mut send, &reply).await {
+                return tracing::warn!(connector = %link.name, error = %e, "control stream write failed");
+            }
         }
     }
 }
@@ -181,6 +192,7 @@ enum Next {
     Policy,
     Frame(ConnectorToBroker),
     Revoked(crate::relay::live::RevokedBatch),
+    UsagePoll,
 }
 
 /// Reading a frame is not cancel-safe, so it runs in its own task.
@@ -219,6 +231,10 @@ async fn on_frame(broker: &Broker, peer: &Peer, frame: ConnectorToBroker) -> Opt
         }
         ConnectorToBroker::Hello { .. } => {
             tracing::warn!(connector = %peer.identity.id(), "ignoring a second hello");
+            None
+        }
+        ConnectorToBroker::Usage { .. } => {
+            tracing::error!("a usage report reached the generic frame handler; ignored");
             None
         }
     }

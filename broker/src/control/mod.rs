@@ -5,3 +5,4 @@ mod extraction;
 mod frames;
 mod http;
 pub mod link;
+mod usage;

@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod identities;
 pub mod login_state;
 pub mod meta;
+pub mod quota_usage;
 pub mod replicas;
 pub mod revocations;
 pub mod sessions;

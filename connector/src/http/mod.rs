@@ -23,6 +23,7 @@ mod per_link;
 mod record;
 mod reply;
 mod request_body;
+pub(crate) mod usage;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -195,10 +196,12 @@ fn admit_limits(
         return Ok(None);
     }
     let identity = tunnel.caller.peer.id().uri();
-    match limits::limiter().admit(&identity, &tunnel.service, &specs, Instant::now()) {
+    match limits::limiter().admit(&identity, &tunnel.service, &specs, limits::Now::current()) {
         Ok(admission) => Ok(Some(admission)),
         Err(over) => {
-            record.reason = format!("limit: {}", over.what);
+            // The audit record says when other replicas' usage made the difference; the caller is not told.
+            let shared = if over.with_other_replicas { " (with other connectors' usage)" } else { "" };
+            record.reason = format!("limit: {}{shared}", over.what);
             let secs = over.retry_after.as_secs() + u64::from(over.retry_after.subsec_nanos() > 0);
             Err(Box::new(reply::too_many(&format!("too many requests: the limit on {} is reached", over.what), secs)))
         }

@@ -194,12 +194,18 @@ async fn send_frame(send: &mut SendStream, frame: &BrokerToConnector) {
     send.write_all(&wire::encode_frame(frame).expect("encode")).await.expect("write frame");
 }
 
+/// The next control frame, past quota usage reports (they run beside every flow; `http::limits` tests them).
 async fn read_frame(recv: &mut RecvStream) -> ConnectorToBroker {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.expect("frame length");
-    let mut body = vec![0u8; wire::frame_len(len).expect("length")];
-    recv.read_exact(&mut body).await.expect("frame body");
-    wire::decode_frame(&body).expect("frame")
+    loop {
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await.expect("frame length");
+        let mut body = vec![0u8; wire::frame_len(len).expect("length")];
+        recv.read_exact(&mut body).await.expect("frame body");
+        match wire::decode_frame(&body).expect("frame") {
+            ConnectorToBroker::Usage { .. } => {}
+            frame => return frame,
+        }
+    }
 }
 
 #[tokio::test]

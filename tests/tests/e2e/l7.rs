@@ -352,6 +352,11 @@ async fn token_quotas_and_request_rates_are_per_identity_and_reset_with_the_wind
     // Each answer uses PROMPT_TOKENS + COMPLETION_TOKENS = 18 tokens of a 30-token quota:
     // the second request crosses the quota, the third is refused.
     assert_eq!(PROMPT_TOKENS + COMPLETION_TOKENS, 18);
+    // Quota windows are aligned to the clock (so replicas agree on them):
+    // start just after one begins, so both answers fall in the same window.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let next_window = u64::try_from((now_ms / 3_000 + 1) * 3_000 + 50).unwrap();
+    palisade_tests::wait_until_clock_passes(std::time::UNIX_EPOCH + Duration::from_millis(next_window)).await;
     let started = Instant::now();
     assert_eq!(chat(&alice_url).await.status(), 200);
     assert_eq!(chat(&alice_url).await.status(), 200);

@@ -34,6 +34,7 @@ mod restart;
 mod retry_token;
 mod revocation;
 mod segments;
+mod shared_quota;
 mod store_faults;
 mod store_schema;
 mod tunnel;
