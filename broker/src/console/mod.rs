@@ -15,6 +15,7 @@ pub(crate) mod device;
 pub mod layout;
 pub(crate) mod paging;
 pub(crate) mod portal;
+pub(crate) mod sorting;
 pub(crate) mod stepup;
 pub(crate) mod viewer;
 

@@ -31,6 +31,24 @@ pub(crate) enum PagingError {
         /// What was sent.
         value: String,
     },
+    /// Not a column the table can be ordered by.
+    #[error("{param} must be one of {allowed}, not {value:?}")]
+    Sort {
+        /// The parameter's name.
+        param: String,
+        /// What was sent.
+        value: String,
+        /// The columns the table offers.
+        allowed: String,
+    },
+    /// Not `asc` or `desc`.
+    #[error("{param} must be asc or desc, not {value:?}")]
+    Direction {
+        /// The parameter's name.
+        param: String,
+        /// What was sent.
+        value: String,
+    },
     /// Not one of [`SIZES`].
     #[error("{param} must be one of 10, 25, 50 or 100 rows, not {value:?}")]
     Size {

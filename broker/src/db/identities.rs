@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use palisade_proto::identity::PeerRole;
 use sqlx::{Any, AnyConnection};
 
-use super::Db;
+use super::{Db, OrderBy};
 
 /// One identity as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,19 +118,28 @@ pub async fn count(db: &Db, role: PeerRole) -> Result<u64, sqlx::Error> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// One page of [`list`]: at most `limit` identities after the first `offset`.
+/// One page of the identities of `role` in `order`: at most `limit` after the first `offset`.
 ///
 /// # Errors
 /// A database error, or a row that does not decode.
-pub async fn list_page(db: &Db, role: PeerRole, limit: i64, offset: i64) -> Result<Vec<IdentityRecord>, sqlx::Error> {
-    let rows = sqlx::query_as::<Any, Row>(
-        "SELECT id, role, name, groups, disabled FROM identities WHERE role = $1 ORDER BY name, id LIMIT $2 OFFSET $3",
-    )
-    .bind(role.as_str())
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(db.pool())
-    .await?;
+pub async fn list_page(
+    db: &Db,
+    role: PeerRole,
+    order: OrderBy,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<IdentityRecord>, sqlx::Error> {
+    // The order is a constant of the console's code; every value is bound.
+    let sql = format!(
+        "SELECT id, role, name, groups, disabled FROM identities WHERE role = $1 ORDER BY {}, id LIMIT $2 OFFSET $3",
+        order.sql()
+    );
+    let rows = sqlx::query_as::<Any, Row>(sqlx::AssertSqlSafe(sql))
+        .bind(role.as_str())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(db.pool())
+        .await?;
     rows.into_iter().map(from_row).collect()
 }
 

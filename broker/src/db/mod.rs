@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod identities;
 pub mod login_state;
 pub mod meta;
+pub mod order;
 pub mod quota_usage;
 pub mod replicas;
 pub mod revocations;
@@ -28,6 +29,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
 
 pub use identities::IdentityRecord;
+pub use order::OrderBy;
 
 /// The key of the PostgreSQL advisory lock every writing transaction holds
 /// (see [`Db::begin_write`]). Any fixed 64-bit value works; this one spells

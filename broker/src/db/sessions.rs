@@ -3,8 +3,8 @@
 
 use sqlx::{Any, AnyConnection};
 
-use super::Db;
 use super::revocations::{self, RevocationKind};
+use super::{Db, OrderBy};
 
 /// A session row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,14 +206,22 @@ pub async fn count_active(db: &Db, now: i64) -> Result<u64, sqlx::Error> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// One page of the sessions active at `now`, newest first: at most `limit`
+/// One page of the sessions active at `now` in `order`: at most `limit`
 /// after the first `offset`.
 ///
 /// # Errors
 /// A database error.
-pub async fn list_active_page(db: &Db, now: i64, limit: i64, offset: i64) -> Result<Vec<SessionDetails>, sqlx::Error> {
+pub async fn list_active_page(
+    db: &Db,
+    now: i64,
+    order: OrderBy,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<SessionDetails>, sqlx::Error> {
+    // The order is a constant of the console's code; every value is bound.
     let sql = format!(
-        "{DETAILS} WHERE revoked_at IS NULL AND expires_at > $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
+        "{DETAILS} WHERE revoked_at IS NULL AND expires_at > $1 ORDER BY {}, id LIMIT $2 OFFSET $3",
+        order.sql()
     );
     let rows: Vec<DetailsRow> =
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).bind(limit).bind(offset).fetch_all(db.pool()).await?;

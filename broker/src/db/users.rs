@@ -6,7 +6,7 @@ use palisade_proto::id::UserId;
 use palisade_proto::identity::PeerRole;
 use sqlx::{Any, AnyConnection};
 
-use super::{Db, IdentityRecord, identities};
+use super::{Db, IdentityRecord, OrderBy, identities};
 
 /// The issuer of invite-only (passkey) accounts.
 pub const LOCAL_ISSUER: &str = "local";
@@ -164,12 +164,13 @@ pub async fn count(db: &Db) -> Result<u64, sqlx::Error> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// One page of [`list`]: at most `limit` people after the first `offset`.
+/// One page of every person in `order`: at most `limit` after the first `offset`.
 ///
 /// # Errors
 /// A database error.
-pub async fn list_page(db: &Db, limit: i64, offset: i64) -> Result<Vec<UserRecord>, sqlx::Error> {
-    let sql = format!("{SELECT} ORDER BY i.name, i.id LIMIT $1 OFFSET $2");
+pub async fn list_page(db: &Db, order: OrderBy, limit: i64, offset: i64) -> Result<Vec<UserRecord>, sqlx::Error> {
+    // The order is a constant of the console's code; every value is bound.
+    let sql = format!("{SELECT} ORDER BY {}, i.id LIMIT $1 OFFSET $2", order.sql());
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).bind(offset).fetch_all(db.pool()).await?;
     rows.into_iter().map(from_row).collect()
 }

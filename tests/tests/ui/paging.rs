@@ -76,8 +76,26 @@ pub(crate) async fn long_tables_page_on_the_server_from_the_keyboard(ui: &Ui) {
     chrome.click_and_load("#people-pager .page-size button").await;
     assert_eq!(chrome.text("#people-pager .range").await, format!("Showing 1–{total} of {total}"));
 
+    ordering_covers_the_whole_table(ui, &first).await;
     audit_pages_back_and_forth(ui).await;
     bad_paging_is_a_clear_400(ui).await;
+}
+
+/// Reversing the order shows, on page one, the people who were last: the
+/// server orders the whole table, not the page shown.
+async fn ordering_covers_the_whole_table(ui: &Ui, first_by_name: &[String]) {
+    let chrome = &ui.chrome;
+    chrome.goto(&ui.url("/admin/sessions?people_size=10")).await;
+    chrome.click_and_load("#people thead th:first-child a").await;
+    let reversed = row_ids(ui, "#people tbody tr", "data-user").await;
+    let last_ten: Vec<String> = (FILLERS - 10..FILLERS).rev().map(|i| format!("filler-{i:02}")).collect();
+    assert_eq!(reversed, last_ten, "page one holds the ten last names of the whole table, Z to A");
+    assert_ne!(reversed, first_by_name);
+    assert!(chrome.url().await.query().unwrap().contains("people_size=10"), "the page size is kept");
+    chrome.click_and_load("#people thead th:nth-child(4) a").await;
+    assert_eq!(chrome.text("#people-pager .range").await.split(' ').nth(1), Some("1–10"), "back to page one");
+    let by_sign_in = row_ids(ui, "#people tbody tr", "data-user").await;
+    assert!(!by_sign_in[0].starts_with("filler-"), "people who signed in come before those who never did");
 }
 
 async fn audit_pages_back_and_forth(ui: &Ui) {
@@ -108,6 +126,8 @@ async fn bad_paging_is_a_clear_400(ui: &Ui) {
         ("/admin/connectors?connectors_page=-3", "connectors_page must be a page number"),
         ("/admin/audit?audit_size=7", "audit_size must be one of"),
         ("/admin/audit?before=%3Cimg%3E", "before must be an event number"),
+        ("/admin/sessions?people_sort=i.name", "people_sort must be one of name, email, last_sign_in, state"),
+        ("/admin/machines?machines_dir=%3Cimg%3E", "machines_dir must be asc or desc"),
     ] {
         let response = ui.http().get(ui.url(path)).header("cookie", &cookie).send().await.unwrap();
         assert_eq!(response.status(), 400, "{path}");

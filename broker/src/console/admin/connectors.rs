@@ -16,7 +16,8 @@ use serde::Deserialize;
 
 use crate::Broker;
 use crate::console::layout::{self, Nav};
-use crate::console::paging::{self, Paging, Window};
+use crate::console::paging::{self, Window};
+use crate::console::sorting::{Column, Listing, Sortable, listing};
 use crate::console::stepup;
 use crate::console::viewer::{Admin, Viewer};
 use crate::db::connector_links;
@@ -25,14 +26,21 @@ use crate::inventory::{self, InventoryError, InventoryRow};
 use crate::issuance::enroll::{TokenRequest, create_token};
 
 const RETURN: &str = "/admin/connectors";
+
+/// Connectors, by name unless asked otherwise.
+const CONNECTORS: Sortable = Sortable {
+    key: "connectors",
+    columns: &[Column { name: "name", expr: "LOWER(name)" }, Column { name: "state", expr: "disabled" }],
+    default: ("name", false),
+};
 /// How long a token made in the console stays redeemable.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 /// One page of connector identities, by name.
-async fn connectors(broker: &Broker, paging: Paging) -> Result<(Vec<IdentityRecord>, Window), sqlx::Error> {
+async fn connectors(broker: &Broker, (paging, sorted): Listing) -> Result<(Vec<IdentityRecord>, Window), sqlx::Error> {
     let window = paging.window(identities::count(broker.db(), PeerRole::Connector).await?);
     let (limit, offset) = window.limit_offset();
-    Ok((identities::list_page(broker.db(), PeerRole::Connector, limit, offset).await?, window))
+    Ok((identities::list_page(broker.db(), PeerRole::Connector, sorted.order(), limit, offset).await?, window))
 }
 
 async fn rows(broker: &Broker) -> Result<Vec<InventoryRow>, InventoryError> {
@@ -43,15 +51,15 @@ async fn rows(broker: &Broker) -> Result<Vec<InventoryRow>, InventoryError> {
 }
 
 pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin, RawQuery(raw): RawQuery) -> Response {
-    match Paging::parse(raw.as_deref(), "connectors") {
-        Ok(paging) => render(&broker, &viewer, html! {}, paging, raw.as_deref()).await,
+    match listing(raw.as_deref(), &CONNECTORS) {
+        Ok(listing) => render(&broker, &viewer, html! {}, listing, raw.as_deref()).await,
         Err(e) => paging::bad_request(&viewer, Nav::Connectors, "Connectors & services", RETURN, &e),
     }
 }
 
-async fn render(broker: &Broker, viewer: &Viewer, result: Markup, paging: Paging, raw: Option<&str>) -> Response {
+async fn render(broker: &Broker, viewer: &Viewer, result: Markup, listing: Listing, raw: Option<&str>) -> Response {
     let ((list, window), inv, segments) =
-        match (connectors(broker, paging).await, rows(broker).await, inventory::segments(broker.db()).await) {
+        match (connectors(broker, listing).await, rows(broker).await, inventory::segments(broker.db()).await) {
             (Ok(c), Ok(i), Ok(s)) => (c, i, s),
             (Err(e), _, _) => return layout::internal(&e),
             (_, Err(e), _) | (_, _, Err(e)) => return layout::internal(&e),
@@ -74,8 +82,8 @@ async fn render(broker: &Broker, viewer: &Viewer, result: Markup, paging: Paging
         h2 { "Connectors" }
         @if list.is_empty() { p.empty { "No connector is enrolled. Create a token below and run the command on a host beside your services." } }
         @else {
-            table #connectors {
-                thead { tr { th { "Name" } th { "Link" } th { "Version" } th { "Services (last seen)" } th { "State" } th {} } }
+            table #connectors data-server-sorted {
+                thead { tr { (CONNECTORS.header(RETURN, raw, &listing.1, "name", "Name")) th { "Link" } th { "Version" } th { "Services (last seen)" } (CONNECTORS.header(RETURN, raw, &listing.1, "state", "State")) th {} } }
                 tbody {
                     @for c in &list {
                         tr data-connector=(c.name) {
@@ -185,7 +193,7 @@ pub(crate) async fn token(State(broker): State<Broker>, Admin(viewer): Admin, Fo
         }
         Err(e) => layout::notice("error", &e.to_string()),
     };
-    render(&broker, &viewer, result, Paging::default(), None).await
+    render(&broker, &viewer, result, CONNECTORS.first_page(), None).await
 }
 
 pub(crate) async fn disable(State(broker): State<Broker>, Admin(viewer): Admin, Path(id): Path<String>) -> Response {
@@ -218,5 +226,5 @@ pub(crate) async fn assign(State(broker): State<Broker>, Admin(viewer): Admin, F
     if let Err(e) = broker.policy().sync().await {
         tracing::warn!(error = %e, "the catalog changed but the policy set did not rebuild yet; the follower will retry");
     }
-    render(&broker, &viewer, result, Paging::default(), None).await
+    render(&broker, &viewer, result, CONNECTORS.first_page(), None).await
 }

@@ -14,7 +14,8 @@ use palisade_proto::identity::PeerRole;
 use super::group_edit::{self, GroupForm};
 use crate::Broker;
 use crate::console::layout::{self, Nav};
-use crate::console::paging::{self, Paging, Window};
+use crate::console::paging::{self, Window};
+use crate::console::sorting::{Column, Listing, Sortable, listing};
 use crate::console::stepup;
 use crate::console::viewer::{Admin, Viewer};
 use crate::db::certificates::{self, IssuedSummary};
@@ -22,23 +23,33 @@ use crate::db::identities::{self, IdentityRecord};
 
 const RETURN: &str = "/admin/machines";
 
+/// Machines, by name unless asked otherwise.
+const MACHINES: Sortable = Sortable {
+    key: "machines",
+    columns: &[Column { name: "name", expr: "LOWER(name)" }, Column { name: "state", expr: "disabled" }],
+    default: ("name", false),
+};
+
 pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin, RawQuery(raw): RawQuery) -> Response {
-    match Paging::parse(raw.as_deref(), "machines") {
-        Ok(paging) => render(&broker, &viewer, html! {}, paging, raw.as_deref()).await,
+    match listing(raw.as_deref(), &MACHINES) {
+        Ok(listing) => render(&broker, &viewer, html! {}, listing, raw.as_deref()).await,
         Err(e) => paging::bad_request(&viewer, Nav::Machines, "Machines", RETURN, &e),
     }
 }
 
 /// One page of machines, by name.
-async fn machines_page(broker: &Broker, paging: Paging) -> Result<(Vec<IdentityRecord>, Window), sqlx::Error> {
+async fn machines_page(
+    broker: &Broker,
+    (paging, sorted): Listing,
+) -> Result<(Vec<IdentityRecord>, Window), sqlx::Error> {
     let window = paging.window(identities::count(broker.db(), PeerRole::Machine).await?);
     let (limit, offset) = window.limit_offset();
-    Ok((identities::list_page(broker.db(), PeerRole::Machine, limit, offset).await?, window))
+    Ok((identities::list_page(broker.db(), PeerRole::Machine, sorted.order(), limit, offset).await?, window))
 }
 
-async fn render(broker: &Broker, viewer: &Viewer, result: Markup, paging: Paging, raw: Option<&str>) -> Response {
+async fn render(broker: &Broker, viewer: &Viewer, result: Markup, listing: Listing, raw: Option<&str>) -> Response {
     let ((machines, window), issued) =
-        match (machines_page(broker, paging).await, certificates::summary(broker.db()).await) {
+        match (machines_page(broker, listing).await, certificates::summary(broker.db()).await) {
             (Ok(m), Ok(i)) => (m, i),
             (Err(e), _) | (_, Err(e)) => return layout::internal(&e),
         };
@@ -56,8 +67,8 @@ async fn render(broker: &Broker, viewer: &Viewer, result: Markup, paging: Paging
                 code { "palisade-broker token create --machine NAME --group GROUP" }
                 " and run " code { "palisade enroll" } " with it on the machine." }
         } @else {
-            table #machines {
-                thead { tr { th { "Name" } th { "Groups" } th { "Certificates" } th { "Last certificate" } th { "Live tunnels" } th { "State" } th {} } }
+            table #machines data-server-sorted {
+                thead { tr { (MACHINES.header(RETURN, raw, &listing.1, "name", "Name")) th { "Groups" } th { "Certificates" } th { "Last certificate" } th { "Live tunnels" } (MACHINES.header(RETURN, raw, &listing.1, "state", "State")) th {} } }
                 tbody { @for m in &machines { (row(viewer, m, issued.get(&m.id), tunnels.get(&m.id))) } }
             }
             (paging::pager(RETURN, raw, "machines", &window, machines.len()))
@@ -99,7 +110,7 @@ pub(crate) async fn groups(
         return Redirect::to(&stepup::link(RETURN)).into_response();
     }
     match group_edit::apply(&broker, &viewer, PeerRole::Machine, &id, &form).await {
-        Ok(result) => render(&broker, &viewer, result, Paging::default(), None).await,
+        Ok(result) => render(&broker, &viewer, result, MACHINES.first_page(), None).await,
         Err(response) => response,
     }
 }

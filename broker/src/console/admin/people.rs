@@ -16,7 +16,8 @@ use serde_json::json;
 use crate::Broker;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::console::layout::{self, Nav};
-use crate::console::paging::{self, Paging, Window};
+use crate::console::paging::{self, Window};
+use crate::console::sorting::{Column, Listing, Sortable, Sorted, listing};
 use crate::console::stepup;
 use crate::console::viewer::{Admin, Viewer};
 use crate::db::sessions::SessionDetails;
@@ -28,15 +29,38 @@ use crate::relay::live::LiveStream;
 
 const RETURN: &str = "/admin/sessions";
 
+/// People, by the name shown unless asked otherwise.
+const PEOPLE: Sortable = Sortable {
+    key: "people",
+    columns: &[
+        Column { name: "name", expr: "LOWER(COALESCE(u.display_name, i.name))" },
+        Column { name: "email", expr: "LOWER(u.email)" },
+        Column { name: "last_sign_in", expr: "u.last_login" },
+        Column { name: "state", expr: "i.disabled" },
+    ],
+    default: ("name", false),
+};
+
+/// Active sessions, newest first unless asked otherwise.
+const SESSIONS: Sortable = Sortable {
+    key: "sessions",
+    columns: &[
+        Column { name: "started", expr: "created_at" },
+        Column { name: "last_passkey", expr: "mfa_at" },
+        Column { name: "from", expr: "client_addr" },
+        Column { name: "device", expr: "user_agent" },
+    ],
+    default: ("started", true),
+};
+
 pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin, RawQuery(raw): RawQuery) -> Response {
-    let paging =
-        Paging::parse(raw.as_deref(), "people").and_then(|p| Ok((p, Paging::parse(raw.as_deref(), "sessions")?)));
-    let (people_paging, sessions_paging) = match paging {
+    let listings = listing(raw.as_deref(), &PEOPLE).and_then(|p| Ok((p, listing(raw.as_deref(), &SESSIONS)?)));
+    let (people_listing, sessions_listing) = match listings {
         Ok(both) => both,
         Err(e) => return paging::bad_request(&viewer, Nav::People, "Users & sessions", RETURN, &e),
     };
     let (people, active) =
-        match (people_page(&broker, people_paging).await, sessions_page(&broker, sessions_paging).await) {
+        match (people_page(&broker, people_listing).await, sessions_page(&broker, sessions_listing).await) {
             (Ok(p), Ok(a)) => (p, a),
             (Err(e), _) | (_, Err(e)) => return layout::internal(&e),
         };
@@ -49,52 +73,62 @@ pub(crate) async fn page(State(broker): State<Broker>, Admin(viewer): Admin, Raw
         h2 { "Active sessions" }
         @if active.rows.is_empty() { p.empty { "Nobody is signed in." } }
         @else {
-            table #active-sessions {
-                thead { tr { th { "Person" } th { "Started" } th { "Last passkey" } th { "From" } th { "Device" } th {} } }
-                tbody {
-                    @for s in &active.rows {
-                        tr data-session=(s.record.id) {
-                            td { (active.names.get(&s.record.identity_id).unwrap_or(&s.record.identity_id)) }
-                            td { (layout::when(s.record.created_at)) }
-                            td { (s.record.mfa_at.map_or_else(|| "-".to_owned(), layout::when)) }
-                            td { (s.client_addr.as_deref().unwrap_or("-")) }
-                            td.ua { (s.user_agent.as_deref().unwrap_or("-")) }
-                            td { (layout::button_form(&viewer, &format!("/admin/sessions/{}/revoke", s.record.id), "Revoke", "danger")) }
-                        }
-                    }
-                }
-            }
+            (sessions_table(&viewer, raw, &active, &sessions_listing.1))
             (paging::pager(RETURN, raw, "sessions", &active.window, active.rows.len()))
         }
         h2 { "People" }
-        (people_table(&viewer, &people.0))
+        (people_table(&viewer, raw, &people.0, &people_listing.1))
         (paging::pager(RETURN, raw, "people", &people.1, people.0.len()))
     };
     layout::page(&viewer, Nav::People, "Users & sessions", body)
 }
 
-/// One page of people, by name.
-async fn people_page(broker: &Broker, paging: Paging) -> Result<(Vec<UserRecord>, Window), sqlx::Error> {
+/// One page of people, in the order asked for.
+async fn people_page(broker: &Broker, (paging, sorted): Listing) -> Result<(Vec<UserRecord>, Window), sqlx::Error> {
     let window = paging.window(users::count(broker.db()).await?);
     let (limit, offset) = window.limit_offset();
-    Ok((users::list_page(broker.db(), limit, offset).await?, window))
+    Ok((users::list_page(broker.db(), sorted.order(), limit, offset).await?, window))
 }
 
-/// One page of active sessions, newest first, with the names of their people.
+/// One page of active sessions with the names of their people.
 struct SessionsPage {
     rows: Vec<SessionDetails>,
     names: HashMap<String, String>,
     window: Window,
 }
 
-async fn sessions_page(broker: &Broker, paging: Paging) -> Result<SessionsPage, sqlx::Error> {
+async fn sessions_page(broker: &Broker, (paging, sorted): Listing) -> Result<SessionsPage, sqlx::Error> {
     let now = now_unix();
     let window = paging.window(sessions::count_active(broker.db(), now).await?);
     let (limit, offset) = window.limit_offset();
-    let rows = sessions::list_active_page(broker.db(), now, limit, offset).await?;
+    let rows = sessions::list_active_page(broker.db(), now, sorted.order(), limit, offset).await?;
     let ids: Vec<String> = rows.iter().map(|s| s.record.identity_id.clone()).collect();
     let names = identities::names_of(broker.db(), &ids).await?;
     Ok(SessionsPage { rows, names, window })
+}
+
+fn sessions_table(viewer: &Viewer, raw: Option<&str>, active: &SessionsPage, sorted: &Sorted) -> Markup {
+    let th = |name: &str, label: &str| SESSIONS.header(RETURN, raw, sorted, name, label);
+    html! {
+        table #active-sessions data-server-sorted {
+            thead { tr {
+                th { "Person" } (th("started", "Started")) (th("last_passkey", "Last passkey"))
+                (th("from", "From")) (th("device", "Device")) th {}
+            } }
+            tbody {
+                @for s in &active.rows {
+                    tr data-session=(s.record.id) {
+                        td { (active.names.get(&s.record.identity_id).unwrap_or(&s.record.identity_id)) }
+                        td { (layout::when(s.record.created_at)) }
+                        td { (s.record.mfa_at.map_or_else(|| "-".to_owned(), layout::when)) }
+                        td { (s.client_addr.as_deref().unwrap_or("-")) }
+                        td.ua { (s.user_agent.as_deref().unwrap_or("-")) }
+                        td { (layout::button_form(viewer, &format!("/admin/sessions/{}/revoke", s.record.id), "Revoke", "danger")) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn tunnels_table(viewer: &Viewer, tunnels: &[LiveStream]) -> Markup {
@@ -131,10 +165,14 @@ fn tunnels_table(viewer: &Viewer, tunnels: &[LiveStream]) -> Markup {
     }
 }
 
-fn people_table(viewer: &Viewer, people: &[UserRecord]) -> Markup {
+fn people_table(viewer: &Viewer, raw: Option<&str>, people: &[UserRecord], sorted: &Sorted) -> Markup {
+    let th = |name: &str, label: &str| PEOPLE.header(RETURN, raw, sorted, name, label);
     html! {
-        table #people {
-            thead { tr { th { "Name" } th { "Email" } th { "Groups" } th { "Last sign-in" } th { "State" } th {} } }
+        table #people data-server-sorted {
+            thead { tr {
+                (th("name", "Name")) (th("email", "Email")) th { "Groups" } (th("last_sign_in", "Last sign-in"))
+                (th("state", "State")) th {}
+            } }
             tbody {
                 @for u in people {
                     tr data-user=(u.identity.id) {

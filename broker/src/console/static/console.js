@@ -34,7 +34,8 @@
 
   // Tables sort by any column: click (or Enter / Space on) a header; again to
   // reverse. Numbers and sizes ("1.5 MiB") compare as numbers, the rest as text.
-  // Long tables are paged on the server; sorting orders the rows of the page shown.
+  // Tables paged on the server (data-server-sorted) are ordered there too:
+  // their headers are links, so this leaves them alone.
   const UNITS = { B: 1, KiB: 1024, MiB: 1048576, GiB: 1073741824, TiB: 1099511627776 };
   function sortKey(text) {
     const t = text.trim();
@@ -59,7 +60,7 @@
     for (const row of rows) body.appendChild(row);
   }
   function sortable(table) {
-    if (!table.tHead || !table.tHead.rows[0]) return;
+    if (!table.tHead || !table.tHead.rows[0] || table.hasAttribute("data-server-sorted")) return;
     Array.from(table.tHead.rows[0].cells).forEach(function (th, column) {
       if (!th.textContent.trim()) return;
       th.tabIndex = 0;
