@@ -127,4 +127,26 @@ fn the_example_config_is_valid() {
     let text = include_str!("../../deploy/broker.example.toml");
     let c = parse(text).unwrap();
     assert!(!c.services.is_empty());
+    assert!(!c.alerts.throttle_after_alert, "the example keeps throttling off, as the default");
+}
+
+#[test]
+fn alerts_throttle_is_off_by_default_and_checked() {
+    let c = parse("").unwrap();
+    assert!(!c.alerts.throttle_after_alert);
+    assert_eq!(c.alerts.throttle_requests_per_minute, 6);
+    let c = parse("[alerts]\nthrottle_after_alert = true\nthrottle_requests_per_minute = 2").unwrap();
+    assert!(c.alerts.throttle_after_alert);
+    assert_eq!(c.alerts.throttle_requests_per_minute, 2);
+    for (text, key) in [
+        ("[alerts]\nthrottle_requests_per_minute = 0", "alerts.throttle_requests_per_minute:"),
+        ("[alerts]\nthrottle_requests_per_minute = -3", "alerts.throttle_requests_per_minute:"),
+        ("[alerts]\nthrottle_requests_per_minute = 10001", "alerts.throttle_requests_per_minute:"),
+        ("[alerts]\nthrottle_after_alert = \"yes\"", "alerts:"),
+        ("[alerts]\nthrottle_rate = 5", "alerts:"),
+        ("alerts = 5", "alerts: must be a table"),
+    ] {
+        let err = error(text);
+        assert!(err.starts_with(key), "{text:?}: {err:?} does not name {key}");
+    }
 }
