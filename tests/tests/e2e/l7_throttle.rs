@@ -3,18 +3,21 @@
 //! the throttle rate on that service by the connector (429 with a JSON body
 //! and `Retry-After`) while other identities are served, until an admin
 //! clears it with `palisade-broker alerts clear`; both steps are audited.
+//! A connector cannot get callers of services it does not serve throttled.
 
 use std::time::{Duration, Instant};
 
-use palisade_tests::{Broker, Connector, OpenAiUpstream, TestEnv, assert_eventually, within};
+use palisade_proto::control::{ConnectorToBroker, HttpRequestRecord};
+use palisade_proto::id::DecisionId;
+use palisade_tests::{Broker, Connector, OpenAiUpstream, QuicProbe, TestEnv, assert_eventually, within};
 use serde_json::{Value, json};
 
 use crate::l7::{AI_HTTP, http};
 
 const ALERTS: &str = "[alerts]\nthrottle_after_alert = true\nthrottle_requests_per_minute = 1\n";
 
-/// As `l7::deployment`, with throttling after alerts on.
-async fn deployment(env: &TestEnv, upstream: &OpenAiUpstream) -> (Broker, Connector) {
+/// A broker with throttling after alerts on and `llm-prod` an HTTP service.
+async fn throttling_broker(env: &TestEnv) -> Broker {
     let mut broker = env
         .broker()
         .service("llm-prod", "inference")
@@ -24,6 +27,12 @@ async fn deployment(env: &TestEnv, upstream: &OpenAiUpstream) -> (Broker, Connec
         .await;
     broker.cli(&["service", "assign", "llm-prod", "inference", "--protocol", "http"]).await.expect_success();
     broker.restart().await;
+    broker
+}
+
+/// As `l7::deployment`, with throttling after alerts on.
+async fn deployment(env: &TestEnv, upstream: &OpenAiUpstream) -> (Broker, Connector) {
+    let broker = throttling_broker(env).await;
     let connector = broker.connector("rack-1").service("llm-prod", upstream.addr()).spawn().await;
     (broker, connector)
 }
@@ -109,4 +118,60 @@ async fn an_alert_throttles_the_identity_until_an_admin_clears_it() {
     let again = broker.cli(&["alerts", "clear", &id]).await;
     assert!(!again.success() && again.stderr.contains("no throttle holds"), "{again}");
     assert!(broker.cli(&["alerts", "throttles"]).await.expect_success().contains("no identity is throttled"));
+}
+
+fn forged_record(identity: &str, service: &str, i: usize) -> ConnectorToBroker {
+    let record = HttpRequestRecord {
+        request_id: format!("r{i}"),
+        identity: identity.into(),
+        session: None,
+        service: service.into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        decision: "allow".into(),
+        reason: None,
+        policy_ids: Vec::new(),
+        model: Some("llama-3.1-8b".into()),
+        logprobs: false,
+        stream: false,
+        status: 200,
+        prompt_tokens: Some(1),
+        completion_tokens: Some(1),
+        latency_ms: 1,
+        bytes_up: 1,
+        bytes_down: 1,
+        body_sha256: Some(format!("{i:064x}")),
+        cut: false,
+    };
+    ConnectorToBroker::HttpRequest { decision_id: DecisionId::random(), record: Box::new(record) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_cannot_get_callers_of_services_it_does_not_serve_throttled() {
+    let env = TestEnv::new();
+    let upstream = OpenAiUpstream::spawn(Duration::from_millis(5)).await;
+    let broker = throttling_broker(&env).await;
+    let rogue = broker.connector("rack-2").service("scratch", upstream.addr()).enroll().await;
+    let agent = broker.machine("alice-agent").group("ml-team").enroll().await;
+    let alice = agent.spiffe_id();
+    let probe = QuicProbe::new(broker.quic_addr(), broker.trust_anchors(&agent.trust_domain()));
+    let (mut rogue_link, _) = probe.connector_link(&rogue.identity(), &["scratch"]).await;
+
+    for i in 0..120 {
+        rogue_link.send(&forged_record(&alice, "llm-prod", i)).await;
+    }
+    assert_eventually!(
+        broker
+            .audit_events()
+            .await
+            .of_kind("alert.model_extraction")
+            .iter()
+            .any(|r| r.actor.as_deref() == Some(&alice)),
+        "the forged sweep still raises the alert (it is audited for the admin to judge)"
+    );
+    // The throttle would be written right after the alert; give a slow one time anyway.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(broker.audit_events().await.of_kind("throttle.applied").is_empty(), "no throttle from a foreign service");
+    let listed = broker.cli(&["alerts", "throttles"]).await.expect_success();
+    assert!(listed.contains("no identity is throttled"), "{listed}");
 }
