@@ -73,3 +73,61 @@ pub async fn clear(
     tx.commit().await.map_err(AuditError::from)?;
     Ok(cleared)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn row(service: &str, identity: &str, created_ms: i64) -> ThrottleRow {
+        ThrottleRow {
+            service: service.into(),
+            identity: identity.into(),
+            requests_per_minute: 6,
+            rule: "prompt_sweep".into(),
+            created_ms,
+        }
+    }
+
+    async fn set(db: &Db, row: &ThrottleRow) -> bool {
+        let mut tx = db.begin_write().await.unwrap();
+        let new = alert_throttles::set_in(&mut tx, row).await.unwrap();
+        tx.commit().await.unwrap();
+        new
+    }
+
+    async fn cleared_actors(db: &Db) -> Vec<String> {
+        sqlx::query_scalar("SELECT actor FROM audit_events WHERE kind = 'throttle.cleared' ORDER BY seq")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_throttle_is_set_once_and_cleared_per_service_with_who_cleared_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&crate::db::sqlite_url(&dir.path().join("palisade.db"))).await.unwrap();
+        assert!(set(&db, &row("llm", "thief", 1)).await);
+        assert!(!set(&db, &row("llm", "thief", 2)).await, "a second alert keeps the first throttle");
+        assert!(set(&db, &row("embed", "thief", 3)).await);
+        assert!(set(&db, &row("llm", "other", 4)).await);
+        let listed: Vec<(String, String)> =
+            list(&db).await.unwrap().into_iter().map(|r| (r.service, r.identity)).collect();
+        assert_eq!(
+            listed,
+            [("llm".into(), "other".into()), ("embed".into(), "thief".into()), ("llm".into(), "thief".into())]
+        );
+        assert_eq!(list(&db).await.unwrap()[2].created_ms, 1);
+
+        let cleared = clear(&db, "thief", Some("llm"), "cli:alice").await.unwrap();
+        assert_eq!(cleared, [row("llm", "thief", 1)]);
+        let refused = clear(&db, "thief", Some("llm"), "cli:alice").await.unwrap_err();
+        assert!(refused.to_string().contains("no throttle holds thief on llm"), "{refused}");
+        let rest = clear(&db, "thief", None, "cli:bob").await.unwrap();
+        assert_eq!(rest, [row("embed", "thief", 3)]);
+        assert_eq!(cleared_actors(&db).await, ["cli:alice", "cli:bob"], "one event per throttle, with who cleared it");
+        let left: Vec<String> = list(&db).await.unwrap().into_iter().map(|r| r.identity).collect();
+        assert_eq!(left, ["other"], "another identity's throttle stays");
+    }
+}
