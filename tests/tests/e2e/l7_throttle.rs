@@ -96,6 +96,13 @@ async fn an_alert_throttles_the_identity_until_an_admin_clears_it() {
     let listed = broker.cli(&["alerts", "throttles"]).await.expect_success();
     assert!(listed.contains(&id) && listed.contains("llm-prod") && listed.contains("prompt_sweep"), "{listed}");
 
+    // While the broker cannot read its throttles, the connector keeps the ones it knows.
+    let db = palisade_tests::open_db(broker.database_url()).await;
+    sqlx::query("ALTER TABLE alert_throttles RENAME TO alert_throttles_away").execute(&db).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(ask(&thief_url, "while the broker cannot read").await.status(), 429, "the throttle is kept");
+    sqlx::query("ALTER TABLE alert_throttles_away RENAME TO alert_throttles").execute(&db).await.unwrap();
+
     let cleared_at = Instant::now();
     let out = broker.cli(&["alerts", "clear", &id, "--service", "llm-prod"]).await.expect_success();
     assert!(out.contains("cleared"), "{out}");
@@ -174,4 +181,48 @@ async fn a_connector_cannot_get_callers_of_services_it_does_not_serve_throttled(
     assert!(broker.audit_events().await.of_kind("throttle.applied").is_empty(), "no throttle from a foreign service");
     let listed = broker.cli(&["alerts", "throttles"]).await.expect_success();
     assert!(listed.contains("no identity is throttled"), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_set_through_one_replica_holds_and_is_cleared_through_another() {
+    if !palisade_tests::store::runs_only_on(palisade_tests::store::Store::Postgres, "broker replicas on one database") {
+        return;
+    }
+    let env = TestEnv::new();
+    let (upstream_a, upstream_b) =
+        (OpenAiUpstream::spawn(Duration::from_millis(5)).await, OpenAiUpstream::spawn(Duration::from_millis(5)).await);
+    let a = throttling_broker(&env).await;
+    let b = env
+        .broker()
+        .service("llm-prod", "inference")
+        .policy("ai-http.cedar", AI_HTTP)
+        .extra_config(ALERTS)
+        .replica_of(&a)
+        .spawn()
+        .await;
+    // Each connector is linked to one replica only: rack-b hears of the throttle from replica B alone.
+    let _rack_a = a.connector("rack-a").service("llm-prod", upstream_a.addr()).spawn().await;
+    let _rack_b = b.connector("rack-b").service("llm-prod", upstream_b.addr()).spawn().await;
+    let thief = a.machine("sweeper").group("ml-team").enroll().await;
+    let thief_via_b = thief.copy_pointed_at(&b, "sweeper-via-b");
+    let (fw_a, fw_b) = (thief.connect("llm-prod").await, thief_via_b.connect("llm-prod").await);
+    let (via_a, via_b) = (format!("http://{}", fw_a.addr()), format!("http://{}", fw_b.addr()));
+
+    sweep_until_throttled(&via_a).await;
+    within("throttled through replica B and rack-b", Duration::from_secs(3), async {
+        while ask(&via_b, "through b").await.status() != 429 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+
+    b.cli(&["alerts", "clear", &thief.spiffe_id()]).await.expect_success();
+    within("served again through both replicas", Duration::from_secs(3), async {
+        for base in [&via_a, &via_b] {
+            while ask(base, "after the clear").await.status() != 200 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+    .await;
 }
