@@ -6,7 +6,8 @@
 //! throttle_requests_per_minute = 6   # the alerted identity's rate on that service (1 .. 10000)
 //! ```
 //!
-//! A throttle holds until an admin clears it (`palisade-broker alerts clear`);
+//! Both can be set from the environment (`PALISADE_ALERTS__THROTTLE_AFTER_ALERT=true`,
+//! `PALISADE_ALERTS__THROTTLE_REQUESTS_PER_MINUTE=6`). A throttle holds until an admin clears it (`palisade-broker alerts clear`);
 //! see `crate::control::throttle`.
 
 use serde::Deserialize;
@@ -36,11 +37,11 @@ impl Default for AlertsConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawAlerts {
-    throttle_after_alert: Option<bool>,
-    throttle_requests_per_minute: Option<i64>,
+    throttle_after_alert: Option<Value>,
+    throttle_requests_per_minute: Option<Value>,
 }
 
-/// Parses the `[alerts]` table.
+/// Parses the `[alerts]` table (values from the environment are strings).
 pub(super) fn alerts(v: Option<Value>) -> Result<AlertsConfig, ConfigError> {
     let raw: RawAlerts = match v {
         None => RawAlerts::default(),
@@ -49,11 +50,22 @@ pub(super) fn alerts(v: Option<Value>) -> Result<AlertsConfig, ConfigError> {
     };
     let mut config = AlertsConfig::default();
     if let Some(on) = raw.throttle_after_alert {
-        config.throttle_after_alert = on;
+        config.throttle_after_alert = match on {
+            Value::Boolean(on) => on,
+            Value::String(s) if s == "true" || s == "false" => s == "true",
+            other => return Err(invalid("alerts.throttle_after_alert", format!("{other}: expected true or false"))),
+        };
     }
     if let Some(rate) = raw.throttle_requests_per_minute {
-        config.throttle_requests_per_minute =
-            u32::try_from(rate).ok().filter(|r| (1..=MAX_PER_MINUTE).contains(r)).ok_or_else(|| {
+        let number = match &rate {
+            Value::Integer(n) => Some(*n),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        };
+        config.throttle_requests_per_minute = number
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|r| (1..=MAX_PER_MINUTE).contains(r))
+            .ok_or_else(|| {
                 invalid(
                     "alerts.throttle_requests_per_minute",
                     format!("{rate}: must be between 1 and {MAX_PER_MINUTE}"),

@@ -57,6 +57,8 @@ const ENV_KEYS: &[&str] = &[
     "relay.drain_timeout",
     "consistency.max_staleness",
     "consistency.mode",
+    "alerts.throttle_after_alert",
+    "alerts.throttle_requests_per_minute",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",
