@@ -13,6 +13,7 @@
 //! Only the socket's owner (or root) may talk to it.
 
 pub mod groups;
+pub mod throttles;
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};

@@ -18,6 +18,8 @@ use palisade_proto::identity::PeerRole;
 use palisade_telemetry::LogFormat;
 use tokio_util::sync::CancellationToken;
 
+#[path = "main/alerts_cmd.rs"]
+mod alerts_cmd;
 #[path = "main/audit_cmd.rs"]
 mod audit_cmd;
 #[path = "main/audit_query.rs"]
@@ -90,6 +92,12 @@ enum Command {
         after_help = "Examples:\n  palisade-broker audit verify --data-dir /var/lib/palisade\n  palisade-broker audit query --data-dir /var/lib/palisade --service llm-prod --kind stream.denied --since 1h\n  palisade-broker audit export --data-dir /var/lib/palisade --format csv --output audit.csv"
     )]
     Audit(audit_cmd::AuditCommand),
+    /// Throttles set after extraction alerts: list and clear them.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  palisade-broker alerts throttles --data-dir /var/lib/palisade\n  palisade-broker alerts clear --data-dir /var/lib/palisade spiffe://corp.example/machine/5c1d… --service llm-prod"
+    )]
+    Alerts(alerts_cmd::AlertsCommand),
     /// The CA: status and rotation (prepare, activate, retire).
     #[command(subcommand)]
     #[command(
@@ -328,6 +336,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Service(command) => inventory_cmd::service(command).await,
         Command::Segment(command) => inventory_cmd::segment(command).await,
         Command::Audit(command) => audit_cmd::audit(command).await,
+        Command::Alerts(command) => alerts_cmd::alerts(command).await,
         Command::Ca(command) => ca_cmd::ca(command).await,
         Command::Identity(IdentityCommand::Disable { data_dir, id }) => identity_disable(&data_dir, &id).await,
         Command::Machine(command) => groups_cmd::machine(command).await,

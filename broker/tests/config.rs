@@ -127,4 +127,34 @@ fn the_example_config_is_valid() {
     let text = include_str!("../../deploy/broker.example.toml");
     let c = parse(text).unwrap();
     assert!(!c.services.is_empty());
+    assert!(!c.alerts.throttle_after_alert, "the example keeps throttling off, as the default");
+}
+
+#[test]
+fn alerts_throttle_is_off_by_default_and_checked() {
+    let c = parse("").unwrap();
+    assert!(!c.alerts.throttle_after_alert);
+    assert_eq!(c.alerts.throttle_requests_per_minute, 6);
+    let c = parse("[alerts]\nthrottle_after_alert = true\nthrottle_requests_per_minute = 2").unwrap();
+    assert!(c.alerts.throttle_after_alert);
+    assert_eq!(c.alerts.throttle_requests_per_minute, 2);
+    for (text, key) in [
+        ("[alerts]\nthrottle_requests_per_minute = 0", "alerts.throttle_requests_per_minute:"),
+        ("[alerts]\nthrottle_requests_per_minute = -3", "alerts.throttle_requests_per_minute:"),
+        ("[alerts]\nthrottle_requests_per_minute = 10001", "alerts.throttle_requests_per_minute:"),
+        ("[alerts]\nthrottle_after_alert = \"yes\"", "alerts.throttle_after_alert:"),
+        ("[alerts]\nthrottle_requests_per_minute = \"many\"", "alerts.throttle_requests_per_minute:"),
+        ("[alerts]\nthrottle_rate = 5", "alerts:"),
+        ("alerts = 5", "alerts: must be a table"),
+    ] {
+        let err = error(text);
+        assert!(err.starts_with(key), "{text:?}: {err:?} does not name {key}");
+    }
+    let env =
+        [("PALISADE_ALERTS__THROTTLE_AFTER_ALERT", "true"), ("PALISADE_ALERTS__THROTTLE_REQUESTS_PER_MINUTE", "3")];
+    let c = parse_env("", &env).unwrap();
+    assert!(c.alerts.throttle_after_alert);
+    assert_eq!(c.alerts.throttle_requests_per_minute, 3);
+    let err = parse_env("", &[("PALISADE_ALERTS__THROTTLE_AFTER_ALERT", "on")]).unwrap_err().to_string();
+    assert!(err.starts_with("alerts.throttle_after_alert:"), "{err}");
 }

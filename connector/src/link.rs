@@ -375,6 +375,7 @@ impl Control<'_> {
                 self.policy.revoke(sessions, identities);
             }
             BrokerToConnector::UsageElsewhere { entries } => crate::http::usage::learn(entries),
+            BrokerToConnector::Throttles { throttles } => crate::http::throttle::throttles().replace(throttles),
             BrokerToConnector::RenewFailed { message } => {
                 tracing::warn!(%message, "the broker could not renew the certificate; will retry");
                 self.renewal.failed();

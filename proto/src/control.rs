@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::SignedBundle;
 use crate::id::DecisionId;
+use crate::throttle::Throttle;
 use crate::usage::{UsageDelta, UsageElsewhere};
 
 /// Connector → broker.
@@ -182,6 +183,13 @@ pub enum BrokerToConnector {
         /// At most [`crate::usage::MAX_ENTRIES`] counts.
         entries: Vec<UsageElsewhere>,
     },
+    /// Every throttle now in force on the services this connector serves
+    /// (see [`crate::throttle`]); replaces the set sent before. An empty
+    /// list clears them all.
+    Throttles {
+        /// At most [`crate::throttle::MAX_THROTTLES`] throttles.
+        throttles: Vec<Throttle>,
+    },
 }
 
 #[cfg(test)]
@@ -197,5 +205,17 @@ mod tests {
         assert!(decode_frame::<ConnectorToBroker>(extra).is_err());
         let unknown = br#"{"type":"become_admin"}"#;
         assert!(decode_frame::<ConnectorToBroker>(unknown).is_err());
+    }
+
+    #[test]
+    fn only_the_broker_sends_throttles() {
+        let set = br#"{"type":"throttles","throttles":[{"service":"llm","identity":"spiffe://td/machine/m","requests_per_minute":6}]}"#;
+        assert!(decode_frame::<BrokerToConnector>(set).is_ok());
+        assert!(decode_frame::<ConnectorToBroker>(set).is_err(), "a connector cannot set throttles");
+        let clear = br#"{"type":"throttles","throttles":[]}"#;
+        assert!(decode_frame::<ConnectorToBroker>(clear).is_err(), "a connector cannot clear throttles");
+        let extra =
+            br#"{"type":"throttles","throttles":[{"service":"llm","identity":"i","requests_per_minute":6,"until":0}]}"#;
+        assert!(decode_frame::<BrokerToConnector>(extra).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! - [`control`]: the connector's control-stream messages.
 //! - [`bundle`]: signed policy bundles sent on the control stream.
 //! - [`usage`]: quota counts shared by the connector replicas of a service.
+//! - [`throttle`]: throttles the broker sets after an abuse alert.
 //! - [`reject`]: reason codes in stream resets and their messages.
 //! - [`enroll`]: the enrollment token and the enrollment API's JSON.
 //! - [`tls`]: rustls configurations built on the one crypto provider.
@@ -21,6 +22,7 @@ pub mod id;
 pub mod identity;
 pub mod pem;
 pub mod reject;
+pub mod throttle;
 pub mod tls;
 pub mod usage;
 pub mod wire;

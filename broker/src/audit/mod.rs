@@ -33,7 +33,7 @@ pub use verify::{BreakKind, Broken, VerifyReport, verify, verify_with};
 pub use writer::CheckpointPolicy;
 
 /// How many event kinds there are.
-const KINDS: usize = 39;
+const KINDS: usize = 41;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,6 +116,10 @@ pub enum EventKind {
     ConnectorModels,
     /// A step of a CA rotation: a successor prepared, activated or cancelled, the old CA retired.
     CaRotated,
+    /// After an extraction alert, an identity was throttled on a service until an admin clears it.
+    ThrottleApplied,
+    /// An admin cleared an identity's throttle.
+    ThrottleCleared,
 }
 
 impl EventKind {
@@ -159,6 +163,8 @@ impl EventKind {
         Self::AlertModelExtraction,
         Self::ConnectorModels,
         Self::CaRotated,
+        Self::ThrottleApplied,
+        Self::ThrottleCleared,
     ];
 
     /// The stable name stored in the `kind` column.
@@ -204,6 +210,8 @@ impl EventKind {
             Self::AlertModelExtraction => "alert.model_extraction",
             Self::ConnectorModels => "connector.models",
             Self::CaRotated => "ca.rotated",
+            Self::ThrottleApplied => "throttle.applied",
+            Self::ThrottleCleared => "throttle.cleared",
         }
     }
 
@@ -220,7 +228,12 @@ impl EventKind {
         const APPLICATION_LIFECYCLE: (u32, &str) = (6002, "Application Lifecycle");
         match self {
             Self::BrokerInitialized => APPLICATION_LIFECYCLE,
-            Self::TokenCreated | Self::PolicyActivated | Self::PolicyRejected | Self::CaRotated => ENTITY_MANAGEMENT,
+            Self::TokenCreated
+            | Self::PolicyActivated
+            | Self::PolicyRejected
+            | Self::CaRotated
+            | Self::ThrottleApplied
+            | Self::ThrottleCleared => ENTITY_MANAGEMENT,
             Self::TokenRedeemed
             | Self::TokenRefused
             | Self::LoginSucceeded

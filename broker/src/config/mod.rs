@@ -12,11 +12,13 @@
 //! Every error names the key and what is wrong with it. Relative paths are
 //! resolved against the directory of the config file.
 
+mod alerts;
 mod audit;
 mod consistency;
 mod console;
 mod observability;
 
+pub use alerts::AlertsConfig;
 pub use audit::{AuditTrailConfig, WhenUnavailable};
 pub use consistency::{ConsistencyConfig, StaleMode};
 pub use console::ConsoleConfig;
@@ -55,6 +57,8 @@ const ENV_KEYS: &[&str] = &[
     "relay.drain_timeout",
     "consistency.max_staleness",
     "consistency.mode",
+    "alerts.throttle_after_alert",
+    "alerts.throttle_requests_per_minute",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",
@@ -108,6 +112,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[consistency]`: how stale a replica's view may get, and what it does then.
     pub consistency: ConsistencyConfig,
+    /// `[alerts]`: whether an extraction alert throttles the identity, and to what rate.
+    pub alerts: AlertsConfig,
 }
 
 /// `[audit]`.

@@ -23,6 +23,7 @@ pub(super) struct RawConfig {
     metrics: Option<Value>,
     log: Option<Value>,
     consistency: Option<Value>,
+    alerts: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +123,7 @@ impl RawConfig {
             metrics: super::observability::metrics(self.metrics)?,
             log: super::observability::log(self.log)?,
             consistency: super::consistency::consistency(self.consistency)?,
+            alerts: super::alerts::alerts(self.alerts)?,
             oidc,
             login,
             audit: AuditConfig { sinks: sinks.collect::<Result<_, _>>()?, trail },

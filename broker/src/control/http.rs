@@ -13,8 +13,17 @@ use crate::relay::accept::Peer;
 use crate::state::Broker;
 
 /// Writes a connector's per-request record to the audit trail. The actor
-/// is the caller; the connector that saw the request is in the detail.
-pub(super) async fn record(broker: &Broker, peer: &Peer, decision_id: DecisionId, record: Box<HttpRequestRecord>) {
+/// is the caller; the connector that saw the request is in the detail. An
+/// alert it raises throttles the caller if so configured, but only on a
+/// service this link serves: a connector cannot get callers of other
+/// connectors' services throttled.
+pub(super) async fn record(
+    broker: &Broker,
+    peer: &Peer,
+    served: &[String],
+    decision_id: DecisionId,
+    record: Box<HttpRequestRecord>,
+) {
     let outcome = match record.decision.as_str() {
         "allow" => Outcome::Allow,
         "error" => Outcome::Failure,
@@ -47,11 +56,14 @@ pub(super) async fn record(broker: &Broker, peer: &Peer, decision_id: DecisionId
             "baseline_per_minute": alert.baseline_per_minute,
         });
         let event = AuditEvent::new(EventKind::AlertModelExtraction, Outcome::Success)
-            .actor(alert.identity)
+            .actor(alert.identity.clone())
             .subject(record.service.clone())
             .detail(detail);
         if let Err(e) = broker.audit().record(event).await {
             tracing::error!(error = %e, "could not audit a model extraction alert");
+        }
+        if broker.config().alerts.throttle_after_alert && served.contains(&record.service) {
+            super::throttle::apply(broker, &alert.identity, &record.service, alert.rule).await;
         }
     }
 }

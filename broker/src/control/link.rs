@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{FrameError, read_frame, write_frame};
+use super::throttle::{self, ThrottleLink};
 use super::usage::{self, UsageLink};
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::db::connector_links;
@@ -53,8 +54,8 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
     record_link(&broker, &link.connector_id, &link_id, Some((&peer.remote.to_string(), &version))).await;
     audit(&broker, &peer, EventKind::ConnectorOnline, json!({ "services": served, "remote": peer.remote.to_string() }))
         .await;
-    let usage = UsageLink::new(served.clone());
-    run_link(&broker, &link, &peer, usage, (send, recv), &shutdown).await;
+    let shared = Shared { usage: UsageLink::new(served.clone()), throttles: ThrottleLink::new(served.clone()) };
+    run_link(&broker, &link, &peer, shared, (send, recv), &shutdown).await;
     broker.registry().unregister(&link.conn);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).dec();
     record_link(&broker, &link.connector_id, &link_id, None).await;
@@ -103,7 +104,7 @@ async fn run_link(
     broker: &Broker,
     link: &Link,
     peer: &Peer,
-    mut usage: UsageLink,
+    mut shared: Shared,
     (mut send, recv): (SendStream, RecvStream),
     shutdown: &CancellationToken,
 ) {
@@ -124,6 +125,8 @@ async fn run_link(
     let mut frames = spawn_reader(recv);
     let mut usage_poll = tokio::time::interval(usage::POLL);
     usage_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut throttle_poll = tokio::time::interval(throttle::POLL);
+    throttle_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -146,6 +149,7 @@ async fn run_link(
                 None => return,
             },
             _ = usage_poll.tick() => Next::UsagePoll,
+            _ = throttle_poll.tick() => Next::ThrottlePoll,
         };
         let replies = match next {
             Next::Policy => match sign_bundle(broker.ca(), policy.borrow_and_update().bundle(), SystemTime::now()) {
@@ -156,14 +160,15 @@ async fn run_link(
                 }
             },
             Next::Frame(ConnectorToBroker::Usage { instance, entries }) => {
-                usage.report(broker, peer, instance, entries).await;
+                shared.usage.report(broker, peer, instance, entries).await;
                 Vec::new()
             }
-            Next::Frame(frame) => on_frame(broker, peer, frame).await.into_iter().collect(),
+            Next::Frame(frame) => on_frame(broker, peer, shared.throttles.served(), frame).await.into_iter().collect(),
             Next::Revoked(batch) => {
                 vec![BrokerToConnector::Revoked { sessions: batch.sessions, identities: batch.identities }]
             }
-            Next::UsagePoll => usage.elsewhere(broker, peer).await,
+            Next::UsagePoll => shared.usage.elsewhere(broker, peer).await,
+            Next::ThrottlePoll => shared.throttles.poll(broker).await.into_iter().collect(),
         };
         for reply in replies {
             if let Err(e) = write_frame(&mut send, &reply).await {
@@ -188,11 +193,18 @@ pub(crate) fn sign_bundle(ca: &Ca, bundle: &PolicyBundle, now: SystemTime) -> Re
     Ok(SignedBundle::sign(json, unix(now), |input| ca.sign_bundle(input))?)
 }
 
+/// What a link shares with the other connectors through the database.
+struct Shared {
+    usage: UsageLink,
+    throttles: ThrottleLink,
+}
+
 enum Next {
     Policy,
     Frame(ConnectorToBroker),
     Revoked(crate::relay::live::RevokedBatch),
     UsagePoll,
+    ThrottlePoll,
 }
 
 /// Reading a frame is not cancel-safe, so it runs in its own task.
@@ -210,7 +222,12 @@ fn spawn_reader(mut recv: RecvStream) -> mpsc::Receiver<Result<ConnectorToBroker
     rx
 }
 
-async fn on_frame(broker: &Broker, peer: &Peer, frame: ConnectorToBroker) -> Option<BrokerToConnector> {
+async fn on_frame(
+    broker: &Broker,
+    peer: &Peer,
+    served: &[String],
+    frame: ConnectorToBroker,
+) -> Option<BrokerToConnector> {
     match frame {
         ConnectorToBroker::StreamReport { decision_id, outcome } => {
             report(broker, peer, decision_id, outcome).await;
@@ -218,7 +235,7 @@ async fn on_frame(broker: &Broker, peer: &Peer, frame: ConnectorToBroker) -> Opt
         }
         ConnectorToBroker::Renew { csr_pem } => Some(renew(broker, peer, &csr_pem).await),
         ConnectorToBroker::HttpRequest { decision_id, record } => {
-            super::http::record(broker, peer, decision_id, record).await;
+            super::http::record(broker, peer, served, decision_id, record).await;
             None
         }
         ConnectorToBroker::Models { service, models } => {

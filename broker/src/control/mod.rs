@@ -5,4 +5,5 @@ mod extraction;
 mod frames;
 mod http;
 pub mod link;
+mod throttle;
 mod usage;

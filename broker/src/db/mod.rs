@@ -8,6 +8,7 @@
 //! epoch-second times, no engine-specific functions; `migrations/sqlite` and
 //! `migrations/postgres` hold the same schema in each dialect.
 
+pub mod alert_throttles;
 pub mod certificates;
 pub mod connector_links;
 pub mod credentials;

@@ -23,6 +23,7 @@ mod per_link;
 mod record;
 mod reply;
 mod request_body;
+pub(crate) mod throttle;
 pub(crate) mod usage;
 
 use std::convert::Infallible;
@@ -158,6 +159,7 @@ async fn admit(
         reply::forbidden()
     })?;
     record.policy_ids = grant.policy_ids().to_vec();
+    admit_throttle(tunnel, record).map_err(|refusal| *refusal)?;
     let admission = admit_limits(tunnel, &engine, &grant, record).map_err(|refusal| *refusal)?;
     let body = body.body;
     forward::strip_identity(&mut parts.headers);
@@ -206,6 +208,17 @@ fn admit_limits(
             Err(Box::new(reply::too_many(&format!("too many requests: the limit on {} is reached", over.what), secs)))
         }
     }
+}
+
+/// Refuses with 429 when the broker throttled this identity on this service after an alert.
+fn admit_throttle(tunnel: &Tunnel, record: &mut RequestRecord) -> Result<(), Box<Response<ResponseBody>>> {
+    let identity = tunnel.caller.peer.id().uri();
+    let now_ms = limits::Now::current().unix_ms;
+    throttle::throttles().admit(&tunnel.service, &identity, now_ms).map_err(|throttled| {
+        record.reason = format!("throttled after alert ({} requests per minute)", throttled.requests_per_minute);
+        let secs = throttled.retry_after.as_secs() + u64::from(throttled.retry_after.subsec_nanos() > 0);
+        Box::new(reply::too_many("too many requests: this identity is throttled on this service", secs))
+    })
 }
 
 fn assert_identity(tunnel: &Tunnel, segment: &str, request_id: &str) -> Result<HeaderValue, String> {

@@ -23,6 +23,7 @@ mod groups;
 mod help;
 mod l7;
 mod l7_body;
+mod l7_throttle;
 mod limits;
 mod login;
 mod metrics;
