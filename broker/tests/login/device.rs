@@ -90,14 +90,15 @@ async fn a_device_code_binds_to_the_person_who_approves_it() {
 
 #[tokio::test]
 async fn device_codes_expire_refuse_wrong_codes_and_slow_down_fast_pollers() {
-    // 3 s: the two quick polls below must both land before the code expires, even on a loaded machine.
-    let broker = TestBroker::start(Idp::Real, |c| c.login.device_code_ttl = std::time::Duration::from_secs(3)).await;
+    // 6 s: the two quick polls below must both land before the code expires, even on a machine so
+    // loaded that issuing and polling take seconds (3 s was once too short in a full parallel run).
+    let broker = TestBroker::start(Idp::Real, |c| c.login.device_code_ttl = std::time::Duration::from_secs(6)).await;
     let code = issue(&broker).await;
     let device_code = code["device_code"].as_str().unwrap();
     assert_eq!(poll(&broker, device_code).await.1, json!({ "error": "authorization_pending" }));
     assert_eq!(poll(&broker, device_code).await.1, json!({ "error": "slow_down" }));
     assert_eq!(poll(&broker, "not-a-device-code").await, (400, json!({ "error": "invalid_grant" })));
-    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(7100)).await;
     assert_eq!(poll(&broker, device_code).await.1, json!({ "error": "expired_token" }));
     let mut key = Key::new();
     signed_up(&broker, "alice", &mut key).await;
