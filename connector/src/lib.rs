@@ -18,6 +18,8 @@ mod authorize;
 pub mod config;
 mod dispatch;
 mod enroll;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod link;
 pub mod metrics;

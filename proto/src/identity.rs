@@ -454,5 +454,23 @@ fn attributes_of(cert: &X509Certificate<'_>) -> Result<IdentityAttributes, Verif
     found.ok_or_else(|| VerifyPeerError::Profile("no identity attributes extension".into()))
 }
 
+/// Entry point for the certificate-profile fuzz target (`tests/src/fuzz.rs`).
+/// Not an API: it checks a leaf's profile without its signature, so it
+/// hands back the identity's URI and never a [`VerifiedPeer`].
+#[doc(hidden)]
+pub mod fuzzing {
+    use rustls_pki_types::CertificateDer;
+
+    use super::{TrustAnchors, VerifyPeerError};
+
+    /// Palisade's profile checks on `leaf`, as after a verified chain.
+    ///
+    /// # Errors
+    /// The first profile check that failed.
+    pub fn check_profile(leaf: &CertificateDer<'_>, trust: &TrustAnchors) -> Result<String, VerifyPeerError> {
+        super::check_profile(leaf, trust).map(|peer| peer.id().uri())
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,8 @@
 //! `fuzz/` runs them under libFuzzer (`scripts/fuzz`); `tests/tests/fuzz_corpora.rs`
 //! replays the committed corpora (`fuzz/corpus/<target>/`) on every test run.
 
+pub mod mutate;
+
 use std::sync::OnceLock;
 
 use palisade_broker::audit::chain::EventRow;
@@ -39,6 +41,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("policy_cases", policy_cases),
     ("audit_export", audit_export),
     ("webauthn_finish", webauthn_finish),
+    ("l7_path", l7_path),
+    ("openai_request", openai_request),
+    ("openai_usage", openai_usage),
+    ("certificate_profile", certificate_profile),
 ];
 
 /// The stream header every QUIC stream starts with: decode, and re-encode what decoded.
@@ -191,3 +197,67 @@ pub fn webauthn_finish(data: &[u8]) {
         }
     }
 }
+
+/// The connector's L7 path normalizer. A path it accepts is canonical: the
+/// decoded form has no empty, `.` or `..` segment, and normalizing the
+/// encoded form (what the workload receives) yields the same path, so the
+/// workload's router reads what the policy decided on.
+pub fn l7_path(data: &[u8]) {
+    let Ok(raw) = std::str::from_utf8(data) else { return };
+    let Ok((decoded, encoded)) = palisade_connector::fuzzing::normalize_path(raw) else { return };
+    assert!(decoded.starts_with('/'), "{raw:?} decoded to a relative path {decoded:?}");
+    let inner = decoded.strip_suffix('/').unwrap_or(&decoded);
+    for segment in inner.split('/').skip(1) {
+        assert!(!matches!(segment, "" | "." | ".."), "{raw:?} kept segment {segment:?} in {decoded:?}");
+    }
+    let again = palisade_connector::fuzzing::normalize_path(&encoded);
+    assert_eq!(again, Ok((decoded.clone(), encoded.clone())), "{raw:?}: the forwarded path reads differently");
+}
+
+/// The OpenAI request fields the connector decides on (model, token
+/// limits, `n`, `logprobs`, `stream`) from a JSON body.
+pub fn openai_request(data: &[u8]) {
+    if let Ok(fields) = palisade_connector::fuzzing::request_fields(data) {
+        let as_long = |n: Option<u64>| n.is_none_or(|n| i64::try_from(n).is_ok());
+        assert!(as_long(fields.max_tokens) && as_long(fields.n), "a count Cedar cannot hold: {fields:?}");
+    }
+}
+
+/// The `usage` parser for JSON responses and server-sent-event streams.
+/// How the stream is cut into reads must not change what is counted: the
+/// first byte picks a split point, and the stream is fed whole, in two
+/// pieces, and byte by byte.
+pub fn openai_usage(data: &[u8]) {
+    use palisade_connector::fuzzing::{sse_usage, usage_of_json};
+    let _ = usage_of_json(data);
+    let whole = sse_usage(&[data]);
+    let at = data.first().map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    let (left, right) = data.split_at(at);
+    assert_eq!(sse_usage(&[left, right]), whole, "splitting the stream at {at} changed the count");
+    if data.len() <= 4096 {
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        assert_eq!(sse_usage(&bytes), whole, "feeding byte by byte changed the count");
+    }
+}
+
+/// Palisade's certificate profile checks (one URI SAN in our trust domain,
+/// clientAuth, not a CA, the identity-attributes extension) on any DER, as
+/// they run after a chain verified. An accepted leaf names our trust domain.
+pub fn certificate_profile(data: &[u8]) {
+    use palisade_proto::identity::{TrustAnchors, fuzzing::check_profile};
+    static TRUST: OnceLock<TrustAnchors> = OnceLock::new();
+    let trust = TRUST.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("a CA").der().clone();
+        TrustAnchors::new(FUZZ_TRUST_DOMAIN.parse().expect("a trust domain"), vec![ca]).expect("trust anchors")
+    });
+    if let Ok(uri) = check_profile(&rustls_pki_types::CertificateDer::from(data), trust) {
+        let prefix = format!("spiffe://{FUZZ_TRUST_DOMAIN}/");
+        assert!(uri.starts_with(&prefix), "a leaf outside our trust domain passed as {uri}");
+    }
+}
+
+/// The trust domain of the certificate-profile target's seeds.
+pub const FUZZ_TRUST_DOMAIN: &str = "fuzz.palisade.test";

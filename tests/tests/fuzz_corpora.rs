@@ -13,7 +13,7 @@ use palisade_proto::control::{ConnectorToBroker, StreamOutcome};
 use palisade_proto::enroll::EnrollmentToken;
 use palisade_proto::identity::IdentityAttributes;
 use palisade_proto::wire::{OpenStream, Query, StreamHeader};
-use palisade_tests::fuzz::TARGETS;
+use palisade_tests::fuzz::{TARGETS, mutate};
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
@@ -35,6 +35,54 @@ fn every_corpus_replays_without_a_panic() {
             assert!(outcome.is_ok(), "{name} panicked on {}", input.display());
         }
         eprintln!("{name}: {} inputs", inputs.len());
+    }
+}
+
+/// Every target body has a libFuzzer entry point and is in `scripts/fuzz`'s list.
+#[test]
+fn every_target_has_a_libfuzzer_entry_point() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::fs::read_to_string(root.join("fuzz/Cargo.toml")).unwrap();
+    let script = std::fs::read_to_string(root.join("scripts/fuzz")).unwrap();
+    for (name, _) in TARGETS {
+        let entry = std::fs::read_to_string(root.join(format!("fuzz/fuzz_targets/{name}.rs"))).unwrap_or_default();
+        assert!(entry.contains(&format!("palisade_tests::fuzz::{name}(data)")), "fuzz/fuzz_targets/{name}.rs");
+        assert!(manifest.contains(&format!("name = \"{name}\"")), "no [[bin]] {name} in fuzz/Cargo.toml");
+        assert!(
+            script.split_whitespace().any(|w| w.trim_start_matches("targets=(").trim_end_matches(')') == *name),
+            "{name} not in scripts/fuzz"
+        );
+    }
+}
+
+/// Each target, fed mutations of its corpus for a moment (see
+/// `palisade_tests::fuzz::mutate`). The seed changes every run and is
+/// printed; `PALISADE_FUZZ_SEED=<seed>` repeats a run, `PALISADE_FUZZ_SECS`
+/// lengthens it. A crashing input is written under `fuzz/artifacts/<target>/`.
+#[test]
+fn every_target_survives_a_brief_mutation_run() {
+    let seed = std::env::var("PALISADE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    let longer: Option<f64> = std::env::var("PALISADE_FUZZ_SECS").ok().and_then(|s| s.parse().ok());
+    let (secs, max_inputs) = longer.map_or((1.0, 100_000), |secs| (secs, usize::MAX));
+    eprintln!("mutation seed {seed} (PALISADE_FUZZ_SEED={seed} repeats this run)");
+    for (name, body) in TARGETS {
+        let corpus: Vec<Vec<u8>> = std::fs::read_dir(corpus_dir(name))
+            .unwrap()
+            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+            .collect();
+        let budget = std::time::Duration::from_secs_f64(secs);
+        match mutate::brief_run(*body, &corpus, seed, budget, max_inputs) {
+            Ok(ran) => eprintln!("{name}: {ran} mutated inputs"),
+            Err(crash) => {
+                let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/artifacts").join(name);
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join(format!("crash-seed-{seed}"));
+                std::fs::write(&path, &crash.input).unwrap();
+                panic!("{name} panicked ({}) on an input saved to {}", crash.message, path.display());
+            }
+        }
     }
 }
 
@@ -99,6 +147,64 @@ fn write_seed_corpora() {
     write("audit_export", "plain", "spiffe://td/machine/a\u{1f}llm-prod\u{1f}curl/8");
     write("audit_export", "hostile", "=cmd|' /c calc'!A1\n\u{1f}\x1b[31mred\u{202e}\u{1f}</script>\r\nX-Injected: 1");
     write_webauthn_seeds();
+    write_l7_seeds();
+    write_certificate_seeds(&attributes);
+}
+
+/// Request paths, OpenAI request bodies and answers as the connector sees them.
+fn write_l7_seeds() {
+    for (name, path) in [
+        ("chat", "/v1/chat/completions"),
+        ("dots", "/v1/./models/../chat//completions/"),
+        ("escapes", "/v1/%63hat/%E2%82%AC?x"),
+        ("encoded-slash", "/v1/admin%2Fkeys"),
+        ("encoded-dot", "/v1/%2e%2e/admin"),
+        ("above-root", "/../etc/passwd"),
+        ("params", "/v1;jsessionid=1/models"),
+    ] {
+        write("l7_path", name, path);
+    }
+    let chat = r#"{"model":"llama-3-70b","max_tokens":256,"n":1,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    write("openai_request", "chat", chat);
+    write("openai_request", "duplicate", r#"{"model":"small","model":"big","max_tokens":1}"#);
+    write(
+        "openai_request",
+        "types",
+        r#"{"model":7,"max_tokens":-1,"n":1.5,"logprobs":3,"best_of":9223372036854775808}"#,
+    );
+    let usage = r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
+    write("openai_usage", "json", usage);
+    let sse =
+        format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"Hi\"}}}}]}}\n\ndata: {usage}\n\ndata: [DONE]\n\n");
+    write("openai_usage", "sse", sse);
+    write("openai_usage", "responses-api", r#"{"usage":{"input_tokens":5,"output_tokens":6}}"#);
+}
+
+/// Leaves in and out of Palisade's profile, for the certificate-profile target.
+fn write_certificate_seeds(attributes: &IdentityAttributes) {
+    use palisade_tests::{ForeignCa, LeafSpec};
+    let ca = ForeignCa::new();
+    let id = format!("spiffe://{}/person/alice", palisade_tests::fuzz::FUZZ_TRUST_DOMAIN);
+    let valid = LeafSpec::valid(&id, attributes.clone());
+    let mut variants = vec![("valid", valid.clone())];
+    let mut other_domain = valid.clone();
+    other_domain.uri_sans = vec!["spiffe://elsewhere.test/person/alice".into()];
+    variants.push(("other-domain", other_domain));
+    let mut two_sans = valid.clone();
+    two_sans.uri_sans.push(format!("spiffe://{}/machine/m", palisade_tests::fuzz::FUZZ_TRUST_DOMAIN));
+    variants.push(("two-sans", two_sans));
+    let mut ca_leaf = valid.clone();
+    ca_leaf.is_ca = true;
+    variants.push(("ca", ca_leaf));
+    let mut no_eku = valid.clone();
+    no_eku.ekus.clear();
+    variants.push(("no-eku", no_eku));
+    let mut no_attributes = valid;
+    no_attributes.attributes = None;
+    variants.push(("no-attributes", no_attributes));
+    for (name, spec) in variants {
+        write("certificate_profile", name, ca.sign(&spec).chain[0].as_ref());
+    }
 }
 
 /// A genuine registration and assertion from a software passkey (for
