@@ -235,98 +235,124 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
-/// Q-05: one authenticated client opens thousands of streams, sends a
-/// request on each and never reads a byte of the replies (its stream
-/// windows are 1 KiB, so the echoes back up into the broker). The broker's
-/// memory stays bounded and another identity is served throughout.
+/// Q-05: one authenticated client opens 10,000 streams, sends a request on
+/// each and never reads a byte of the replies (its stream windows are 1 KiB,
+/// so the echoes back up into the broker and the connector). Every stream
+/// is opened and held; the memory of broker and connector stays bounded
+/// (the peaks are printed), and another identity is served throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_unread_streams_keep_broker_memory_bounded_and_others_served() {
-    const STREAMS: usize = 5_000;
+async fn ten_thousand_unread_streams_keep_memory_bounded_and_others_served() {
+    const STREAMS: usize = 10_000;
     const REQUEST: usize = 4 * 1024;
-    /// Allowed growth of the broker's RSS over its idle size.
-    const MAX_GROWTH_KIB: u64 = 256 * 1024;
+    /// Allowed growth of each process's RSS over its idle size.
+    const MAX_GROWTH_KIB: u64 = 512 * 1024;
     let env = TestEnv::new();
     let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
     let upstream = EchoUpstream::spawn().await;
-    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
     let greedy = broker.machine("greedy").group("ml-agents").enroll().await;
     let other = broker.machine("other").group("ml-agents").enroll().await;
     echo_once(&other, "before the flood").await;
-    let pid = broker.process().pid().expect("the broker runs");
-    let baseline = rss_kib(pid);
+    let pids = [("broker", broker.process().pid()), ("connector", connector.process().pid())]
+        .map(|(name, pid)| (name, pid.unwrap_or_else(|| panic!("the {name} runs"))));
+    let baseline = pids.map(|(_, pid)| rss_kib(pid));
 
-    let trust = broker.trust_anchors(&greedy.trust_domain());
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .stream_receive_window(quinn::VarInt::from_u32(1024))
-        .receive_window(quinn::VarInt::from_u32(256 * 1024))
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(60_000))));
-    let config = client_config(&greedy.identity(), &trust, Some(transport));
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
-    let conn = endpoint
-        .connect_with(config, broker.quic_addr(), &broker.quic_addr().ip().to_string())
-        .expect("connect")
-        .await
-        .expect("handshake");
-    let header = StreamHeader::Open(OpenStream { service: "echo".parse().expect("service") })
-        .encode()
-        .expect("encode the header");
-    let request = vec![0x5a; REQUEST];
+    let conn = unread_streams_client(&broker, &greedy).await;
+    let opener = tokio::spawn(open_unread_streams(conn.clone(), STREAMS, REQUEST));
 
-    let opener = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            let mut held = Vec::with_capacity(STREAMS);
-            for _ in 0..STREAMS {
-                let Ok((mut send, recv)) = conn.open_bi().await else { break };
-                if send.write_all(&header).await.is_err() || send.write_all(&request).await.is_err() {
-                    break;
-                }
-                // Never read `recv`; keep both halves so nothing is reset.
-                held.push((send, recv));
-            }
-            held
-        })
-    };
-
-    // Sample the broker's memory and check the other identity while the flood runs.
+    // Sample both processes' memory and serve the other identity while the flood runs.
     let started = Instant::now();
     let mut peak = baseline;
     let mut served_during = 0;
-    while started.elapsed() < Duration::from_secs(12) {
-        peak = peak.max(rss_kib(pid));
-        if opener.is_finished() && started.elapsed() > Duration::from_secs(6) {
-            break;
+    while !opener.is_finished() && started.elapsed() < Duration::from_secs(120) {
+        for (i, (_, pid)) in pids.iter().enumerate() {
+            peak[i] = peak[i].max(rss_kib(*pid));
         }
         echo_once(&other, "another identity during the flood").await;
         served_during += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let held = if opener.is_finished() {
-        opener.await.expect("the opener task")
-    } else {
-        opener.abort();
-        Vec::new()
-    };
-    peak = peak.max(rss_kib(pid));
-    let opened = held.len();
+    assert!(opener.is_finished(), "10,000 streams were not opened within 120 s");
+    let held = opener.await.expect("the opener task");
+    let opened_after = started.elapsed();
+    assert_eq!(held.len(), STREAMS, "every stream was opened and accepted");
+    // The workload's accept queue overflows under 10,000 simultaneous dials,
+    // so a few dials may time out at the connector (their streams are reset);
+    // wait until the count stops moving, then require nearly all.
+    let (mut reached, mut moved) = (upstream.accepted(), Instant::now());
+    while reached < STREAMS && moved.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = upstream.accepted();
+        if now != reached {
+            (reached, moved) = (now, Instant::now());
+        }
+    }
+    assert!(reached >= STREAMS * 99 / 100, "only {reached} of {STREAMS} unread streams reached the workload");
+    let reached_after = started.elapsed();
+    // While every stream is held unread, the other identity is still served.
+    for _ in 0..3 {
+        echo_once(&other, "another identity while the streams are held").await;
+        served_during += 1;
+        for (i, (_, pid)) in pids.iter().enumerate() {
+            peak[i] = peak[i].max(rss_kib(*pid));
+        }
+    }
     eprintln!(
-        "Q-05: {opened} unread streams (of {STREAMS}) in {:?}; broker RSS {baseline} KiB idle, peak {peak} KiB (+{} KiB); \
+        "Q-05: {} unread streams opened in {opened_after:?}, {reached} at the workload after {reached_after:?}; broker RSS {} KiB idle, peak {} KiB; connector RSS {} KiB idle, peak {} KiB; \
          the other identity was served {served_during} times during the flood",
-        started.elapsed(),
-        peak - baseline
+        held.len(),
+        baseline[0],
+        peak[0],
+        baseline[1],
+        peak[1]
     );
-    assert!(served_during >= 3, "the other identity was served during the flood");
-    assert!(
-        peak - baseline <= MAX_GROWTH_KIB,
-        "broker RSS grew by {} KiB (limit {MAX_GROWTH_KIB} KiB) with {opened} unread streams",
-        peak - baseline
-    );
-    assert!(broker.process().pid().is_some(), "the broker is still running");
+    for (i, (name, _)) in pids.iter().enumerate() {
+        let growth = peak[i] - baseline[i];
+        assert!(growth <= MAX_GROWTH_KIB, "{name} RSS grew by {growth} KiB (limit {MAX_GROWTH_KIB} KiB)");
+    }
+    assert!(broker.process().pid().is_some() && connector.process().pid().is_some(), "both still run");
     drop(held);
     conn.close(0u32.into(), b"done");
-    endpoint.close(0u32.into(), b"");
     echo_once(&other, "after the flood").await;
+}
+
+/// A raw quinn connection for `agent` whose streams accept only 1 KiB each.
+async fn unread_streams_client(broker: &Broker, agent: &palisade_tests::Agent) -> quinn::Connection {
+    let trust = broker.trust_anchors(&agent.trust_domain());
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(quinn::VarInt::from_u32(1024))
+        .receive_window(quinn::VarInt::from_u32(256 * 1024))
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(60_000))));
+    let config = client_config(&agent.identity(), &trust, Some(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+    endpoint
+        .connect_with(config, broker.quic_addr(), &broker.quic_addr().ip().to_string())
+        .expect("connect")
+        .await
+        .expect("handshake")
+}
+
+/// Opens `count` streams to `echo`, writes `request` bytes on each, never reads.
+async fn open_unread_streams(
+    conn: quinn::Connection,
+    count: usize,
+    request: usize,
+) -> Vec<(quinn::SendStream, quinn::RecvStream)> {
+    let header = StreamHeader::Open(OpenStream { service: "echo".parse().expect("service") })
+        .encode()
+        .expect("encode the header");
+    let request = vec![0x5a; request];
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let Ok((mut send, recv)) = conn.open_bi().await else { break };
+        if send.write_all(&header).await.is_err() || send.write_all(&request).await.is_err() {
+            break;
+        }
+        // Never read `recv`; keep both halves so nothing is reset.
+        held.push((send, recv));
+    }
+    held
 }
 
 /// Q-14 (0-RTT): a client with early data enabled that holds the broker's
