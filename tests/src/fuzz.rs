@@ -8,6 +8,7 @@
 //! replays the committed corpora (`fuzz/corpus/<target>/`) on every test run.
 
 pub mod mutate;
+pub mod quic;
 
 use std::sync::OnceLock;
 
@@ -45,6 +46,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("openai_request", openai_request),
     ("openai_usage", openai_usage),
     ("certificate_profile", certificate_profile),
+    ("quic_initial", quic::quic_initial),
 ];
 
 /// The stream header every QUIC stream starts with: decode, and re-encode what decoded.

