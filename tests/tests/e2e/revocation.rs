@@ -121,3 +121,62 @@ async fn disabling_a_machine_cuts_its_live_tunnel_within_a_second_and_refuses_ne
     let audit = broker.audit_events().await;
     assert!(tunnels_revoked(&audit, "identities", id), "{}", audit.summary());
 }
+
+/// revocations outlive restarts. A revoked session and a disabled
+/// machine stay refused after the broker and the connector have both been
+/// killed and started again, the restarted connector is told of them when
+/// it links, and identities that were not revoked carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_hold_after_the_broker_and_the_connector_restart() {
+    let env = TestEnv::new();
+    let provider = palisade_tests::OidcProvider::shared().await;
+    let mut broker = env
+        .broker()
+        .oidc(&provider)
+        .service("echo", "inference")
+        .policy("ml-team.cedar", palisade_tests::ALLOW_ML_TEAM_WITH_MFA)
+        .policy("allow.cedar", ALLOW_ML_AGENTS)
+        .spawn()
+        .await;
+    let upstream = EchoUpstream::spawn().await;
+    let mut connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let alice = broker.person("alice").login().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let other = broker.machine("agent-2").group("ml-agents").enroll().await;
+    for (who, reply) in
+        [("alice", alice.tunnel_exchange("echo", b"a").await), ("agent", agent.tunnel_exchange("echo", b"a").await)]
+    {
+        assert_eq!(reply.unwrap_or_else(|e| panic!("{who} before: {e}")), b"a");
+    }
+
+    broker.cli(&["session", "revoke", alice.session_id()]).await.expect_success();
+    let spiffe = agent.spiffe_id();
+    let machine_id = spiffe.rsplit('/').next().expect("a SPIFFE id has segments");
+    broker.cli(&["identity", "disable", "--id", machine_id]).await.expect_success();
+    broker.restart().await;
+    connector.restart().await;
+
+    assert_eventually!(
+        connector.process().stderr().contains("revocations received sessions=1 identities=1"),
+        "the restarted connector should be told of both revocations when it links; stderr:\n{}",
+        connector.process().stderr()
+    );
+    let reply = within("another machine after the restarts", Duration::from_secs(20), async {
+        loop {
+            match other.tunnel_exchange("echo", b"other").await {
+                Ok(reply) => break reply,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(reply, b"other", "an identity that was not revoked carries on");
+    let accepted = upstream.accepted();
+    for (who, result) in
+        [("alice", alice.tunnel_exchange("echo", b"x").await), ("agent", agent.tunnel_exchange("echo", b"x").await)]
+    {
+        let err = result.expect_err(who);
+        assert_eq!(err.reject_code(), Some(RejectCode::Revoked), "{who}: {err}");
+    }
+    assert_eq!(upstream.accepted(), accepted, "nothing revoked reaches the workload after the restarts");
+}
