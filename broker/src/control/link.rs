@@ -51,15 +51,20 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
     broker.registry().register(&link, &served);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).inc();
     let link_id = uuid::Uuid::new_v4().to_string();
-    record_link(&broker, &link.connector_id, &link_id, Some((&peer.remote.to_string(), &version))).await;
-    audit(&broker, &peer, EventKind::ConnectorOnline, json!({ "services": served, "remote": peer.remote.to_string() }))
-        .await;
+    record_link(&broker, &link.connector_id, &link_id, Some((&peer.remote().to_string(), &version))).await;
+    audit(
+        &broker,
+        &peer,
+        EventKind::ConnectorOnline,
+        json!({ "services": served, "remote": peer.remote().to_string() }),
+    )
+    .await;
     let shared = Shared { usage: UsageLink::new(served.clone()), throttles: ThrottleLink::new(served.clone()) };
     run_link(&broker, &link, &peer, shared, (send, recv), &shutdown).await;
     broker.registry().unregister(&link.conn);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).dec();
     record_link(&broker, &link.connector_id, &link_id, None).await;
-    let detail = json!({ "remote": peer.remote.to_string(), "broker_stopping": shutdown.is_cancelled() });
+    let detail = json!({ "remote": peer.remote().to_string(), "broker_stopping": shutdown.is_cancelled() });
     audit(&broker, &peer, EventKind::ConnectorOffline, detail).await;
     let code = if shutdown.is_cancelled() { close::SHUTTING_DOWN } else { close::NORMAL };
     link.conn.close(VarInt::from_u32(code), b"control stream ended");

@@ -22,6 +22,10 @@ use crate::state::Broker;
 /// A handshake that has not completed by then is dropped, freeing its slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a client connection's address is compared with the last one
+/// seen; a client that moved has its live streams decided again.
+const ADDRESS_CHECK: Duration = Duration::from_millis(500);
+
 /// What the connection is for, from its ALPN protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Purpose {
@@ -44,8 +48,17 @@ pub struct Peer {
     pub identity: VerifiedPeer,
     /// Its certificate chain (DER), forwarded to connectors so they can verify it themselves.
     pub chain: Vec<Vec<u8>>,
-    /// Where it connects from.
-    pub remote: SocketAddr,
+    conn: quinn::Connection,
+}
+
+impl Peer {
+    /// Where it connects from now. QUIC lets a client move (NAT rebinding,
+    /// a new network) without a new handshake, so every decision and audit
+    /// event reads the address afresh instead of keeping the one it had at
+    /// the handshake.
+    pub fn remote(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
 }
 
 /// Runs one incoming connection to its end.
@@ -56,7 +69,7 @@ pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: 
         Ok(Err(e)) => return refused(&broker, remote, None, &format!("handshake failed: {e}")).await,
         Err(_) => return refused(&broker, remote, None, "handshake timed out").await,
     };
-    let (purpose, peer, groups) = match identify(&broker, &conn, remote).await {
+    let (purpose, peer, groups) = match identify(&broker, &conn).await {
         Ok(found) => found,
         Err(refusal) => {
             conn.close(VarInt::from_u32(refusal.code), refusal.reason.as_bytes());
@@ -106,11 +119,7 @@ fn revoked(reason: String) -> Refusal {
 }
 
 /// Who the peer is, and its groups as the database says now.
-async fn identify(
-    broker: &Broker,
-    conn: &quinn::Connection,
-    remote: SocketAddr,
-) -> Result<(Purpose, Peer, Vec<String>), Refusal> {
+async fn identify(broker: &Broker, conn: &quinn::Connection) -> Result<(Purpose, Peer, Vec<String>), Refusal> {
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -139,7 +148,7 @@ async fn identify(
         .await
         .map_err(|reason| if reason.contains("revoked") { revoked(reason) } else { Refusal::from(reason) })?;
     let chain = chain.iter().map(|c| c.to_vec()).collect();
-    Ok((purpose, Peer { identity, chain, remote }, groups))
+    Ok((purpose, Peer { identity, chain, conn: conn.clone() }, groups))
 }
 
 /// People's certificates name a sign-in session that must still be active;
@@ -185,16 +194,27 @@ async fn serve_client(
     let limit = broker.config().relay.max_connections_per_identity;
     if !broker.live().try_add(&identity, peer.identity.session(), &conn, limit, groups) {
         conn.close(VarInt::from_u32(close::TOO_MANY_CONNECTIONS), b"too many connections for this identity");
-        return refused(&broker, peer.remote, Some(peer.identity.id().uri()), "per-identity connection limit").await;
+        return refused(&broker, peer.remote(), Some(peer.identity.id().uri()), "per-identity connection limit").await;
     }
     accept_streams(&broker, &conn, &peer, &shutdown).await;
     broker.live().remove(&identity, &conn);
 }
 
 async fn accept_streams(broker: &Broker, conn: &quinn::Connection, peer: &Arc<Peer>, shutdown: &CancellationToken) {
+    let mut moves = tokio::time::interval(ADDRESS_CHECK);
+    moves.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut address = conn.remote_address();
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = moves.tick() => {
+                let now = conn.remote_address();
+                if now != address {
+                    super::reevaluate::after_move(broker, peer, address, now).await;
+                    address = now;
+                }
+                continue;
+            }
             stream = conn.accept_bi() => stream,
         };
         match stream {

@@ -127,7 +127,7 @@ async fn admit(
             return Err(RejectCode::Stale);
         }
     };
-    let decided = decide(broker, &peer.identity, peer.remote.ip(), service.as_str());
+    let decided = decide(broker, &peer.identity, peer.remote().ip(), service.as_str());
     let mut audit_detail = decided.audit_detail();
     if let Some(age) = stale_for {
         audit_detail["stale_view_ms"] = json!(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
@@ -162,7 +162,7 @@ async fn dispatch(
 ) -> Result<(SendStream, RecvStream), RejectCode> {
     let link = &admitted.link;
     let mut detail = json!({
-        "policy_ids": admitted.policy_ids, "connector": link.connector_id, "remote": peer.remote.to_string(),
+        "policy_ids": admitted.policy_ids, "connector": link.connector_id, "remote": peer.remote().to_string(),
     });
     merge(&mut detail, &admitted.decided);
     let allowed = stream_event(EventKind::StreamAllowed, Outcome::Allow, peer, service, decision_id).detail(detail);
@@ -171,7 +171,7 @@ async fn dispatch(
         service: service.clone(),
         policy_version: admitted.bundle_version,
         caller_chain: peer.chain.clone(),
-        source_addr: peer.remote.to_string(),
+        source_addr: peer.remote().to_string(),
     };
     let timeout = broker.config().relay.connect_timeout;
     let open = tokio::time::timeout(timeout, open_towards(link, &header));
@@ -314,7 +314,7 @@ async fn deny(
     let (reason, detail, policy_ids) = why;
     tracing::info!(%decision_id, %service, caller = %peer.identity.id().uri(), reason, "stream denied");
     let mut detail = json!({
-        "reason": reason, "detail": detail, "policy_ids": policy_ids, "remote": peer.remote.to_string(),
+        "reason": reason, "detail": detail, "policy_ids": policy_ids, "remote": peer.remote().to_string(),
     });
     merge(&mut detail, &decided);
     let event = stream_event(EventKind::StreamDenied, Outcome::Deny, peer, service, decision_id).detail(detail);

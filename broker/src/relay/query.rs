@@ -41,7 +41,7 @@ fn services(broker: &Broker, peer: &Peer) -> ServiceListing {
         .services
         .iter()
         .filter(|s| {
-            matches!(decide(broker, &peer.identity, peer.remote.ip(), &s.name).verdict.decision, Decision::Allow(_))
+            matches!(decide(broker, &peer.identity, peer.remote().ip(), &s.name).verdict.decision, Decision::Allow(_))
         })
         .map(|s| ServiceInfo {
             name: s.name.clone(),

@@ -3,11 +3,13 @@
 //! segment), every live tunnel is decided again with the new set, and the
 //! ones it no longer allows are cut, audited with what changed.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::accept::Peer;
 use super::live::LiveStream;
 use super::open::decide;
 use crate::audit::{AuditEvent, EventKind, Outcome};
@@ -44,6 +46,27 @@ pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
     }
 }
 
+/// A client's connection moved to `to` (NAT rebinding, a new network):
+/// its live streams are decided again from the new address, as a new
+/// stream would be, and those the policy refuses from there are cut. The
+/// move is audited when it cut something.
+pub(super) async fn after_move(broker: &Broker, peer: &Arc<Peer>, from: SocketAddr, to: SocketAddr) {
+    tracing::info!(peer = %peer.identity.id(), %from, %to, "client connection moved to a new address");
+    let cut = cut_disallowed(broker, |s| Arc::ptr_eq(&s.peer, peer), &format!("address change: {from} -> {to}"));
+    if cut.is_empty() {
+        return;
+    }
+    tracing::info!(peer = %peer.identity.id(), streams = cut.len(), "an address change closed live tunnels");
+    let event =
+        AuditEvent::new(EventKind::TunnelsRevoked, Outcome::Success).subject(peer.identity.id().uri()).detail(json!({
+            "reason": "address change", "from": from.to_string(), "to": to.to_string(),
+            "streams_closed": cut.len(), "streams": cut,
+        }));
+    if let Err(e) = broker.audit().record(event).await {
+        tracing::error!(error = %e, "could not audit tunnels closed by an address change");
+    }
+}
+
 fn reason(previous: &Arc<ActivePolicy>, active: &Arc<ActivePolicy>) -> &'static str {
     if previous.store_version == active.store_version && previous.entity_version != active.entity_version {
         "catalog change"
@@ -59,7 +82,7 @@ pub(super) fn cut_disallowed(broker: &Broker, only: impl Fn(&LiveStream) -> bool
     let mut cut = Vec::new();
     for stream in broker.live().streams().into_iter().filter(|s| only(s)) {
         let peer = &stream.peer;
-        let decided = decide(broker, &peer.identity, peer.remote.ip(), &stream.service);
+        let decided = decide(broker, &peer.identity, peer.remote().ip(), &stream.service);
         if let palisade_policies::Decision::Deny(reason) = &decided.verdict.decision {
             let _ = stream.closed_by.set(why.to_owned());
             stream.cut.cancel();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use palisade_client::{Profile, Tunnel};
 use palisade_proto::id::ServiceName;
 use palisade_proto::identity::TrustAnchors;
+use palisade_proto::reject::RejectCode;
 use palisade_proto::tls::TlsIdentity;
 use palisade_proto::wire::{ALPN_CLIENT, OpenStream, StreamHeader};
 use palisade_tests::{ALLOW_ML_AGENTS, Broker, EchoUpstream, Probe, QuicProbe, TestEnv};
@@ -425,4 +426,84 @@ async fn a_client_whose_address_changes_mid_connection_keeps_its_connection() {
     let served = Probe::Served(b"ping".to_vec());
     assert_eq!((before, after), (served.clone(), served), "the same connection is served from the new address");
     assert_eq!(upstream.accepted(), 2);
+}
+
+/// Agents may reach `echo` only from 127.0.0.1.
+const ALLOW_AGENTS_FROM_ONE_ADDRESS: &str = r#"@id("ml-agents-from-127.0.0.1")
+permit (principal in Group::"ml-agents", action == Action::"connect", resource in Segment::"inference")
+when { context has source_ip && context.source_ip.isInRange(ip("127.0.0.1/32")) };
+"#;
+
+/// Q-14 and address-bound policy: a client allowed from 127.0.0.1 opens a
+/// tunnel, then moves its QUIC connection to 127.0.0.2 without a new
+/// handshake. The broker decides again from the new address: the live
+/// tunnel is cut (audited as `tunnels.revoked`, reason `address change`),
+/// a new stream is refused, and the refusal names the new address. A
+/// migration cannot carry access granted to where the client was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_moves_to_an_address_the_policy_refuses_loses_its_tunnels() {
+    let env = TestEnv::new();
+    let broker =
+        env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_AGENTS_FROM_ONE_ADDRESS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let config = client_config(&agent.identity(), &broker.trust_anchors(&agent.trust_domain()), None);
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+    let conn = endpoint
+        .connect_with(config, broker.quic_addr(), &broker.quic_addr().ip().to_string())
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let header = StreamHeader::Open(OpenStream { service: "echo".parse().expect("service") }).encode().expect("header");
+    let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+    send.write_all(&header).await.expect("write the header");
+    send.write_all(b"ping").await.expect("write");
+    let mut reply = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut reply)).await.expect("in time").expect("echo");
+    assert_eq!(&reply, b"ping", "allowed from 127.0.0.1");
+
+    endpoint.rebind(UdpSocket::bind("127.0.0.2:0").expect("bind on 127.0.0.2")).expect("rebind");
+    // Traffic on the moved path lets the broker see the new address.
+    let _ = send.write_all(b"more").await;
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = Vec::new();
+        loop {
+            let mut buf = [0u8; 64];
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => rest.extend_from_slice(&buf[..n]),
+                Ok(None) | Err(_) => return rest,
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the live tunnel was not cut within 10 s of the move");
+
+    let (mut send2, mut recv2) = conn.open_bi().await.expect("a second stream on the moved connection");
+    send2.write_all(&header).await.expect("write the header");
+    send2.write_all(b"ping").await.expect("write");
+    let refused = tokio::time::timeout(Duration::from_secs(5), recv2.read_exact(&mut reply)).await.expect("in time");
+    match refused {
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))) => {
+            assert_eq!(RejectCode::from_u64(code.into_inner()), Some(RejectCode::Forbidden), "{code}");
+        }
+        other => panic!("a stream from 127.0.0.2 was not refused: {other:?}"),
+    }
+    assert_eq!(upstream.accepted(), 1, "nothing from the new address reached the workload");
+
+    let audit = broker.audit_events().await;
+    let moved = audit.of_kind("tunnels.revoked");
+    assert!(
+        moved.iter().any(|r| r.detail_str("reason") == Some("address change")
+            && r.detail_str("to").is_some_and(|to| to.starts_with("127.0.0.2:"))),
+        "{}",
+        audit.summary()
+    );
+    let denied = audit.of_kind("stream.denied");
+    assert!(
+        denied.iter().any(|r| r.detail_str("remote").is_some_and(|a| a.starts_with("127.0.0.2:"))),
+        "the refusal names the address the stream came from: {}",
+        audit.summary()
+    );
+    conn.close(0u32.into(), b"done");
 }

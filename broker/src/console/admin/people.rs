@@ -144,7 +144,7 @@ fn tunnels_table(viewer: &Viewer, tunnels: &[LiveStream]) -> Markup {
                         tr data-identity=(t.peer.identity.name()) data-service=(t.service) {
                             td { (t.peer.identity.name()) }
                             td { (t.service) }
-                            td { (t.peer.remote.to_string()) }
+                            td { (t.peer.remote().to_string()) }
                             td { code { (t.peer.identity.session().unwrap_or("-")) } }
                             td.num { (bytes(t.traffic.up.load(Ordering::Relaxed))) }
                             td.num { (bytes(t.traffic.down.load(Ordering::Relaxed))) }
