@@ -1,8 +1,9 @@
 //! Device codes: a headless CLI gets a code, a signed-in person approves it.
 
+use palisade_broker::audit::EventKind;
 use serde_json::{Value, json};
 
-use crate::support::{Browser, Idp, Key, TestBroker, csr, person};
+use crate::support::{Browser, Cli, Idp, Key, TestBroker, csr, exchange, mfa_mode, person};
 use crate::webauthn_cases::{at_mfa, signed_up};
 
 async fn issue(broker: &TestBroker) -> Value {
@@ -156,4 +157,42 @@ async fn a_flood_of_sign_in_starts_gets_429_and_stores_a_bounded_number() {
     let pending = broker.count("SELECT COUNT(*) FROM pending_logins").await;
     assert_eq!(browser.get(&broker.url("/login")).await.status, 429, "the sign-in page's start shares the bucket");
     assert_eq!(broker.count("SELECT COUNT(*) FROM pending_logins").await, pending, "no pending login stored");
+}
+
+/// WA-12: a person who finished the provider's sign-in but not the second
+/// factor holds a pending login, not a session. From there nothing hands
+/// out a certificate: the CLI exchange has no code to redeem (guesses and
+/// the CLI's own state are refused), the device page sends them to sign in
+/// and an approval post is refused, the account API answers 401, and no
+/// session or certificate comes into being.
+#[tokio::test]
+async fn a_sign_in_that_stopped_after_the_provider_gets_no_certificate() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    signed_up(&broker, "alice", &mut key).await;
+    let (sessions, issued) = (broker.sessions().await, broker.events(EventKind::CertificateIssued).await.len());
+
+    let cli = Cli::new();
+    let pending = broker.browser();
+    let mfa = pending.sign_in(&broker.url(&cli.start_path()), "alice").await;
+    assert_eq!(mfa_mode(&mfa), "authenticate", "the provider's sign-in is done, the second factor is not");
+    for code in ["", "cli-state-1", "0000000000", &cli.verifier] {
+        let answer = exchange(&pending, &broker, code, &cli.verifier).await;
+        assert!((400..500).contains(&answer.status), "exchange with {code:?}: {} {}", answer.status, answer.body);
+    }
+
+    let code = issue(&broker).await;
+    let user_code = code["user_code"].as_str().unwrap();
+    let page = pending.get(&broker.url(&format!("/device?user_code={user_code}"))).await;
+    assert_eq!(page.status, 303, "a pending login is sent to sign in first: {}", page.body);
+    let form = [("user_code", user_code), ("csrf", "x")];
+    let post = pending.post_form_same_origin(&broker.url("/device/approve"), &form).await;
+    assert!(matches!(post.status, 401 | 403), "approving from a pending login: {} {}", post.status, post.body);
+    let (status, answer) = poll(&broker, code["device_code"].as_str().unwrap()).await;
+    assert_eq!((status, answer), (400, json!({ "error": "authorization_pending" })), "nothing was approved");
+
+    let me = pending.get(&broker.url("/api/v1/me/credentials")).await;
+    assert_eq!(me.status, 401, "the account API needs a session: {}", me.body);
+    assert_eq!(broker.sessions().await, sessions, "no session was created");
+    assert_eq!(broker.events(EventKind::CertificateIssued).await.len(), issued, "no certificate was issued");
 }
