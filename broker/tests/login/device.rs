@@ -196,3 +196,35 @@ async fn a_sign_in_that_stopped_after_the_provider_gets_no_certificate() {
     assert_eq!(broker.sessions().await, sessions, "no session was created");
     assert_eq!(broker.events(EventKind::CertificateIssued).await.len(), issued, "no certificate was issued");
 }
+
+/// CA-07: a session revoked after the second factor gets nothing more. The
+/// CLI's one-time code minted at that sign-in no longer redeems, and a
+/// portal whose session was revoked cannot approve a device code.
+#[tokio::test]
+async fn a_revoked_session_gets_no_certificate_by_exchange_or_device_approval() {
+    let broker = TestBroker::start(Idp::Real, |_| {}).await;
+    let mut key = Key::new();
+    let alice = signed_up(&broker, "alice", &mut key).await;
+    let cli = Cli::new();
+    let browser = broker.browser();
+    let mfa = browser.sign_in(&broker.url(&cli.start_path()), "alice").await;
+    assert_eq!(mfa_mode(&mfa), "authenticate");
+    let finish = crate::support::authenticate(&browser, &broker, &mut key).await;
+    let code = cli.code(&finish);
+    let portal = portal(&broker, "alice", &mut key).await;
+    let issued = broker.events(EventKind::CertificateIssued).await.len();
+
+    palisade_broker::login::manage::revoke_sessions_of(&broker.db, &alice, "cli", "test").await.unwrap();
+    let answer = exchange(&browser, &broker, &code, &cli.verifier).await;
+    assert!((400..500).contains(&answer.status), "exchange after the revocation: {} {}", answer.status, answer.body);
+    let device = issue(&broker).await;
+    let user_code = device["user_code"].as_str().unwrap();
+    let page = portal.get(&broker.url(&format!("/device?user_code={user_code}"))).await;
+    assert_eq!(page.status, 303, "a revoked session is sent to sign in again: {}", page.body);
+    let form = [("user_code", user_code), ("csrf", "x")];
+    let post = portal.post_form_same_origin(&broker.url("/device/approve"), &form).await;
+    assert!(matches!(post.status, 401 | 403), "approving from a revoked session: {} {}", post.status, post.body);
+    let (status, pending) = poll(&broker, device["device_code"].as_str().unwrap()).await;
+    assert_eq!((status, pending), (400, json!({ "error": "authorization_pending" })), "nothing was approved");
+    assert_eq!(broker.events(EventKind::CertificateIssued).await.len(), issued, "no certificate was issued");
+}
