@@ -109,9 +109,11 @@ struct Admitted {
     decided: serde_json::Value,
 }
 
-/// Decides the stream: a current view of the database (or best-effort
-/// mode, marked in the event), the policy, a live connector. Every refusal
-/// is audited here.
+/// Decides the stream: a certificate still within its validity (a QUIC
+/// connection may outlive the certificate it was opened with; streams in
+/// flight keep running, new ones are refused), a current view of the
+/// database (or best-effort mode, marked in the event), the policy, a live
+/// connector. Every refusal is audited here.
 async fn admit(
     broker: &Broker,
     peer: &Peer,
@@ -127,6 +129,11 @@ async fn admit(
             return Err(RejectCode::Stale);
         }
     };
+    if peer.identity.not_after() <= SystemTime::now() {
+        let detail = "the client certificate has expired; reconnect with a renewed one";
+        deny(broker, peer, service, decision_id, ("certificate_expired", detail, &[]), json!({})).await;
+        return Err(RejectCode::IdentityRejected);
+    }
     let decided = decide(broker, &peer.identity, peer.remote().ip(), service.as_str());
     let mut audit_detail = decided.audit_detail();
     if let Some(age) = stale_for {

@@ -192,3 +192,64 @@ async fn a_twelve_deep_chain_under_our_ca_is_refused_at_the_listener() {
     );
     assert_eq!(upstream.accepted(), 1, "only the control reached the workload");
 }
+
+/// A QUIC connection can outlive the certificate it was opened with. Once
+/// the certificate has expired, the broker opens no new tunnel on that
+/// connection (refused `IdentityRejected`, audited `stream.denied` with
+/// reason `certificate_expired`); a tunnel opened before keeps running, as
+/// a download started in time would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opens_no_new_tunnels_once_its_certificate_has_expired() {
+    use std::sync::Arc;
+
+    use palisade_proto::reject::RejectCode;
+    use palisade_proto::wire::{ALPN_CLIENT, OpenStream, StreamHeader};
+
+    let env = TestEnv::new();
+    let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let attributes = agent.certificate().attributes.expect("the issued leaf carries identity attributes");
+    let expires = OffsetDateTime::now_utc() + Duration::seconds(4);
+    let leaf =
+        broker.our_ca().sign(&LeafSpec { not_after: expires, ..LeafSpec::valid(&agent.spiffe_id(), attributes) });
+
+    let trust = broker.trust_anchors(&agent.trust_domain());
+    let tls = palisade_proto::tls::quic_client_config(&leaf, &trust, ALPN_CLIENT).expect("client TLS");
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("QUIC TLS");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
+    let conn = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), broker.quic_addr(), "127.0.0.1")
+        .expect("connect")
+        .await
+        .expect("a handshake with a valid certificate");
+    let header = StreamHeader::Open(OpenStream { service: "echo".parse().expect("service") }).encode().expect("header");
+    let (mut early_send, mut early_recv) = conn.open_bi().await.expect("a stream");
+    early_send.write_all(&header).await.expect("header");
+    early_send.write_all(b"before").await.expect("write");
+    let mut reply = [0u8; 6];
+    early_recv.read_exact(&mut reply).await.expect("an echo while the certificate is valid");
+    assert_eq!(&reply, b"before");
+
+    let wait = (expires - OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64 + 1_500;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    let (mut send, mut recv) = conn.open_bi().await.expect("quinn still lets the client open a stream");
+    send.write_all(&header).await.expect("header");
+    let _ = send.write_all(b"after").await;
+    let mut buf = [0u8; 5];
+    match recv.read_exact(&mut buf).await {
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))) => {
+            assert_eq!(RejectCode::from_u64(code.into_inner()), Some(RejectCode::IdentityRejected), "{code}");
+        }
+        other => panic!("a stream after the certificate expired was not refused: {other:?}"),
+    }
+    early_send.write_all(b"still!").await.expect("the earlier tunnel still takes bytes");
+    early_recv.read_exact(&mut reply).await.expect("the earlier tunnel still echoes");
+    assert_eq!(&reply, b"still!");
+    assert_eq!(upstream.accepted(), 1, "only the tunnel opened in time reached the workload");
+    let audit = broker.audit_events().await;
+    let denied = audit.of_kind("stream.denied");
+    assert!(denied.iter().any(|r| r.detail_str("reason") == Some("certificate_expired")), "{}", audit.summary());
+    conn.close(0u32.into(), b"done");
+}
