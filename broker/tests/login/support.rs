@@ -141,14 +141,25 @@ pub fn misbehaving(mode: &str) -> String {
     modes.get(mode).unwrap_or_else(|| panic!("no misbehaving mode {mode}")).clone()
 }
 
-async fn provider_admin(path: &str, body: Value) {
+/// How often the misbehaving provider for `mode` has served its key set (`GET /stats`).
+pub async fn jwks_fetches(mode: &str) -> u64 {
+    let response = provider_http().get(format!("{}/stats", misbehaving(mode))).send().await.unwrap();
+    let stats: Value = response.json().await.unwrap();
+    stats["jwks_fetches"].as_u64().unwrap()
+}
+
+/// A client for the providers' own test endpoints (plain HTTP on 127.0.0.1).
+fn provider_http() -> reqwest::Client {
     let tls = rustls::ClientConfig::builder_with_provider(palisade_proto::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    let http = reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap();
-    let response = http.post(format!("{}{path}", provider())).json(&body).send().await.unwrap();
+    reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap()
+}
+
+async fn provider_admin(path: &str, body: Value) {
+    let response = provider_http().post(format!("{}{path}", provider())).json(&body).send().await.unwrap();
     assert!(response.status().is_success(), "provider admin {path}: {}", response.status());
 }
 
