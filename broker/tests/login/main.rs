@@ -12,3 +12,4 @@ mod oidc_cases;
 mod sessions;
 mod support;
 mod webauthn_cases;
+mod webauthn_flags;
