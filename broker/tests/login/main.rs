@@ -7,6 +7,7 @@
 mod device;
 mod flow;
 mod forge;
+mod limits;
 mod local;
 mod oidc_cases;
 mod sessions;

@@ -252,6 +252,11 @@ impl TestBroker {
         Browser::new(&self.trust())
     }
 
+    /// A browser whose connections come from `addr` (any 127.0.0.0/8 address works on Linux loopback).
+    pub fn browser_from(&self, addr: std::net::IpAddr) -> Browser {
+        Browser::build(&self.trust(), Some(addr))
+    }
+
     /// `(step, reason)` of every `login.failed`, oldest first.
     pub async fn failures(&self) -> Vec<(String, String)> {
         let rows = audit::query::recent(&self.db, Some(EventKind::LoginFailed), 500).await.unwrap();
@@ -320,8 +325,17 @@ fn host_key(url: &Url) -> String {
 
 impl Browser {
     pub fn new(trust: &TrustAnchors) -> Browser {
+        Browser::build(trust, None)
+    }
+
+    fn build(trust: &TrustAnchors, local: Option<std::net::IpAddr>) -> Browser {
         let tls = palisade_proto::tls::https_client_config(trust).unwrap();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(local) = local {
+            // `localhost` could resolve to ::1 first, which an IPv4 source cannot reach.
+            http = http.local_address(local).resolve("localhost", std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+        let http = http
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
