@@ -4,6 +4,7 @@
 //! Needs Node.js and `scripts/setup-test-deps` (npm ci in tests/oidc).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod console;
 mod device;
 mod flow;
 mod forge;
