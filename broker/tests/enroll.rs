@@ -211,6 +211,75 @@ async fn names_are_unique_per_role_and_requests_are_checked() {
     assert_eq!(tokens::count(&env.db).await.unwrap(), 2);
 }
 
+/// CA-11 at the token API: a 10 kB name or group is refused with the limit
+/// named, and neither a token nor an audit event is written.
+#[tokio::test]
+async fn a_ten_kilobyte_name_or_group_is_refused_at_the_token_api() {
+    let env = Env::new().await;
+    let long = "a".repeat(10 * 1024);
+    let min15 = Duration::from_secs(900);
+    for (role, name, groups) in [
+        (PeerRole::Machine, long.clone(), vec![]),
+        (PeerRole::Connector, long.clone(), vec![]),
+        (PeerRole::Machine, "ok".into(), vec![long.clone()]),
+    ] {
+        let req = TokenRequest { role, name, groups, ttl: min15, created_by: "cli".into() };
+        let err = create_token(&env.db, env.ca.cert_der(), &req, SystemTime::now()).await.unwrap_err();
+        assert!(matches!(&err, EnrollError::Invalid(m) if m.contains("at most 63 characters")), "{err}");
+        assert!(err.to_string().len() < 200, "the message does not echo the name: {err}");
+    }
+    assert_eq!(tokens::count(&env.db).await.unwrap(), 0);
+    assert_eq!(env.count(EventKind::TokenCreated).await, 0);
+}
+
+fn token_create(dir: &std::path::Path, name: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_palisade-broker"))
+        .args(["token", "create", &format!("--machine={name}"), "--data-dir"])
+        .arg(dir)
+        .env("PALISADE_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+/// CA-11, printed commands: `token create` prints the token alone on stdout
+/// and an enroll command built from the broker's address and a placeholder;
+/// a name that would mean something to a shell is refused before anything
+/// is created, so it never reaches a command someone pastes.
+#[tokio::test]
+async fn token_create_never_puts_a_name_into_the_command_it_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    palisade_broker::init::init(&palisade_broker::init::InitOptions {
+        data_dir: dir.clone(),
+        ..palisade_broker::init::InitOptions::default()
+    })
+    .await
+    .unwrap();
+    for hostile in ["$(touch pwned)", "a;reboot", "`id`", "a b", "a'b", "-x", &"a".repeat(10 * 1024)] {
+        let out = token_create(&dir, hostile);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{hostile:?} was taken");
+        assert!(out.stdout.is_empty(), "{hostile:?}: no token printed");
+        assert!(stderr.contains("identity name"), "{hostile:?}: the error names the problem: {stderr}");
+        assert!(stderr.len() < 400, "{hostile:?}: the error does not echo a long name");
+    }
+    assert!(!tmp.path().join("pwned").exists() && !std::path::Path::new("pwned").exists());
+
+    let out = token_create(&dir, "eval-agent");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.strip_suffix('\n').unwrap();
+    assert!(
+        token.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+        "the token needs no quoting in a shell: {token}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let command = stderr.lines().last().unwrap().trim();
+    assert!(command.starts_with("palisade enroll --broker https://"), "{stderr}");
+    assert!(command.ends_with(" --token <TOKEN>"), "{stderr}");
+    assert!(!command.contains("eval-agent"), "the name is not part of the command: {command}");
+}
+
 #[tokio::test]
 async fn a_key_already_certified_for_another_identity_is_refused() {
     let env = Env::new().await;

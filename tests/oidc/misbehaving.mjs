@@ -7,13 +7,17 @@
 //   node misbehaving.mjs --all                 one provider per mode
 //
 // Each provider listens on its own 127.0.0.1 port with its own keys, so tests
-// running in parallel do not disturb each other. For each one a line
+// running in parallel do not disturb each other. Some modes answer an
+// endpoint themselves (an error, HTML, or never), before the mock server
+// sees the request. `GET /stats` tells how often `/jwks` was fetched. For
+// each provider a line
 //   misbehaving-provider ready MODE http://127.0.0.1:PORT
 // goes to stdout (the URL is the issuer). The authorization endpoint answers
 // at once with a code (no login form); the token endpoint accepts any client.
 // The process exits when stdin closes, so a test that dies takes it along.
 
 import { OAuth2Server, Events } from 'oauth2-mock-server';
+import { createServer } from 'node:http';
 import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { base64url } from 'jose';
 
@@ -43,7 +47,47 @@ const MODES = {
   'token-500': { response: (r) => { r.statusCode = 500; r.body = { error: 'server_error' }; } },
   'token-html': { response: (r) => { r.statusCode = 200; r.body = '<html>oops</html>'; } },
   'token-huge': { response: (r) => { r.body = { padding: 'x'.repeat(50 * 1024 * 1024) }; } },
+  'token-hang': { endpoints: { '/token': hang } },
+  'discovery-500': { endpoints: { '/.well-known/openid-configuration': serverError } },
+  'discovery-html': { endpoints: { '/.well-known/openid-configuration': htmlPage } },
+  'discovery-hang': { endpoints: { '/.well-known/openid-configuration': hang } },
+  'jwks-500': { endpoints: { '/jwks': serverError } },
+  'jwks-html': { endpoints: { '/jwks': htmlPage } },
+  'jwks-hang': { endpoints: { '/jwks': hang } },
+  // The key set is served once (at discovery); the refetch an unknown kid causes fails.
+  'refetch-500': {
+    forge: (p, s) => signWith(s, newKey(), p, true),
+    endpoints: { '/jwks': (res, s) => s.jwksFetches > 1 && serverError(res) },
+  },
+  // As unknown-kid, on a provider of its own, so its /stats count only one test's fetches.
+  'unknown-kid-counted': { forge: (p, s) => signWith(s, newKey(), p, true) },
 };
+
+// Endpoint answers: true when the request was taken care of.
+function hang() {
+  return true;
+}
+
+function serverError(res) {
+  res.writeHead(500, { 'content-type': 'application/json' }).end('{"error":"server_error"}');
+  return true;
+}
+
+function htmlPage(res) {
+  res.writeHead(200, { 'content-type': 'text/html' }).end('<html><body>maintenance</body></html>');
+  return true;
+}
+
+function route(req, res, behaviour, state) {
+  const path = new URL(req.url, 'http://provider').pathname;
+  if (path === '/jwks') state.jwksFetches += 1;
+  if (path === '/stats') {
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jwks_fetches: state.jwksFetches }));
+    return;
+  }
+  if (behaviour.endpoints?.[path]?.(res, state)) return;
+  state.server.service.requestHandler(req, res);
+}
 
 const now = () => Math.floor(Date.now() / 1000);
 const b64 = (json) => base64url.encode(JSON.stringify(json));
@@ -91,8 +135,10 @@ function isIdToken(payload) {
 async function start(mode) {
   const behaviour = MODES[mode];
   if (!behaviour) throw new Error(`unknown mode ${mode}; modes: ${Object.keys(MODES).join(', ')}`);
+  // The mock server supplies issuer, keys and routes; the listener is ours,
+  // so a mode can answer an endpoint itself and hanging requests can be cut.
   const server = new OAuth2Server();
-  const state = { server, mainKey: newKey() };
+  const state = { server, mainKey: newKey(), jwksFetches: 0 };
   await server.issuer.keys.add(state.mainKey);
   for (let i = 0; i < (behaviour.extraKeys ?? 0); i += 1) await server.issuer.keys.add(newKey());
   server.service.on(Events.BeforeAuthorizeRedirect, (redirect) => {
@@ -121,10 +167,11 @@ async function start(mode) {
   server.service.on(Events.BeforeWellKnownOpenIdConfiguration, (response) => {
     behaviour.discovery?.(response.body);
   });
-  await server.start(0, '127.0.0.1');
-  server.issuer.url = `http://127.0.0.1:${server.address().port}`;
+  const listener = createServer((req, res) => route(req, res, behaviour, state));
+  await new Promise((resolve, reject) => listener.listen(0, '127.0.0.1').once('listening', resolve).once('error', reject));
+  server.issuer.url = `http://127.0.0.1:${listener.address().port}`;
   process.stdout.write(`misbehaving-provider ready ${mode} ${server.issuer.url}\n`);
-  return server;
+  return listener;
 }
 
 const args = process.argv.slice(2);
@@ -138,6 +185,7 @@ for (const mode of modes) servers.push(await start(mode));
 process.stdout.write('misbehaving-provider all-ready\n');
 process.stdin.resume();
 process.stdin.on('end', async () => {
-  await Promise.all(servers.map((s) => s.stop()));
+  for (const s of servers) s.closeAllConnections();
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
   process.exit(0);
 });

@@ -10,16 +10,18 @@ use x509_parser::asn1_rs::Tag;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_DSA, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
-    OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+    OID_PKCS1_RSAENCRYPTION, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
-use x509_parser::x509::SubjectPublicKeyInfo;
+use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
 
 use super::IssueError;
 
 /// Largest CSR accepted, PEM text included.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
+/// Deepest nesting of constructed elements accepted; real CSRs stay under 10.
+const MAX_DEPTH: usize = 32;
 
 const BEGIN: &str = "-----BEGIN CERTIFICATE REQUEST-----";
 const END: &str = "-----END CERTIFICATE REQUEST-----";
@@ -65,17 +67,21 @@ impl CheckedCsr {
 }
 
 /// Checks a PEM CSR: at most [`MAX_CSR_BYTES`], exactly one `CERTIFICATE REQUEST`
-/// block and nothing else, strict DER without trailing bytes, an ECDSA P-256 or
-/// Ed25519 key, and a self-signature that verifies (proof of possession).
+/// block and nothing else, strict DER (definite lengths in their shortest form,
+/// at most [`MAX_DEPTH`] deep) without trailing bytes, an ECDSA P-256 or
+/// Ed25519 key, a signature algorithm that fits the key (ECDSA with SHA-256 or
+/// SHA-384, or Ed25519; never SHA-1), and a self-signature that verifies
+/// (proof of possession).
 ///
 /// # Errors
-/// [`IssueError::TooLarge`], [`IssueError::Malformed`], [`IssueError::KeyType`]
-/// or [`IssueError::Signature`].
+/// [`IssueError::TooLarge`], [`IssueError::Malformed`], [`IssueError::KeyType`],
+/// [`IssueError::SignatureAlgorithm`] or [`IssueError::Signature`].
 pub fn check_csr(pem: &str) -> Result<CheckedCsr, IssueError> {
     if pem.len() > MAX_CSR_BYTES {
         return Err(IssueError::TooLarge);
     }
     let der = pem_to_der(pem)?;
+    check_der(&der, 0).map_err(|e| IssueError::Malformed(format!("not DER: {e}")))?;
     let (rest, csr) = X509CertificationRequest::from_der(&der)
         .map_err(|_| IssueError::Malformed("not a DER PKCS#10 request".into()))?;
     if !rest.is_empty() {
@@ -83,10 +89,81 @@ pub fn check_csr(pem: &str) -> Result<CheckedCsr, IssueError> {
     }
     let spki = &csr.certification_request_info.subject_pki;
     let key_type = key_type(spki)?;
+    check_signature_algorithm(key_type, &csr.signature_algorithm)?;
     csr.verify_signature().map_err(|_| IssueError::Signature)?;
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
         .map_err(|e| IssueError::Malformed(format!("unusable public key: {e}")))?;
     Ok(CheckedCsr { key_type, public_key })
+}
+
+/// An explicit list rather than whatever the verifier happens to support.
+fn check_signature_algorithm(key_type: KeyType, alg: &AlgorithmIdentifier<'_>) -> Result<(), IssueError> {
+    let oid = &alg.algorithm;
+    let fits = match key_type {
+        KeyType::EcdsaP256 => *oid == OID_SIG_ECDSA_WITH_SHA256 || *oid == OID_SIG_ECDSA_WITH_SHA384,
+        KeyType::Ed25519 => *oid == OID_SIG_ED25519,
+    };
+    if !fits || alg.parameters.is_some() {
+        let name = algorithm_name(oid);
+        let key = match key_type {
+            KeyType::EcdsaP256 => "P-256",
+            KeyType::Ed25519 => "Ed25519",
+        };
+        return Err(IssueError::SignatureAlgorithm(format!("{name} with a {key} key")));
+    }
+    Ok(())
+}
+
+/// The short name of a signature algorithm; `ecdsa-with-SHA1` is missing from the registry.
+fn algorithm_name(oid: &x509_parser::der_parser::Oid<'_>) -> String {
+    let dotted = oid.to_id_string();
+    if dotted == "1.2.840.10045.4.1" {
+        return "ecdsa-with-SHA1".to_owned();
+    }
+    x509_parser::objects::oid2sn(oid, x509_parser::objects::oid_registry()).map_or(dotted, str::to_owned)
+}
+
+/// Walks `der` as a series of elements. x509-parser takes some BER (a length
+/// in a longer form than needed); two parsers that disagree on such bytes
+/// are how signature checks get fooled, so anything but DER is refused.
+fn check_der(mut der: &[u8], depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("nested more than {MAX_DEPTH} deep"));
+    }
+    while !der.is_empty() {
+        let (constructed, header, len) = element_header(der)?;
+        let content = der.get(header..header + len).ok_or("an element runs past the end of its parent")?;
+        if constructed {
+            check_der(content, depth + 1)?;
+        }
+        der = &der[header + len..];
+    }
+    Ok(())
+}
+
+/// (constructed, header length, content length) of the element `der` starts with.
+fn element_header(der: &[u8]) -> Result<(bool, usize, usize), String> {
+    let (tag, first) = match der {
+        [tag, first, ..] => (*tag, *first),
+        _ => return Err("an element is cut short".into()),
+    };
+    if tag & 0x1f == 0x1f {
+        return Err("a multi-byte tag".into());
+    }
+    let constructed = tag & 0x20 != 0;
+    match first {
+        0..=0x7f => Ok((constructed, 2, usize::from(first))),
+        0x80 => Err("an indefinite length (BER)".into()),
+        _ => {
+            let n = usize::from(first & 0x7f);
+            let bytes = der.get(2..2 + n).filter(|_| n <= 3).ok_or("a length field that is too long")?;
+            let len = bytes.iter().fold(0, |acc, b| acc << 8 | usize::from(*b));
+            if bytes[0] == 0 || len < 0x80 {
+                return Err("a length in a longer form than needed (BER)".into());
+            }
+            Ok((constructed, 2 + n, len))
+        }
+    }
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, IssueError> {

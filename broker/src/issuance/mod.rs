@@ -71,6 +71,9 @@ pub enum IssueError {
     /// The CSR's self-signature does not verify.
     #[error("the CSR's signature does not verify (no proof of possession of the key)")]
     Signature,
+    /// The CSR is signed with an algorithm the CA does not take (SHA-1, or one that does not fit the key).
+    #[error("signature algorithm not allowed: {0}; sign the CSR with ECDSA SHA-256 (P-256 key) or Ed25519")]
+    SignatureAlgorithm(String),
     /// The key is of a type the CA does not certify.
     #[error("key type not allowed: {0}; use ECDSA P-256 or Ed25519")]
     KeyType(String),
@@ -118,6 +121,7 @@ impl IssueError {
             Self::TooLarge
                 | Self::Malformed(_)
                 | Self::Signature
+                | Self::SignatureAlgorithm(_)
                 | Self::KeyType(_)
                 | Self::CaKey
                 | Self::KeyReused
@@ -129,7 +133,7 @@ impl IssueError {
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
-            Self::TooLarge | Self::Malformed(_) | Self::Signature => "bad_csr",
+            Self::TooLarge | Self::Malformed(_) | Self::Signature | Self::SignatureAlgorithm(_) => "bad_csr",
             Self::KeyType(_) => "key_type",
             Self::CaKey | Self::KeyReused => "key_reused",
             Self::Identity(_) => "bad_identity",
@@ -270,3 +274,5 @@ pub(crate) async fn record_refusal(audit: &Audit, subject: &str, err: &IssueErro
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_encoding;

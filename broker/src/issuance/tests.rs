@@ -292,6 +292,23 @@ fn names_with_separators_or_control_characters_are_refused() {
     assert!(matches!(ca.sign(&p, &csr, SystemTime::now()), Err(IssueError::Identity(_))));
 }
 
+/// CA-11: a 10 kB name or group never reaches the certificate, and the refusal says what the limit is.
+#[test]
+fn a_ten_kilobyte_name_or_group_is_refused_naming_the_limit() {
+    let ca = ca();
+    let csr = check_csr(&simple_csr(&PKCS_ECDSA_P256_SHA256)).unwrap();
+    let long = "a".repeat(10 * 1024);
+    let mut named = profile();
+    named.name.clone_from(&long);
+    let mut grouped = profile();
+    grouped.groups = vec![long];
+    for p in [named, grouped] {
+        let err = ca.sign(&p, &csr, SystemTime::now()).unwrap_err();
+        assert!(matches!(&err, IssueError::Identity(m) if m.contains("at most 63 characters")), "{err}");
+        assert!(err.to_string().len() < 200, "the message does not echo the name: {err}");
+    }
+}
+
 #[test]
 fn a_csr_with_the_cas_own_key_is_refused() {
     let (ca, pkcs8) = Ca::create(&"palisade.test".parse().unwrap(), SystemTime::now()).unwrap();

@@ -154,6 +154,31 @@ mod tests {
         assert!(limits.with(Bucket::Failure, "a", later, |s| s.tokens >= 1.0));
     }
 
+    /// L-01: ten failures against an account, whoever sends them, then one
+    /// a minute; never a lockout that outlasts the refill.
+    #[test]
+    fn an_account_recovers_as_its_bucket_refills() {
+        let limits = Limits::new(Vec::new());
+        for _ in 0..10 {
+            assert!(limits.take(Bucket::AccountFailure, "alice"));
+        }
+        assert!(!limits.allows(Bucket::AccountFailure, "alice"));
+        assert!(limits.allows(Bucket::AccountFailure, "bob"), "other accounts are not affected");
+        let now = Instant::now();
+        let at = |secs: u64| now + std::time::Duration::from_secs(secs);
+        assert!(!limits.with(Bucket::AccountFailure, "alice", at(30), |s| s.tokens >= 1.0), "not within the minute");
+        let take = |s: &mut State| {
+            if s.tokens < 1.0 {
+                return false;
+            }
+            s.tokens -= 1.0;
+            true
+        };
+        assert!(limits.with(Bucket::AccountFailure, "alice", at(61), take), "one attempt a minute later");
+        assert!(!limits.with(Bucket::AccountFailure, "alice", at(62), take), "and only one");
+        assert!(limits.with(Bucket::AccountFailure, "alice", at(62 + 600), |s| s.tokens >= 10.0), "full after 10 min");
+    }
+
     #[test]
     fn the_map_is_bounded() {
         let limits = Limits::new(Vec::new());

@@ -4,11 +4,14 @@
 //! Needs Node.js and `scripts/setup-test-deps` (npm ci in tests/oidc).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod console;
 mod device;
 mod flow;
 mod forge;
+mod limits;
 mod local;
 mod oidc_cases;
 mod sessions;
 mod support;
 mod webauthn_cases;
+mod webauthn_flags;

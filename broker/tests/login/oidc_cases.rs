@@ -1,7 +1,11 @@
 //! OIDC-01 … OIDC-13: the provider misbehaves (or the browser does); every
 //! case ends in a refusal, no session, and `login.failed` with the reason.
 
-use crate::support::{Browser, Idp, TestBroker};
+use std::time::Instant;
+
+use palisade_broker::login::rp::{HTTP_TIMEOUT, JWKS_REFETCH_INTERVAL};
+
+use crate::support::{Browser, Idp, TestBroker, jwks_fetches};
 
 /// Signs in against a misbehaving provider; returns the broker, the final answer and the browser.
 async fn attempt(mode: &'static str) -> (TestBroker, crate::support::Resp, Browser) {
@@ -18,6 +22,18 @@ async fn refused(mode: &'static str, step: &str, reason: &str) {
     assert!(!last.body.contains(reason), "{mode}: the page must not say why");
     assert_eq!(broker.sessions().await, 0, "{mode}: no session");
     assert_eq!(broker.count("SELECT COUNT(*) FROM pending_logins WHERE identity_id IS NOT NULL").await, 0);
+    broker.assert_failed(step, reason).await;
+}
+
+/// The provider cannot be used at the start of the sign-in: 503, a page
+/// saying to try later, no pending login bound to anyone, no session.
+async fn unavailable(mode: &'static str, step: &str, reason: &str) {
+    let (broker, last, _) = attempt(mode).await;
+    assert_eq!(last.status, 503, "{mode}: {}", last.body);
+    assert!(last.body.contains("sign-in is unavailable right now; try again later"), "{mode}: {}", last.body);
+    assert!(!last.body.contains(reason), "{mode}: the page must not say why");
+    assert_eq!(broker.count("SELECT COUNT(*) FROM pending_logins").await, 0, "{mode}: nothing pending");
+    assert_eq!(broker.sessions().await, 0, "{mode}: no session");
     broker.assert_failed(step, reason).await;
 }
 
@@ -76,11 +92,69 @@ async fn oidc_07_key_rotation_refetches_the_key_set_once() {
     refused("unknown-kid", "id_token", "unknown_kid").await;
 }
 
+/// Two sign-ins whose ID tokens name a key the provider never published:
+/// the first refetches the key set once, the second (within
+/// `JWKS_REFETCH_INTERVAL`) fetches nothing, so forged `kid`s cannot make
+/// the broker hammer the provider.
+#[tokio::test]
+async fn oidc_07_unknown_key_ids_refetch_the_key_set_at_most_once_per_interval() {
+    let mode = "unknown-kid-counted";
+    let broker = TestBroker::start(Idp::Misbehaving(mode), |_| {}).await;
+    let started = Instant::now();
+    let mut fetched = Vec::new();
+    for _ in 0..2 {
+        let last = broker.browser().sign_in(&broker.url("/login"), "johndoe").await;
+        assert_eq!(last.status, 401, "{}", last.body);
+        fetched.push(jwks_fetches(mode).await);
+    }
+    assert!(started.elapsed() < JWKS_REFETCH_INTERVAL, "both sign-ins must fall within one interval");
+    assert_eq!(fetched, [2, 2], "one fetch at discovery, one refetch for the first unknown kid, none for the second");
+    let failures = broker.failures().await;
+    assert_eq!(failures, vec![("id_token".to_owned(), "unknown_kid".to_owned()); 2]);
+    assert_eq!(broker.sessions().await, 0);
+}
+
 #[tokio::test]
 async fn oidc_08_token_endpoint_failures_fail_closed() {
     refused("token-500", "token", "http_status").await;
     refused("token-html", "token", "malformed").await;
     refused("token-huge", "token", "body_too_large").await;
+}
+
+#[tokio::test]
+async fn oidc_08_discovery_and_key_set_failures_fail_closed() {
+    unavailable("discovery-500", "discovery", "http_status").await;
+    unavailable("discovery-html", "discovery", "not_json").await;
+    unavailable("jwks-500", "jwks", "http_status").await;
+    unavailable("jwks-html", "jwks", "not_json").await;
+    // The key set was served at discovery; the refetch an unknown kid asks for fails.
+    let (broker, last, _) = attempt("refetch-500").await;
+    assert_eq!(last.status, 503, "{}", last.body);
+    assert_eq!(broker.sessions().await, 0);
+    assert_eq!(broker.count("SELECT COUNT(*) FROM pending_logins WHERE identity_id IS NOT NULL").await, 0);
+    broker.assert_failed("jwks", "http_status").await;
+}
+
+async fn timed(check: impl std::future::Future<Output = ()>) -> std::time::Duration {
+    let started = Instant::now();
+    check.await;
+    started.elapsed()
+}
+
+/// A provider that accepts the connection and never answers: every call
+/// gives up after `HTTP_TIMEOUT` (10 s, not configurable) and the sign-in
+/// fails closed. The three hangs run at once, so the test takes ~10 s.
+#[tokio::test]
+async fn oidc_08_a_provider_that_hangs_is_given_up_on_after_the_timeout() {
+    let (discovery, jwks, token) = tokio::join!(
+        timed(unavailable("discovery-hang", "discovery", "timeout")),
+        timed(unavailable("jwks-hang", "jwks", "timeout")),
+        timed(refused("token-hang", "token", "timeout")),
+    );
+    for (what, took) in [("discovery", discovery), ("jwks", jwks), ("token", token)] {
+        assert!(took >= HTTP_TIMEOUT, "{what}: gave up after {took:?}, before the timeout");
+        assert!(took < HTTP_TIMEOUT * 3, "{what}: took {took:?}: the timeout did not stop the call");
+    }
 }
 
 #[tokio::test]

@@ -141,14 +141,25 @@ pub fn misbehaving(mode: &str) -> String {
     modes.get(mode).unwrap_or_else(|| panic!("no misbehaving mode {mode}")).clone()
 }
 
-async fn provider_admin(path: &str, body: Value) {
+/// How often the misbehaving provider for `mode` has served its key set (`GET /stats`).
+pub async fn jwks_fetches(mode: &str) -> u64 {
+    let response = provider_http().get(format!("{}/stats", misbehaving(mode))).send().await.unwrap();
+    let stats: Value = response.json().await.unwrap();
+    stats["jwks_fetches"].as_u64().unwrap()
+}
+
+/// A client for the providers' own test endpoints (plain HTTP on 127.0.0.1).
+fn provider_http() -> reqwest::Client {
     let tls = rustls::ClientConfig::builder_with_provider(palisade_proto::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    let http = reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap();
-    let response = http.post(format!("{}{path}", provider())).json(&body).send().await.unwrap();
+    reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap()
+}
+
+async fn provider_admin(path: &str, body: Value) {
+    let response = provider_http().post(format!("{}{path}", provider())).json(&body).send().await.unwrap();
     assert!(response.status().is_success(), "provider admin {path}: {}", response.status());
 }
 
@@ -241,6 +252,11 @@ impl TestBroker {
         Browser::new(&self.trust())
     }
 
+    /// A browser whose connections come from `addr` (any 127.0.0.0/8 address works on Linux loopback).
+    pub fn browser_from(&self, addr: std::net::IpAddr) -> Browser {
+        Browser::build(&self.trust(), Some(addr))
+    }
+
     /// `(step, reason)` of every `login.failed`, oldest first.
     pub async fn failures(&self) -> Vec<(String, String)> {
         let rows = audit::query::recent(&self.db, Some(EventKind::LoginFailed), 500).await.unwrap();
@@ -309,8 +325,17 @@ fn host_key(url: &Url) -> String {
 
 impl Browser {
     pub fn new(trust: &TrustAnchors) -> Browser {
+        Browser::build(trust, None)
+    }
+
+    fn build(trust: &TrustAnchors, local: Option<std::net::IpAddr>) -> Browser {
         let tls = palisade_proto::tls::https_client_config(trust).unwrap();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(local) = local {
+            // `localhost` could resolve to ::1 first, which an IPv4 source cannot reach.
+            http = http.local_address(local).resolve("localhost", std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+        let http = http
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
