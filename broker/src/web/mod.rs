@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod health;
 mod json_only;
 pub mod jwks;
+mod limits;
 pub mod metrics;
 pub mod security;
 
@@ -59,6 +60,7 @@ pub fn router(broker: Broker) -> Router {
         .merge(crate::login::routes(&broker))
         .merge(crate::console::routes(&broker))
         .layer(axum::middleware::from_fn(json_only::guard))
+        .layer(axum::middleware::from_fn(limits::request_timeout))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::map_response(security::headers))
         .with_state(broker)
@@ -88,9 +90,11 @@ pub(crate) fn internal_error(cause: &dyn std::fmt::Display) -> Response {
 /// The TLS configuration could not be built.
 pub async fn serve(broker: Broker, listener: TcpListener, shutdown: CancellationToken) -> Result<(), WebError> {
     let acceptor = TlsAcceptor::from(Arc::new(palisade_proto::tls::https_server_config(broker.server_identity())?));
+    let broker_proxies = broker.config().login.trusted_proxies.clone();
     let app = router(broker);
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = limits::PerAddress::new(broker_proxies.clone());
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -107,11 +111,15 @@ pub async fn serve(broker: Broker, listener: TcpListener, shutdown: Cancellation
             tracing::warn!(%peer, "too many HTTPS connections; dropping one");
             continue;
         };
+        let Some(address_slot) = per_address.try_take(peer.ip()) else {
+            tracing::warn!(%peer, limit = limits::PER_ADDRESS, "too many HTTPS connections from one address; dropping one");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, app, shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
         tracker.spawn(async move {
             serve_connection(acceptor, app, tcp, peer, shutdown).await;
-            drop(slot);
+            drop((slot, address_slot));
         });
     }
     tracker.close();
@@ -139,15 +147,16 @@ async fn serve_connection(
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app));
     tokio::pin!(conn);
-    tokio::select! {
+    let finish = tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
             }
+            return;
         }
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
-        }
-    }
+        () = shutdown.cancelled() => DRAIN_TIMEOUT,
+        () = tokio::time::sleep(limits::MAX_AGE) => limits::REQUEST_TIMEOUT,
+    };
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(finish, conn).await;
 }

@@ -21,6 +21,7 @@ mod faults;
 mod flood;
 mod groups;
 mod help;
+mod http_limits;
 mod l7;
 mod l7_body;
 mod l7_throttle;
