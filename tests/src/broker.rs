@@ -39,6 +39,7 @@ pub struct BrokerBuilder {
     replica_of: Option<Arc<BrokerInfo>>,
     database_url: Option<String>,
     extra_config: String,
+    server_names: Vec<String>,
     observed: Observed,
 }
 
@@ -67,6 +68,7 @@ impl BrokerBuilder {
             replica_of: None,
             database_url: None,
             extra_config: String::new(),
+            server_names: Vec::new(),
             observed: Observed::default(),
         }
     }
@@ -136,6 +138,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Adds a name (or an IP address) to the broker's certificate, besides
+    /// `localhost` and `127.0.0.1`: where a peer reaches it by another address.
+    pub fn server_name(mut self, name: &str) -> Self {
+        self.server_names.push(name.to_owned());
+        self
+    }
+
     /// Appends `toml` (whole sections, e.g. `[consistency]`) to `broker.toml`.
     pub fn extra_config(mut self, toml: &str) -> Self {
         self.extra_config.push_str(toml);
@@ -169,7 +178,7 @@ impl BrokerBuilder {
         let database_url =
             database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("palisade.db").display()));
 
-        write_config(&data_dir, &self.services, self.oidc.as_ref());
+        write_config(&data_dir, &self.services, self.oidc.as_ref(), &self.server_names);
         write_observed(&data_dir, self.observed);
         if !self.extra_config.is_empty() {
             let path = data_dir.join("broker.toml");
@@ -201,9 +210,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Patches the `broker.toml` that `init` wrote: our listen address, policy
-/// directory, services and identity provider, keeping every other key as
-/// `init` chose it.
-fn write_config(data_dir: &Path, services: &[ServiceDef], oidc: Option<&OidcClient>) {
+/// directory, services, identity provider and extra server names, keeping
+/// every other key as `init` chose it.
+fn write_config(data_dir: &Path, services: &[ServiceDef], oidc: Option<&OidcClient>, server_names: &[String]) {
     let path = data_dir.join("broker.toml");
     let mut config: toml::Table = match std::fs::read_to_string(&path) {
         Ok(text) => text.parse().unwrap_or_else(|e| panic!("init wrote an unreadable {}: {e}", path.display())),
@@ -223,6 +232,9 @@ fn write_config(data_dir: &Path, services: &[ServiceDef], oidc: Option<&OidcClie
         })
         .collect();
     config.insert("services".into(), toml::Value::Array(services));
+    if let Some(toml::Value::Array(names)) = config.get_mut("server_names") {
+        names.extend(server_names.iter().cloned().map(Into::into));
+    }
     if let Some(oidc) = oidc {
         let mut t = toml::Table::new();
         t.insert("issuer".into(), oidc.provider.issuer().into());

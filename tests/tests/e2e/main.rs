@@ -27,6 +27,7 @@ mod l7_throttle;
 mod limits;
 mod login;
 mod metrics;
+mod partition;
 mod policy;
 mod quickstart;
 mod renewal;
