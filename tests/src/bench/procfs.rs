@@ -1,5 +1,5 @@
 //! What the kernel says about a process: CPU time, peak memory, children,
-//! open files and threads, and the open-file limit, all read from `/proc` (no libc, no unsafe).
+//! threads and the open-file limit, all read from `/proc` (no libc, no unsafe).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -129,12 +129,6 @@ pub fn alive(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
 }
 
-/// How many file descriptors `pid` holds open (entries of `/proc/PID/fd`).
-#[must_use]
-pub fn open_fds(pid: u32) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
-}
-
 /// How many threads `pid` runs (entries of `/proc/PID/task`).
 #[must_use]
 pub fn threads(pid: u32) -> Option<usize> {
@@ -191,7 +185,6 @@ mod tests {
         assert!(peak_rss(me).is_some_and(|b| b > 0));
         assert!(rss(me).is_some_and(|b| b > 0));
         assert!(alive(me));
-        assert!(open_fds(me).is_some_and(|n| n >= 3));
         assert!(threads(me).is_some_and(|n| n >= 1));
         assert!(with_descendants(me).contains(&me));
         let (soft, hard) = nofile_limit().expect("limits");

@@ -13,6 +13,7 @@ mod audit_schema;
 mod ca_rotation;
 mod certificates;
 mod client_tools;
+mod clock;
 mod consistency;
 mod dos;
 mod enforcement;
