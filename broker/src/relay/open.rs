@@ -110,8 +110,8 @@ struct Admitted {
 }
 
 /// Decides the stream: a current view of the database (or best-effort
-/// mode, marked in the event), the policy, a live connector. Every refusal
-/// is audited here.
+/// mode, marked in the event), a certificate still valid now, the policy, a
+/// live connector. Every refusal is audited here.
 async fn admit(
     broker: &Broker,
     peer: &Peer,
@@ -127,6 +127,12 @@ async fn admit(
             return Err(RejectCode::Stale);
         }
     };
+    // The certificate was verified at the handshake; a connection may outlive it.
+    if peer.identity.not_after() <= SystemTime::now() {
+        let why = ("certificate_expired", "the caller's certificate has expired since its connection began", &[][..]);
+        deny(broker, peer, service, decision_id, why, json!({})).await;
+        return Err(RejectCode::IdentityRejected);
+    }
     let decided = decide(broker, &peer.identity, peer.remote.ip(), service.as_str());
     let mut audit_detail = decided.audit_detail();
     if let Some(age) = stale_for {
