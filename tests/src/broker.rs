@@ -40,6 +40,7 @@ pub struct BrokerBuilder {
     database_url: Option<String>,
     extra_config: String,
     server_names: Vec<String>,
+    vars: Vec<(String, String)>,
     observed: Observed,
 }
 
@@ -69,6 +70,7 @@ impl BrokerBuilder {
             database_url: None,
             extra_config: String::new(),
             server_names: Vec::new(),
+            vars: Vec::new(),
             observed: Observed::default(),
         }
     }
@@ -145,6 +147,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Runs `palisade-broker run` (also after a restart) with these
+    /// environment variables too (e.g. a [`crate::FakeClock`]'s).
+    pub fn run_env(mut self, vars: &[(&str, String)]) -> Self {
+        self.vars.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        self
+    }
+
     /// Appends `toml` (whole sections, e.g. `[consistency]`) to `broker.toml`.
     pub fn extra_config(mut self, toml: &str) -> Self {
         self.extra_config.push_str(toml);
@@ -195,13 +204,13 @@ impl BrokerBuilder {
             std::fs::write(policy_dir.join(file), text).expect("write a policy file");
         }
 
-        let (proc, https, quic) = start(&self.env, &data_dir, None).await;
+        let (proc, https, quic) = start(&self.env, &data_dir, None, &self.vars).await;
         let info = Arc::new(BrokerInfo { env: self.env, data_dir, database_url, https, quic });
         if let Some(oidc) = &self.oidc {
             let callback = format!("{}/login/oidc/callback", info.public_url());
             oidc.provider.register_client(&oidc.client_id, &oidc.client_secret, &callback).await;
         }
-        Broker { proc: Some(proc), info }
+        Broker { proc: Some(proc), info, vars: self.vars }
     }
 }
 
@@ -262,9 +271,15 @@ fn write_observed(data_dir: &Path, observed: Observed) {
 
 /// Starts `palisade-broker run` and waits for its ready line. With `listen`
 /// set (a restart), the broker must come back on exactly that address.
-async fn start(env: &TestEnv, data_dir: &Path, listen: Option<SocketAddr>) -> (Proc, SocketAddr, SocketAddr) {
+async fn start(
+    env: &TestEnv,
+    data_dir: &Path,
+    listen: Option<SocketAddr>,
+    vars: &[(String, String)],
+) -> (Proc, SocketAddr, SocketAddr) {
     let mut cmd = command(BIN);
     cmd.arg("run").arg("--config").arg(data_dir.join("broker.toml"));
+    cmd.envs(vars.iter().map(|(k, v)| (k, v)));
     if let Some(addr) = listen {
         cmd.env("PALISADE_LISTEN", addr.to_string());
     }
@@ -341,6 +356,7 @@ fn token_line(out: &CliOutput) -> String {
 pub struct Broker {
     proc: Option<Proc>,
     pub(crate) info: Arc<BrokerInfo>,
+    vars: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -511,7 +527,7 @@ impl Broker {
     /// with the same data directory.
     pub async fn restart(&mut self) {
         self.kill().await;
-        let (proc, _, quic) = start(&self.info.env, &self.info.data_dir, Some(self.info.https)).await;
+        let (proc, _, quic) = start(&self.info.env, &self.info.data_dir, Some(self.info.https), &self.vars).await;
         assert_eq!(quic, self.info.quic, "the restarted broker must serve QUIC where it did before");
         self.proc = Some(proc);
     }

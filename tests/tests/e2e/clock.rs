@@ -100,3 +100,51 @@ async fn a_running_client_whose_clock_jumps_refuses_its_expired_certificate_and_
     wait_for("a tunnel once the clock is right again", Duration::from_secs(30), || forward.echoes(b"clock set right"))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_clock_jumps_past_a_clients_certificate_refuses_its_new_streams() {
+    let env = TestEnv::new();
+    let clock = FakeClock::new(&env);
+    let mut broker = env
+        .broker()
+        .service("echo", "inference")
+        .policy("allow.cedar", ALLOW_ML_AGENTS)
+        .run_env(&clock.env())
+        .spawn()
+        .await;
+    set_machine_ttl(broker.data_dir(), "30m");
+    broker.restart().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let forward = agent.connect("echo").await;
+    forward.assert_echoes(b"on time").await;
+
+    // The client's clock is right and its certificate valid by it; the
+    // broker's is an hour ahead, past the certificate's end, while the
+    // client's connection (verified at its handshake) stays open.
+    clock.set_offset(HOUR);
+    let reply = forward.exchange_within(b"the broker is an hour ahead", LOCAL_REFUSAL).await;
+    assert!(
+        !matches!(&reply, Ok(r) if !r.is_empty()),
+        "the broker carried a stream for a certificate expired by its clock"
+    );
+    assert!(!matches!(&reply, Err(e) if e.kind() == std::io::ErrorKind::TimedOut), "the client was left hanging");
+    wait_for("palisade connect to say why", LOCAL_REFUSAL, || async {
+        forward.process().stderr().contains("echo: the broker refused this identity")
+    })
+    .await;
+    let audit = broker.audit_events().await;
+    let denied = audit.last_of_kind("stream.denied").expect("the refusal is audited");
+    assert_eq!(denied.detail_str("reason"), Some("certificate_expired"), "{}", audit.summary());
+    assert!(denied.ts_ms > now_ms() + 50 * 60 * 1000, "the broker's clock did not move, so this tested nothing");
+
+    clock.set_offset(0);
+    wait_for("a tunnel once the broker's clock is right", Duration::from_secs(20), || forward.echoes(b"on time again"))
+        .await;
+}
+
+fn now_ms() -> i64 {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970");
+    i64::try_from(since.as_millis()).expect("fits")
+}
