@@ -307,6 +307,7 @@ pub struct Profile {
     id: SpiffeId,
     tls: TlsIdentity,
     trust: TrustAnchors,
+    not_before: SystemTime,
     not_after: SystemTime,
 }
 
@@ -341,9 +342,9 @@ impl Profile {
         let key = read_pem(home, KEY_FILE, palisade_proto::pem::private_key)?;
         let ca = read_pem(home, CA_FILE, palisade_proto::pem::certs)?;
         let trust = TrustAnchors::new(id.trust_domain.clone(), ca).map_err(|e| corrupt(CA_FILE, e.to_string()))?;
-        let not_after = leaf_not_after(&chain[0]).map_err(|e| corrupt(CERT_FILE, e))?;
+        let (not_before, not_after) = leaf_validity(&chain[0]).map_err(|e| corrupt(CERT_FILE, e))?;
         let tls = TlsIdentity { chain, key };
-        Ok(Profile { home: home.to_owned(), file, id, tls, trust, not_after })
+        Ok(Profile { home: home.to_owned(), file, id, tls, trust, not_before, not_after })
     }
 
     /// The SPIFFE id, e.g. `spiffe://palisade.example.com/machine/…`.
@@ -392,6 +393,11 @@ impl Profile {
     pub fn home(&self) -> &Path {
         &self.home
     }
+    /// When the certificate became valid, by the broker's clock when it issued it.
+    #[must_use]
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
     /// When the certificate expires.
     #[must_use]
     pub fn not_after(&self) -> SystemTime {
@@ -426,11 +432,17 @@ fn read_pem<T>(
 
 /// The `notAfter` of a DER certificate.
 pub(crate) fn leaf_not_after(der: &CertificateDer<'_>) -> Result<SystemTime, String> {
+    leaf_validity(der).map(|(_, not_after)| not_after)
+}
+
+/// The `notBefore` and `notAfter` of a DER certificate.
+fn leaf_validity(der: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
     use x509_parser::prelude::FromDer as _;
     let (_, cert) =
         x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| format!("unparsable certificate: {e}"))?;
-    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
-    Ok(UNIX_EPOCH + Duration::from_secs(secs))
+    let at =
+        |t: x509_parser::time::ASN1Time| UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0));
+    Ok((at(cert.validity().not_before), at(cert.validity().not_after)))
 }
 
 /// The identity attributes of our own stored certificate, read without

@@ -181,7 +181,7 @@ impl Tunnel {
             Err(e) => {
                 state.failures = state.failures.saturating_add(1);
                 state.retry_at = Some(Instant::now() + backoff(state.failures));
-                Err(e)
+                Err(e.explained_by_clock(state.profile.not_before(), SystemTime::now()))
             }
         }
     }

@@ -39,6 +39,8 @@ pub struct BrokerBuilder {
     replica_of: Option<Arc<BrokerInfo>>,
     database_url: Option<String>,
     extra_config: String,
+    server_names: Vec<String>,
+    vars: Vec<(String, String)>,
     observed: Observed,
 }
 
@@ -67,6 +69,8 @@ impl BrokerBuilder {
             replica_of: None,
             database_url: None,
             extra_config: String::new(),
+            server_names: Vec::new(),
+            vars: Vec::new(),
             observed: Observed::default(),
         }
     }
@@ -136,6 +140,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Adds a name (or an IP address) to the broker's certificate, besides
+    /// `localhost` and `127.0.0.1`: where a peer reaches it by another address.
+    pub fn server_name(mut self, name: &str) -> Self {
+        self.server_names.push(name.to_owned());
+        self
+    }
+
+    /// Runs `palisade-broker run` (also after a restart) with these
+    /// environment variables too (e.g. a [`crate::FakeClock`]'s).
+    pub fn run_env(mut self, vars: &[(&str, String)]) -> Self {
+        self.vars.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        self
+    }
+
     /// Appends `toml` (whole sections, e.g. `[consistency]`) to `broker.toml`.
     pub fn extra_config(mut self, toml: &str) -> Self {
         self.extra_config.push_str(toml);
@@ -169,7 +187,7 @@ impl BrokerBuilder {
         let database_url =
             database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("palisade.db").display()));
 
-        write_config(&data_dir, &self.services, self.oidc.as_ref());
+        write_config(&data_dir, &self.services, self.oidc.as_ref(), &self.server_names);
         write_observed(&data_dir, self.observed);
         if !self.extra_config.is_empty() {
             let path = data_dir.join("broker.toml");
@@ -186,13 +204,13 @@ impl BrokerBuilder {
             std::fs::write(policy_dir.join(file), text).expect("write a policy file");
         }
 
-        let (proc, https, quic) = start(&self.env, &data_dir, None).await;
+        let (proc, https, quic) = start(&self.env, &data_dir, None, &self.vars).await;
         let info = Arc::new(BrokerInfo { env: self.env, data_dir, database_url, https, quic });
         if let Some(oidc) = &self.oidc {
             let callback = format!("{}/login/oidc/callback", info.public_url());
             oidc.provider.register_client(&oidc.client_id, &oidc.client_secret, &callback).await;
         }
-        Broker { proc: Some(proc), info }
+        Broker { proc: Some(proc), info, vars: self.vars }
     }
 }
 
@@ -201,9 +219,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Patches the `broker.toml` that `init` wrote: our listen address, policy
-/// directory, services and identity provider, keeping every other key as
-/// `init` chose it.
-fn write_config(data_dir: &Path, services: &[ServiceDef], oidc: Option<&OidcClient>) {
+/// directory, services, identity provider and extra server names, keeping
+/// every other key as `init` chose it.
+fn write_config(data_dir: &Path, services: &[ServiceDef], oidc: Option<&OidcClient>, server_names: &[String]) {
     let path = data_dir.join("broker.toml");
     let mut config: toml::Table = match std::fs::read_to_string(&path) {
         Ok(text) => text.parse().unwrap_or_else(|e| panic!("init wrote an unreadable {}: {e}", path.display())),
@@ -223,6 +241,9 @@ fn write_config(data_dir: &Path, services: &[ServiceDef], oidc: Option<&OidcClie
         })
         .collect();
     config.insert("services".into(), toml::Value::Array(services));
+    if let Some(toml::Value::Array(names)) = config.get_mut("server_names") {
+        names.extend(server_names.iter().cloned().map(Into::into));
+    }
     if let Some(oidc) = oidc {
         let mut t = toml::Table::new();
         t.insert("issuer".into(), oidc.provider.issuer().into());
@@ -250,9 +271,15 @@ fn write_observed(data_dir: &Path, observed: Observed) {
 
 /// Starts `palisade-broker run` and waits for its ready line. With `listen`
 /// set (a restart), the broker must come back on exactly that address.
-async fn start(env: &TestEnv, data_dir: &Path, listen: Option<SocketAddr>) -> (Proc, SocketAddr, SocketAddr) {
+async fn start(
+    env: &TestEnv,
+    data_dir: &Path,
+    listen: Option<SocketAddr>,
+    vars: &[(String, String)],
+) -> (Proc, SocketAddr, SocketAddr) {
     let mut cmd = command(BIN);
     cmd.arg("run").arg("--config").arg(data_dir.join("broker.toml"));
+    cmd.envs(vars.iter().map(|(k, v)| (k, v)));
     if let Some(addr) = listen {
         cmd.env("PALISADE_LISTEN", addr.to_string());
     }
@@ -329,6 +356,7 @@ fn token_line(out: &CliOutput) -> String {
 pub struct Broker {
     proc: Option<Proc>,
     pub(crate) info: Arc<BrokerInfo>,
+    vars: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -499,7 +527,7 @@ impl Broker {
     /// with the same data directory.
     pub async fn restart(&mut self) {
         self.kill().await;
-        let (proc, _, quic) = start(&self.info.env, &self.info.data_dir, Some(self.info.https)).await;
+        let (proc, _, quic) = start(&self.info.env, &self.info.data_dir, Some(self.info.https), &self.vars).await;
         assert_eq!(quic, self.info.quic, "the restarted broker must serve QUIC where it did before");
         self.proc = Some(proc);
     }

@@ -178,7 +178,13 @@ impl Agent {
 
     /// Starts `palisade connect SERVICE --listen 127.0.0.1:0` and waits for its port.
     pub async fn connect(&self, service: &str) -> Forward {
+        self.connect_with_env(service, &[]).await
+    }
+
+    /// As [`Self::connect`], with more environment variables (e.g. a [`crate::FakeClock`]'s).
+    pub async fn connect_with_env(&self, service: &str, vars: &[(&str, String)]) -> Forward {
         let mut cmd = command(BIN);
+        cmd.envs(vars.iter().map(|(k, v)| (*k, v)));
         cmd.arg("--home").arg(&self.home).args(["connect", service, "--listen", "127.0.0.1:0"]);
         let proc = Proc::spawn(&format!("connect {service}"), cmd, self.broker.env.logs());
         let line = proc.wait_for_line("`listening on`", |l| l.starts_with("listening on ")).await;

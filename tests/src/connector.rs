@@ -17,6 +17,8 @@ pub struct ConnectorBuilder {
     services: Vec<(String, SocketAddr)>,
     local_policies: Vec<(String, String)>,
     replicas: Vec<SocketAddr>,
+    dial: Option<SocketAddr>,
+    netns: Option<String>,
     metrics: bool,
     json_logs: bool,
 }
@@ -29,6 +31,8 @@ impl ConnectorBuilder {
             services: Vec::new(),
             local_policies: Vec::new(),
             replicas: Vec::new(),
+            dial: None,
+            netns: None,
             metrics: false,
             json_logs: false,
         }
@@ -37,6 +41,21 @@ impl ConnectorBuilder {
     /// Links to `replica` too (config `brokers`), besides the broker it enrolls with.
     pub fn also_linked_to(mut self, replica: &crate::Broker) -> Self {
         self.replicas.push(replica.quic_addr());
+        self
+    }
+
+    /// Dials the broker at `addr` (config `broker`) instead of the address it
+    /// enrolled with: a relay in between, or the broker's address as seen
+    /// from another network. The broker's certificate must name its IP
+    /// ([`crate::BrokerBuilder::server_name`]).
+    pub fn dial(mut self, addr: SocketAddr) -> Self {
+        self.dial = Some(addr);
+        self
+    }
+
+    /// Runs the connector inside `ns` (it enrolls from ours, over loopback).
+    pub fn in_namespace(mut self, ns: &crate::netns::Namespace) -> Self {
+        self.netns = Some(ns.name().to_owned());
         self
     }
 
@@ -90,6 +109,9 @@ impl ConnectorBuilder {
         let mut config = toml::Table::new();
         config.insert("state_dir".into(), state_dir.to_string_lossy().into_owned().into());
         config.insert("connect_timeout".into(), "5s".into());
+        if let Some(addr) = self.dial {
+            config.insert("broker".into(), addr.to_string().into());
+        }
         if !self.replicas.is_empty() {
             let all = std::iter::once(self.broker.quic).chain(self.replicas.iter().copied());
             config.insert("brokers".into(), all.map(|a| toml::Value::from(a.to_string())).collect::<Vec<_>>().into());
@@ -127,7 +149,7 @@ impl ConnectorBuilder {
         std::fs::write(&config_path, toml::to_string(&config).expect("serialise connector.toml"))
             .expect("write connector.toml");
 
-        Connector { proc: None, broker: self.broker, name: self.name, state_dir, config_path }
+        Connector { proc: None, broker: self.broker, name: self.name, state_dir, config_path, netns: self.netns }
     }
 }
 
@@ -138,6 +160,7 @@ pub struct Connector {
     name: String,
     state_dir: PathBuf,
     config_path: PathBuf,
+    netns: Option<String>,
 }
 
 impl Connector {
@@ -184,6 +207,9 @@ impl Connector {
     fn launch(&self) -> Proc {
         let mut cmd = command(BIN);
         cmd.arg("run").arg("--config").arg(&self.config_path);
+        if let Some(ns) = &self.netns {
+            cmd = crate::netns::exec_in(ns, &cmd);
+        }
         Proc::spawn(&format!("connector {}", self.name), cmd, self.broker.env.logs())
     }
 

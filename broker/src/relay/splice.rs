@@ -4,7 +4,9 @@
 //! re-buffering). Backpressure comes from awaiting each write; half-close is
 //! preserved (a finished side finishes the other); a reset or stop on one
 //! side is passed to the other with the same code, so a refusal by the
-//! connector reaches the client as the connector's reason.
+//! connector reaches the client as the connector's reason. A connection that
+//! is lost (idle timeout, stateless reset) becomes the code that names whose
+//! it was: the connector's is `NoConnector`, not a workload problem.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -51,8 +53,8 @@ pub async fn splice(
     let (connector_send, connector_recv) = connector;
     let (up_total, down_total) = (metrics::BYTES.get(&["up"]), metrics::BYTES.get(&["down"]));
     let (up, down) = tokio::join!(
-        pipe(client_recv, connector_send, cut, (&traffic.up, &up_total)),
-        pipe(connector_recv, client_send, cut, (&traffic.down, &down_total))
+        pipe((client_recv, CLIENT_LOST), (connector_send, CONNECTOR_LOST), cut, (&traffic.up, &up_total)),
+        pipe((connector_recv, CONNECTOR_LOST), (client_send, CLIENT_LOST), cut, (&traffic.down, &down_total))
     );
     SpliceStats {
         bytes_up: up.bytes,
@@ -62,10 +64,17 @@ pub async fn splice(
     }
 }
 
+/// The code sent on when the client's connection is lost (only the connector reads it).
+const CLIENT_LOST: RejectCode = RejectCode::UpstreamUnreachable;
+/// The code sent on when the connector's connection is lost: the client is
+/// told no connector serves the service, which is what happened.
+const CONNECTOR_LOST: RejectCode = RejectCode::NoConnector;
+
+/// `from` and `to` come with the code their connection's loss becomes;
 /// `counters`: this tunnel's live count, and the broker's total for the direction.
 async fn pipe(
-    mut from: RecvStream,
-    mut to: SendStream,
+    (mut from, from_lost): (RecvStream, RejectCode),
+    (mut to, to_lost): (SendStream, RejectCode),
     cut: &CancellationToken,
     counters: (&AtomicU64, &Counter),
 ) -> Pipe {
@@ -87,7 +96,7 @@ async fn pipe(
                 counters.0.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
                 counters.1.add(chunk.bytes.len() as u64);
                 if let Err(e) = to.write_chunk(chunk.bytes).await {
-                    let code = write_error_code(&e);
+                    let code = write_error_code(&e, to_lost);
                     let _ = from.stop(code);
                     return Pipe { bytes, reset: Some(code.into_inner()) };
                 }
@@ -97,7 +106,7 @@ async fn pipe(
                 return Pipe { bytes, reset: None };
             }
             Err(e) => {
-                let code = read_error_code(&e);
+                let code = read_error_code(&e, from_lost);
                 let _ = to.reset(code);
                 return Pipe { bytes, reset: Some(code.into_inner()) };
             }
@@ -109,18 +118,18 @@ fn internal() -> VarInt {
     VarInt::from_u32(RejectCode::Internal.as_u32())
 }
 
-fn read_error_code(e: &ReadError) -> VarInt {
+fn read_error_code(e: &ReadError, lost: RejectCode) -> VarInt {
     match e {
         ReadError::Reset(code) => *code,
-        ReadError::ConnectionLost(_) => VarInt::from_u32(RejectCode::UpstreamUnreachable.as_u32()),
+        ReadError::ConnectionLost(_) => VarInt::from_u32(lost.as_u32()),
         _ => internal(),
     }
 }
 
-fn write_error_code(e: &WriteError) -> VarInt {
+fn write_error_code(e: &WriteError, lost: RejectCode) -> VarInt {
     match e {
         WriteError::Stopped(code) => *code,
-        WriteError::ConnectionLost(_) => VarInt::from_u32(RejectCode::UpstreamUnreachable.as_u32()),
+        WriteError::ConnectionLost(_) => VarInt::from_u32(lost.as_u32()),
         _ => internal(),
     }
 }

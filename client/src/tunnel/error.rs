@@ -2,6 +2,8 @@
 //! failure reads for a person: stream reset codes, connection close codes
 //! and handshake failures mapped to [`TunnelError`].
 
+use std::time::{Duration, SystemTime};
+
 use palisade_proto::reject::{RejectCode, close};
 use quinn::{ConnectionError, VarInt};
 
@@ -49,6 +51,20 @@ pub enum TunnelError {
     BrokerUntrusted {
         /// The broker's QUIC address.
         addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The broker's certificate did not verify, and this machine's clock is
+    /// behind the one that issued our own certificate: the clock is wrong,
+    /// not the broker.
+    #[error(
+        "the broker at {addr} did not verify by this machine's clock, which is at least {behind} behind the broker's ({reason}); set the clock right (e.g. enable NTP) and try again"
+    )]
+    ClockBehind {
+        /// The broker's QUIC address.
+        addr: String,
+        /// How far behind at least, e.g. `59m 1s`.
+        behind: String,
         /// What failed.
         reason: String,
     },
@@ -135,6 +151,19 @@ impl TunnelError {
         }
     }
 
+    /// A broker that did not verify, explained by this machine's clock when
+    /// it reads earlier than `issued_at`, the start of our own certificate
+    /// (the broker's clock when it issued it, minus a minute).
+    pub(crate) fn explained_by_clock(self, issued_at: SystemTime, now: SystemTime) -> Self {
+        match (self, issued_at.duration_since(now)) {
+            (Self::BrokerUntrusted { addr, reason }, Ok(behind)) if !behind.is_zero() => {
+                let behind = humantime::format_duration(Duration::from_secs(behind.as_secs().max(1))).to_string();
+                Self::ClockBehind { addr, behind, reason }
+            }
+            (other, _) => other,
+        }
+    }
+
     /// Whether this is only a local socket error (the local application went away).
     #[must_use]
     pub fn is_local(&self) -> bool {
@@ -192,6 +221,19 @@ mod tests {
         let e = TunnelError::from_code(VarInt::from_u32(RejectCode::Revoked.as_u32()), "llm-prod");
         assert_eq!(e.reject_code(), Some(RejectCode::Revoked));
         assert_eq!(e.to_string(), "access to llm-prod was revoked");
+    }
+
+    #[test]
+    fn an_untrusted_broker_is_blamed_on_the_clock_only_when_it_is_behind() {
+        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let untrusted = || TunnelError::BrokerUntrusted { addr: "b:1".into(), reason: "not valid yet".into() };
+        let behind = untrusted().explained_by_clock(issued, issued - Duration::from_secs(3540));
+        assert!(matches!(&behind, TunnelError::ClockBehind { behind, .. } if behind == "59m"), "{behind:?}");
+        assert!(behind.to_string().contains("set the clock right"), "{behind}");
+        let on_time = untrusted().explained_by_clock(issued, issued + Duration::from_secs(5));
+        assert!(matches!(on_time, TunnelError::BrokerUntrusted { .. }), "{on_time:?}");
+        let other = TunnelError::NotEnrolled.explained_by_clock(issued, issued - Duration::from_secs(3540));
+        assert!(matches!(other, TunnelError::NotEnrolled), "{other:?}");
     }
 
     #[test]

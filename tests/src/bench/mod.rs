@@ -312,21 +312,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Starts `palisade-bench upstream` (this executable), optionally inside a network namespace.
+    /// Starts `palisade-bench upstream`, optionally inside a network namespace.
     ///
     /// # Errors
-    /// The executable's path is unknown.
+    /// Its address line does not parse.
     pub async fn spawn(env: &TestEnv, listen: SocketAddr, netns: Option<&str>) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("the benchmark's own path")?;
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns]).arg(exe);
-                cmd
-            }
-            None => Command::new(exe),
-        };
+        let mut cmd = Command::new(crate::bin_path("palisade-bench"));
         cmd.args(["upstream", "--listen", &listen.to_string()]).stdin(Stdio::null()).kill_on_drop(true);
+        if let Some(ns) = netns {
+            cmd = crate::netns::exec_in(ns, &cmd);
+        }
         let proc = Proc::spawn("upstream", cmd, env.logs());
         let line = proc.wait_for_line("its listening line", |l| l.starts_with(upstream::READY_PREFIX)).await;
         let addr = line[upstream::READY_PREFIX.len()..].trim().parse().context("the upstream's address")?;

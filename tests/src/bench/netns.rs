@@ -3,26 +3,23 @@
 //! own; the application side (this program, `palisade connect`, `ssh`)
 //! stays in ours; a veth pair with MTU 1500 joins them, so every setup's
 //! bytes cross it exactly once, as 1,500-byte frames rather than loopback's
-//! 64 KiB segments. Addresses come from TEST-NET-1 (192.0.2.0/24), which is
-//! never routed. The namespace and the veth pair are removed on drop, also
-//! when the run is interrupted.
+//! 64 KiB segments ([`crate::netns`]: addresses from a range that is never
+//! routed; the namespace and the veth pair are removed on drop, also when
+//! the run is interrupted).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
-
-use tokio::process::Command;
 
 use super::options::{Options, SetupArg};
 use super::setup::{Network, Role, Setup, SetupId, TunnelProcess};
 use super::ssh::{Placement, SshForward};
 use super::workload::Workload;
 use super::{SERVICE, Upstream};
-use crate::bins::bin_path;
 use crate::broker::BrokerInfo;
 use crate::client::{Agent, Forward, MachineBuilder};
 use crate::env::TestEnv;
+use crate::netns::Namespace;
 use crate::process::{Proc, command, run_cli};
 
 /// Whether a workload is also measured over the veth pair.
@@ -38,14 +35,14 @@ pub struct Veth {
     palisade: Option<NsPalisade>,
     upstream: Upstream,
     // Dropped last: the processes in the namespace are gone by then.
-    _link: Link,
+    _link: Namespace,
 }
 
 impl Veth {
     /// Creates the namespace and starts everything; `None` (with a note) where
     /// namespaces cannot be made or a step fails.
     pub async fn start(env: &TestEnv, opts: &Options, notes: &mut Vec<String>) -> Option<Self> {
-        let link = match Link::create().await {
+        let link = match Namespace::create("bench").await {
             Ok(link) => link,
             Err(why) => {
                 notes.push(format!("--netns: skipped, cannot create a network namespace ({why})"));
@@ -54,9 +51,13 @@ impl Veth {
         };
         eprintln!(
             "--netns: namespace {} with {} ({}) <-> {} ({}), MTU 1500",
-            link.ns, link.host_if, link.host_ip, link.ns_if, link.ns_ip
+            link.name(),
+            link.interfaces().0,
+            link.host_ip(),
+            link.interfaces().1,
+            link.ns_ip()
         );
-        let upstream = match Upstream::spawn(env, SocketAddr::new(link.ns_ip, 0), Some(&link.ns)).await {
+        let upstream = match Upstream::spawn(env, SocketAddr::new(link.ns_ip(), 0), Some(link.name())).await {
             Ok(u) => u,
             Err(e) => {
                 notes.push(format!("--netns: skipped, the upstream did not start in the namespace: {e:#}"));
@@ -74,7 +75,7 @@ impl Veth {
         } else {
             None
         };
-        let place = Placement { netns: Some(link.ns.clone()), ip: link.ns_ip, network: Network::Veth };
+        let place = Placement { netns: Some(link.name().to_owned()), ip: link.ns_ip(), network: Network::Veth };
         let ssh = if opts.wants(SetupArg::Ssh) {
             match SshForward::start(env, upstream.addr(), &place).await {
                 Ok(s) => Some(s),
@@ -124,67 +125,6 @@ impl Veth {
     }
 }
 
-/// A namespace and a veth pair; deleted on drop.
-struct Link {
-    ns: String,
-    host_if: String,
-    ns_if: String,
-    host_ip: IpAddr,
-    ns_ip: IpAddr,
-}
-
-impl Link {
-    async fn create() -> Result<Self, String> {
-        let pid = std::process::id();
-        // One /30 of TEST-NET-1 per benchmark process.
-        let base = ((pid % 64) * 4) as u8;
-        let link = Self {
-            ns: format!("pbench-{pid}"),
-            host_if: format!("pbh{pid}"),
-            ns_if: format!("pbn{pid}"),
-            host_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, base + 1)),
-            ns_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, base + 2)),
-        };
-        ip(&["netns", "add", &link.ns]).await?;
-        // From here on, drop cleans up whatever was made.
-        let (ns, host, peer) = (link.ns.as_str(), link.host_if.as_str(), link.ns_if.as_str());
-        let (host_cidr, ns_cidr) = (format!("{}/30", link.host_ip), format!("{}/30", link.ns_ip));
-        ip(&["link", "add", host, "type", "veth", "peer", "name", peer]).await?;
-        ip(&["link", "set", peer, "netns", ns]).await?;
-        ip(&["addr", "add", &host_cidr, "dev", host]).await?;
-        ip(&["link", "set", host, "mtu", "1500", "up"]).await?;
-        ip(&["-n", ns, "addr", "add", &ns_cidr, "dev", peer]).await?;
-        ip(&["-n", ns, "link", "set", peer, "mtu", "1500", "up"]).await?;
-        ip(&["-n", ns, "link", "set", "lo", "up"]).await?;
-        Ok(link)
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // Synchronous on purpose: this also runs while an interrupted run unwinds.
-        let quiet = |args: &[&str]| {
-            let _ = std::process::Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        };
-        quiet(&["netns", "del", &self.ns]);
-        quiet(&["link", "del", &self.host_if]);
-    }
-}
-
-async fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 /// Broker and connector in the namespace, the client outside.
 struct NsPalisade {
     forward: Forward,
@@ -194,16 +134,16 @@ struct NsPalisade {
 }
 
 impl NsPalisade {
-    async fn start(env: &TestEnv, link: &Link, upstream: SocketAddr) -> Result<Self, String> {
+    async fn start(env: &TestEnv, link: &Namespace, upstream: SocketAddr) -> Result<Self, String> {
         let data_dir = env.fresh_dir("broker-veth");
         let mut init = command("palisade-broker");
-        init.arg("init").arg("--data-dir").arg(&data_dir).args(["--server-name", &link.ns_ip.to_string()]);
+        init.arg("init").arg("--data-dir").arg(&data_dir).args(["--server-name", &link.ns_ip().to_string()]);
         let out = run_cli(init, env.logs()).await;
         if !out.success() {
             return Err(format!("palisade-broker init failed:\n{out}"));
         }
-        write_broker_config(&data_dir, link.ns_ip)?;
-        let mut run = ns_command(&link.ns, "palisade-broker");
+        write_broker_config(&data_dir, link.ns_ip())?;
+        let mut run = link.command("palisade-broker");
         run.arg("run").arg("--config").arg(data_dir.join("broker.toml"));
         let broker = Proc::spawn("broker (netns)", run, env.logs());
         let line = broker.wait_for_line("its ready line", |l| l.starts_with("palisade-broker ready ")).await;
@@ -217,7 +157,7 @@ impl NsPalisade {
         let (https, quic) = (field("https=")?, field("quic=")?);
         let info = Arc::new(BrokerInfo { env: env.clone(), data_dir, database_url, https, quic });
 
-        let connector = start_connector(env, &info, &link.ns, upstream).await?;
+        let connector = start_connector(env, &info, link, upstream).await?;
         let agent = MachineBuilder::new(info.clone(), "bench-agent-veth").group("ml-agents").enroll().await;
         let forward = agent.connect(SERVICE).await;
         Ok(Self { forward, _agent: agent, connector, broker })
@@ -236,21 +176,6 @@ impl NsPalisade {
             ],
         }
     }
-}
-
-/// As the harness's `command`, run inside the namespace.
-fn ns_command(ns: &str, bin: &str) -> Command {
-    let plain = command(bin);
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(bin_path(bin));
-    for (key, value) in plain.as_std().get_envs() {
-        match value {
-            Some(v) => cmd.env(key, v),
-            None => cmd.env_remove(key),
-        };
-    }
-    cmd.stdin(Stdio::null()).kill_on_drop(true);
-    cmd
 }
 
 /// `init`'s `broker.toml`, listening on the namespace's address, serving the benchmark service.
@@ -276,7 +201,12 @@ fn write_broker_config(data_dir: &Path, ip: IpAddr) -> Result<(), String> {
     std::fs::write(policies.join("allow.cedar"), crate::ALLOW_ML_AGENTS).map_err(|e| format!("write the policy: {e}"))
 }
 
-async fn start_connector(env: &TestEnv, broker: &BrokerInfo, ns: &str, upstream: SocketAddr) -> Result<Proc, String> {
+async fn start_connector(
+    env: &TestEnv,
+    broker: &BrokerInfo,
+    ns: &Namespace,
+    upstream: SocketAddr,
+) -> Result<Proc, String> {
     let token = broker.connector_token("bench-rack-veth").await;
     let dir = env.fresh_dir("connector-veth");
     let state_dir: PathBuf = dir.join("state");
@@ -294,7 +224,7 @@ async fn start_connector(env: &TestEnv, broker: &BrokerInfo, ns: &str, upstream:
     config.insert("service".into(), toml::Value::Array(vec![toml::Value::Table(service)]));
     let config_path = dir.join("connector.toml");
     std::fs::write(&config_path, toml::to_string(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let mut run = ns_command(ns, "palisade-connector");
+    let mut run = ns.command("palisade-connector");
     run.arg("run").arg("--config").arg(&config_path);
     let proc = Proc::spawn("connector (netns)", run, env.logs());
     proc.wait_for_line("`palisade-connector ready`", |l| l.trim() == "palisade-connector ready").await;

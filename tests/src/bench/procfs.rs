@@ -1,5 +1,5 @@
 //! What the kernel says about a process: CPU time, peak memory, children,
-//! and the open-file limit, all read from `/proc` (no libc, no unsafe).
+//! threads and the open-file limit, all read from `/proc` (no libc, no unsafe).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -129,6 +129,12 @@ pub fn alive(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
 }
 
+/// How many threads `pid` runs (entries of `/proc/PID/task`).
+#[must_use]
+pub fn threads(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.count())
+}
+
 /// This process's open-file limit, `(soft, hard)`, from `/proc/self/limits`.
 #[must_use]
 pub fn nofile_limit() -> Option<(u64, u64)> {
@@ -179,6 +185,7 @@ mod tests {
         assert!(peak_rss(me).is_some_and(|b| b > 0));
         assert!(rss(me).is_some_and(|b| b > 0));
         assert!(alive(me));
+        assert!(threads(me).is_some_and(|n| n >= 1));
         assert!(with_descendants(me).contains(&me));
         let (soft, hard) = nofile_limit().expect("limits");
         assert!(soft <= hard);
