@@ -13,6 +13,7 @@ mod json_only;
 pub mod jwks;
 mod limits;
 pub mod metrics;
+mod no_nul;
 pub mod openapi;
 pub mod security;
 
@@ -63,6 +64,7 @@ pub fn router(broker: Broker) -> Router {
         .merge(crate::login::routes(&broker))
         .merge(crate::console::routes(&broker))
         .layer(axum::middleware::from_fn(json_only::guard))
+        .layer(axum::middleware::from_fn(no_nul::guard))
         .layer(axum::middleware::from_fn(limits::request_timeout))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::map_response(security::headers))

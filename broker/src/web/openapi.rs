@@ -1,6 +1,6 @@
 //! `GET /api/openapi.yaml`: the OpenAPI document of every HTTPS route
 //! (`broker/openapi.yaml`, kept equal to the router by
-//! `tests/tests/e2e/openapi.rs`).
+//! `tests/tests/e2e/openapi/`).
 
 use axum::Router;
 use axum::http::header;

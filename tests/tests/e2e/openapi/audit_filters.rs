@@ -16,7 +16,7 @@ const FILTERS: [&str; 5] = ["person", "machine", "service", "kind", "outcome"];
 const OTHERS: [&str; 4] = ["hours", "before", "trail", "audit_size"];
 
 /// What a database error, or a 5xx page, would put in the body.
-const LEAKS: [&str; 10] = [
+pub(crate) const LEAKS: [&str; 10] = [
     "error returned from database",
     "sqlx",
     "SQLite",

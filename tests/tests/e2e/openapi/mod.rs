@@ -4,11 +4,13 @@
 //! without a session, and every admin operation refuses a person who is
 //! not an admin ([`access`]); schemathesis, as nobody and as that person,
 //! finds no 5xx and no answer the document does not describe ([`fuzz`]);
-//! and the audit filters take SQL metacharacters as data ([`audit_filters`]).
+//! and the audit filters take SQL metacharacters as data ([`audit_filters`]);
+//! a NUL in any parameter is never a 5xx ([`nul`]).
 
 mod access;
 mod audit_filters;
 mod fuzz;
+mod nul;
 mod routes;
 
 use std::path::PathBuf;
@@ -46,6 +48,8 @@ pub(crate) struct Operation {
     pub(crate) access: Access,
     pub(crate) metrics: bool,
     pub(crate) body: BodyKind,
+    /// Names of its query parameters.
+    pub(crate) query: Vec<String>,
 }
 
 impl Operation {
@@ -90,19 +94,32 @@ pub(crate) fn operations() -> Vec<Operation> {
                 access,
                 metrics,
                 body: body_kind(&doc, op),
+                query: query_parameters(&doc, op),
             });
         }
     }
     ops
 }
 
-fn body_kind(doc: &Value, op: &Value) -> BodyKind {
-    let mut body = &op["requestBody"];
-    if let Some(reference) = body["$ref"].as_str() {
-        let name = reference.rsplit('/').next().expect("a $ref names something");
-        body = &doc["components"]["requestBodies"][name];
+fn resolve<'a>(doc: &'a Value, item: &'a Value, kind: &str) -> &'a Value {
+    match item["$ref"].as_str() {
+        Some(reference) => &doc["components"][kind][reference.rsplit('/').next().expect("a $ref names something")],
+        None => item,
     }
-    let content = &body["content"];
+}
+
+fn query_parameters(doc: &Value, op: &Value) -> Vec<String> {
+    let params = op["parameters"].as_sequence().cloned().unwrap_or_default();
+    params
+        .iter()
+        .map(|p| resolve(doc, p, "parameters"))
+        .filter(|p| p["in"].as_str() == Some("query"))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn body_kind(doc: &Value, op: &Value) -> BodyKind {
+    let content = &resolve(doc, &op["requestBody"], "requestBodies")["content"];
     if !content["application/json"].is_null() {
         BodyKind::Json
     } else if !content["application/x-www-form-urlencoded"].is_null() {

@@ -1,0 +1,68 @@
+//! A NUL in any documented query or path parameter, sent by the console
+//! admin (so that a handler would run past the sign-in checks, with a
+//! valid CSRF token on form posts), is refused with 400 on both stores and
+//! the body says nothing of the database. Before `broker/src/web/no_nul.rs`,
+//! PostgreSQL (which refuses NUL in text) made most of these a 500 and put
+//! the driver's message on the audit page.
+
+use palisade_broker::web::security::csrf_token;
+use palisade_tests::TestEnv;
+
+use super::audit_filters::LEAKS;
+use super::{ADMIN, BodyKind, Operation, SESSION_COOKIE, broker, http, operations, session_of};
+
+const NUL_VALUES: [&str; 2] = ["\0", "x\0' OR 1=1 --"];
+
+/// An operation, its path with the parameters filled in, and its query.
+type Probe = (Operation, String, Vec<(String, String)>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_any_parameter_is_refused_with_400_never_a_server_error() {
+    let env = TestEnv::new();
+    let broker = broker(&env).await;
+    let admin = session_of(&broker, ADMIN).await;
+    let client = http(&broker);
+    let origin = broker.public_url().trim_end_matches('/').to_owned();
+
+    let mut requests: Vec<Probe> = Vec::new();
+    for op in operations().into_iter().filter(|op| !op.metrics) {
+        for value in NUL_VALUES {
+            for name in &op.query {
+                requests.push((op.clone(), op.concrete_path(), vec![(name.clone(), value.to_owned())]));
+            }
+        }
+        if op.path.contains('{') && !op.path.contains("{version}") {
+            let path = op.path.replace("{id}", "x%00y").replace("{token}", "x%00y");
+            requests.push((op.clone(), path, Vec::new()));
+        }
+    }
+    assert!(requests.len() > 40, "too few parameters in the document: {}", requests.len());
+
+    let mut wrong = Vec::new();
+    for (op, path, query) in requests {
+        let method = reqwest::Method::from_bytes(op.method.as_bytes()).expect("an HTTP method");
+        let mut request = client
+            .request(method, format!("{origin}{path}"))
+            .query(&query)
+            .header("cookie", format!("{SESSION_COOKIE}={admin}"))
+            .header("origin", &origin);
+        request = match op.body {
+            BodyKind::None => request,
+            BodyKind::Json => request.header("content-type", "application/json").body("{}"),
+            BodyKind::Form => request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("csrf={}", csrf_token(&admin))),
+        };
+        let response = request.send().await.unwrap_or_else(|e| panic!("{} {path}: {e}", op.method));
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        let shown = format!("{} {path} {query:?}", op.method);
+        if status != 400 {
+            wrong.push(format!("{shown}: status {status}, not 400"));
+        }
+        if let Some(leak) = LEAKS.iter().find(|l| body.contains(*l)) {
+            wrong.push(format!("{shown}: the body shows {leak:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "a NUL made the broker fail:\n{}", wrong.join("\n"));
+}
