@@ -13,7 +13,7 @@ mod json_only;
 pub mod jwks;
 mod limits;
 pub mod metrics;
-mod no_nul;
+pub(crate) mod no_nul;
 pub mod openapi;
 pub mod security;
 

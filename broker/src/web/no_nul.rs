@@ -1,5 +1,7 @@
 //! No route takes a NUL character: a request whose path or query string
-//! holds one (`%00`) is refused with 400 before any handler runs.
+//! holds one (`%00`) is refused with 400 before any handler runs, and so
+//! is a console form whose body holds one ([`form_refusal`], called by the
+//! CSRF guard, which reads those bodies anyway).
 //!
 //! PostgreSQL refuses NUL in text, so an id or a filter with a NUL was a
 //! database error there (a 500, or the driver's message on a page) and an
@@ -23,15 +25,28 @@ pub(crate) async fn guard(request: Request, next: Next) -> Response {
     (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], MESSAGE).into_response()
 }
 
+/// The 400 for a console form body holding a NUL (`%00`, or a raw NUL byte).
+pub(crate) fn form_refusal(body: &[u8]) -> Option<Response> {
+    let nul = body.contains(&0) || holds_encoded_nul(body);
+    let message = "a form field holds a NUL character; remove it";
+    nul.then(|| {
+        (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+    })
+}
+
+fn holds_encoded_nul(bytes: &[u8]) -> bool {
+    bytes.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00"))
+}
+
 /// `%00` anywhere in the path or query: a literal `%00` in a value would be
 /// sent as `%2500`, so this is always an encoded NUL.
 fn holds_nul(uri: &Uri) -> bool {
-    uri.path_and_query().is_some_and(|pq| pq.as_str().as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")))
+    uri.path_and_query().is_some_and(|pq| holds_encoded_nul(pq.as_str().as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::holds_nul;
+    use super::{form_refusal, holds_nul};
 
     #[test]
     fn only_an_encoded_nul_counts() {
@@ -41,5 +56,8 @@ mod tests {
         for fine in ["/admin/users/x", "/admin/audit?person=%2500", "/a?b=100", "/a%20b?c=%0A", "/"] {
             assert!(!holds_nul(&fine.parse().expect("a URI")), "{fine}");
         }
+        assert!(form_refusal(b"csrf=x&name=a%00b").is_some());
+        assert!(form_refusal(b"csrf=x&name=a\0b").is_some());
+        assert!(form_refusal(b"csrf=x&name=a%2500b&n=100").is_none());
     }
 }

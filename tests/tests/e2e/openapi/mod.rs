@@ -50,6 +50,8 @@ pub(crate) struct Operation {
     pub(crate) body: BodyKind,
     /// Names of its query parameters.
     pub(crate) query: Vec<String>,
+    /// Names of its form fields (console posts), `csrf` aside.
+    pub(crate) form_fields: Vec<String>,
 }
 
 impl Operation {
@@ -95,6 +97,7 @@ pub(crate) fn operations() -> Vec<Operation> {
                 metrics,
                 body: body_kind(&doc, op),
                 query: query_parameters(&doc, op),
+                form_fields: form_fields(&doc, op),
             });
         }
     }
@@ -116,6 +119,13 @@ fn query_parameters(doc: &Value, op: &Value) -> Vec<String> {
         .filter(|p| p["in"].as_str() == Some("query"))
         .filter_map(|p| p["name"].as_str().map(str::to_owned))
         .collect()
+}
+
+fn form_fields(doc: &Value, op: &Value) -> Vec<String> {
+    let content = &resolve(doc, &op["requestBody"], "requestBodies")["content"];
+    let properties = content["application/x-www-form-urlencoded"]["schema"]["properties"].as_mapping();
+    let names = properties.into_iter().flat_map(|p| p.keys()).filter_map(|k| k.as_str());
+    names.filter(|name| *name != "csrf").map(str::to_owned).collect()
 }
 
 fn body_kind(doc: &Value, op: &Value) -> BodyKind {

@@ -13,8 +13,8 @@ use super::{ADMIN, BodyKind, Operation, SESSION_COOKIE, broker, http, operations
 
 const NUL_VALUES: [&str; 2] = ["\0", "x\0' OR 1=1 --"];
 
-/// An operation, its path with the parameters filled in, and its query.
-type Probe = (Operation, String, Vec<(String, String)>);
+/// An operation, its path with the parameters filled in, its query, and its form fields.
+type Probe = (Operation, String, Vec<(String, String)>, Vec<(String, String)>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nul_in_any_parameter_is_refused_with_400_never_a_server_error() {
@@ -28,18 +28,21 @@ async fn a_nul_in_any_parameter_is_refused_with_400_never_a_server_error() {
     for op in operations().into_iter().filter(|op| !op.metrics) {
         for value in NUL_VALUES {
             for name in &op.query {
-                requests.push((op.clone(), op.concrete_path(), vec![(name.clone(), value.to_owned())]));
+                requests.push((op.clone(), op.concrete_path(), vec![(name.clone(), value.to_owned())], Vec::new()));
+            }
+            for name in &op.form_fields {
+                requests.push((op.clone(), op.concrete_path(), Vec::new(), vec![(name.clone(), value.to_owned())]));
             }
         }
         if op.path.contains('{') && !op.path.contains("{version}") {
             let path = op.path.replace("{id}", "x%00y").replace("{token}", "x%00y");
-            requests.push((op.clone(), path, Vec::new()));
+            requests.push((op.clone(), path, Vec::new(), Vec::new()));
         }
     }
     assert!(requests.len() > 40, "too few parameters in the document: {}", requests.len());
 
     let mut wrong = Vec::new();
-    for (op, path, query) in requests {
+    for (op, path, query, mut form) in requests {
         let method = reqwest::Method::from_bytes(op.method.as_bytes()).expect("an HTTP method");
         let mut request = client
             .request(method, format!("{origin}{path}"))
@@ -49,14 +52,15 @@ async fn a_nul_in_any_parameter_is_refused_with_400_never_a_server_error() {
         request = match op.body {
             BodyKind::None => request,
             BodyKind::Json => request.header("content-type", "application/json").body("{}"),
-            BodyKind::Form => request
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("csrf={}", csrf_token(&admin))),
+            BodyKind::Form => {
+                form.push(("csrf".to_owned(), csrf_token(&admin)));
+                request.form(&form)
+            }
         };
         let response = request.send().await.unwrap_or_else(|e| panic!("{} {path}: {e}", op.method));
         let status = response.status().as_u16();
         let body = response.text().await.unwrap_or_default();
-        let shown = format!("{} {path} {query:?}", op.method);
+        let shown = format!("{} {path} {query:?} {form:?}", op.method);
         if status != 400 {
             wrong.push(format!("{shown}: status {status}, not 400"));
         }
