@@ -52,6 +52,8 @@ pub(crate) struct Operation {
     pub(crate) query: Vec<String>,
     /// Names of its form fields (console posts), `csrf` aside.
     pub(crate) form_fields: Vec<String>,
+    /// Names of its JSON body's top-level fields.
+    pub(crate) json_fields: Vec<String>,
 }
 
 impl Operation {
@@ -97,7 +99,8 @@ pub(crate) fn operations() -> Vec<Operation> {
                 metrics,
                 body: body_kind(&doc, op),
                 query: query_parameters(&doc, op),
-                form_fields: form_fields(&doc, op),
+                form_fields: fields(&doc, op, "application/x-www-form-urlencoded"),
+                json_fields: fields(&doc, op, "application/json"),
             });
         }
     }
@@ -121,10 +124,11 @@ fn query_parameters(doc: &Value, op: &Value) -> Vec<String> {
         .collect()
 }
 
-fn form_fields(doc: &Value, op: &Value) -> Vec<String> {
+/// The top-level properties of the body of `media_type`, `csrf` aside.
+fn fields(doc: &Value, op: &Value, media_type: &str) -> Vec<String> {
     let content = &resolve(doc, &op["requestBody"], "requestBodies")["content"];
-    let properties = content["application/x-www-form-urlencoded"]["schema"]["properties"].as_mapping();
-    let names = properties.into_iter().flat_map(|p| p.keys()).filter_map(|k| k.as_str());
+    let schema = resolve(doc, &content[media_type]["schema"], "schemas");
+    let names = schema["properties"].as_mapping().into_iter().flat_map(|p| p.keys()).filter_map(|k| k.as_str());
     names.filter(|name| *name != "csrf").map(str::to_owned).collect()
 }
 

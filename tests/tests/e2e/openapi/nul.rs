@@ -70,3 +70,44 @@ async fn a_nul_in_any_parameter_is_refused_with_400_never_a_server_error() {
     }
     assert!(wrong.is_empty(), "a NUL made the broker fail:\n{}", wrong.join("\n"));
 }
+
+/// A NUL in a JSON field (`\u0000`) of the JSON API and the sign-in
+/// ceremony, as the admin: an answer the document allows (a refusal, not a
+/// 5xx) with nothing of the database in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_json_field_is_refused_never_a_server_error() {
+    let env = TestEnv::new();
+    let broker = broker(&env).await;
+    let admin = session_of(&broker, ADMIN).await;
+    let client = http(&broker);
+    let origin = broker.public_url().trim_end_matches('/').to_owned();
+    let ops: Vec<Operation> = operations().into_iter().filter(|op| !op.json_fields.is_empty()).collect();
+    assert!(ops.len() >= 3, "too few JSON bodies in the document");
+
+    let mut wrong = Vec::new();
+    for op in ops {
+        for field in &op.json_fields {
+            for value in NUL_VALUES {
+                let mut body: serde_json::Map<String, serde_json::Value> =
+                    op.json_fields.iter().map(|f| (f.clone(), serde_json::Value::from("x"))).collect();
+                body.insert(field.clone(), value.into());
+                let response = client
+                    .post(format!("{origin}{}", op.concrete_path()))
+                    .header("cookie", format!("{SESSION_COOKIE}={admin}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {e}", op.path));
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                if status >= 500 {
+                    wrong.push(format!("{} {field}={value:?}: status {status}", op.path));
+                }
+                if let Some(leak) = LEAKS.iter().find(|l| text.contains(*l)) {
+                    wrong.push(format!("{} {field}={value:?}: the body shows {leak:?}", op.path));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "a NUL in JSON made the broker fail:\n{}", wrong.join("\n"));
+}
