@@ -132,6 +132,12 @@ impl Browser {
         jar.entry(host_key(to)).or_default().extend(cookies);
     }
 
+    /// The value of the cookie `name` that `url`'s site set, if it did.
+    #[must_use]
+    pub fn cookie(&self, url: &Url, name: &str) -> Option<String> {
+        self.jar.lock().unwrap().get(&host_key(url)).and_then(|cookies| cookies.get(name).cloned())
+    }
+
     /// `GET url`, without following a redirect.
     pub async fn get(&self, url: &Url) -> Page {
         self.send(url, self.http.get(url.clone())).await

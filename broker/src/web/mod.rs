@@ -1,6 +1,7 @@
 //! HTTPS: axum on tokio-rustls, one router per module.
 //!
-//! Routes, in flow order: [`health`] (`GET /healthz`), [`enroll`]
+//! Routes, in flow order: [`health`] (`GET /healthz`), [`openapi`]
+//! (`GET /api/openapi.yaml`, the document of them all), [`enroll`]
 //! (`GET /api/v1/trust-bundle`, `POST /api/v1/enroll`). [`metrics`] is a
 //! separate plain-HTTP listener (`[metrics] listen`), not on this port. Errors are
 //! `palisade_proto::enroll::ApiError` JSON; 5xx bodies are opaque and the cause
@@ -12,6 +13,8 @@ mod json_only;
 pub mod jwks;
 mod limits;
 pub mod metrics;
+pub(crate) mod no_nul;
+pub mod openapi;
 pub mod security;
 
 use std::net::SocketAddr;
@@ -55,11 +58,13 @@ pub struct PeerAddr(pub SocketAddr);
 pub fn router(broker: Broker) -> Router {
     Router::new()
         .merge(health::routes())
+        .merge(openapi::routes())
         .merge(enroll::routes())
         .merge(jwks::routes())
         .merge(crate::login::routes(&broker))
         .merge(crate::console::routes(&broker))
         .layer(axum::middleware::from_fn(json_only::guard))
+        .layer(axum::middleware::from_fn(no_nul::guard))
         .layer(axum::middleware::from_fn(limits::request_timeout))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::map_response(security::headers))

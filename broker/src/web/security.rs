@@ -14,6 +14,7 @@
 //! `same-origin`, and the form's `csrf` field must match the token derived
 //! from the session cookie (which a cross-site page can neither read nor
 //! compute). A refusal is a bare 403 that does not say which check failed.
+//! A form that passes but holds a NUL is refused with 400 ([`super::no_nul`]).
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
@@ -92,6 +93,9 @@ pub async fn csrf_guard(State(broker): State<Broker>, request: Request, next: Ne
     if !(token_ok && same_origin(&broker, &parts.headers)) {
         tracing::warn!(path = %parts.uri.path(), token_ok, "refused a console request that failed the CSRF checks");
         return crate::console::layout::forbidden();
+    }
+    if let Some(refusal) = super::no_nul::form_refusal(&bytes) {
+        return refusal;
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }

@@ -29,6 +29,7 @@ mod l7_throttle;
 mod limits;
 mod login;
 mod metrics;
+mod openapi;
 mod partition;
 mod policy;
 mod quickstart;

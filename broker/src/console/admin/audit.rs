@@ -21,7 +21,7 @@ use crate::console::layout::{self, Nav};
 use crate::console::paging::{self, Moves, Paging};
 use crate::console::viewer::Admin;
 use crate::db::identities;
-use crate::login::manage::find_user;
+use crate::login::manage::{ManageError, find_user};
 use palisade_proto::identity::PeerRole;
 
 /// `GET /admin/audit` query; every field optional.
@@ -58,27 +58,39 @@ impl AuditQuery {
     }
 }
 
-/// What the filters name, resolved to identity ids; `Err` is a message for the page.
-async fn to_query(broker: &Broker, q: &AuditQuery, size: u32) -> Result<Query, String> {
+/// Why the filters give no query.
+#[derive(Debug)]
+enum FilterError {
+    /// The filters are malformed: a message for the page, answered with 400.
+    /// (A NUL never gets here: `crate::web::no_nul` refuses it first.)
+    Invalid(String),
+    /// A name matches nobody (or several): a message for the page.
+    Unknown(String),
+    /// The database failed: logged, never shown (it may quote the input).
+    Db(String),
+}
+
+impl From<ManageError> for FilterError {
+    fn from(e: ManageError) -> Self {
+        match e {
+            ManageError::Db(e) => FilterError::Db(e.to_string()),
+            other => FilterError::Unknown(other.to_string()),
+        }
+    }
+}
+
+/// What the filters name, resolved to identity ids.
+async fn to_query(broker: &Broker, q: &AuditQuery, size: u32) -> Result<Query, FilterError> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
     let person = match q.person.trim() {
         "" => None,
-        who => Some(find_user(broker.db(), who).await.map_err(|e| e.to_string())?.identity.id),
+        who => Some(find_user(broker.db(), who).await?.identity.id),
     };
     let machine = match q.machine.trim() {
         "" => None,
-        name => {
-            let found =
-                identities::find_by_name(broker.db(), PeerRole::Machine, name).await.map_err(|e| e.to_string())?;
-            let found = match found {
-                Some(m) => Some(m),
-                None => {
-                    identities::find_by_name(broker.db(), PeerRole::Connector, name).await.map_err(|e| e.to_string())?
-                }
-            };
-            Some(found.ok_or_else(|| format!("no machine or connector named {name:?}"))?.id)
-        }
+        name => Some(find_machine(broker, name).await?),
     };
+    let service = Some(q.service.trim().to_owned()).filter(|s| !s.is_empty());
     let outcome = match q.outcome.as_str() {
         "allow" => Some(Outcome::Allow),
         "deny" => Some(Outcome::Deny),
@@ -89,14 +101,24 @@ async fn to_query(broker: &Broker, q: &AuditQuery, size: u32) -> Result<Query, S
     Ok(Query {
         person,
         machine,
-        service: Some(q.service.trim().to_owned()).filter(|s| !s.is_empty()),
+        service,
         kinds: EventKind::from_name(q.kind.trim()).into_iter().collect(),
         outcome,
         since_ms: q.hours.trim().parse::<i64>().ok().map(|h| now_ms.saturating_sub(h.saturating_mul(3_600_000))),
-        before_seq: q.before()?,
+        before_seq: q.before().map_err(FilterError::Invalid)?,
         limit: size,
         ..Query::default()
     })
+}
+
+/// The identity id of the machine, or else the connector, named `name`.
+async fn find_machine(broker: &Broker, name: &str) -> Result<String, FilterError> {
+    let db_error = |e: sqlx::Error| FilterError::Db(e.to_string());
+    let mut found = identities::find_by_name(broker.db(), PeerRole::Machine, name).await.map_err(db_error)?;
+    if found.is_none() {
+        found = identities::find_by_name(broker.db(), PeerRole::Connector, name).await.map_err(db_error)?;
+    }
+    Ok(found.ok_or_else(|| FilterError::Unknown(format!("no machine or connector named {name:?}")))?.id)
 }
 
 pub(crate) async fn page(
@@ -112,8 +134,14 @@ pub(crate) async fn page(
         Err(e) => return paging::bad_request(&viewer, Nav::Audit, title, "/admin/audit", &e),
     };
     let status = chain_report(&broker).await;
+    let mut code = StatusCode::OK;
     let (results, moves) = match to_query(&broker, &q, size).await {
-        Err(message) => (layout::notice("error", &message), None),
+        Err(FilterError::Db(cause)) => return layout::internal(&cause),
+        Err(FilterError::Invalid(message)) => {
+            code = StatusCode::BAD_REQUEST;
+            (layout::notice("error", &message), None)
+        }
+        Err(FilterError::Unknown(message)) => (layout::notice("error", &message), None),
         Ok(query) if trail => match &query.person {
             None => (layout::notice("info", "Name a person to see their login trail."), None),
             Some(id) => match login_trail(broker.db(), id, &query).await {
@@ -147,7 +175,6 @@ pub(crate) async fn page(
         (results)
         (pager)
     };
-    let code = if q.before().is_err() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     (code, layout::page(&viewer, Nav::Audit, title, body)).into_response()
 }
 
