@@ -24,7 +24,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often a client connection's address is compared with the last one
 /// seen; a client that moved has its live streams decided again.
-const ADDRESS_CHECK: Duration = Duration::from_millis(500);
+const ADDRESS_CHECK: Duration = Duration::from_secs(1);
 
 /// What the connection is for, from its ALPN protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

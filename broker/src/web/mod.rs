@@ -95,11 +95,10 @@ pub(crate) fn internal_error(cause: &dyn std::fmt::Display) -> Response {
 /// The TLS configuration could not be built.
 pub async fn serve(broker: Broker, listener: TcpListener, shutdown: CancellationToken) -> Result<(), WebError> {
     let acceptor = TlsAcceptor::from(Arc::new(palisade_proto::tls::https_server_config(broker.server_identity())?));
-    let broker_proxies = broker.config().login.trusted_proxies.clone();
+    let per_address = limits::PerAddress::new(broker.config().login.trusted_proxies.clone());
     let app = router(broker);
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_address = limits::PerAddress::new(broker_proxies.clone());
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
