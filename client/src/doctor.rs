@@ -342,7 +342,7 @@ async fn check_quic(report: &mut Report, home: &Path, status: &Status, https_ok:
         }
         Ok(Err(TunnelError::Unreachable { reason, .. })) => udp_blocked(report, addr, https_ok, &reason),
         Err(_) => udp_blocked(report, addr, https_ok, "no answer in time"),
-        Ok(Err(e @ (TunnelError::IdentityRefused | TunnelError::Revoked))) => {
+        Ok(Err(e @ (TunnelError::IdentityRefused | TunnelError::ClockDisagrees | TunnelError::Revoked))) => {
             report.push("udp", Outcome::Ok, format!("the broker answered over QUIC at {addr}"), None);
             report.push("identity", Outcome::Fail, e.to_string(), Some(renew_fix(status)));
         }

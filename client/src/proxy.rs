@@ -282,6 +282,7 @@ async fn reply_failure(tcp: &mut TcpStream, flavor: Flavor, error: &TunnelError)
                 TunnelError::Rejected { .. }
                 | TunnelError::CertificateExpired
                 | TunnelError::IdentityRefused
+                | TunnelError::ClockDisagrees
                 | TunnelError::Revoked => SocksReply::NotAllowed,
                 TunnelError::Unreachable { .. } => SocksReply::NetworkUnreachable,
                 _ => SocksReply::GeneralFailure,
@@ -293,6 +294,7 @@ async fn reply_failure(tcp: &mut TcpStream, flavor: Flavor, error: &TunnelError)
                 TunnelError::Rejected { .. }
                 | TunnelError::CertificateExpired
                 | TunnelError::IdentityRefused
+                | TunnelError::ClockDisagrees
                 | TunnelError::Revoked => "403 Forbidden",
                 _ => "502 Bad Gateway",
             };

@@ -128,6 +128,13 @@ fn own_certificate_usable(identity: &StoredIdentity) -> bool {
             );
             false
         }
+        Err(VerifyPeerError::NotYetValid) => {
+            tracing::warn!(
+                identity = %identity.spiffe,
+                "connector certificate not valid yet by this machine's clock, which is behind the broker's that issued it: set the clock right (e.g. enable NTP); trying anyway"
+            );
+            true
+        }
         Err(e) => {
             tracing::warn!(error = %e, "the connector's own certificate does not verify; trying anyway");
             true

@@ -21,6 +21,7 @@ pub struct ConnectorBuilder {
     netns: Option<String>,
     metrics: bool,
     json_logs: bool,
+    vars: Vec<(String, String)>,
 }
 
 impl ConnectorBuilder {
@@ -35,6 +36,7 @@ impl ConnectorBuilder {
             netns: None,
             metrics: false,
             json_logs: false,
+            vars: Vec::new(),
         }
     }
 
@@ -69,6 +71,13 @@ impl ConnectorBuilder {
     /// Logs JSON lines (`[log] format = "json"`).
     pub fn json_logs(mut self) -> Self {
         self.json_logs = true;
+        self
+    }
+
+    /// Runs `palisade-connector run` (also after a restart) with these
+    /// environment variables too (e.g. a [`crate::FakeClock`]'s).
+    pub fn run_env(mut self, vars: &[(&str, String)]) -> Self {
+        self.vars.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         self
     }
 
@@ -149,7 +158,15 @@ impl ConnectorBuilder {
         std::fs::write(&config_path, toml::to_string(&config).expect("serialise connector.toml"))
             .expect("write connector.toml");
 
-        Connector { proc: None, broker: self.broker, name: self.name, state_dir, config_path, netns: self.netns }
+        Connector {
+            proc: None,
+            broker: self.broker,
+            name: self.name,
+            state_dir,
+            config_path,
+            netns: self.netns,
+            vars: self.vars,
+        }
     }
 }
 
@@ -161,6 +178,7 @@ pub struct Connector {
     state_dir: PathBuf,
     config_path: PathBuf,
     netns: Option<String>,
+    vars: Vec<(String, String)>,
 }
 
 impl Connector {
@@ -206,7 +224,7 @@ impl Connector {
 
     fn launch(&self) -> Proc {
         let mut cmd = command(BIN);
-        cmd.arg("run").arg("--config").arg(&self.config_path);
+        cmd.arg("run").arg("--config").arg(&self.config_path).envs(self.vars.iter().map(|(k, v)| (k, v)));
         if let Some(ns) = &self.netns {
             cmd = crate::netns::exec_in(ns, &cmd);
         }

@@ -11,6 +11,9 @@ use crate::store::StoreError;
 
 /// TLS alert `no_application_protocol`.
 const ALERT_NO_ALPN: u8 = 120;
+/// TLS alert `certificate_expired`: rustls sends it for a certificate that
+/// has expired or is not valid yet by the verifier's clock.
+const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
 
 /// Why a stream through the broker could not be opened or was cut.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,13 @@ pub enum TunnelError {
     /// The broker refused this client's certificate.
     #[error("the broker refused this identity: enroll or log in again")]
     IdentityRefused,
+    /// The broker refused this client's certificate as expired or not valid
+    /// yet, which the client, having checked it by its own clock before
+    /// connecting, does not think it is: the two clocks disagree.
+    #[error(
+        "the broker refused this certificate as expired or not yet valid by its clock, though it is valid by this machine's: one of the two clocks is wrong; set this one right (e.g. enable NTP) or ask an admin to check the broker's"
+    )]
+    ClockDisagrees,
     /// The broker's certificate is not from the CA we enrolled with.
     #[error("the broker at {addr} did not prove it is our broker ({reason}); check the address or enroll again")]
     BrokerUntrusted {
@@ -99,7 +109,7 @@ impl TunnelError {
     pub fn reject_code(&self) -> Option<RejectCode> {
         match self {
             Self::Rejected { code, .. } => Some(*code),
-            Self::IdentityRefused => Some(RejectCode::IdentityRejected),
+            Self::IdentityRefused | Self::ClockDisagrees => Some(RejectCode::IdentityRejected),
             Self::Revoked => Some(RejectCode::Revoked),
             _ => None,
         }
@@ -144,7 +154,7 @@ impl TunnelError {
             }
             // A TLS alert from the broker: in TLS 1.3 the client's handshake completes
             // before the broker has checked its certificate, so a refusal arrives here.
-            ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => Self::IdentityRefused,
+            ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => refused_by_alert(c.error_code),
             ConnectionError::Reset => Self::ConnectionLost("the broker restarted".into()),
             ConnectionError::TimedOut => Self::ConnectionLost("the broker stopped answering".into()),
             other => Self::ConnectionLost(other.to_string()),
@@ -184,6 +194,17 @@ pub(super) fn is_crypto(code: quinn::TransportErrorCode) -> bool {
     (0x100..0x200).contains(&u64::from(code))
 }
 
+/// The broker refused our certificate with this TLS alert. The client sends
+/// only a certificate valid by its own clock, so `certificate_expired` means
+/// the broker's clock puts it outside its validity.
+fn refused_by_alert(code: quinn::TransportErrorCode) -> TunnelError {
+    if code == quinn::TransportErrorCode::crypto(ALERT_CERTIFICATE_EXPIRED) {
+        TunnelError::ClockDisagrees
+    } else {
+        TunnelError::IdentityRefused
+    }
+}
+
 pub(super) fn handshake_error(e: &ConnectionError, addr: &str) -> TunnelError {
     match e {
         ConnectionError::TransportError(t) if is_crypto(t.code) => {
@@ -192,7 +213,7 @@ pub(super) fn handshake_error(e: &ConnectionError, addr: &str) -> TunnelError {
         ConnectionError::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::crypto(ALERT_NO_ALPN) => {
             TunnelError::from_connection(e, "")
         }
-        ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => TunnelError::IdentityRefused,
+        ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code) => refused_by_alert(c.error_code),
         ConnectionError::ApplicationClosed(_) => TunnelError::from_connection(e, ""),
         other => TunnelError::Unreachable { addr: addr.to_owned(), reason: other.to_string() },
     }
@@ -249,5 +270,25 @@ mod tests {
             "session revoked or identity disabled: run `palisade login` to sign in again (a machine needs a new enrollment token from an admin)"
         );
         assert!(matches!(handshake_error(&closed, "broker:4433"), TunnelError::Revoked));
+    }
+
+    #[test]
+    fn a_certificate_refused_as_out_of_date_is_blamed_on_the_clocks() {
+        let alert = |n: u8| {
+            ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code: quinn::TransportErrorCode::crypto(n),
+                frame_type: None,
+                reason: bytes::Bytes::new(),
+            })
+        };
+        let out_of_date = handshake_error(&alert(ALERT_CERTIFICATE_EXPIRED), "broker:4433");
+        assert!(matches!(out_of_date, TunnelError::ClockDisagrees), "{out_of_date:?}");
+        assert!(out_of_date.to_string().contains("one of the two clocks is wrong"), "{out_of_date}");
+        assert_eq!(out_of_date.reject_code(), Some(RejectCode::IdentityRejected));
+        let later = TunnelError::from_connection(&alert(ALERT_CERTIFICATE_EXPIRED), "llm-prod");
+        assert!(matches!(later, TunnelError::ClockDisagrees), "{later:?}");
+        // Any other alert (here bad_certificate) is a refusal of the identity.
+        assert!(matches!(handshake_error(&alert(42), "broker:4433"), TunnelError::IdentityRefused));
+        assert!(matches!(TunnelError::from_connection(&alert(42), "x"), TunnelError::IdentityRefused));
     }
 }
