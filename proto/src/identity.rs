@@ -376,13 +376,32 @@ pub fn check_chain_length(intermediates: usize) -> Result<(), VerifyPeerError> {
     Ok(())
 }
 
+/// Refuses a chain whose intermediates are anything but our CA
+/// certificates sent along: Palisade's CA signs every leaf itself and never
+/// makes a sub-CA, so an intermediate, even one our CA key signed (with name
+/// constraints or without), cannot be part of a valid chain.
+///
+/// # Errors
+/// [`VerifyPeerError::Chain`] naming the count or the stranger.
+pub fn check_intermediates(intermediates: &[CertificateDer<'_>], trust: &TrustAnchors) -> Result<(), VerifyPeerError> {
+    check_chain_length(intermediates.len())?;
+    if let Some(stranger) = intermediates.iter().find(|i| !trust.ca_certs.iter().any(|ca| ca.as_ref() == i.as_ref())) {
+        let name = X509Certificate::from_der(stranger)
+            .map_or_else(|_| "unparsable".to_owned(), |(_, c)| c.subject().to_string());
+        return Err(VerifyPeerError::Chain(format!(
+            "an intermediate certificate ({name}) that is not the Palisade CA; the CA signs leaves directly"
+        )));
+    }
+    Ok(())
+}
+
 fn verify_chain(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     trust: &TrustAnchors,
     now: SystemTime,
 ) -> Result<(), VerifyPeerError> {
-    check_chain_length(intermediates.len())?;
+    check_intermediates(intermediates, trust)?;
     let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| VerifyPeerError::Chain(e.to_string()))?;
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     cert.verify_for_usage(

@@ -183,7 +183,7 @@ impl ClientCertVerifier for ProfileClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        crate::identity::check_chain_length(intermediates.len()).map_err(|e| {
+        crate::identity::check_intermediates(intermediates, &self.trust).map_err(|e| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
         })?;
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;

@@ -237,14 +237,28 @@ fn a_twelve_deep_chain_of_intermediates_is_refused_quickly() {
 }
 
 /// X5-07: an intermediate under our CA that is not a CA (basicConstraints
-/// CA:FALSE) signs a leaf. Observed: refused in about 0.02 ms (debug build).
+/// CA:FALSE) signs a leaf. Refused as an intermediate that is not our CA
+/// before any path is built; webpki alone refuses it too
+/// (`EndEntityUsedAsCa`, checked here with the chain handed to it directly).
 #[test]
 fn a_leaf_signed_by_a_non_ca_intermediate_is_refused() {
     let root = ca();
     let not_a_ca = sub_ca(&root.issuer, "not a CA", IsCa::ExplicitNoCa);
     let chain = [leaf(&not_a_ca, |_| {}), not_a_ca.der.clone()];
     let (err, _) = refuse(&chain, &root);
-    assert!(chain_error(&err).contains("EndEntityUsedAsCa"), "{err:?}");
+    assert!(chain_error(&err).contains("not the Palisade CA"), "{err:?}");
+    let anchors = [webpki::anchor_from_trusted_cert(&root.der).expect("an anchor").to_owned()];
+    let leaf_cert = webpki::EndEntityCert::try_from(&chain[0]).expect("a leaf");
+    let webpki_alone = leaf_cert.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &chain[1..],
+        rustls_pki_types::UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    );
+    assert!(matches!(webpki_alone, Err(webpki::Error::EndEntityUsedAsCa)), "{:?}", webpki_alone.err());
 }
 
 /// X5-07, path-building explosion: a forged leaf presented with 50
@@ -264,6 +278,38 @@ fn fifty_look_alike_intermediates_are_refused_quickly() {
     let (err, _) = refuse(&chain, &root);
     assert!(chain_error(&err).contains("50 intermediate certificates"), "{err:?}");
     // Our CA sent along, as some clients do, is still fine.
+    let with_ca = [leaf(&root, |_| {}), root.der.clone()];
+    verify_peer(&with_ca, &trust(&root), SystemTime::now(), MACHINE).expect("a leaf with our CA sent along");
+}
+
+/// X5-07, name constraints: a sub-CA that our CA key itself signed, with
+/// name constraints the leaf's name falls outside of (permitted: only
+/// `example.com`), and with none. Palisade's CA never makes a sub-CA, so
+/// any intermediate but our CA certificate is refused, before webpki would
+/// weigh the constraints; our CA sent along is still fine.
+#[test]
+fn an_intermediate_our_ca_signed_is_refused_with_or_without_name_constraints() {
+    use rcgen::{GeneralSubtree, NameConstraints};
+    let root = ca();
+    let constrained = {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "constrained intermediate");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName("example.com".into())],
+            excluded_subtrees: vec![],
+        });
+        let cert = params.signed_by(&key, &root.issuer).expect("signed");
+        Ca { der: cert.der().clone(), issuer: Issuer::new(params, key) }
+    };
+    let plain = sub_ca(&root.issuer, "plain intermediate", IsCa::Ca(BasicConstraints::Unconstrained));
+    for sub in [&constrained, &plain] {
+        let chain = [leaf(sub, |_| {}), sub.der.clone()];
+        let (err, _) = refuse(&chain, &root);
+        assert!(chain_error(&err).contains("not the Palisade CA"), "{err:?}");
+    }
     let with_ca = [leaf(&root, |_| {}), root.der.clone()];
     verify_peer(&with_ca, &trust(&root), SystemTime::now(), MACHINE).expect("a leaf with our CA sent along");
 }

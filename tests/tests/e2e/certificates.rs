@@ -169,7 +169,7 @@ async fn one_identity_flooding_renewals_is_rate_limited_and_others_are_still_ser
 /// before any path is built. The same leaf signed by our CA directly is served.
 /// Observed: the refusal came back in about 13 ms on 127.0.0.1 (debug build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_twelve_deep_chain_under_our_ca_is_refused_at_the_listener() {
+async fn a_twelve_deep_chain_or_any_sub_ca_under_our_ca_is_refused_at_the_listener() {
     let env = TestEnv::new();
     let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
     let upstream = EchoUpstream::spawn().await;
@@ -189,6 +189,13 @@ async fn a_twelve_deep_chain_under_our_ca_is_refused_at_the_listener() {
     assert!(
         matches!(&outcome, Probe::Refused(e) if e.contains("12 intermediate certificates")),
         "a 12-deep chain must be refused for its depth, got {outcome:?}"
+    );
+    let one_below = our_ca.sign_through(&valid, 1);
+    assert_eq!(one_below.chain.len(), 2);
+    let outcome = probe.open_service(&one_below, "echo").await;
+    assert!(
+        matches!(&outcome, Probe::Refused(e) if e.contains("not the Palisade CA")),
+        "a leaf under a sub-CA our CA key signed must be refused, got {outcome:?}"
     );
     assert_eq!(upstream.accepted(), 1, "only the control reached the workload");
 }
