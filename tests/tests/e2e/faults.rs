@@ -149,3 +149,43 @@ async fn with_when_unavailable_allow_a_full_disk_keeps_serving_what_the_policy_a
     let refused = outsider.tunnel_exchange("echo", b"still no").await.expect_err("policy still decides");
     assert_eq!(refused.reject_code(), Some(RejectCode::Forbidden), "{refused}");
 }
+
+/// CA-12: the CA key file goes bad under a running broker. The key was
+/// read and decrypted at start, so the running broker keeps its tunnels
+/// and keeps issuing; a broker started on the bad file refuses to start,
+/// saying which file and what to do, rather than run without its CA; with
+/// the file restored it starts and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_ca_key_file_stops_only_the_next_start_with_a_clear_error() {
+    let env = TestEnv::new();
+    let mut broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
+    let upstream = EchoUpstream::spawn().await;
+    let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
+    let agent = broker.machine("agent-1").group("ml-agents").enroll().await;
+    let service: ServiceName = "echo".parse().expect("service name");
+    let tunnel = Tunnel::new(Profile::load(agent.home()).expect("profile")).expect("tunnel");
+    let mut held = tunnel.open(&service).await.expect("open a stream to hold");
+    assert_eq!(echo_on(&mut held, b"before").await, b"before");
+
+    let key_file = broker.data_dir().join("ca.key.enc");
+    let good = std::fs::read(&key_file).expect("the encrypted CA key");
+    std::fs::write(&key_file, b"not a sealed key at all").expect("corrupt the key file");
+    assert_eq!(echo_on(&mut held, b"running").await, b"running", "an open tunnel is unaffected");
+    assert_eq!(agent.tunnel_exchange("echo", b"new").await.expect("an echo"), b"new", "new tunnels too");
+    let late = broker.machine("agent-2").group("ml-agents").enroll().await;
+    assert_eq!(late.tunnel_exchange("echo", b"issued").await.expect("an echo"), b"issued", "issuance goes on");
+
+    broker.kill().await;
+    let start = tokio::time::timeout(std::time::Duration::from_secs(30), broker.cli(&["run"])).await;
+    let out = start.expect("a broker with a corrupt CA key file must exit, not run");
+    assert!(!out.success(), "it refused to start: {}", out.all_output());
+    let said = out.all_output();
+    assert!(said.contains("ca.key.enc") || said.contains("KEK"), "names the key file or the KEK: {said}");
+
+    std::fs::write(&key_file, good).expect("restore the key file");
+    broker.restart().await;
+    palisade_tests::wait_for("the restarted broker to serve once its connector is back", DEFAULT_TIMEOUT, || async {
+        agent.tunnel_exchange("echo", b"after").await.is_ok_and(|reply| reply == b"after")
+    })
+    .await;
+}
