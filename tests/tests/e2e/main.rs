@@ -23,6 +23,7 @@ mod flood;
 mod groups;
 mod help;
 mod http_limits;
+mod issuance_crash;
 mod l7;
 mod l7_body;
 mod l7_throttle;
