@@ -22,10 +22,6 @@ use crate::state::Broker;
 /// A handshake that has not completed by then is dropped, freeing its slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often a client connection's address is compared with the last one
-/// seen; a client that moved has its live streams decided again.
-const ADDRESS_CHECK: Duration = Duration::from_secs(1);
-
 /// What the connection is for, from its ALPN protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Purpose {
@@ -49,6 +45,8 @@ pub struct Peer {
     /// Its certificate chain (DER), forwarded to connectors so they can verify it themselves.
     pub chain: Vec<Vec<u8>>,
     conn: quinn::Connection,
+    /// The address its live streams were last decided from.
+    decided_from: std::sync::Mutex<SocketAddr>,
 }
 
 impl Peer {
@@ -58,6 +56,14 @@ impl Peer {
     /// the handshake.
     pub fn remote(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    /// If the peer moved since its live streams were last decided: where
+    /// from and where to, remembering the new address as decided.
+    pub(super) fn moved(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let now = self.remote();
+        let mut decided = self.decided_from.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (*decided != now).then(|| (std::mem::replace(&mut *decided, now), now))
     }
 }
 
@@ -148,7 +154,8 @@ async fn identify(broker: &Broker, conn: &quinn::Connection) -> Result<(Purpose,
         .await
         .map_err(|reason| if reason.contains("revoked") { revoked(reason) } else { Refusal::from(reason) })?;
     let chain = chain.iter().map(|c| c.to_vec()).collect();
-    Ok((purpose, Peer { identity, chain, conn: conn.clone() }, groups))
+    let decided_from = std::sync::Mutex::new(conn.remote_address());
+    Ok((purpose, Peer { identity, chain, conn: conn.clone(), decided_from }, groups))
 }
 
 /// People's certificates name a sign-in session that must still be active;
@@ -201,20 +208,9 @@ async fn serve_client(
 }
 
 async fn accept_streams(broker: &Broker, conn: &quinn::Connection, peer: &Arc<Peer>, shutdown: &CancellationToken) {
-    let mut moves = tokio::time::interval(ADDRESS_CHECK);
-    moves.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut address = conn.remote_address();
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = moves.tick() => {
-                let now = conn.remote_address();
-                if now != address {
-                    super::reevaluate::after_move(broker, peer, address, now).await;
-                    address = now;
-                }
-                continue;
-            }
             stream = conn.accept_bi() => stream,
         };
         match stream {

@@ -83,6 +83,7 @@ pub async fn serve(broker: Broker, socket: std::net::UdpSocket, shutdown: Cancel
     let stop = CancellationToken::new();
     tokio::spawn(revoke::watch(broker.clone(), stop.clone()));
     tokio::spawn(reevaluate::watch(broker.clone(), stop.clone()));
+    tokio::spawn(reevaluate::watch_moves(broker.clone(), stop.clone()));
     tokio::spawn(groups::watch(broker.clone(), stop.clone()));
     broker.live().set_quic_accepting(true);
     loop {

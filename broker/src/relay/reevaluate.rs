@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -46,11 +47,36 @@ pub(crate) async fn watch(broker: Broker, shutdown: CancellationToken) {
     }
 }
 
-/// A client's connection moved to `to` (NAT rebinding, a new network):
-/// its live streams are decided again from the new address, as a new
-/// stream would be, and those the policy refuses from there are cut. The
-/// move is audited when it cut something.
-pub(super) async fn after_move(broker: &Broker, peer: &Arc<Peer>, from: SocketAddr, to: SocketAddr) {
+/// How often the clients with live streams are checked for a new address.
+const MOVE_CHECK: Duration = Duration::from_secs(1);
+
+/// Follows the clients that have live streams: one that moved (QUIC
+/// connection migration: NAT rebinding, a new network) has them decided
+/// again from its new address. New streams read the current address
+/// anyway; an idle connection costs nothing here.
+pub(crate) async fn watch_moves(broker: Broker, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(MOVE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut peers: Vec<Arc<Peer>> = broker.live().streams().into_iter().map(|s| s.peer).collect();
+        peers.sort_by_key(|p| Arc::as_ptr(p) as usize);
+        peers.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        for peer in peers {
+            if let Some((from, to)) = peer.moved() {
+                after_move(&broker, &peer, from, to).await;
+            }
+        }
+    }
+}
+
+/// A client's connection moved to `to`: its live streams are decided again
+/// from the new address, as a new stream would be, and those the policy
+/// refuses from there are cut. The move is audited when it cut something.
+async fn after_move(broker: &Broker, peer: &Arc<Peer>, from: SocketAddr, to: SocketAddr) {
     tracing::info!(peer = %peer.identity.id(), %from, %to, "client connection moved to a new address");
     let cut = cut_disallowed(broker, |s| Arc::ptr_eq(&s.peer, peer), &format!("address change: {from} -> {to}"));
     if cut.is_empty() {
