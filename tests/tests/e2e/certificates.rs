@@ -207,10 +207,8 @@ async fn a_twelve_deep_chain_or_any_sub_ca_under_our_ca_is_refused_at_the_listen
 /// a download started in time would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_opens_no_new_tunnels_once_its_certificate_has_expired() {
-    use std::sync::Arc;
-
     use palisade_proto::reject::RejectCode;
-    use palisade_proto::wire::{ALPN_CLIENT, OpenStream, StreamHeader};
+    use palisade_proto::wire::{OpenStream, StreamHeader};
 
     let env = TestEnv::new();
     let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
@@ -222,15 +220,7 @@ async fn a_connection_opens_no_new_tunnels_once_its_certificate_has_expired() {
     let leaf =
         broker.our_ca().sign(&LeafSpec { not_after: expires, ..LeafSpec::valid(&agent.spiffe_id(), attributes) });
 
-    let trust = broker.trust_anchors(&agent.trust_domain());
-    let tls = palisade_proto::tls::quic_client_config(&leaf, &trust, ALPN_CLIENT).expect("client TLS");
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("QUIC TLS");
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
-    let conn = endpoint
-        .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), broker.quic_addr(), "127.0.0.1")
-        .expect("connect")
-        .await
-        .expect("a handshake with a valid certificate");
+    let conn = crate::dos::raw_connection(&broker, &leaf, &broker.trust_anchors(&agent.trust_domain()), None).await;
     let header = StreamHeader::Open(OpenStream { service: "echo".parse().expect("service") }).encode().expect("header");
     let (mut early_send, mut early_recv) = conn.open_bi().await.expect("a stream");
     early_send.write_all(&header).await.expect("header");

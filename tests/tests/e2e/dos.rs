@@ -346,13 +346,24 @@ async fn ten_thousand_unread_streams_keep_memory_bounded_and_others_served() {
 
 /// A raw quinn connection for `agent` whose streams accept only 1 KiB each.
 async fn unread_streams_client(broker: &Broker, agent: &palisade_tests::Agent) -> quinn::Connection {
-    let trust = broker.trust_anchors(&agent.trust_domain());
     let mut transport = quinn::TransportConfig::default();
     transport
         .stream_receive_window(quinn::VarInt::from_u32(1024))
         .receive_window(quinn::VarInt::from_u32(256 * 1024))
         .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(60_000))));
-    let config = client_config(&agent.identity(), &trust, Some(transport));
+    let trust = broker.trust_anchors(&agent.trust_domain());
+    raw_connection(broker, &agent.identity(), &trust, Some(transport)).await
+}
+
+/// A quinn connection to the broker's QUIC port with `identity`, outside
+/// the client library, so a test controls every stream.
+pub(crate) async fn raw_connection(
+    broker: &Broker,
+    identity: &TlsIdentity,
+    trust: &TrustAnchors,
+    transport: Option<quinn::TransportConfig>,
+) -> quinn::Connection {
+    let config = client_config(identity, trust, transport);
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("bind UDP");
     endpoint
         .connect_with(config, broker.quic_addr(), &broker.quic_addr().ip().to_string())
