@@ -1,9 +1,9 @@
 //! What one client may hold of the HTTPS listener.
 //!
-//! - A request (its headers read, then the handler, which reads the body)
-//!   must be answered within [`REQUEST_TIMEOUT`]; a client that trickles its
-//!   body gets 408 and the connection is closed, so a slow body cannot hold
-//!   a connection slot (slowloris). Headers have their own, shorter timeout
+//! - A request with a body (its headers read, then the handler, which reads
+//!   the body) must be answered within [`REQUEST_TIMEOUT`]; a client that
+//!   trickles its body gets 408 and the connection is closed, so a slow body
+//!   cannot hold a connection slot (slowloris). Headers have their own, shorter timeout
 //!   in hyper (`HEADER_TIMEOUT` in the listener), which also closes an idle
 //!   keep-alive HTTP/1.1 connection.
 //! - One source address may hold at most [`PER_ADDRESS`] connections at once
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -31,8 +31,14 @@ pub(crate) const PER_ADDRESS: usize = 256;
 /// How long a connection is served before it is asked to finish.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(600);
 
-/// Answers 408 for a request that is not answered within [`REQUEST_TIMEOUT`].
+/// Answers 408 for a request with a body that is not answered within
+/// [`REQUEST_TIMEOUT`]. `GET` and `HEAD` carry no body a handler reads, and
+/// some take long on the server's side (a whole audit export), so they are
+/// left alone.
 pub(crate) async fn request_timeout(request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
