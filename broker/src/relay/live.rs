@@ -147,6 +147,16 @@ impl Live {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
+    /// The clients that have at least one live stream, each once.
+    pub(crate) fn stream_peers(&self) -> Vec<Arc<Peer>> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut peers: Vec<Arc<Peer>> = streams.values().map(|s| s.peer.clone()).collect();
+        drop(streams);
+        peers.sort_by_key(|p| Arc::as_ptr(p) as usize);
+        peers.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        peers
+    }
+
     /// Tracks a client connection unless its identity already holds
     /// `limit` connections; check and insert happen under one lock, so
     /// concurrent handshakes cannot overshoot the cap. `groups` is what the

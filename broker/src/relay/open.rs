@@ -4,6 +4,7 @@
 //! opened for an allowed request whose `stream.allowed` event is durable. Any
 //! error on the way denies.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -107,6 +108,8 @@ struct Admitted {
     bundle_version: u64,
     /// Which versions decided, and what dry-run policies said, for the audit event.
     decided: serde_json::Value,
+    /// The client's address the decision was made from.
+    remote: SocketAddr,
 }
 
 /// Decides the stream: a certificate still within its validity (a QUIC
@@ -134,7 +137,8 @@ async fn admit(
         deny(broker, peer, service, decision_id, ("certificate_expired", detail, &[]), json!({})).await;
         return Err(RejectCode::IdentityRejected);
     }
-    let decided = decide(broker, &peer.identity, peer.remote().ip(), service.as_str());
+    let remote = peer.remote();
+    let decided = decide(broker, &peer.identity, remote.ip(), service.as_str());
     let mut audit_detail = decided.audit_detail();
     if let Some(age) = stale_for {
         audit_detail["stale_view_ms"] = json!(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
@@ -152,7 +156,7 @@ async fn admit(
         deny(broker, peer, service, decision_id, why, audit_detail).await;
         return Err(RejectCode::NoConnector);
     };
-    Ok(Admitted { link, policy_ids, bundle_version, decided: audit_detail })
+    Ok(Admitted { link, policy_ids, bundle_version, decided: audit_detail, remote })
 }
 
 /// Makes the `stream.allowed` event durable and opens the connector's stream
@@ -169,7 +173,7 @@ async fn dispatch(
 ) -> Result<(SendStream, RecvStream), RejectCode> {
     let link = &admitted.link;
     let mut detail = json!({
-        "policy_ids": admitted.policy_ids, "connector": link.connector_id, "remote": peer.remote().to_string(),
+        "policy_ids": admitted.policy_ids, "connector": link.connector_id, "remote": admitted.remote.to_string(),
     });
     merge(&mut detail, &admitted.decided);
     let allowed = stream_event(EventKind::StreamAllowed, Outcome::Allow, peer, service, decision_id).detail(detail);
@@ -178,7 +182,7 @@ async fn dispatch(
         service: service.clone(),
         policy_version: admitted.bundle_version,
         caller_chain: peer.chain.clone(),
-        source_addr: peer.remote().to_string(),
+        source_addr: admitted.remote.to_string(),
     };
     let timeout = broker.config().relay.connect_timeout;
     let open = tokio::time::timeout(timeout, open_towards(link, &header));

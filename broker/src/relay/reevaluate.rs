@@ -62,10 +62,7 @@ pub(crate) async fn watch_moves(broker: Broker, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut peers: Vec<Arc<Peer>> = broker.live().streams().into_iter().map(|s| s.peer).collect();
-        peers.sort_by_key(|p| Arc::as_ptr(p) as usize);
-        peers.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        for peer in peers {
+        for peer in broker.live().stream_peers() {
             if let Some((from, to)) = peer.moved() {
                 after_move(&broker, &peer, from, to).await;
             }
