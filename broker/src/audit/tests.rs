@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use super::*;
@@ -177,6 +179,19 @@ async fn a_run_that_meets_a_moved_head_is_written_whole_after_it() {
     // is kept, and it goes after the real head instead.
     assert_eq!(lazy_then_urgent(&audit).await, (4, 5));
     assert_intact(&db, 5).await;
+}
+
+#[tokio::test]
+async fn closing_the_database_does_not_wait_on_the_writers_connection() {
+    let (_dir, db, audit) = fresh().await;
+    // From the second event on the writer appends short runs on a connection it keeps.
+    record_n(&audit, 3).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), db.close()).await;
+    assert!(closed.is_ok(), "Db::close waited on the audit writer's connection");
+    // The writer is still there and says the database is gone; it does not hang.
+    let event = AuditEvent::new(EventKind::StreamAllowed, Outcome::Allow).actor("tester");
+    let after = tokio::time::timeout(Duration::from_secs(5), audit.record(event)).await;
+    assert!(matches!(after, Ok(Err(_))), "{after:?}");
 }
 
 #[tokio::test]

@@ -16,6 +16,14 @@
 //! as a duplicate, nothing is written, and the events go the transactional
 //! way after a fresh read of the head.
 //!
+//! On SQLite the writer keeps the connection of its last short run for the
+//! next one instead of handing it back to the pool: sqlx returns a pooled
+//! connection through a spawned task that pings it, a second round trip to
+//! the database thread for every stream event. A SQLite connection is a file
+//! handle in this process and cannot die with a server; after an error the
+//! writer lets it go and takes a fresh one, and it lets go as soon as the pool
+//! is closing so that [`Db::close`] does not wait on it.
+//!
 //! Events nobody waits on ([`super::Audit::record_soon`]: a stream that
 //! ended) may linger up to [`LINGER`] for the next event, so that a client
 //! opening connection after connection costs one write per connection, not
@@ -33,6 +41,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use sqlx::Any;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
@@ -90,8 +100,12 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut since_checkpoint = 0u64;
         let mut last_head = None;
+        let mut held = None;
+        let closing = self.db.pool().close_event();
+        tokio::pin!(closing);
         loop {
             tokio::select! {
+                () = &mut closing, if held.is_some() => held = None,
                 n = jobs.recv_many(&mut batch, MAX_BATCH) => {
                     if n == 0 {
                         break;
@@ -100,7 +114,7 @@ impl Writer {
                         let room = MAX_BATCH - batch.len();
                         let _ = tokio::time::timeout(LINGER, jobs.recv_many(&mut batch, room)).await;
                     }
-                    self.commit(&mut batch, &mut since_checkpoint, &mut last_head).await;
+                    self.commit(&mut batch, &mut since_checkpoint, (&mut last_head, &mut held)).await;
                 }
                 Some(reply) = requests.recv() => {
                     let _ = reply.send(self.checkpoint(&mut since_checkpoint).await);
@@ -122,14 +136,20 @@ impl Writer {
         }
     }
 
-    async fn commit(&self, batch: &mut Vec<Job>, since_checkpoint: &mut u64, last_head: &mut Option<Head>) {
+    /// `last`: the head the writer last committed and the connection it kept.
+    async fn commit(
+        &self,
+        batch: &mut Vec<Job>,
+        since_checkpoint: &mut u64,
+        (last_head, held): (&mut Option<Head>, &mut Option<PoolConnection<Any>>),
+    ) {
         let sign = self
             .signer
             .as_deref()
             .filter(|_| *since_checkpoint + u64::try_from(batch.len()).unwrap_or(u64::MAX) >= self.policy.every_events);
         let written = match (sign, batch.as_slice(), last_head.take()) {
             (None, run, Some(head)) if run.len() <= MAX_RUN && self.db.backend() == Backend::Sqlite => {
-                match append_run(&self.db, head, run).await {
+                match append_run(&self.db, held, head, run).await {
                     Ok(Some(head)) => Ok(head),
                     Ok(None) => write_batch(&self.db, batch, None).await,
                     Err(e) => Err(e),
@@ -167,9 +187,16 @@ impl Writer {
 type Head = (i64, String);
 
 /// Appends `run` after `head` in one multi-row `INSERT`, without a
-/// transaction (one statement is atomic). `Ok(None)`: the head moved (the
-/// insert hit an existing `seq`), nothing was written.
-async fn append_run(db: &Db, head: Head, run: &[Job]) -> Result<Option<(Vec<u64>, Head)>, AuditError> {
+/// transaction (one statement is atomic), on the connection in `held` (taken
+/// from the pool when there is none, and kept there unless the insert
+/// failed). `Ok(None)`: the head moved (the insert hit an existing `seq`),
+/// nothing was written.
+async fn append_run(
+    db: &Db,
+    held: &mut Option<PoolConnection<Any>>,
+    head: Head,
+    run: &[Job],
+) -> Result<Option<(Vec<u64>, Head)>, AuditError> {
     let mut rows = Vec::with_capacity(run.len());
     let mut prev = head;
     for job in run {
@@ -213,9 +240,15 @@ async fn append_run(db: &Db, head: Head, run: &[Job]) -> Result<Option<(Vec<u64>
             .bind(row.prev_hash)
             .bind(row.hash);
     }
-    let mut conn = db.pool().acquire().await?;
+    let mut conn = match held.take() {
+        Some(conn) => conn,
+        None => db.pool().acquire().await?,
+    };
     match query.execute(&mut *conn).await {
-        Ok(_) => Ok(Some((seqs, prev))),
+        Ok(_) => {
+            *held = Some(conn);
+            Ok(Some((seqs, prev)))
+        }
         Err(e) if crate::db::is_unique_violation(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
