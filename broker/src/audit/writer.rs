@@ -136,7 +136,8 @@ impl Writer {
         }
     }
 
-    /// `last`: the head the writer last committed and the connection it kept.
+    /// `(last_head, held)`: the head the writer last committed and the
+    /// connection it kept for the next short run.
     async fn commit(
         &self,
         batch: &mut Vec<Job>,

@@ -3,9 +3,9 @@
 //! - A request with a body (its headers read, then the handler, which reads
 //!   the body) must be answered within [`REQUEST_TIMEOUT`]; a client that
 //!   trickles its body gets 408 and the connection is closed, so a slow body
-//!   cannot hold a connection slot (slowloris). Headers have their own, shorter timeout
-//!   in hyper (`HEADER_TIMEOUT` in the listener), which also closes an idle
-//!   keep-alive HTTP/1.1 connection.
+//!   cannot hold a connection slot (slowloris). Headers have their own,
+//!   shorter timeout in hyper (`HEADER_TIMEOUT` in the listener), which also
+//!   closes an idle keep-alive HTTP/1.1 connection.
 //! - One source address may hold at most [`PER_ADDRESS`] connections at once
 //!   (trusted proxies, which carry many people's connections, are exempt),
 //!   so a single host cannot take every slot of the listener.
