@@ -5,6 +5,9 @@ use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+mod load_gate;
+
+use self::load_gate::{Pass, Share};
 use crate::broker::BrokerBuilder;
 use crate::process::LogBook;
 use crate::store::{Store, TestDatabase};
@@ -22,6 +25,8 @@ struct Inner {
     path: PathBuf,
     logs: LogBook,
     databases: Mutex<Vec<TestDatabase>>,
+    /// Released last, once every process of the test is gone.
+    _pass: Pass,
 }
 
 impl Drop for Inner {
@@ -45,12 +50,33 @@ impl Default for TestEnv {
 }
 
 impl TestEnv {
-    /// A fresh temporary directory.
+    /// A fresh temporary directory, for a test that may run beside others.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_share(Share::Shared)
+    }
+
+    /// A fresh temporary directory for a test that floods the broker on
+    /// purpose: it waits for the tests already running and runs with no
+    /// other test of this binary beside it (see `env/load_gate.rs`).
+    #[must_use]
+    pub fn alone() -> Self {
+        Self::with_share(Share::Exclusive)
+    }
+
+    fn with_share(share: Share) -> Self {
+        let _pass = Pass::take(share);
         let dir = tempfile::Builder::new().prefix("palisade-e2e-").tempdir().expect("create a temporary directory");
         let path = dir.path().to_path_buf();
-        Self { inner: Arc::new(Inner { dir: Some(dir), path, logs: LogBook::default(), databases: Mutex::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                dir: Some(dir),
+                path,
+                logs: LogBook::default(),
+                databases: Mutex::default(),
+                _pass,
+            }),
+        }
     }
 
     /// The test's root directory.

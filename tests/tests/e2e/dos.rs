@@ -140,7 +140,7 @@ async fn timed_out_handshakes(broker: &Broker) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_stalled_handshakes_time_out_or_get_a_retry_while_legitimate_clients_connect() {
     const STALLED: usize = 1_000;
-    let env = TestEnv::new();
+    let env = TestEnv::alone();
     let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
     let upstream = EchoUpstream::spawn().await;
     let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
@@ -274,7 +274,7 @@ async fn ten_thousand_unread_streams_keep_memory_bounded_and_others_served() {
     const REQUEST: usize = 4 * 1024;
     /// Allowed growth of each process's RSS over its idle size.
     const MAX_GROWTH_KIB: u64 = 512 * 1024;
-    let env = TestEnv::new();
+    let env = TestEnv::alone();
     let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
     let upstream = EchoUpstream::spawn().await;
     let connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;

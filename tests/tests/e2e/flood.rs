@@ -75,7 +75,7 @@ fn drain(sockets: &[UdpSocket], broker: SocketAddr, tally: &mut Tally) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_initial_flood_gets_stateless_retries_and_legitimate_clients_still_connect() {
-    let env = TestEnv::new();
+    let env = TestEnv::alone();
     let broker = env.broker().service("echo", "inference").policy("allow.cedar", ALLOW_ML_AGENTS).spawn().await;
     let upstream = EchoUpstream::spawn().await;
     let _connector = broker.connector("rack-1").service("echo", upstream.addr()).spawn().await;
