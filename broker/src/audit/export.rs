@@ -71,9 +71,7 @@ pub async fn export<W: Write + ?Sized>(
     format: Format,
     out: &mut W,
 ) -> Result<Option<i64>, ExportError> {
-    if format == Format::Csv {
-        writeln!(out, "{}", CSV_COLUMNS.join(","))?;
-    }
+    write_header(format, out)?;
     write_rows(db, filter, format, out).await
 }
 
@@ -87,16 +85,103 @@ pub async fn write_rows<W: Write + ?Sized>(
     format: Format,
     out: &mut W,
 ) -> Result<Option<i64>, ExportError> {
+    let (_, last) = write_page(db, filter, format, i64::MAX, out).await?;
+    out.flush()?;
+    Ok(last)
+}
+
+/// Events per chunk of a [`chunks`] export.
+pub const PAGE_EVENTS: i64 = 1_000;
+
+/// The export as a stream of chunks of at most [`PAGE_EVENTS`] events each
+/// (CSV's header first), for a download that may be large and slow: each
+/// chunk is its own query, so neither the broker's memory nor a database
+/// connection is held while the reader takes its time. The export ends at
+/// the last event that existed when it started, however fast new ones come.
+pub fn chunks(
+    db: Db,
+    filter: Filter,
+    format: Format,
+) -> impl futures::Stream<Item = Result<Vec<u8>, ExportError>> + Send + 'static {
+    pages(db, filter, format, PAGE_EVENTS)
+}
+
+/// [`chunks`] with `page` events per chunk.
+pub(crate) fn pages(
+    db: Db,
+    filter: Filter,
+    format: Format,
+    page: i64,
+) -> impl futures::Stream<Item = Result<Vec<u8>, ExportError>> + Send + 'static {
+    let cursor = Cursor { db, filter, format, page, started: false, done: false };
+    futures::stream::try_unfold(cursor, |mut cursor| async move {
+        if cursor.done {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        if !cursor.started {
+            cursor.start(&mut out).await?;
+        }
+        let (written, last) = write_page(&cursor.db, cursor.filter, cursor.format, cursor.page, &mut out).await?;
+        cursor.filter.after_seq = last.or(cursor.filter.after_seq);
+        cursor.done = written < cursor.page;
+        Ok((!out.is_empty()).then_some((out, cursor)))
+    })
+}
+
+/// Where a [`chunks`] export stands.
+struct Cursor {
+    db: Db,
+    filter: Filter,
+    format: Format,
+    page: i64,
+    started: bool,
+    done: bool,
+}
+
+impl Cursor {
+    /// Fixes the last event of the export and writes the CSV header.
+    async fn start(&mut self, out: &mut Vec<u8>) -> Result<(), ExportError> {
+        let newest = sqlx::query_scalar::<Any, Option<i64>>("SELECT MAX(seq) FROM audit_events")
+            .fetch_one(self.db.pool())
+            .await
+            .map_err(AuditError::from)?
+            .unwrap_or(0);
+        self.filter.through_seq = Some(self.filter.through_seq.map_or(newest, |through| through.min(newest)));
+        write_header(self.format, out)?;
+        self.started = true;
+        Ok(())
+    }
+}
+
+/// The CSV header row; nothing for JSON lines.
+fn write_header<W: Write + ?Sized>(format: Format, out: &mut W) -> io::Result<()> {
+    if format == Format::Csv {
+        writeln!(out, "{}", CSV_COLUMNS.join(","))?;
+    }
+    Ok(())
+}
+
+/// Writes up to `limit` matching events, oldest first; returns how many and
+/// the seq of the last.
+async fn write_page<W: Write + ?Sized>(
+    db: &Db,
+    filter: Filter,
+    format: Format,
+    limit: i64,
+    out: &mut W,
+) -> Result<(i64, Option<i64>), ExportError> {
     let mut rows = sqlx::query_as::<Any, RawRow>(
         "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash \
-         FROM audit_events WHERE ts_ms >= $1 AND ts_ms < $2 AND seq > $3 AND seq <= $4 ORDER BY seq",
+         FROM audit_events WHERE ts_ms >= $1 AND ts_ms < $2 AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5",
     )
     .bind(filter.since_ms.unwrap_or(i64::MIN))
     .bind(filter.until_ms.unwrap_or(i64::MAX))
     .bind(filter.after_seq.unwrap_or(0))
     .bind(filter.through_seq.unwrap_or(i64::MAX))
+    .bind(limit)
     .fetch(db.pool());
-    let mut last = None;
+    let (mut written, mut last) = (0, None);
     while let Some(raw) = rows.try_next().await.map_err(AuditError::from)? {
         let row = from_raw(raw);
         let line = match format {
@@ -104,10 +189,9 @@ pub async fn write_rows<W: Write + ?Sized>(
             Format::Csv => csv_line(&row),
         };
         writeln!(out, "{line}")?;
-        last = Some(row.seq);
+        (written, last) = (written + 1, Some(row.seq));
     }
-    out.flush()?;
-    Ok(last)
+    Ok((written, last))
 }
 
 /// Polls for events after `filter.after_seq` every `poll` and writes them

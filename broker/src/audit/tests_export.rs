@@ -169,6 +169,43 @@ async fn since_and_until_select_by_time_and_follow_picks_up_new_events() {
     assert_eq!(seqs, [3, 4]);
 }
 
+/// A streamed export, a few events per page, says exactly what the one-query
+/// export says, page by page, and ends at the events that existed when it
+/// started even while new ones keep coming.
+#[tokio::test]
+async fn a_paged_export_matches_the_whole_export_and_stops_at_its_start() {
+    use futures::TryStreamExt as _;
+    const PAGE: i64 = 4;
+    let (_dir, db) = fresh().await;
+    let audit = Audit::with_signer(db.clone(), None, CheckpointPolicy::default());
+    for n in 0..10 {
+        audit
+            .record(AuditEvent::new(EventKind::StreamAllowed, Outcome::Allow).subject(format!("svc-{n}")))
+            .await
+            .unwrap();
+    }
+    hostile_events(&db).await;
+    for format in [Format::Jsonl, Format::Csv] {
+        let whole = exported(&db, Filter::default(), format).await;
+        let mut pages = Box::pin(export::pages(db.clone(), Filter::default(), format, PAGE));
+        let first = pages.try_next().await.unwrap().expect("a first page");
+        // An event recorded after the export started is not part of it.
+        audit.record(AuditEvent::new(EventKind::TokenCreated, Outcome::Success)).await.unwrap();
+        let rest: Vec<Vec<u8>> = pages.try_collect().await.unwrap();
+        let chunks: Vec<String> = std::iter::once(first).chain(rest).map(|c| String::from_utf8(c).unwrap()).collect();
+        assert_eq!(chunks.concat(), whole, "{format:?}");
+        let header = usize::from(format == Format::Csv);
+        let events: Vec<usize> =
+            chunks.iter().enumerate().map(|(i, c)| c.lines().count() - if i == 0 { header } else { 0 }).collect();
+        let total = whole.lines().count() - header;
+        let expected: Vec<usize> =
+            (0..total).step_by(PAGE as usize).map(|start| (total - start).min(PAGE as usize)).collect();
+        assert_eq!(events, expected, "{format:?}: events per chunk");
+    }
+    let after = exported(&db, Filter::default(), Format::Jsonl).await;
+    assert!(after.lines().last().unwrap().contains("token.created"), "the later events are in the next export");
+}
+
 #[derive(Clone, Default)]
 struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 

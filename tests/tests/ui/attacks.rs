@@ -290,6 +290,13 @@ pub(crate) async fn every_page_carries_the_security_headers(ui: &Ui) {
     let csv = ui.http().get(ui.url("/admin/audit/export?format=csv")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     assert_security_headers("export", csv.headers());
+    let csv = csv.text().await.expect("the whole export arrives");
+    let mut lines = csv.lines();
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("time,time_ms,seq,kind,")),
+        "the CSV header comes first:\n{csv}"
+    );
+    assert!(lines.any(|l| l.contains("\"login.succeeded\"")), "the admin's own sign-in is in the export:\n{csv}");
     let session = ui.chrome.client().get_named_cookie("__Host-palisade-session").await.unwrap();
     assert_eq!(session.secure(), Some(true));
     assert_eq!(session.http_only(), Some(true));

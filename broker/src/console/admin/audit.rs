@@ -7,9 +7,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::body::Body;
 use axum::extract::{Query as Query_, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -335,6 +338,10 @@ pub(crate) struct ExportQuery {
     format: String,
 }
 
+/// The whole trail as a download, streamed a page of events at a time (see
+/// [`export::chunks`]). A failure before the first page is an error page; a
+/// failure later cuts the download short, which the browser reports as failed
+/// rather than saving a truncated file as complete.
 pub(crate) async fn export_all(
     State(broker): State<Broker>,
     Admin(_viewer): Admin,
@@ -344,14 +351,17 @@ pub(crate) async fn export_all(
         "csv" => (Format::Csv, "text/csv; charset=utf-8", "csv"),
         _ => (Format::Jsonl, "application/jsonl; charset=utf-8", "jsonl"),
     };
-    let mut out = Vec::new();
-    if let Err(e) = export::export(broker.db(), Filter::default(), format, &mut out).await {
-        return layout::internal(&e);
-    }
-    let disposition = format!("attachment; filename=\"palisade-audit.{ext}\"");
-    let mut response = out.into_response();
+    let mut chunks = Box::pin(export::chunks(broker.db().clone(), Filter::default(), format));
+    let first = match chunks.try_next().await {
+        Ok(first) => first.unwrap_or_default(),
+        Err(e) => return layout::internal(&e),
+    };
+    let rest = chunks.inspect_err(|e| tracing::error!(error = %e, "the audit export stopped part way"));
+    let body = futures::stream::once(async move { Ok(first) }).chain(rest).map_ok(Bytes::from);
+    let mut response = Body::from_stream(body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    let disposition = format!("attachment; filename=\"palisade-audit.{ext}\"");
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
