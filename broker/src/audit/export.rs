@@ -142,11 +142,8 @@ struct Cursor {
 impl Cursor {
     /// Fixes the last event of the export and writes the CSV header.
     async fn start(&mut self, out: &mut Vec<u8>) -> Result<(), ExportError> {
-        let newest = sqlx::query_scalar::<Any, Option<i64>>("SELECT MAX(seq) FROM audit_events")
-            .fetch_one(self.db.pool())
-            .await
-            .map_err(AuditError::from)?
-            .unwrap_or(0);
+        let mut conn = self.db.pool().acquire().await.map_err(AuditError::from)?;
+        let (newest, _) = super::head(&mut conn).await.map_err(AuditError::from)?;
         self.filter.through_seq = Some(self.filter.through_seq.map_or(newest, |through| through.min(newest)));
         write_header(self.format, out)?;
         self.started = true;

@@ -25,7 +25,6 @@ pub(crate) enum Share {
     Exclusive,
 }
 
-#[derive(Default)]
 struct State {
     shared: usize,
     exclusive: bool,
