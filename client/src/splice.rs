@@ -4,9 +4,12 @@
 //! EOF finishes the QUIC send side, the QUIC stream finishing shuts down the
 //! TCP write side, and the other direction carries on until it ends too.
 
+use std::pin::Pin;
+
 use bytes::BytesMut;
+use palisade_proto::batch::Batch;
 use quinn::VarInt;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncWrite as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -84,14 +87,18 @@ async fn copy_up(tcp: ReadHalf<'_>, send: &mut quinn::SendStream, service: &str)
     }
 }
 
-/// Service → local application.
+/// Service → local application: each read takes the chunks a receive batch
+/// delivered and writes them in one vectored write.
 async fn copy_down(recv: &mut quinn::RecvStream, mut tcp: WriteHalf<'_>, service: &str) -> Result<u64, TunnelError> {
     let mut total = 0u64;
+    let mut batch = Batch::new();
     loop {
-        match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => {
-                tcp.write_all(&chunk.bytes).await?;
-                total += chunk.bytes.len() as u64;
+        match recv.read_chunks(batch.slots()).await {
+            Ok(Some(n)) => {
+                batch.filled(n);
+                let moved = batch.remaining() as u64;
+                write_batch(&mut tcp, &mut batch).await?;
+                total += moved;
             }
             Ok(None) => {
                 tcp.shutdown().await?;
@@ -100,6 +107,18 @@ async fn copy_down(recv: &mut quinn::RecvStream, mut tcp: WriteHalf<'_>, service
             Err(e) => return Err(read_error(e, service)),
         }
     }
+}
+
+async fn write_batch(tcp: &mut WriteHalf<'_>, batch: &mut Batch) -> std::io::Result<()> {
+    while !batch.is_empty() {
+        // The slices are built per poll, so an idle tunnel's task does not carry them.
+        let n = std::future::poll_fn(|cx| Pin::new(&mut *tcp).poll_write_vectored(cx, &batch.io_slices())).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        batch.advance(n);
+    }
+    Ok(())
 }
 
 pub(crate) fn read_error(e: quinn::ReadError, service: &str) -> TunnelError {

@@ -8,13 +8,15 @@
 //! (RST), a TCP error resets the QUIC stream.
 
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use palisade_policies::Grant;
+use palisade_proto::batch::Batch;
 use palisade_proto::reject::RejectCode;
 use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWrite as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -125,18 +127,35 @@ fn abort(send: &mut SendStream, recv: &mut RecvStream, tcp: &TcpStream, end: &Sp
     let _ = recv.stop(code);
 }
 
+/// Each read takes the chunks a receive batch delivered and writes them in
+/// one vectored write.
 async fn copy_up(recv: &mut RecvStream, tcp: &mut WriteHalf<'_>, bytes: &mut u64) -> Result<(), SpliceEnd> {
+    let mut batch = Batch::new();
     loop {
-        match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => {
-                tcp.write_all(&chunk.bytes).await.map_err(SpliceEnd::Upstream)?;
-                *bytes += chunk.bytes.len() as u64;
+        match recv.read_chunks(batch.slots()).await {
+            Ok(Some(n)) => {
+                batch.filled(n);
+                let moved = batch.remaining() as u64;
+                write_batch(tcp, &mut batch).await.map_err(SpliceEnd::Upstream)?;
+                *bytes += moved;
             }
             Ok(None) => return tcp.shutdown().await.map_err(SpliceEnd::Upstream),
             Err(ReadError::Reset(code)) => return Err(SpliceEnd::DownstreamReset(code)),
             Err(e) => return Err(SpliceEnd::ConnectionLost(e.to_string())),
         }
     }
+}
+
+async fn write_batch(tcp: &mut WriteHalf<'_>, batch: &mut Batch) -> io::Result<()> {
+    while !batch.is_empty() {
+        // The slices are built per poll, so an idle tunnel's task does not carry them.
+        let n = std::future::poll_fn(|cx| Pin::new(&mut *tcp).poll_write_vectored(cx, &batch.io_slices())).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        batch.advance(n);
+    }
+    Ok(())
 }
 
 async fn copy_down(tcp: &mut ReadHalf<'_>, send: &mut SendStream, bytes: &mut u64) -> Result<(), SpliceEnd> {

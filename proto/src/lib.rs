@@ -1,5 +1,6 @@
 //! What Palisade's broker, connector and client agree on.
 //!
+//! - [`batch`]: received QUIC chunks on their way into a TCP socket.
 //! - [`id`]: identifier newtypes and name rules.
 //! - [`identity`]: SPIFFE ids in certificates and [`identity::verify_peer`],
 //!   the only way to get a [`identity::VerifiedPeer`].
@@ -15,6 +16,7 @@
 //!
 //! This crate does no IO and never reads the clock: callers pass `now`.
 
+pub mod batch;
 pub mod bundle;
 pub mod control;
 pub mod enroll;
