@@ -67,10 +67,21 @@ impl Peer {
     }
 }
 
-/// Runs one incoming connection to its end.
-pub(crate) async fn handle(broker: Broker, incoming: quinn::Incoming, shutdown: CancellationToken) {
-    let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+/// Runs one admitted connection, from its handshake to its end.
+///
+/// `accepted` is what `Incoming::accept` returned: the caller accepts before
+/// spawning this task, so the endpoint counts the handshake at once.
+pub(crate) async fn handle(
+    broker: Broker,
+    remote: SocketAddr,
+    accepted: Result<quinn::Connecting, quinn::ConnectionError>,
+    shutdown: CancellationToken,
+) {
+    let handshake = match accepted {
+        Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
+        Err(e) => Ok(Err(e)),
+    };
+    let conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return refused(&broker, remote, None, &format!("handshake failed: {e}")).await,
         Err(_) => return refused(&broker, remote, None, "handshake timed out").await,

@@ -62,7 +62,11 @@ fn admit(broker: &Broker, endpoint: &quinn::Endpoint, incoming: quinn::Incoming,
         }
         return;
     }
-    tokio::spawn(accept::handle(broker.clone(), incoming, shutdown.clone()));
+    // Accepted here, not in the spawned task: the endpoint counts a
+    // connection from `accept` on, and a flood of Initials must not outrun
+    // the tasks that would accept them and so stay under `RETRY_ABOVE`.
+    let remote = incoming.remote_address();
+    tokio::spawn(accept::handle(broker.clone(), remote, incoming.accept(), shutdown.clone()));
 }
 
 /// Serves QUIC on `socket` until `shutdown` fires, drains (see [`drain`]),
