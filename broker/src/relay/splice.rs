@@ -3,10 +3,11 @@
 //! Each read takes every chunk the receiving stream has ready (up to a
 //! receive batch's worth) and writes them on as one chunk (see `joined`).
 //! Backpressure comes from awaiting each write; half-close is preserved (a
-//! finished side finishes the other); a reset or stop on one side is passed to the other with the same code, so a refusal by the
-//! connector reaches the client as the connector's reason. A connection that
-//! is lost (idle timeout, stateless reset) becomes the code that names whose
-//! it was: the connector's is `NoConnector`, not a workload problem.
+//! finished side finishes the other); a reset or stop on one side is passed
+//! to the other with the same code, so a refusal by the connector reaches
+//! the client as the connector's reason. A connection that is lost (idle
+//! timeout, stateless reset) becomes the code that names whose it was: the
+//! connector's is `NoConnector`, not a workload problem.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
