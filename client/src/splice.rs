@@ -4,12 +4,10 @@
 //! EOF finishes the QUIC send side, the QUIC stream finishing shuts down the
 //! TCP write side, and the other direction carries on until it ends too.
 
-use std::pin::Pin;
-
-use bytes::BytesMut;
+use bytes::{Buf as _, BytesMut};
 use palisade_proto::batch::Batch;
 use quinn::VarInt;
-use tokio::io::{AsyncWrite as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -97,7 +95,7 @@ async fn copy_down(recv: &mut quinn::RecvStream, mut tcp: WriteHalf<'_>, service
             Ok(Some(n)) => {
                 batch.filled(n);
                 let moved = batch.remaining() as u64;
-                write_batch(&mut tcp, &mut batch).await?;
+                tcp.write_all_buf(&mut batch).await?;
                 total += moved;
             }
             Ok(None) => {
@@ -107,18 +105,6 @@ async fn copy_down(recv: &mut quinn::RecvStream, mut tcp: WriteHalf<'_>, service
             Err(e) => return Err(read_error(e, service)),
         }
     }
-}
-
-async fn write_batch(tcp: &mut WriteHalf<'_>, batch: &mut Batch) -> std::io::Result<()> {
-    while !batch.is_empty() {
-        // The slices are built per poll, so an idle tunnel's task does not carry them.
-        let n = std::future::poll_fn(|cx| Pin::new(&mut *tcp).poll_write_vectored(cx, &batch.io_slices())).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        batch.advance(n);
-    }
-    Ok(())
 }
 
 pub(crate) fn read_error(e: quinn::ReadError, service: &str) -> TunnelError {

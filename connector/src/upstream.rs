@@ -8,15 +8,14 @@
 //! (RST), a TCP error resets the QUIC stream.
 
 use std::io;
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf as _, BytesMut};
 use palisade_policies::Grant;
 use palisade_proto::batch::Batch;
 use palisade_proto::reject::RejectCode;
 use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
-use tokio::io::{AsyncReadExt as _, AsyncWrite as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -136,7 +135,7 @@ async fn copy_up(recv: &mut RecvStream, tcp: &mut WriteHalf<'_>, bytes: &mut u64
             Ok(Some(n)) => {
                 batch.filled(n);
                 let moved = batch.remaining() as u64;
-                write_batch(tcp, &mut batch).await.map_err(SpliceEnd::Upstream)?;
+                tcp.write_all_buf(&mut batch).await.map_err(SpliceEnd::Upstream)?;
                 *bytes += moved;
             }
             Ok(None) => return tcp.shutdown().await.map_err(SpliceEnd::Upstream),
@@ -144,18 +143,6 @@ async fn copy_up(recv: &mut RecvStream, tcp: &mut WriteHalf<'_>, bytes: &mut u64
             Err(e) => return Err(SpliceEnd::ConnectionLost(e.to_string())),
         }
     }
-}
-
-async fn write_batch(tcp: &mut WriteHalf<'_>, batch: &mut Batch) -> io::Result<()> {
-    while !batch.is_empty() {
-        // The slices are built per poll, so an idle tunnel's task does not carry them.
-        let n = std::future::poll_fn(|cx| Pin::new(&mut *tcp).poll_write_vectored(cx, &batch.io_slices())).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        batch.advance(n);
-    }
-    Ok(())
 }
 
 async fn copy_down(tcp: &mut ReadHalf<'_>, send: &mut SendStream, bytes: &mut u64) -> Result<(), SpliceEnd> {

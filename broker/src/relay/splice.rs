@@ -1,7 +1,8 @@
 //! Moving bytes between two QUIC streams: the client's and the connector's.
 //!
 //! Each read takes every chunk the receiving stream has ready (up to a
-//! receive batch's worth) and writes them on as one chunk (see `joined`).
+//! receive batch's worth) and writes them on as one chunk (see
+//! `palisade_proto::batch`).
 //! Backpressure comes from awaiting each write; half-close is preserved (a
 //! finished side finishes the other); a reset or stop on one side is passed
 //! to the other with the same code, so a refusal by the connector reaches
@@ -12,7 +13,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Buf as _;
+use palisade_proto::batch::Batch;
 use palisade_proto::reject::RejectCode;
 use palisade_telemetry::Counter;
 use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
@@ -83,7 +85,7 @@ async fn pipe(
     let mut bytes = 0u64;
     let cancelled = cut.cancelled();
     tokio::pin!(cancelled);
-    let mut batch: [Bytes; BATCH] = Default::default();
+    let mut batch = Batch::new();
     loop {
         let read = tokio::select! {
             biased;
@@ -93,11 +95,12 @@ async fn pipe(
                 let _ = from.stop(code);
                 return Pipe { bytes, reset: Some(code.into_inner()) };
             }
-            read = from.read_chunks(&mut batch) => read,
+            read = from.read_chunks(batch.slots()) => read,
         };
         match read {
             Ok(Some(n)) => {
-                let chunk = joined(&mut batch[..n]);
+                batch.filled(n);
+                let chunk = batch.copy_to_bytes(batch.remaining());
                 bytes += chunk.len() as u64;
                 counters.0.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 counters.1.add(chunk.len() as u64);
@@ -120,30 +123,6 @@ async fn pipe(
     }
 }
 
-/// Chunks taken from a stream per read. quinn hands over each received
-/// STREAM frame as its own chunk (about one packet); a receive batch's worth
-/// costs one lock of each connection and one wake-up of the sending one.
-const BATCH: usize = 32;
-
-/// The chunks of one read as one chunk: a copy when there are several.
-///
-/// quinn's send buffer finds the bytes for each packet it builds by walking
-/// its queued chunks from the oldest unacknowledged one, so a window of
-/// 1.4 KB chunks costs thousands of steps per packet; one memcpy into a
-/// batch-sized chunk is far cheaper (BENCHMARKS.md, Levers).
-fn joined(chunks: &mut [Bytes]) -> Bytes {
-    match chunks {
-        [one] => std::mem::take(one),
-        many => {
-            let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
-            for chunk in many.iter_mut() {
-                joined.extend_from_slice(&std::mem::take(chunk));
-            }
-            joined.freeze()
-        }
-    }
-}
-
 fn internal() -> VarInt {
     VarInt::from_u32(RejectCode::Internal.as_u32())
 }
@@ -161,24 +140,5 @@ fn write_error_code(e: &WriteError, lost: RejectCode) -> VarInt {
         WriteError::Stopped(code) => *code,
         WriteError::ConnectionLost(_) => VarInt::from_u32(lost.as_u32()),
         _ => internal(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lone_chunk_passes_without_a_copy_and_several_become_one_in_order() {
-        let lone = Bytes::from(vec![7u8; 1400]);
-        let at = lone.as_ptr();
-        let mut one = [lone];
-        let passed = joined(&mut one);
-        assert_eq!(passed.as_ptr(), at, "a single chunk is handed on, not copied");
-        assert!(one[0].is_empty());
-
-        let mut many = [Bytes::from_static(b"GET /v1/"), Bytes::from_static(b""), Bytes::from_static(b"models")];
-        assert_eq!(joined(&mut many), Bytes::from_static(b"GET /v1/models"));
-        assert!(many.iter().all(Bytes::is_empty), "the batch's slots are left empty for the next read");
     }
 }
