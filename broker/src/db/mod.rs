@@ -1,7 +1,8 @@
 //! The broker's SQL: one file per table family, all through [`Db`].
 //!
 //! SQLite is the embedded default: one file in the data directory, WAL mode,
-//! `synchronous=NORMAL`, a 5 s busy timeout and foreign keys on. Several
+//! `synchronous=NORMAL`, a 5 s busy timeout, foreign keys on, and the log
+//! checkpointed by a background task rather than by commits ([`wal`]). Several
 //! processes may use the same file (the running broker and the admin CLI).
 //! PostgreSQL (`database_url = "postgres://…"`) is the store broker replicas
 //! share. The same SQL runs on both: `$N` placeholders, BIGINT flags and
@@ -22,8 +23,10 @@ pub mod revocations;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod wal;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::AnyPoolOptions;
@@ -71,6 +74,8 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     files_dir: Option<PathBuf>,
+    /// SQLite: the task that checkpoints the write-ahead log; stops with the last handle.
+    _checkpointer: Option<Arc<wal::Checkpointer>>,
 }
 
 impl Db {
@@ -101,11 +106,11 @@ impl Db {
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await,
         };
         migrated.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
-        let files_dir = match backend {
-            Backend::Sqlite => sqlite_dir(url),
-            Backend::Postgres => None,
+        let (files_dir, checkpointer) = match backend {
+            Backend::Sqlite => (sqlite_dir(url), Some(Arc::new(wal::start(pool.clone())))),
+            Backend::Postgres => (None, None),
         };
-        Ok(Db { pool, backend, files_dir })
+        Ok(Db { pool, backend, files_dir, _checkpointer: checkpointer })
     }
 
     /// Sets the directory for the files that belong with this database (the
@@ -189,13 +194,15 @@ fn connect_url(url: &str, backend: Backend) -> String {
 
 /// Per-connection settings. SQLite: WAL (readers never wait for the writer),
 /// `synchronous=NORMAL` (a commit survives a killed process; WAL keeps it
-/// consistent across power loss), a 5 s busy timeout and foreign keys on.
+/// consistent across power loss), no checkpoint inside a commit (the
+/// [`wal`] task does them), a 5 s busy timeout and foreign keys on.
 async fn prepare_connection(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
     if backend == Backend::Sqlite {
         let timeout_ms = Duration::from_secs(5).as_millis();
         for pragma in [
             "PRAGMA journal_mode = WAL".to_owned(),
             "PRAGMA synchronous = NORMAL".to_owned(),
+            "PRAGMA wal_autocheckpoint = 0".to_owned(),
             format!("PRAGMA busy_timeout = {timeout_ms}"),
             "PRAGMA foreign_keys = ON".to_owned(),
         ] {
