@@ -22,6 +22,14 @@ use crate::state::Broker;
 /// A handshake that has not completed by then is dropped, freeing its slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streams of one connection that may be between their header and their
+/// splice (deciding, being audited, reaching the connector) at once. The
+/// audit trail and the connectors take work in arrival order, so a client
+/// opening thousands of streams at once would otherwise put every other
+/// identity's next stream behind all of its own; beyond this many,
+/// its streams wait their turn here and others' go straight through.
+pub(super) const ADMISSIONS_PER_CONNECTION: usize = 32;
+
 /// What the connection is for, from its ALPN protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Purpose {
@@ -47,6 +55,8 @@ pub struct Peer {
     conn: quinn::Connection,
     /// The address its live streams were last decided from.
     decided_from: std::sync::Mutex<SocketAddr>,
+    /// Permits for streams being admitted ([`ADMISSIONS_PER_CONNECTION`]).
+    pub(super) admissions: tokio::sync::Semaphore,
 }
 
 impl Peer {
@@ -166,7 +176,8 @@ async fn identify(broker: &Broker, conn: &quinn::Connection) -> Result<(Purpose,
         .map_err(|reason| if reason.contains("revoked") { revoked(reason) } else { Refusal::from(reason) })?;
     let chain = chain.iter().map(|c| c.to_vec()).collect();
     let decided_from = std::sync::Mutex::new(conn.remote_address());
-    Ok((purpose, Peer { identity, chain, conn: conn.clone(), decided_from }, groups))
+    let admissions = tokio::sync::Semaphore::new(ADMISSIONS_PER_CONNECTION);
+    Ok((purpose, Peer { identity, chain, conn: conn.clone(), decided_from, admissions }, groups))
 }
 
 /// People's certificates name a sign-in session that must still be active;

@@ -70,6 +70,10 @@ fn reset(send: &mut SendStream, recv: &mut RecvStream, code: RejectCode, why: &s
 
 async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send: SendStream, mut recv: RecvStream) {
     let (decision_id, started) = (DecisionId::random(), Instant::now());
+    // Held until the stream is spliced or refused; the semaphore is never closed.
+    let Ok(admission) = peer.admissions.acquire().await else {
+        return reset(&mut send, &mut recv, RejectCode::Internal, "admission closed");
+    };
     let admitted = match admit(broker, peer, &service, decision_id).await {
         Ok(admitted) => admitted,
         Err(code) => {
@@ -84,6 +88,7 @@ async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send
             return reset(&mut send, &mut recv, code, "dispatch failed");
         }
     };
+    drop(admission);
     metrics::stream_open(StreamOpen::Allowed);
     metrics::STREAM_SETUP.observe_duration(started.elapsed());
     let caller = peer.identity.id().uri();
