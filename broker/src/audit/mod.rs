@@ -392,10 +392,7 @@ impl From<sqlx::Error> for AuditError {
 /// Appends to the audit trail. Cheap to clone; all clones share one writer task.
 #[derive(Clone, Debug)]
 pub struct Audit {
-    /// Events the caller waits on.
-    urgent: mpsc::Sender<writer::Job>,
-    /// Events nothing waits on; written when no urgent one is queued.
-    lazy: mpsc::Sender<writer::Job>,
+    jobs: mpsc::Sender<writer::Job>,
     checkpoints: mpsc::Sender<writer::CheckpointReply>,
     signer: Option<Arc<Signer>>,
 }
@@ -439,10 +436,10 @@ impl Audit {
     /// Starts the writer task with an explicit signer (or none) and checkpoint policy.
     #[must_use]
     pub fn with_signer(db: Db, signer: Option<Arc<Signer>>, policy: CheckpointPolicy) -> Self {
-        let (urgent, lazy, queues) = writer::Queues::new();
+        let (jobs, rx) = mpsc::channel(writer::QUEUE);
         let (checkpoints, requests) = mpsc::channel(16);
-        tokio::spawn(writer::Writer { db, signer: signer.clone(), policy }.run(queues, requests));
-        Self { urgent, lazy, checkpoints, signer }
+        tokio::spawn(writer::Writer { db, signer: signer.clone(), policy }.run(rx, requests));
+        Self { jobs, checkpoints, signer }
     }
 
     /// Signs the current chain head now (for a clean shutdown, or before a
@@ -478,9 +475,8 @@ impl Audit {
     async fn queue(&self, event: AuditEvent, lazy: bool) -> Result<u64, AuditError> {
         crate::metrics::audit_event(&event);
         let (done, wait) = oneshot::channel();
-        let job = writer::Job { event, at: SystemTime::now(), done };
-        let queue = if lazy { &self.lazy } else { &self.urgent };
-        queue.send(job).await.map_err(|_| AuditError::Closed)?;
+        let job = writer::Job { event, at: SystemTime::now(), lazy, done };
+        self.jobs.send(job).await.map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
     }
 

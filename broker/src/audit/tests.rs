@@ -168,28 +168,6 @@ async fn an_event_nobody_waits_on_is_written_with_the_next_or_after_a_short_ling
     assert_intact(&db, 4).await;
 }
 
-/// A client that drops thousands of streams at once queues thousands of
-/// `stream.ended` events; the next event someone waits on is written before
-/// most of them, not after all of them.
-#[tokio::test]
-async fn an_event_someone_waits_on_overtakes_a_backlog_of_lazy_ones() {
-    use futures::FutureExt as _;
-    const BACKLOG: u64 = 3000;
-    let (_dir, db, audit) = fresh().await;
-    record_n(&audit, 1).await;
-    for i in 0..BACKLOG {
-        // The first poll queues the event (outside the runtime's budget for
-        // one task); nobody waits for it to be written.
-        let queued = tokio::task::unconstrained(audit.record_soon(ended(&format!("stream {i}"))));
-        assert!(queued.now_or_never().is_none());
-    }
-    let urgent = audit.record(AuditEvent::new(EventKind::StreamAllowed, Outcome::Allow).subject("next")).await.unwrap();
-    assert!(urgent < BACKLOG / 2, "the waited-on event was written as #{urgent}, behind the lazy backlog");
-    // Lazy events keep their order among themselves: the last one queued is written last.
-    assert_eq!(audit.record_soon(ended("last")).await.unwrap(), BACKLOG + 3);
-    assert_intact(&db, BACKLOG + 3).await;
-}
-
 #[tokio::test]
 async fn a_run_that_meets_a_moved_head_is_written_whole_after_it() {
     let (_dir, db, audit) = fresh().await;

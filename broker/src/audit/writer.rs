@@ -27,14 +27,8 @@
 //! Events nobody waits on ([`super::Audit::record_soon`]: a stream that
 //! ended) may linger up to [`LINGER`] for the next event, so that a client
 //! opening connection after connection costs one write per connection, not
-//! two. They have a queue of their own, and the task takes from it only
-//! when no event someone waits on is queued (and to top a run of those up
-//! to [`MAX_RUN`]): a client that drops 10,000 streams at once queues
-//! 10,000 `stream.ended` events, and the next stream anyone opens must not
-//! wait for all of them to be written first.
-//!
-//! On PostgreSQL every append takes the transactional way: there an insert
-//! outside the write lock could collide with another replica's locked
+//! two. On PostgreSQL every append takes the transactional way: there an
+//! insert outside the write lock could collide with another replica's locked
 //! transaction and fail that transaction's own work.
 //!
 //! With a signer, the batch that brings [`CheckpointPolicy::every_events`]
@@ -81,6 +75,8 @@ impl Default for CheckpointPolicy {
 pub(super) struct Job {
     pub(super) event: AuditEvent,
     pub(super) at: SystemTime,
+    /// Nobody waits on it: it may linger for [`LINGER`].
+    pub(super) lazy: bool,
     pub(super) done: oneshot::Sender<Result<u64, AuditError>>,
 }
 
@@ -93,7 +89,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) async fn run(self, mut queues: Queues, mut requests: mpsc::Receiver<CheckpointReply>) {
+    pub(super) async fn run(self, mut jobs: mpsc::Receiver<Job>, mut requests: mpsc::Receiver<CheckpointReply>) {
         if let Some(signer) = &self.signer
             && let Err(e) = checkpoint::register_key(&self.db, signer).await
         {
@@ -107,28 +103,16 @@ impl Writer {
         let mut held = None;
         let closing = self.db.pool().close_event();
         tokio::pin!(closing);
-        while queues.open() {
+        loop {
             tokio::select! {
-                biased;
                 () = &mut closing, if held.is_some() => held = None,
-                job = queues.urgent.recv(), if queues.urgent_open => {
-                    let Some(job) = job else {
-                        queues.urgent_open = false;
-                        continue;
-                    };
-                    batch.push(job);
-                    queues.more(&mut batch, MAX_BATCH, MAX_RUN);
-                    self.commit(&mut batch, &mut since_checkpoint, (&mut last_head, &mut held)).await;
-                }
-                job = queues.lazy.recv(), if queues.lazy_open => {
-                    let Some(job) = job else {
-                        queues.lazy_open = false;
-                        continue;
-                    };
-                    batch.push(job);
-                    queues.more(&mut batch, 0, MAX_BATCH);
-                    if batch.len() < MAX_BATCH {
-                        let _ = tokio::time::timeout(LINGER, queues.company(&mut batch)).await;
+                n = jobs.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    if batch.iter().all(|job| job.lazy) {
+                        let room = MAX_BATCH - batch.len();
+                        let _ = tokio::time::timeout(LINGER, jobs.recv_many(&mut batch, room)).await;
                     }
                     self.commit(&mut batch, &mut since_checkpoint, (&mut last_head, &mut held)).await;
                 }
@@ -197,62 +181,6 @@ impl Writer {
         let cp = checkpoint::checkpoint_now(&self.db, signer).await?;
         *since_checkpoint = 0;
         Ok(cp)
-    }
-}
-
-/// The writer's two queues: events someone waits on, and the rest.
-pub(super) struct Queues {
-    urgent: mpsc::Receiver<Job>,
-    lazy: mpsc::Receiver<Job>,
-    urgent_open: bool,
-    lazy_open: bool,
-}
-
-impl Queues {
-    /// The senders for [`super::Audit::record`] and [`super::Audit::record_soon`], and the queues.
-    pub(super) fn new() -> (mpsc::Sender<Job>, mpsc::Sender<Job>, Queues) {
-        let (urgent, urgent_rx) = mpsc::channel(QUEUE);
-        let (lazy, lazy_rx) = mpsc::channel(QUEUE);
-        (urgent, lazy, Queues { urgent: urgent_rx, lazy: lazy_rx, urgent_open: true, lazy_open: true })
-    }
-
-    /// Whether any sender is left (or jobs are still queued).
-    fn open(&self) -> bool {
-        self.urgent_open || self.lazy_open
-    }
-
-    /// Adds what is queued to `batch`: urgent events while it holds fewer
-    /// than `urgent_to`, then lazy ones while it holds fewer than `lazy_to`.
-    fn more(&mut self, batch: &mut Vec<Job>, urgent_to: usize, lazy_to: usize) {
-        while batch.len() < urgent_to
-            && let Ok(job) = self.urgent.try_recv()
-        {
-            batch.push(job);
-        }
-        while batch.len() < lazy_to
-            && let Ok(job) = self.lazy.try_recv()
-        {
-            batch.push(job);
-        }
-    }
-
-    /// Waits for the next event of either kind to write with the lazy ones
-    /// in `batch`, and takes what else is queued by then; callers bound it
-    /// with [`LINGER`].
-    async fn company(&mut self, batch: &mut Vec<Job>) {
-        let next = tokio::select! {
-            job = self.urgent.recv(), if self.urgent_open => {
-                self.urgent_open = job.is_some();
-                job
-            }
-            job = self.lazy.recv(), if self.lazy_open => {
-                self.lazy_open = job.is_some();
-                job
-            }
-            else => None,
-        };
-        batch.extend(next);
-        self.more(batch, MAX_BATCH, MAX_BATCH);
     }
 }
 
