@@ -16,6 +16,7 @@
 //! close the file (in any process) checkpoints what is left, as SQLite always
 //! does, so a short-lived admin command leaves no log behind either.
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sqlx::{AnyConnection, AnyPool};
@@ -26,31 +27,39 @@ use tokio::time::MissedTickBehavior;
 /// the broker writes in this long (about 4 KiB per event).
 pub(super) const EVERY: Duration = Duration::from_secs(1);
 
-/// The running checkpoint task; it stops when the last [`super::Db`] handle
-/// holding it is dropped, or when the pool is closed.
+/// The running checkpoint task. It holds the pool only while it checkpoints:
+/// when the last [`super::Db`] handle is dropped the pool goes with it (its
+/// connections close, and SQLite folds the log into the file as before), and
+/// the task stops.
 #[derive(Debug)]
-pub(super) struct Checkpointer(AbortHandle);
+pub(super) struct Checkpointer {
+    task: AbortHandle,
+    /// The task's only strong reference to the pool.
+    _pool: Arc<AnyPool>,
+}
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 /// Starts checkpointing `pool`'s SQLite database in the background.
 pub(super) fn start(pool: AnyPool) -> Checkpointer {
-    Checkpointer(tokio::spawn(run(pool)).abort_handle())
+    let pool = Arc::new(pool);
+    let task = tokio::spawn(run(Arc::downgrade(&pool))).abort_handle();
+    Checkpointer { task, _pool: pool }
 }
 
-async fn run(pool: AnyPool) {
+async fn run(pool: Weak<AnyPool>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         tick.tick().await;
-        if pool.is_closed() {
+        let Some(pool) = pool.upgrade().filter(|pool| !pool.is_closed()) else {
             return;
-        }
+        };
         let progress = match pool.acquire().await {
             Ok(mut conn) => checkpoint(&mut conn).await,
             Err(e) => Err(e),
