@@ -28,27 +28,35 @@ pub fn bin_path(name: &str) -> PathBuf {
 }
 
 /// `cargo test` rebuilds the libraries but not the binaries: a binary older
-/// than the newest Palisade library it links was most likely not rebuilt,
-/// and a failure would then be about old code. Printed with the test's output.
+/// than the library of its own crate (rebuilt whenever the crate or one of
+/// its Palisade dependencies changes) was most likely not rebuilt, and a
+/// failure would then be about old code. Printed with the test's output.
 fn warn_if_stale(dir: &Path) {
-    let newest_lib = std::fs::read_dir(dir.join("deps"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("libpalisade_") && !name.starts_with("libpalisade_tests") && name.ends_with(".rlib")
-        })
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .max();
-    let Some(newest_lib) = newest_lib else { return };
-    for bin in ["palisade-broker", "palisade-connector", "palisade"] {
+    for (bin, lib) in [
+        ("palisade-broker", "libpalisade_broker-"),
+        ("palisade-connector", "libpalisade_connector-"),
+        ("palisade", "libpalisade_client-"),
+    ] {
+        let Some(newest_lib) = newest_rlib(&dir.join("deps"), lib) else { continue };
         let built = std::fs::metadata(dir.join(bin)).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
         if built < newest_lib {
             eprintln!(
-                "warning: {bin} is older than the Palisade libraries: run `cargo build --workspace --bins` \
+                "warning: {bin} is older than its library: run `cargo build --workspace --bins` \
                  (scripts/test does) or the tests run stale binaries"
             );
         }
     }
+}
+
+/// When the newest `<prefix>*.rlib` in `deps` was written.
+fn newest_rlib(deps: &Path, prefix: &str) -> Option<SystemTime> {
+    std::fs::read_dir(deps)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(prefix) && name.ends_with(".rlib")
+        })
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
 }
