@@ -343,11 +343,31 @@ impl Results {
         Summary::of(runs).map(|s| s.median)
     }
 
+    /// What each workload that was measured (or failed) did, for the header.
+    fn workloads_line(&self) -> String {
+        let p = &self.header.params;
+        let ran =
+            |w: Workload| self.samples.iter().any(|s| s.workload == w) || self.failures.iter().any(|f| f.workload == w);
+        let interval = match p.sse_interval_us {
+            0 => "as fast as the upstream writes".to_owned(),
+            us => format!("one every {us} µs"),
+        };
+        let parts = [
+            (ran(Workload::BulkUpload) || ran(Workload::BulkDownload))
+                .then(|| format!("bulk {} MiB each way", p.bulk_bytes / (1024 * 1024))),
+            ran(Workload::Echo).then(|| format!("{} × {} B echo on one connection", p.echo_rounds, p.echo_size)),
+            ran(Workload::Connect).then(|| format!("{} new connections", p.connect_rounds)),
+            ran(Workload::Sse).then(|| format!("{} SSE events of {} B, {interval}", p.sse_events, p.sse_event_size)),
+            ran(Workload::Idle).then(|| format!("{} idle connections", p.idle)),
+        ];
+        let parts: Vec<String> = parts.into_iter().flatten().collect();
+        if parts.is_empty() { "none".to_owned() } else { parts.join("; ") }
+    }
+
     /// The report as markdown: a header naming the machine, one table per network, notes.
     #[must_use]
     pub fn markdown(&self) -> String {
         let h = &self.header;
-        let p = &h.params;
         let mut md = String::new();
         let _ = writeln!(md, "## Palisade benchmark\n");
         let _ = writeln!(
@@ -356,22 +376,7 @@ impl Results {
             h.nproc, h.cpu_model, h.nproc, h.memory_mib, h.kernel, h.load_average
         );
         let _ = writeln!(md, "- date: {}; commit: {}", h.date, h.commit);
-        let interval = if p.sse_interval_us == 0 {
-            "as fast as the upstream writes".to_owned()
-        } else {
-            format!("one every {} µs", p.sse_interval_us)
-        };
-        let _ = writeln!(
-            md,
-            "- workloads: bulk {} MiB each way; {} × {} B echo on one connection; {} new connections; {} SSE events of {} B, {interval}; {} idle connections",
-            p.bulk_bytes / (1024 * 1024),
-            p.echo_rounds,
-            p.echo_size,
-            p.connect_rounds,
-            p.sse_events,
-            p.sse_event_size,
-            p.idle
-        );
+        let _ = writeln!(md, "- workloads: {}", self.workloads_line());
         let _ = writeln!(
             md,
             "- {} interleaved run(s); each cell is the median of the runs, (min–max) when they differ; MB/s = 10^6 bytes/s",
@@ -505,5 +510,57 @@ impl Results {
             failures: &self.failures,
             notes: &self.notes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(workloads: &[Workload]) -> Results {
+        let params = Params {
+            bulk_bytes: 1 << 30,
+            echo_rounds: 10_000,
+            echo_size: 1024,
+            connect_rounds: 500,
+            sse_events: 1000,
+            sse_interval_us: 1000,
+            sse_event_size: 100,
+            idle: 10_000,
+        };
+        let header = Header {
+            nproc: 2,
+            cpu_model: "test".into(),
+            kernel: "6".into(),
+            memory_mib: 1,
+            load_average: "0 0 0".into(),
+            date: "now".into(),
+            commit: "abc".into(),
+            command: vec!["palisade-bench".into()],
+            params,
+            runs: 1,
+        };
+        let samples = workloads
+            .iter()
+            .map(|&workload| Sample {
+                run: 1,
+                setup: SetupId::Direct,
+                network: Network::Loopback,
+                workload,
+                values: BTreeMap::new(),
+                series: BTreeMap::new(),
+            })
+            .collect();
+        Results { header, setups: Vec::new(), samples, failures: Vec::new(), notes: Vec::new() }
+    }
+
+    #[test]
+    fn the_header_names_only_the_workloads_that_ran() {
+        let md = results(&[Workload::BulkUpload, Workload::Echo]).markdown();
+        assert!(md.contains("- workloads: bulk 1024 MiB each way; 10000 × 1024 B echo on one connection\n"), "{md}");
+        let all = results(&Workload::ALL).markdown();
+        assert!(
+            all.contains("500 new connections; 1000 SSE events of 100 B, one every 1000 µs; 10000 idle connections\n")
+        );
     }
 }
