@@ -130,7 +130,9 @@ pub enum StreamOutcome {
         /// What went wrong.
         detail: String,
     },
-    /// The tunnel ran and ended.
+    /// The tunnel ran and ended. Connectors no longer send it (the broker
+    /// audits the end of every stream it relays); a broker still accepts it
+    /// from older ones.
     Completed {
         /// Bytes from the caller to the workload.
         bytes_up: u64,

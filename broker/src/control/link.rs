@@ -270,6 +270,8 @@ async fn report(broker: &Broker, peer: &Peer, decision_id: palisade_proto::id::D
         }
         StreamOutcome::UpstreamFailed { detail } => AuditEvent::new(EventKind::ConnectorStreamDenied, Outcome::Failure)
             .detail(json!({ "reason": "upstream_failed", "detail": detail, "policy_ids": [] })),
+        // Sent only by connectors from before they stopped reporting tunnels
+        // that ran; the relay's own `stream.ended` event records the end.
         StreamOutcome::Completed { bytes_up, bytes_down, duration_ms } => {
             tracing::debug!(%decision_id, bytes_up, bytes_down, duration_ms, "connector reported a completed stream");
             return;
