@@ -22,7 +22,7 @@ use crate::db::Db;
 
 /// The alert task's cursor; `~` keeps it apart from configured sink names.
 pub(super) const CURSOR: &str = "~alerts";
-const BATCH: usize = 500;
+pub(super) const BATCH: usize = 500;
 
 /// One burst rule: `threshold` matching events for one key within `window`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,18 +108,28 @@ pub(super) async fn run(db: Db, audit: Audit, offline_after: Duration, shutdown:
         Err(e) => tracing::warn!(error = %e, "audit alerts: cannot tell which connectors were linked before the start"),
     }
     loop {
-        let wait = match step(&db, &audit, &mut detector, &mut seen, offline_after).await {
-            Ok(0) => POLL,
-            Ok(_) => Duration::ZERO,
-            Err(e) => {
-                tracing::warn!(error = %e, "audit alerts: evaluation failed");
-                POLL * 4
-            }
-        };
+        let stepped = step(&db, &audit, &mut detector, &mut seen, offline_after).await;
+        if let Err(e) = &stepped {
+            tracing::warn!(error = %e, "audit alerts: evaluation failed");
+        }
+        let wait = wait_after(&stepped);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// How long to wait before the next step. A full batch means more are
+/// waiting; anything less means the task has caught up, and the next look
+/// waits a poll interval, so that under steady traffic the cursor is written
+/// a few times a second rather than after every few events (each write takes
+/// the database's write lock, and the audit writer then waits for it).
+pub(super) fn wait_after(stepped: &Result<usize, SinkError>) -> Duration {
+    match stepped {
+        Ok(n) if *n >= BATCH => Duration::ZERO,
+        Ok(_) => POLL,
+        Err(_) => POLL * 4,
     }
 }
 

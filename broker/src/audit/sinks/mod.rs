@@ -155,7 +155,7 @@ async fn run_sink(db: Db, config: AuditSinkConfig, mut output: Output, shutdown:
             Ok(n) => {
                 tracing::debug!(sink = %config.name, events = n, "audit events delivered");
                 backoff = FIRST_BACKOFF;
-                Duration::ZERO
+                after_delivery(n, config.batch_size)
             }
             Err(e) => {
                 tracing::warn!(sink = %config.name, error = %e, retry_in = ?backoff, "audit sink delivery failed");
@@ -169,6 +169,13 @@ async fn run_sink(db: Db, config: AuditSinkConfig, mut output: Output, shutdown:
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// The wait after delivering `delivered` events: none after a full batch
+/// (more are waiting), a poll interval after anything less (caught up; see
+/// `alerts::wait_after` for why).
+fn after_delivery(delivered: usize, batch_size: usize) -> Duration {
+    if delivered >= batch_size { Duration::ZERO } else { POLL }
 }
 
 /// Delivers the next batch after the cursor; returns how many events it held.

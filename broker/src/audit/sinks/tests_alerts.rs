@@ -317,3 +317,21 @@ async fn after_a_broker_restart_a_connector_that_does_not_come_back_alerts_and_o
     );
     t.stop().await;
 }
+
+/// Under steady traffic the sinks catch up with less than a full batch and
+/// must then wait a poll interval: stepping again at once wrote the cursor
+/// after every few events, and each write held the database's write lock
+/// against the audit writer (SQLite's busy handler then slept 1 ms or more).
+#[test]
+fn a_sink_that_caught_up_waits_a_poll_interval_before_looking_again() {
+    use super::alerts::{BATCH, wait_after};
+    use super::{POLL, SinkError, after_delivery};
+    assert_eq!(wait_after(&Ok(BATCH)), Duration::ZERO, "a full batch: more are waiting");
+    assert_eq!(wait_after(&Ok(BATCH - 1)), POLL);
+    assert_eq!(wait_after(&Ok(1)), POLL);
+    assert_eq!(wait_after(&Ok(0)), POLL);
+    assert!(wait_after(&Err(SinkError::Alert("x".into()))) > POLL);
+    assert_eq!(after_delivery(100, 100), Duration::ZERO);
+    assert_eq!(after_delivery(3, 100), POLL);
+    assert_eq!(after_delivery(0, 100), POLL);
+}
