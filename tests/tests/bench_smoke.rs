@@ -33,7 +33,14 @@ const EVERY_SETUP: &[&str] = &[
 ];
 
 /// Rows about tunnel processes: Palisade (and ssh) only.
-const TUNNEL_ONLY: &[&str] = &["upload_cpu_total", "download_cpu_total", "idle_rss_client_mib", "idle_rss_server_mib"];
+const TUNNEL_ONLY: &[&str] = &[
+    "upload_cpu_total",
+    "download_cpu_total",
+    "echo_cpu_total",
+    "sse_cpu_total",
+    "idle_rss_client_mib",
+    "idle_rss_server_mib",
+];
 
 /// Rows only Palisade has.
 const PALISADE_ONLY: &[&str] = &["idle_rss_broker_mib"];
@@ -48,6 +55,8 @@ const MAY_BE_ZERO: &[&str] = &[
     "download_cpu_server",
     "connect_cpu_total",
     "connect_cpu_broker",
+    "echo_cpu_broker",
+    "sse_cpu_broker",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

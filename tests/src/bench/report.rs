@@ -133,6 +133,8 @@ impl Row {
 
 const CPU_GIB: &str = "CPU-s/GiB";
 const CPU_CONN: &str = "CPU-µs/conn";
+const CPU_ROUND: &str = "CPU-µs/round trip";
+const CPU_EVENT: &str = "CPU-µs/event";
 const CLIENT: &str = "… client (`palisade connect` / `ssh`)";
 const SERVER: &str = "… connector / sshd";
 
@@ -156,6 +158,9 @@ fn rows() -> Vec<Row> {
         Row::new("download_cpu_server", Down, "cpu_s_per_gib.server", CPU_GIB, SERVER).tunnel(),
         Row::new("echo_p50_us", Echo, "p50_us", "µs", "1 KiB echo p50").target(AtMostSsh(1.5)),
         Row::new("echo_p99_us", Echo, "p99_us", "µs", "1 KiB echo p99").target(AtMostSsh(0.1)),
+        Row::new("echo_cpu_total", Echo, "cpu_us_per_round.total", CPU_ROUND, "1 KiB echo: CPU, all tunnel processes")
+            .tunnel(),
+        Row::new("echo_cpu_broker", Echo, "cpu_us_per_round.broker", CPU_ROUND, "… broker").tunnel(),
         Row::new("connect_p50_us", Connect, "p50_us", "µs", "new connection → first echoed byte, p50")
             .target(AtMostSsh(2.0)),
         Row::new("connect_p99_us", Connect, "p99_us", "µs", "new connection → first echoed byte, p99"),
@@ -173,6 +178,8 @@ fn rows() -> Vec<Row> {
         Row::new("sse_gap_p99_us", Sse, "gap_p99_us", "µs", "SSE: inter-event gap p99"),
         Row::new("sse_delay_p50_us", Sse, "delay_p50_us", "µs", "SSE: event delay (upstream write → arrival) p50"),
         Row::new("sse_delay_p99_us", Sse, "delay_p99_us", "µs", "SSE: event delay p99"),
+        Row::new("sse_cpu_total", Sse, "cpu_us_per_event.total", CPU_EVENT, "SSE: CPU, all tunnel processes").tunnel(),
+        Row::new("sse_cpu_broker", Sse, "cpu_us_per_event.broker", CPU_EVENT, "… broker").tunnel(),
         Row::new("idle_open_s", Idle, "open_all_s", "s", "idle: open all connections"),
         Row::new(
             "idle_rss_client_mib",

@@ -127,6 +127,21 @@ impl Sample {
         }
         self.series.insert(series.to_owned(), samples.iter().map(|v| round(*v)).collect());
     }
+
+    /// Records the CPU each tunnel process used, in µs per unit of work, as
+    /// `{key}.{role}` and `{key}.total`; nothing for a setup without tunnel
+    /// processes (direct TCP).
+    fn cpu_per(&mut self, key: &str, used: BTreeMap<Role, f64>, units: usize) {
+        if used.is_empty() {
+            return;
+        }
+        let per_unit = |seconds: f64| seconds * 1e6 / units.max(1) as f64;
+        let total = used.values().sum();
+        for (role, seconds) in used {
+            self.value(format!("{key}.{}", role.as_str()), per_unit(seconds));
+        }
+        self.value(format!("{key}.total"), per_unit(total));
+    }
 }
 
 fn round(v: f64) -> f64 {
@@ -235,6 +250,7 @@ async fn echo(setup: &Setup, params: &Params, run: usize) -> WorkloadResult {
     let request = crate::random_bytes(params.echo_size);
     let mut reply = vec![0u8; params.echo_size];
     let mut latencies = Vec::with_capacity(params.echo_rounds);
+    let cpu_before = setup.cpu();
     for _ in 0..params.echo_rounds {
         let sent = Instant::now();
         stream.write_all(&request).await.map_err(io("write a request"))?;
@@ -244,9 +260,11 @@ async fn echo(setup: &Setup, params: &Params, run: usize) -> WorkloadResult {
     if reply != request {
         return Err("the echo came back different".into());
     }
+    let cpu_used = setup.cpu().used_since(&cpu_before);
     let mut sample = Sample::new(run, setup, Workload::Echo);
     sample.value("mean_us", latencies.iter().sum::<f64>() / latencies.len().max(1) as f64);
     sample.distribution("", "latency_us", latencies);
+    sample.cpu_per("cpu_us_per_round", cpu_used, params.echo_rounds);
     Ok(sample)
 }
 
@@ -262,19 +280,11 @@ async fn connections(setup: &Setup, rounds: usize, run: usize) -> WorkloadResult
         stream.read_exact(&mut byte).await.map_err(io("read the first echoed byte"))?;
         latencies.push(micros(started.elapsed()));
     }
-    let cpu_after = setup.cpu();
+    let cpu_used = setup.cpu().used_since(&cpu_before);
     let mut sample = Sample::new(run, setup, Workload::Connect);
     sample.distribution("", "latency_us", latencies);
-    if !setup.processes.is_empty() {
-        // Includes tearing down the previous connections that overlapped with the next ones.
-        let per_conn = |seconds: f64| seconds * 1e6 / rounds.max(1) as f64;
-        let mut total = 0.0;
-        for (role, used) in cpu_after.used_since(&cpu_before) {
-            total += used;
-            sample.value(format!("cpu_us_per_conn.{}", role.as_str()), per_conn(used));
-        }
-        sample.value("cpu_us_per_conn.total", per_conn(total));
-    }
+    // Includes tearing down the previous connections that overlapped with the next ones.
+    sample.cpu_per("cpu_us_per_conn", cpu_used, rounds);
     Ok(sample)
 }
 
@@ -282,6 +292,7 @@ async fn connections(setup: &Setup, rounds: usize, run: usize) -> WorkloadResult
 /// gaps between arrivals, and each event's delay since the upstream wrote it.
 async fn events(setup: &Setup, params: &Params, run: usize) -> WorkloadResult {
     let started = Instant::now();
+    let cpu_before = setup.cpu();
     let mut stream = connect(setup.addr).await.map_err(io("connect"))?;
     let mut request = vec![EVENTS];
     for word in [params.sse_events, params.sse_interval_us, params.sse_event_size] {
@@ -310,10 +321,13 @@ async fn events(setup: &Setup, params: &Params, run: usize) -> WorkloadResult {
             pending.drain(..end + 2);
         }
     }
+    let cpu_used = setup.cpu().used_since(&cpu_before);
     if arrivals.len() != params.sse_events as usize {
         return Err(format!("{} of {} events arrived", arrivals.len(), params.sse_events));
     }
     let mut sample = Sample::new(run, setup, Workload::Sse);
+    // Opening the connection included: one per stream, as a client would.
+    sample.cpu_per("cpu_us_per_event", cpu_used, arrivals.len());
     if let Some(first) = arrivals.first() {
         sample.value("first_event_ms", first.duration_since(started).as_secs_f64() * 1e3);
     }
