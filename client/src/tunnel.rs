@@ -358,6 +358,8 @@ fn client_config(
 /// Windows sized for bulk transfer (quinn's defaults are small), set on purpose;
 /// the client accepts no bidirectional streams from the broker, and one
 /// unidirectional stream: the move notice of a broker that is stopping.
+/// The broker is asked to acknowledge less often than QUIC's default
+/// ([`palisade_proto::wire::ACK_ELICITING_THRESHOLD`]).
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
@@ -368,6 +370,9 @@ fn transport_config() -> quinn::TransportConfig {
     t.max_concurrent_uni_streams(VarInt::from_u32(1));
     t.keep_alive_interval(Some(failover::KEEP_ALIVE));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(VarInt::from_u32(30_000))));
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(palisade_proto::wire::ACK_ELICITING_THRESHOLD));
+    t.ack_frequency_config(Some(acks));
     t
 }
 
@@ -406,5 +411,11 @@ mod tests {
         }
         assert!(backoff(1) <= Duration::from_millis(200));
         assert!(backoff(10) >= Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn the_broker_is_asked_to_acknowledge_less_often() {
+        let config = format!("{:?}", transport_config());
+        assert!(config.contains("ack_eliciting_threshold: 9"), "{config}");
     }
 }

@@ -34,6 +34,15 @@ pub const ALPN_CLIENT: &[u8] = b"palisade-client/1";
 /// ALPN protocol a connector uses on the broker's QUIC port.
 pub const ALPN_CONNECTOR: &[u8] = b"palisade-connector/1";
 
+/// Every QUIC endpoint asks its peer (QUIC's ACK-frequency extension) to
+/// acknowledge after this many unacknowledged ack-eliciting packets plus
+/// one, instead of after every second packet; the peer still acknowledges
+/// within its `max_ack_delay`, and as soon as packets go missing, so loss
+/// is detected as before. A stream of small writes (tokens, SSE events, the frames that
+/// open and close a tunnel) then costs about one ACK-only packet, and one
+/// wake-up of the sender, per ten packets instead of per two.
+pub const ACK_ELICITING_THRESHOLD: u32 = 9;
+
 /// Why a header or frame could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{AckFrequencyConfig, IdleTimeout, TransportConfig, VarInt};
 
 use super::RelayError;
 use crate::state::Broker;
@@ -62,6 +62,23 @@ fn transport() -> TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))))
-        .keep_alive_interval(Some(Duration::from_secs(10)));
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .ack_frequency_config(Some(fewer_acks()));
     t
+}
+
+/// See [`palisade_proto::wire::ACK_ELICITING_THRESHOLD`].
+fn fewer_acks() -> AckFrequencyConfig {
+    let mut acks = AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(palisade_proto::wire::ACK_ELICITING_THRESHOLD));
+    acks
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peers_are_asked_to_acknowledge_less_often() {
+        let config = format!("{:?}", super::transport());
+        assert!(config.contains("ack_eliciting_threshold: 9"), "{config}");
+    }
 }

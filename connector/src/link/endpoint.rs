@@ -18,6 +18,8 @@
 //!   sending tunnels to a connector that is gone.
 //! - UDP socket buffers 4 MiB: the kernel default (about 200 KiB) drops
 //!   packets in bursts at a few hundred Mbit/s.
+//! - ACK frequency: the broker is asked to acknowledge every tenth packet
+//!   rather than every second ([`ACK_ELICITING_THRESHOLD`]).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -25,9 +27,9 @@ use std::time::Duration;
 
 use palisade_proto::identity::TrustAnchors;
 use palisade_proto::tls::{TlsError, TlsIdentity, quic_client_config};
-use palisade_proto::wire::ALPN_CONNECTOR;
+use palisade_proto::wire::{ACK_ELICITING_THRESHOLD, ALPN_CONNECTOR};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig};
-use quinn::{Endpoint, EndpointConfig, TransportConfig, VarInt};
+use quinn::{AckFrequencyConfig, Endpoint, EndpointConfig, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const MIB: u32 = 1024 * 1024;
@@ -52,8 +54,15 @@ pub(crate) fn transport_config() -> TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(16_384))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .keep_alive_interval(Some(Duration::from_secs(2)))
-        .max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
+        .max_idle_timeout(Some(VarInt::from_u32(10_000).into()))
+        .ack_frequency_config(Some(fewer_acks()));
     transport
+}
+
+fn fewer_acks() -> AckFrequencyConfig {
+    let mut acks = AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
+    acks
 }
 
 /// mTLS with our certificate, trusting only our CA, ALPN `palisade-connector/1`.

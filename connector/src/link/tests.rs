@@ -51,6 +51,28 @@ async fn upper_after_eof_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepts)
 }
 
+/// An upstream that writes `chunks` chunks of 16 bytes, `gap` apart, then closes.
+async fn trickling_upstream(chunks: usize, gap: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counter = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tcp.set_nodelay(true).expect("nodelay");
+            tokio::spawn(async move {
+                for _ in 0..chunks {
+                    tcp.write_all(&[b't'; 16]).await.expect("write");
+                    tokio::time::sleep(gap).await;
+                }
+                tcp.shutdown().await.expect("shutdown");
+            });
+        }
+    });
+    (addr, accepts)
+}
+
 fn fake_broker(ca: &TestCa) -> Endpoint {
     let tls = quic_server_config(&ca.server(), &ca.trust()).expect("server TLS");
     let crypto = QuicServerConfig::try_from(Arc::new(tls)).expect("QUIC TLS");
@@ -378,4 +400,24 @@ async fn a_link_does_not_renew_what_another_link_renewed() {
     first.finish(&certificate_pem, &ca.pem).await.expect("renewed");
     second.adopt_stored().await;
     assert!(!second.due(SystemTime::now()), "the second link takes the renewed certificate instead of renewing again");
+}
+
+/// A stream of small writes (tokens, events) asks the broker for about one
+/// ACK per ten packets (`ACK_ELICITING_THRESHOLD`), not QUIC's one per two.
+#[tokio::test]
+async fn a_trickle_of_small_writes_is_acknowledged_about_every_tenth_packet() {
+    let (upstream, accepts) = trickling_upstream(200, Duration::from_millis(1)).await;
+    let h = Harness::start_with(valid_for_hours(), upstream, accepts).await;
+    let (_, mut send, mut recv) = h.open_dispatch(&["ml-agents"]).await;
+    send.finish().expect("finish");
+    let before = h.conn.stats();
+    let answer = within("the trickle", recv.read_to_end(1 << 20)).await.expect("read to end");
+    let after = h.conn.stats();
+    assert_eq!(answer.len(), 200 * 16);
+    let packets = after.udp_rx.datagrams - before.udp_rx.datagrams;
+    let acks = after.frame_tx.acks - before.frame_tx.acks;
+    assert!(packets >= 40, "the trickle came in {packets} packets, too few to judge");
+    // QUIC's default, an ACK for every second packet, gives acks ≈ packets / 2.
+    assert!(acks * 3 <= packets, "{acks} ACKs sent for {packets} packets received");
+    h.stop().await;
 }
