@@ -13,7 +13,7 @@ use palisade_proto::wire::{Dispatch, PREFIX_LEN, StreamKind};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{ReadError, ReadToEndError};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::*;
@@ -29,48 +29,50 @@ async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
-/// An upstream that reads until the caller half-closes, then answers with
-/// the bytes upper-cased and closes: it only answers if the FIN got through.
-async fn upper_after_eof_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// An upstream on a free port that runs `serve` on every connection it
+/// accepts, and counts them.
+async fn upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepts = Arc::new(AtomicUsize::new(0));
     let counter = accepts.clone();
     tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
+        while let Ok((tcp, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                tcp.read_to_end(&mut data).await.expect("read");
-                data.make_ascii_uppercase();
-                tcp.write_all(&data).await.expect("write");
-                tcp.shutdown().await.expect("shutdown");
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     (addr, accepts)
 }
 
+/// An upstream that reads until the caller half-closes, then answers with
+/// the bytes upper-cased and closes: it only answers if the FIN got through.
+async fn upper_after_eof_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    upstream(|mut tcp| async move {
+        let mut data = Vec::new();
+        tcp.read_to_end(&mut data).await.expect("read");
+        data.make_ascii_uppercase();
+        tcp.write_all(&data).await.expect("write");
+        tcp.shutdown().await.expect("shutdown");
+    })
+    .await
+}
+
 /// An upstream that writes `chunks` chunks of 16 bytes, `gap` apart, then closes.
 async fn trickling_upstream(chunks: usize, gap: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepts = Arc::new(AtomicUsize::new(0));
-    let counter = accepts.clone();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tcp.set_nodelay(true).expect("nodelay");
-            tokio::spawn(async move {
-                for _ in 0..chunks {
-                    tcp.write_all(&[b't'; 16]).await.expect("write");
-                    tokio::time::sleep(gap).await;
-                }
-                tcp.shutdown().await.expect("shutdown");
-            });
+    upstream(move |mut tcp| async move {
+        tcp.set_nodelay(true).expect("nodelay");
+        for _ in 0..chunks {
+            tcp.write_all(&[b't'; 16]).await.expect("write");
+            tokio::time::sleep(gap).await;
         }
-    });
-    (addr, accepts)
+        tcp.shutdown().await.expect("shutdown");
+    })
+    .await
 }
 
 fn fake_broker(ca: &TestCa) -> Endpoint {
