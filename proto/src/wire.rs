@@ -38,9 +38,10 @@ pub const ALPN_CONNECTOR: &[u8] = b"palisade-connector/1";
 /// acknowledge after this many unacknowledged ack-eliciting packets plus
 /// one, instead of after every second packet; the peer still acknowledges
 /// within its `max_ack_delay`, and as soon as packets go missing, so loss
-/// is detected as before. A stream of small writes (tokens, SSE events, the frames that
-/// open and close a tunnel) then costs about one ACK-only packet, and one
-/// wake-up of the sender, per ten packets instead of per two.
+/// is detected as before. A stream of small writes (tokens, SSE events,
+/// the frames that open and close a tunnel) then costs about one ACK-only
+/// packet, and one wake-up of the sender, per ten packets instead of per
+/// two.
 pub const ACK_ELICITING_THRESHOLD: u32 = 9;
 
 /// Why a header or frame could not be read.
