@@ -10,9 +10,13 @@ use std::time::Duration;
 use palisade_tests::{ALLOW_ML_AGENTS, Agent, Broker, EchoUpstream, TestEnv, wait_for, wait_for_some};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-/// The connector renews after two thirds of this and checks every 5 s.
-const CONNECTOR_TTL: &str = "15s";
-const RENEWED_WITHIN: Duration = Duration::from_secs(40);
+/// The connector renews after two thirds of this and checks every 5 s, so
+/// a renewal lands between 20 and 25 s, at least 5 s before the certificate
+/// ends (with 15 s there was no margin at all: a connector that missed one
+/// check on a loaded CI machine kept an expired certificate for good, as
+/// `renewal.rs` also avoids).
+const CONNECTOR_TTL: &str = "30s";
+const RENEWED_WITHIN: Duration = Duration::from_secs(45);
 
 fn bundle(file: &Path) -> Vec<Vec<u8>> {
     let pem = std::fs::read_to_string(file).unwrap_or_default();
