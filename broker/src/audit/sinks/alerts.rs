@@ -127,8 +127,7 @@ pub(super) async fn run(db: Db, audit: Audit, offline_after: Duration, shutdown:
 /// the database's write lock, and the audit writer then waits for it).
 pub(super) fn wait_after(stepped: &Result<usize, SinkError>) -> Duration {
     match stepped {
-        Ok(n) if *n >= BATCH => Duration::ZERO,
-        Ok(_) => POLL,
+        Ok(n) => super::after_delivery(*n, BATCH),
         Err(_) => POLL * 4,
     }
 }

@@ -171,9 +171,10 @@ async fn run_sink(db: Db, config: AuditSinkConfig, mut output: Output, shutdown:
     }
 }
 
-/// The wait after delivering `delivered` events: none after a full batch
-/// (more are waiting), a poll interval after anything less (caught up; see
-/// `alerts::wait_after` for why).
+/// The wait after delivering `delivered` events, for the configured sinks
+/// and the alert task alike: none after a full batch (more are waiting), a
+/// poll interval after anything less (caught up; see `alerts::wait_after`
+/// for why).
 fn after_delivery(delivered: usize, batch_size: usize) -> Duration {
     if delivered >= batch_size { Duration::ZERO } else { POLL }
 }
