@@ -27,7 +27,7 @@ pub mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
@@ -74,6 +74,8 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     files_dir: Option<PathBuf>,
+    /// SQLite: the database file, as SQLite resolved it; `None` in memory.
+    sqlite_file: Option<PathBuf>,
     /// SQLite: the task that checkpoints the write-ahead log; stops with the last handle.
     _checkpointer: Option<Arc<wal::Checkpointer>>,
 }
@@ -106,11 +108,18 @@ impl Db {
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await,
         };
         migrated.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
-        let (files_dir, checkpointer) = match backend {
-            Backend::Sqlite => (sqlite_dir(url), Some(Arc::new(wal::start(pool.clone())))),
-            Backend::Postgres => (None, None),
+        let (files_dir, sqlite_file, checkpointer) = match backend {
+            Backend::Sqlite => (sqlite_dir(url), main_file(&pool).await?, Some(Arc::new(wal::start(pool.clone())))),
+            Backend::Postgres => (None, None, None),
         };
-        Ok(Db { pool, backend, files_dir, _checkpointer: checkpointer })
+        Ok(Db { pool, backend, files_dir, sqlite_file, _checkpointer: checkpointer })
+    }
+
+    /// SQLite: the database file, for a connection of its own outside the
+    /// pool (the audit writer's). `None` for PostgreSQL or an in-memory database.
+    #[must_use]
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
     }
 
     /// Sets the directory for the files that belong with this database (the
@@ -182,6 +191,17 @@ fn sqlite_dir(url: &str) -> Option<PathBuf> {
     Some(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() })
 }
 
+/// The file SQLite opened for the `main` schema (`PRAGMA database_list`);
+/// `None` in memory, where the name is empty.
+async fn main_file(pool: &AnyPool) -> Result<Option<PathBuf>, sqlx::Error> {
+    let files = sqlx::query_as::<Any, (i64, String, String)>("PRAGMA database_list").fetch_all(pool).await?;
+    Ok(files
+        .into_iter()
+        .find(|(_, schema, _)| schema == "main")
+        .map(|(_, _, file)| PathBuf::from(file))
+        .filter(|file| !file.as_os_str().is_empty()))
+}
+
 /// The URL handed to the driver: a SQLite file is created when missing.
 fn connect_url(url: &str, backend: Backend) -> String {
     match backend {
@@ -195,22 +215,31 @@ fn connect_url(url: &str, backend: Backend) -> String {
 /// Per-connection settings. SQLite: WAL (readers never wait for the writer),
 /// `synchronous=NORMAL` (a commit survives a killed process; WAL keeps it
 /// consistent across power loss), no checkpoint inside a commit (the
-/// [`wal`] task does them), a 5 s busy timeout and foreign keys on.
+/// [`wal`] task does them, and cuts the log file back to 64 MiB when it
+/// starts over), a 5 s busy timeout and foreign keys on.
 async fn prepare_connection(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
     if backend == Backend::Sqlite {
-        let timeout_ms = Duration::from_secs(5).as_millis();
-        for pragma in [
-            "PRAGMA journal_mode = WAL".to_owned(),
-            "PRAGMA synchronous = NORMAL".to_owned(),
-            "PRAGMA wal_autocheckpoint = 0".to_owned(),
-            format!("PRAGMA busy_timeout = {timeout_ms}"),
-            "PRAGMA foreign_keys = ON".to_owned(),
-        ] {
-            conn.execute(sqlx::AssertSqlSafe(pragma)).await?;
+        for pragma in SQLITE_PRAGMAS {
+            conn.execute(pragma).await?;
         }
     }
     Ok(())
 }
+
+/// The settings of every SQLite connection the broker opens, the pool's and
+/// the audit writer's alike (see [`prepare_connection`]).
+pub const SQLITE_PRAGMAS: [&str; 6] = [
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA wal_autocheckpoint = 0",
+    // 64 MiB: what the log file is cut back to when it starts over (wal).
+    "PRAGMA journal_size_limit = 67108864",
+    SQLITE_BUSY_TIMEOUT,
+    "PRAGMA foreign_keys = ON",
+];
+
+/// How long a SQLite connection waits for another's lock before it fails.
+const SQLITE_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000";
 
 /// The database URL for a SQLite file.
 #[must_use]

@@ -9,6 +9,9 @@
 //! when the pool opens the connection) and a task of this module runs a `PASSIVE`
 //! checkpoint every [`EVERY`] on a connection of its own (each SQLite
 //! connection has its own thread), while writers keep appending to the log.
+//! Under steady writes that alone never lets the log start over, so past
+//! [`RESTART_FRAMES`] the task also asks for a restart, without waiting for
+//! anyone ([`checkpoint`]).
 //!
 //! Durability does not change: with `synchronous = NORMAL` a commit is in the
 //! log when it returns and survives a killed process whether or not it has
@@ -19,13 +22,17 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::{AnyConnection, AnyPool, Executor as _};
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 
 /// How often the log is copied into the database file. Bounds the log to what
 /// the broker writes in this long (about 4 KiB per event).
 pub(super) const EVERY: Duration = Duration::from_secs(1);
+
+/// The log size, in frames of one page, past which a checkpoint makes the
+/// log start over (about 64 MiB at SQLite's default 4 KiB page).
+pub(super) const RESTART_FRAMES: i64 = 16_384;
 
 /// The running checkpoint task. It holds the pool only while it checkpoints:
 /// when the last [`super::Db`] handle is dropped the pool goes with it (its
@@ -61,7 +68,14 @@ async fn run(pool: Weak<AnyPool>) {
             return;
         };
         let progress = match pool.acquire().await {
-            Ok(mut conn) => checkpoint(&mut conn).await,
+            Ok(mut conn) => {
+                let done = checkpoint(&mut conn).await;
+                if done.is_err() {
+                    // It may still have its busy timeout off: never hand it out again.
+                    let _ = conn.close().await;
+                }
+                done
+            }
             Err(e) => Err(e),
         };
         match progress {
@@ -83,13 +97,42 @@ async fn run(pool: Weak<AnyPool>) {
 
 /// Runs one `PASSIVE` checkpoint: copies as much of the log as no reader
 /// still needs, without waiting for readers or writers (if another
-/// connection is checkpointing, this one does nothing).
+/// connection is checkpointing, this one does nothing). If the log has
+/// grown past [`RESTART_FRAMES`], then tries to make it start over.
 ///
 /// # Errors
 /// SQLite failed to read the log, or to write or sync the database file.
 pub async fn checkpoint(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_optional(conn).await?;
-    Ok(())
+    checkpoint_bounded(conn, RESTART_FRAMES).await
+}
+
+/// A passive checkpoint never lets the log start over while writes keep
+/// coming: SQLite rewinds the log only for a write that begins when every
+/// frame has been copied, and under steady traffic (a new tunnel every
+/// millisecond) some write always lands while the checkpoint runs, so the
+/// log grew by about 12 KiB per tunnel without end. Past `bound` frames a
+/// `RESTART` checkpoint follows: it holds the write lock while it copies
+/// what the passive one left (little), so the next write rewinds the log
+/// and `journal_size_limit` cuts the file back to 64 MiB. It
+/// runs with the busy timeout off: it never waits for a writer or for a
+/// reader (an audit export may read for minutes), and while it would wait,
+/// every writer would wait with it; it gives up instead and is tried again
+/// a second later.
+async fn checkpoint_bounded(conn: &mut AnyConnection, bound: i64) -> Result<(), sqlx::Error> {
+    if log_frames(conn, "PRAGMA wal_checkpoint(PASSIVE)").await? < bound {
+        return Ok(());
+    }
+    conn.execute("PRAGMA busy_timeout = 0").await?;
+    let restarted = log_frames(conn, "PRAGMA wal_checkpoint(RESTART)").await;
+    conn.execute(super::SQLITE_BUSY_TIMEOUT).await?;
+    restarted.map(|_| ())
+}
+
+/// Runs a `wal_checkpoint` pragma and returns the frames in the log
+/// (its row is `busy, log, checkpointed`; `-1` when not in WAL mode).
+async fn log_frames(conn: &mut AnyConnection, pragma: &'static str) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query_as::<sqlx::Any, (i64, i64, i64)>(pragma).fetch_optional(conn).await?;
+    Ok(row.map_or(0, |(_, log, _)| log))
 }
 
 #[cfg(test)]
@@ -114,6 +157,8 @@ mod tests {
             let mut conn = db.pool().acquire().await.unwrap();
             let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(&mut *conn).await.unwrap();
             assert_eq!(pages, 0, "a commit would stop to checkpoint the log");
+            let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit").fetch_one(&mut *conn).await.unwrap();
+            assert_eq!(limit, 64 * 1024 * 1024, "the log file is not cut back when it starts over");
             held.push(conn);
         }
     }
@@ -136,5 +181,47 @@ mod tests {
         }
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM filler").fetch_one(db.pool()).await.unwrap();
         assert_eq!(count, 64);
+    }
+
+    /// Writes small rows on a connection of its own, back to back, until told to stop.
+    fn steady_writes(db: &Db, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut conn = db.pool().acquire().await.unwrap();
+            // Cut the log file right back when it starts over, so its size shows when it did.
+            sqlx::query("PRAGMA journal_size_limit = 0").execute(&mut *conn).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sqlx::query("INSERT INTO filler VALUES (zeroblob(100))").execute(&mut *conn).await.unwrap();
+            }
+            sqlx::query("PRAGMA journal_size_limit = -1").execute(&mut *conn).await.unwrap();
+        })
+    }
+
+    #[tokio::test]
+    async fn under_steady_writes_a_long_log_still_starts_over() {
+        const RESTARTS: u32 = 10;
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path()).await;
+        let log = dir.path().join("palisade.db-wal");
+        sqlx::query("CREATE TABLE filler (b BLOB)").execute(db.pool()).await.unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = steady_writes(&db, stop.clone());
+        let mut conn = db.pool().acquire().await.unwrap();
+        // A passive checkpoint alone may find a quiet moment now and then;
+        // here the log must start over again and again.
+        let (mut last, mut largest, mut restarts) = (0, 0, 0);
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            checkpoint_bounded(&mut conn, 64).await.unwrap();
+            let size = std::fs::metadata(&log).map_or(0, |m| m.len());
+            restarts += u32::from(size < last);
+            (last, largest) = (size, largest.max(size));
+            if restarts == RESTARTS {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.await.unwrap();
+        assert_eq!(restarts, RESTARTS, "the log grew to {largest} bytes and started over {restarts} times");
     }
 }
