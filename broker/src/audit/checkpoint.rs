@@ -30,6 +30,13 @@ pub const ALGORITHM: &str = "ed25519";
 const DOMAIN: &str = "palisade-audit-checkpoint-v1";
 const ANCHOR_DOMAIN: &str = "palisade-audit-prune-anchor-v1";
 
+/// Records a public key once (the statements every driver runs).
+pub(super) const INSERT_KEY: &str = "INSERT INTO audit_signing_keys (key_id, algorithm, public_key, created_ms) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING";
+/// Stores a checkpoint unless that head already has one.
+pub(super) const INSERT_CHECKPOINT: &str = "INSERT INTO audit_checkpoints (seq, hash, ts_ms, signature, key_id) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING";
+
 /// One row of `audit_checkpoints`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -224,16 +231,13 @@ impl Checkpoint {
 /// # Errors
 /// A database error.
 pub async fn register_key(db: &Db, signer: &Signer) -> Result<(), AuditError> {
-    sqlx::query(
-        "INSERT INTO audit_signing_keys (key_id, algorithm, public_key, created_ms) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (key_id) DO NOTHING",
-    )
-    .bind(signer.key_id())
-    .bind(ALGORITHM)
-    .bind(hex(signer.public_key()))
-    .bind(now_ms(SystemTime::now()))
-    .execute(db.pool())
-    .await?;
+    sqlx::query(INSERT_KEY)
+        .bind(signer.key_id())
+        .bind(ALGORITHM)
+        .bind(hex(signer.public_key()))
+        .bind(now_ms(SystemTime::now()))
+        .execute(db.pool())
+        .await?;
     Ok(())
 }
 
@@ -248,17 +252,14 @@ pub(super) async fn write(
         return Ok(None);
     }
     let cp = signer.sign(seq, hash, now_ms(at));
-    let inserted = sqlx::query(
-        "INSERT INTO audit_checkpoints (seq, hash, ts_ms, signature, key_id) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (seq) DO NOTHING",
-    )
-    .bind(cp.seq)
-    .bind(&cp.hash)
-    .bind(cp.ts_ms)
-    .bind(&cp.signature)
-    .bind(&cp.key_id)
-    .execute(conn)
-    .await?;
+    let inserted = sqlx::query(INSERT_CHECKPOINT)
+        .bind(cp.seq)
+        .bind(&cp.hash)
+        .bind(cp.ts_ms)
+        .bind(&cp.signature)
+        .bind(&cp.key_id)
+        .execute(conn)
+        .await?;
     Ok((inserted.rows_affected() == 1).then_some(cp))
 }
 

@@ -1,7 +1,7 @@
 //! The audit trail: an append-only, hash-chained table every step writes to.
 //!
 //! [`Audit::record`] is durable when it returns. Concurrent callers are
-//! batched into one write transaction by a single writer task (group commit),
+//! batched into one write transaction by a single writer (group commit),
 //! so the relay can record an event per stream. [`Audit::record_in`] appends
 //! inside a caller's transaction, so an event commits together with the
 //! change it describes. [`verify`] walks the chain and checks the signed
@@ -12,6 +12,7 @@
 pub mod chain;
 pub mod checkpoint;
 pub mod export;
+mod file_writer;
 pub mod query;
 pub mod retention;
 pub mod sinks;
@@ -19,12 +20,13 @@ mod verify;
 mod writer;
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use palisade_proto::id::DecisionId;
 use sqlx::{Any, AnyConnection, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::db::Db;
 pub use chain::{EventRow, GENESIS};
@@ -375,7 +377,11 @@ pub enum AuditError {
     /// The database refused the write (locked beyond the busy timeout, disk full, …).
     #[error("audit trail: database error: {0}")]
     Db(Arc<sqlx::Error>),
-    /// The writer task is gone (the broker is shutting down).
+    /// The writer's own connection to the SQLite file failed (locked beyond
+    /// the busy timeout, disk full, the file unreadable, …).
+    #[error("audit trail: database error: {0}")]
+    File(Arc<rusqlite::Error>),
+    /// The writer is gone or the database was closed (the broker is shutting down).
     #[error("audit trail: the writer has stopped")]
     Closed,
     /// A stored row could not be read.
@@ -389,16 +395,27 @@ impl From<sqlx::Error> for AuditError {
     }
 }
 
-/// Appends to the audit trail. Cheap to clone; all clones share one writer task.
-#[derive(Clone, Debug)]
+impl From<rusqlite::Error> for AuditError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::File(Arc::new(e))
+    }
+}
+
+/// Appends to the audit trail. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
 pub struct Audit {
-    jobs: mpsc::Sender<writer::Job>,
-    checkpoints: mpsc::Sender<writer::CheckpointReply>,
+    msgs: flume::Sender<writer::Msg>,
     signer: Option<Arc<Signer>>,
 }
 
+impl fmt::Debug for Audit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Audit").field("queued", &self.msgs.len()).field("signer", &self.signer).finish()
+    }
+}
+
 impl Audit {
-    /// Starts the writer task. Must be called inside a Tokio runtime.
+    /// Starts the writer ([`Audit::with_signer`]). Must be called inside a Tokio runtime.
     ///
     /// Checkpoints are signed with the key in [`checkpoint::KEY_FILE`] beside
     /// the database file (created on first use); if that key cannot be loaded
@@ -433,13 +450,22 @@ impl Audit {
         self.signer.as_ref()
     }
 
-    /// Starts the writer task with an explicit signer (or none) and checkpoint policy.
+    /// Starts the writer with an explicit signer (or none) and checkpoint
+    /// policy: a thread of its own for a SQLite file, else a task.
     #[must_use]
     pub fn with_signer(db: Db, signer: Option<Arc<Signer>>, policy: CheckpointPolicy) -> Self {
-        let (jobs, rx) = mpsc::channel(writer::QUEUE);
-        let (checkpoints, requests) = mpsc::channel(16);
-        tokio::spawn(writer::Writer { db, signer: signer.clone(), policy }.run(rx, requests));
-        Self { jobs, checkpoints, signer }
+        let (msgs, rx) = flume::bounded(writer::QUEUE);
+        let thread = db.sqlite_file().map(Path::to_path_buf).and_then(|path| {
+            let (writer, rx) = (file_writer::FileWriter::new(path, db.clone(), signer.clone(), policy), rx.clone());
+            let spawned = std::thread::Builder::new().name("palisade-audit".into()).spawn(move || writer.run(&rx));
+            spawned
+                .inspect_err(|e| tracing::error!(error = %e, "no audit writer thread; writing through the pool"))
+                .ok()
+        });
+        if thread.is_none() {
+            tokio::spawn(writer::Writer { db, signer: signer.clone(), policy }.run(rx));
+        }
+        Self { msgs, signer }
     }
 
     /// Signs the current chain head now (for a clean shutdown, or before a
@@ -450,7 +476,7 @@ impl Audit {
     /// The database refused the write, or the writer has stopped.
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
         let (done, wait) = oneshot::channel();
-        self.checkpoints.send(done).await.map_err(|_| AuditError::Closed)?;
+        self.msgs.send_async(writer::Msg::Checkpoint(done)).await.map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -476,7 +502,7 @@ impl Audit {
         crate::metrics::audit_event(&event);
         let (done, wait) = oneshot::channel();
         let job = writer::Job { event, at: SystemTime::now(), lazy, done };
-        self.jobs.send(job).await.map_err(|_| AuditError::Closed)?;
+        self.msgs.send_async(writer::Msg::Event(job)).await.map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -494,10 +520,22 @@ impl Audit {
     }
 }
 
+/// The chain head `(seq, hash)`: the newest event, or the newest prune anchor
+/// when a prune took every event (the next event links to the last one
+/// deleted). Every driver runs the same statements.
+const SELECT_HEAD: &str = "SELECT seq, hash FROM \
+     (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS newest_event \
+     UNION ALL SELECT seq, hash FROM \
+     (SELECT seq, hash FROM audit_prune_anchors ORDER BY seq DESC LIMIT 1) AS newest_anchor \
+     ORDER BY seq DESC LIMIT 1";
+
+/// Appends one row, its columns bound in [`EventRow`]'s order.
+const INSERT_EVENT: &str = "INSERT INTO audit_events \
+     (seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 pub(crate) async fn head(conn: &mut AnyConnection) -> Result<(i64, String), sqlx::Error> {
-    let head = sqlx::query_as::<Any, (i64, String)>("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(conn)
-        .await?;
+    let head = sqlx::query_as::<Any, (i64, String)>(SELECT_HEAD).fetch_optional(conn).await?;
     Ok(head.unwrap_or_else(|| (0, GENESIS.to_owned())))
 }
 
@@ -515,22 +553,19 @@ pub(crate) async fn append_after(
     at: SystemTime,
 ) -> Result<(i64, String), AuditError> {
     let row = chained_row((prev_seq, prev_hash), event, at);
-    sqlx::query(
-        "INSERT INTO audit_events (seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(row.seq)
-    .bind(row.ts_ms)
-    .bind(&row.kind)
-    .bind(&row.outcome)
-    .bind(&row.actor)
-    .bind(&row.subject)
-    .bind(&row.decision_id)
-    .bind(&row.detail)
-    .bind(&row.prev_hash)
-    .bind(&row.hash)
-    .execute(conn)
-    .await?;
+    sqlx::query(INSERT_EVENT)
+        .bind(row.seq)
+        .bind(row.ts_ms)
+        .bind(&row.kind)
+        .bind(&row.outcome)
+        .bind(&row.actor)
+        .bind(&row.subject)
+        .bind(&row.decision_id)
+        .bind(&row.detail)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+        .execute(conn)
+        .await?;
     Ok((row.seq, row.hash))
 }
 

@@ -169,14 +169,12 @@ async fn an_event_nobody_waits_on_is_written_with_the_next_or_after_a_short_ling
 }
 
 #[tokio::test]
-async fn a_run_that_meets_a_moved_head_is_written_whole_after_it() {
+async fn a_batch_after_another_writers_events_is_chained_after_them() {
     let (_dir, db, audit) = fresh().await;
     record_n(&audit, 2).await;
     // Another writer (another process, a transaction) appends: the head moves.
     let other = Audit::new(db.clone());
     assert_eq!(other.record(ended("elsewhere")).await.unwrap(), 3);
-    // The run written after the remembered head (2) collides: nothing of it
-    // is kept, and it goes after the real head instead.
     assert_eq!(lazy_then_urgent(&audit).await, (4, 5));
     assert_intact(&db, 5).await;
 }
@@ -184,7 +182,7 @@ async fn a_run_that_meets_a_moved_head_is_written_whole_after_it() {
 #[tokio::test]
 async fn closing_the_database_does_not_wait_on_the_writers_connection() {
     let (_dir, db, audit) = fresh().await;
-    // From the second event on the writer appends short runs on a connection it keeps.
+    // The writer keeps its own connection to the file between events.
     record_n(&audit, 3).await;
     let closed = tokio::time::timeout(Duration::from_secs(5), db.close()).await;
     assert!(closed.is_ok(), "Db::close waited on the audit writer's connection");
@@ -235,4 +233,50 @@ async fn keyset_pages_are_counted_and_walk_back_to_the_newest() {
     let back = query::previous_before(&db, &third_q, 5).await.unwrap();
     let again = query::search(&db, &query::Query { before_seq: back, ..q.clone() }).await.unwrap();
     assert_eq!(again.items, second.items, "previous from page three is page two");
+}
+
+#[tokio::test]
+async fn an_event_waits_for_a_transaction_holding_the_write_lock_and_follows_it() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 1).await;
+    let mut tx = db.begin_write().await.unwrap();
+    Audit::record_in(&mut tx, AuditEvent::new(EventKind::TokenCreated, Outcome::Success)).await.unwrap();
+    let behind = audit.clone();
+    let waiting = tokio::spawn(async move { behind.record(ended("behind the lock")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the writer did not wait for the lock: {:?}", waiting.await);
+    tx.commit().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), 3);
+    assert_intact(&db, 3).await;
+}
+
+#[tokio::test]
+async fn a_refused_write_fails_only_its_own_events_and_the_writer_goes_on() {
+    let (_dir, db, audit) = fresh().await;
+    record_n(&audit, 2).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON audit_events WHEN NEW.subject = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poison refused'); END",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let refused = audit.record(ended("poison")).await.unwrap_err().to_string();
+    assert!(refused.contains("poison refused"), "{refused}");
+    assert_eq!(audit.record(ended("after")).await.unwrap(), 3);
+    assert_intact(&db, 3).await;
+}
+
+#[tokio::test]
+async fn a_sqlite_trail_is_written_even_while_every_pooled_connection_is_busy() {
+    let (_dir, db, audit) = fresh().await;
+    let mut held = Vec::new();
+    while let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_millis(200), db.pool().acquire()).await {
+        held.push(conn);
+    }
+    assert!(!held.is_empty());
+    let recorded = tokio::time::timeout(Duration::from_secs(5), audit.record(ended("pool exhausted"))).await;
+    assert_eq!(recorded.expect("a stream's event waited for a pooled connection").unwrap(), 1);
+    drop(held);
+    assert_intact(&db, 1).await;
 }

@@ -168,3 +168,22 @@ async fn the_broker_prunes_past_the_retention_period_on_its_own_archiving_first(
     assert!(report.broken.is_none(), "the chain verifies across the cut: {report:?}");
     assert_eq!((report.pruned_through, report.events), (Some(5), 2), "{report:?}");
 }
+
+#[tokio::test]
+async fn after_a_prune_that_took_every_event_the_chain_goes_on_from_the_anchor() {
+    let (_dir, db, audit, signer) = fresh().await;
+    record_n(&audit, 3).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(prune(&db, &signer, now_ms(), None::<&mut Vec<u8>>).await.unwrap().deleted, 3);
+    // The running writer, a transaction and a writer started later (a restarted broker) alike.
+    assert_eq!(audit.record(AuditEvent::new(EventKind::SessionCreated, Outcome::Success)).await.unwrap(), 4);
+    let mut tx = db.begin_write().await.unwrap();
+    let seq = Audit::record_in(&mut tx, AuditEvent::new(EventKind::TokenCreated, Outcome::Success)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(seq, 5);
+    drop(audit);
+    let restarted = Audit::with_signer(db.clone(), Some(signer.clone()), NEVER);
+    assert_eq!(restarted.record(AuditEvent::new(EventKind::SessionCreated, Outcome::Success)).await.unwrap(), 6);
+    let report = verify_with(&db, Some(signer.public_key())).await.unwrap();
+    assert_eq!((report.events, report.pruned_through, report.broken.as_ref()), (3, Some(3), None), "{report:?}");
+}

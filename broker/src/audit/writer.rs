@@ -1,59 +1,43 @@
-//! The single writer task: group commit for [`super::Audit::record`], and
-//! the periodic signed checkpoints.
+//! The single writer: group commit for [`super::Audit::record`], and the
+//! periodic signed checkpoints.
 //!
-//! Callers queue a job and wait for its oneshot. The task takes every job
-//! already queued (up to [`MAX_BATCH`]), appends them in one `BEGIN IMMEDIATE`
-//! transaction, commits, and only then answers each caller. SQLite's write
-//! lock, taken before the chain head is read, keeps the chain linear when
-//! other processes (the admin CLI) append to the same file.
+//! Callers queue a [`Msg`] and wait for its oneshot. The writer takes every
+//! event already queued (up to [`MAX_BATCH`]), appends them in one write
+//! transaction, commits, and only then answers each caller. The transaction
+//! holds the database's write lock before it reads the chain head, so the
+//! chain stays linear when other processes (the admin CLI), other replicas
+//! or the broker's own [`super::Audit::record_in`] transactions append too.
 //!
-//! A short run of events (the common case: one stream decision while
-//! nothing else is queued) skips the transaction: the task remembers the
-//! head it last wrote and appends after it in one autocommit multi-row
-//! `INSERT`, a single round trip to the database thread instead of four.
-//! `seq` is the primary key, so if anything else appended meanwhile (a state
-//! change recorded in its own transaction, another process) the insert fails
-//! as a duplicate, nothing is written, and the events go the transactional
-//! way after a fresh read of the head.
-//!
-//! On SQLite the writer keeps the connection of its last short run for the
-//! next one instead of handing it back to the pool: sqlx returns a pooled
-//! connection through a spawned task that pings it, a second round trip to
-//! the database thread for every stream event. A SQLite connection is a file
-//! handle in this process and cannot die with a server; after an error the
-//! writer lets it go and takes a fresh one, and it lets go as soon as the pool
-//! is closing so that [`Db::close`] does not wait on it.
+//! Which writer runs depends on the database. A SQLite file gets
+//! [`super::file_writer`]: a thread with a connection of its own, so that a
+//! stream's event is one hand-over to that thread and one back. Anything
+//! else (PostgreSQL, an in-memory SQLite database) gets the task in this
+//! module, which writes through the pool.
 //!
 //! Events nobody waits on ([`super::Audit::record_soon`]: a stream that
 //! ended) may linger up to [`LINGER`] for the next event, so that a client
 //! opening connection after connection costs one write per connection, not
-//! two. On PostgreSQL every append takes the transactional way: there an
-//! insert outside the write lock could collide with another replica's locked
-//! transaction and fail that transaction's own work.
+//! two.
 //!
 //! With a signer, the batch that brings [`CheckpointPolicy::every_events`]
 //! events since the last checkpoint also signs its new head, in the same
 //! transaction; a timer checkpoints the head every
 //! [`CheckpointPolicy::every`] if it moved (events appended by other
-//! processes included), and the task checkpoints once more when the last
+//! processes included), and the writer checkpoints once more when the last
 //! [`super::Audit`] is dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sqlx::Any;
-use sqlx::pool::PoolConnection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
 use super::checkpoint::{self, Checkpoint, Signer};
-use super::{AuditError, AuditEvent, append_after, chained_row, head};
-use crate::db::{Backend, Db};
+use super::{AuditError, AuditEvent, append_after, head};
+use crate::db::Db;
 
 pub(super) const QUEUE: usize = 8192;
-const MAX_BATCH: usize = 512;
-/// The most events one multi-row `INSERT` carries (10 parameters each).
-const MAX_RUN: usize = 32;
+pub(super) const MAX_BATCH: usize = 512;
 /// How long an event nobody waits on may wait for company.
 pub(super) const LINGER: Duration = Duration::from_millis(20);
 
@@ -72,6 +56,22 @@ impl Default for CheckpointPolicy {
     }
 }
 
+impl CheckpointPolicy {
+    /// The signer, if the batch that takes the count since the last
+    /// checkpoint to `since + batch` events must sign its head.
+    pub(super) fn due<'s>(&self, signer: Option<&'s Signer>, since: u64, batch: usize) -> Option<&'s Signer> {
+        signer.filter(|_| since.saturating_add(u64::try_from(batch).unwrap_or(u64::MAX)) >= self.every_events)
+    }
+}
+
+/// What a writer is asked to do.
+pub(super) enum Msg {
+    /// Append an event.
+    Event(Job),
+    /// Sign the chain head now.
+    Checkpoint(CheckpointReply),
+}
+
 pub(super) struct Job {
     pub(super) event: AuditEvent,
     pub(super) at: SystemTime,
@@ -82,6 +82,60 @@ pub(super) struct Job {
 
 pub(super) type CheckpointReply = oneshot::Sender<Result<Option<Checkpoint>, AuditError>>;
 
+/// Moves the events already queued behind the first into `batch`, up to
+/// [`MAX_BATCH`]. Stops at a checkpoint request and returns it: it is
+/// answered after the events queued before it are written.
+pub(super) fn gather(msgs: &flume::Receiver<Msg>, batch: &mut Vec<Job>) -> Option<CheckpointReply> {
+    while batch.len() < MAX_BATCH {
+        match msgs.try_recv() {
+            Ok(Msg::Event(job)) => batch.push(job),
+            Ok(Msg::Checkpoint(reply)) => return Some(reply),
+            Err(_) => break,
+        }
+    }
+    None
+}
+
+/// Whether every queued event is one nobody waits on: then the batch may
+/// wait up to [`LINGER`] for company.
+pub(super) fn lonely(batch: &[Job]) -> bool {
+    batch.iter().all(|job| job.lazy)
+}
+
+/// Adds to `batch` what arrived while it lingered, and what queued behind that.
+pub(super) fn after_linger(
+    arrived: Option<Msg>,
+    msgs: &flume::Receiver<Msg>,
+    batch: &mut Vec<Job>,
+) -> Option<CheckpointReply> {
+    match arrived {
+        Some(Msg::Event(job)) => {
+            batch.push(job);
+            gather(msgs, batch)
+        }
+        Some(Msg::Checkpoint(reply)) => Some(reply),
+        None => None,
+    }
+}
+
+/// Answers every job of `batch` (emptying it) with its seq, or with the error.
+pub(super) fn answer(batch: &mut Vec<Job>, written: Result<Vec<u64>, AuditError>) {
+    match written {
+        Ok(seqs) => {
+            for (job, seq) in batch.drain(..).zip(seqs) {
+                let _ = job.done.send(Ok(seq));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, events = batch.len(), "audit events could not be written");
+            for job in batch.drain(..) {
+                let _ = job.done.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// The writer task, for a database reached through the pool.
 pub(super) struct Writer {
     pub(super) db: Db,
     pub(super) signer: Option<Arc<Signer>>,
@@ -89,7 +143,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) async fn run(self, mut jobs: mpsc::Receiver<Job>, mut requests: mpsc::Receiver<CheckpointReply>) {
+    pub(super) async fn run(self, msgs: flume::Receiver<Msg>) {
         if let Some(signer) = &self.signer
             && let Err(e) = checkpoint::register_key(&self.db, signer).await
         {
@@ -99,26 +153,26 @@ impl Writer {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut since_checkpoint = 0u64;
-        let mut last_head = None;
-        let mut held = None;
-        let closing = self.db.pool().close_event();
-        tokio::pin!(closing);
         loop {
             tokio::select! {
-                () = &mut closing, if held.is_some() => held = None,
-                n = jobs.recv_many(&mut batch, MAX_BATCH) => {
-                    if n == 0 {
-                        break;
+                msg = msgs.recv_async() => match msg {
+                    Ok(Msg::Event(job)) => {
+                        batch.push(job);
+                        let mut request = gather(&msgs, &mut batch);
+                        if request.is_none() && lonely(&batch) {
+                            let arrived = tokio::time::timeout(LINGER, msgs.recv_async()).await;
+                            request = after_linger(arrived.ok().and_then(Result::ok), &msgs, &mut batch);
+                        }
+                        self.commit(&mut batch, &mut since_checkpoint).await;
+                        if let Some(reply) = request {
+                            let _ = reply.send(self.checkpoint(&mut since_checkpoint).await);
+                        }
                     }
-                    if batch.iter().all(|job| job.lazy) {
-                        let room = MAX_BATCH - batch.len();
-                        let _ = tokio::time::timeout(LINGER, jobs.recv_many(&mut batch, room)).await;
+                    Ok(Msg::Checkpoint(reply)) => {
+                        let _ = reply.send(self.checkpoint(&mut since_checkpoint).await);
                     }
-                    self.commit(&mut batch, &mut since_checkpoint, (&mut last_head, &mut held)).await;
-                }
-                Some(reply) = requests.recv() => {
-                    let _ = reply.send(self.checkpoint(&mut since_checkpoint).await);
-                }
+                    Err(flume::RecvError::Disconnected) => break,
+                },
                 _ = tick.tick(), if self.signer.is_some() => {
                     if let Err(e) = self.checkpoint(&mut since_checkpoint).await {
                         tracing::error!(error = %e, "could not checkpoint the audit trail");
@@ -136,44 +190,17 @@ impl Writer {
         }
     }
 
-    /// `(last_head, held)`: the head the writer last committed and the
-    /// connection it kept for the next short run.
-    async fn commit(
-        &self,
-        batch: &mut Vec<Job>,
-        since_checkpoint: &mut u64,
-        (last_head, held): (&mut Option<Head>, &mut Option<PoolConnection<Any>>),
-    ) {
-        let sign = self
-            .signer
-            .as_deref()
-            .filter(|_| *since_checkpoint + u64::try_from(batch.len()).unwrap_or(u64::MAX) >= self.policy.every_events);
-        let written = match (sign, batch.as_slice(), last_head.take()) {
-            (None, run, Some(head)) if run.len() <= MAX_RUN && self.db.backend() == Backend::Sqlite => {
-                match append_run(&self.db, held, head, run).await {
-                    Ok(Some(head)) => Ok(head),
-                    Ok(None) => write_batch(&self.db, batch, None).await,
-                    Err(e) => Err(e),
-                }
-            }
-            _ => write_batch(&self.db, batch, sign).await,
-        };
-        *last_head = written.as_ref().ok().map(|(_, head)| head.clone());
-        match written.map(|(seqs, _)| seqs) {
-            Ok(seqs) => {
-                *since_checkpoint =
-                    if sign.is_some() { 0 } else { *since_checkpoint + u64::try_from(seqs.len()).unwrap_or(0) };
-                for (job, seq) in batch.drain(..).zip(seqs) {
-                    let _ = job.done.send(Ok(seq));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, events = batch.len(), "audit events could not be written");
-                for job in batch.drain(..) {
-                    let _ = job.done.send(Err(e.clone()));
-                }
-            }
+    async fn commit(&self, batch: &mut Vec<Job>, since_checkpoint: &mut u64) {
+        let sign = self.policy.due(self.signer.as_deref(), *since_checkpoint, batch.len());
+        let written = write_batch(&self.db, batch, sign).await;
+        if let Ok(seqs) = &written {
+            *since_checkpoint = if sign.is_some() {
+                0
+            } else {
+                since_checkpoint.saturating_add(u64::try_from(seqs.len()).unwrap_or(u64::MAX))
+            };
         }
+        answer(batch, written);
     }
 
     async fn checkpoint(&self, since_checkpoint: &mut u64) -> Result<Option<Checkpoint>, AuditError> {
@@ -184,78 +211,7 @@ impl Writer {
     }
 }
 
-/// The chain head the writer last committed: `(seq, hash)`.
-type Head = (i64, String);
-
-/// Appends `run` after `head` in one multi-row `INSERT`, without a
-/// transaction (one statement is atomic), on the connection in `held` (taken
-/// from the pool when there is none, and kept there unless the insert
-/// failed). `Ok(None)`: the head moved (the insert hit an existing `seq`),
-/// nothing was written.
-async fn append_run(
-    db: &Db,
-    held: &mut Option<PoolConnection<Any>>,
-    head: Head,
-    run: &[Job],
-) -> Result<Option<(Vec<u64>, Head)>, AuditError> {
-    let mut rows = Vec::with_capacity(run.len());
-    let mut prev = head;
-    for job in run {
-        let row = chained_row(prev, &job.event, job.at);
-        prev = (row.seq, row.hash.clone());
-        rows.push(row);
-    }
-    let mut sql = String::from(
-        "INSERT INTO audit_events (seq, ts_ms, kind, outcome, actor, subject, decision_id, detail, prev_hash, hash) VALUES ",
-    );
-    for i in 0..rows.len() {
-        let p = i * 10;
-        let sep = if i == 0 { "" } else { ", " };
-        sql.push_str(&format!(
-            "{sep}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5,
-            p + 6,
-            p + 7,
-            p + 8,
-            p + 9,
-            p + 10
-        ));
-    }
-    // Only numbered placeholders are formatted into the statement; every value is bound.
-    let seqs: Vec<u64> = rows.iter().map(|r| u64::try_from(r.seq).unwrap_or(0)).collect();
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for row in rows {
-        query = query
-            .bind(row.seq)
-            .bind(row.ts_ms)
-            .bind(row.kind)
-            .bind(row.outcome)
-            .bind(row.actor)
-            .bind(row.subject)
-            .bind(row.decision_id)
-            .bind(row.detail)
-            .bind(row.prev_hash)
-            .bind(row.hash);
-    }
-    let mut conn = match held.take() {
-        Some(conn) => conn,
-        None => db.pool().acquire().await?,
-    };
-    match query.execute(&mut *conn).await {
-        Ok(_) => {
-            *held = Some(conn);
-            Ok(Some((seqs, prev)))
-        }
-        Err(e) if crate::db::is_unique_violation(&e) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn write_batch(db: &Db, batch: &[Job], sign: Option<&Signer>) -> Result<(Vec<u64>, Head), AuditError> {
+async fn write_batch(db: &Db, batch: &[Job], sign: Option<&Signer>) -> Result<Vec<u64>, AuditError> {
     let mut tx = db.begin_write().await?;
     let mut seqs = Vec::with_capacity(batch.len());
     let mut head = head(&mut tx).await?;
@@ -267,5 +223,5 @@ async fn write_batch(db: &Db, batch: &[Job], sign: Option<&Signer>) -> Result<(V
         checkpoint::write(&mut tx, signer, (head.0, &head.1), SystemTime::now()).await?;
     }
     tx.commit().await?;
-    Ok((seqs, head))
+    Ok(seqs)
 }
