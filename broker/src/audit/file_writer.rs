@@ -47,8 +47,13 @@ impl FileWriter {
         Self { path, db, signer, policy, conn: None, since_checkpoint: 0 }
     }
 
+    /// Starts [`FileWriter::run`] on a thread of its own.
+    pub(super) fn spawn(self, msgs: flume::Receiver<Msg>) -> std::io::Result<()> {
+        std::thread::Builder::new().name("palisade-audit".into()).spawn(move || self.run(&msgs)).map(drop)
+    }
+
     /// Serves `msgs` until every sender is gone.
-    pub(super) fn run(mut self, msgs: &flume::Receiver<Msg>) {
+    fn run(mut self, msgs: &flume::Receiver<Msg>) {
         if let Err(e) = self.register_key() {
             tracing::error!(error = %e, "could not record the audit signing key");
         }

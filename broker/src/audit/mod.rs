@@ -20,7 +20,6 @@ mod verify;
 mod writer;
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -455,14 +454,14 @@ impl Audit {
     #[must_use]
     pub fn with_signer(db: Db, signer: Option<Arc<Signer>>, policy: CheckpointPolicy) -> Self {
         let (msgs, rx) = flume::bounded(writer::QUEUE);
-        let thread = db.sqlite_file().map(Path::to_path_buf).and_then(|path| {
-            let (writer, rx) = (file_writer::FileWriter::new(path, db.clone(), signer.clone(), policy), rx.clone());
-            let spawned = std::thread::Builder::new().name("palisade-audit".into()).spawn(move || writer.run(&rx));
+        let on_thread = db.sqlite_file().is_some_and(|path| {
+            let writer = file_writer::FileWriter::new(path.to_path_buf(), db.clone(), signer.clone(), policy);
+            let spawned = writer.spawn(rx.clone());
             spawned
                 .inspect_err(|e| tracing::error!(error = %e, "no audit writer thread; writing through the pool"))
-                .ok()
+                .is_ok()
         });
-        if thread.is_none() {
+        if !on_thread {
             tokio::spawn(writer::Writer { db, signer: signer.clone(), policy }.run(rx));
         }
         Self { msgs, signer }
