@@ -175,8 +175,15 @@ impl Db {
     }
 
     /// Closes every connection; waits for checked-out ones to come back.
+    /// A SQLite file's write-ahead log is then folded into it
+    /// ([`wal::fold_at_close`]).
     pub async fn close(&self) {
         self.pool.close().await;
+        let Some(file) = self.sqlite_file.clone() else { return };
+        let folded = tokio::task::spawn_blocking(move || wal::fold_at_close(&file)).await;
+        if let Ok(Err(e)) = folded {
+            tracing::debug!(error = %e, "could not fold the write-ahead log at close; the next open replays it");
+        }
     }
 }
 

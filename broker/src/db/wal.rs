@@ -17,11 +17,14 @@
 //! log when it returns and survives a killed process whether or not it has
 //! been checkpointed; the next open replays the log. The last connection to
 //! close the file (in any process) checkpoints what is left, as SQLite always
-//! does, so a short-lived admin command leaves no log behind either.
+//! does, so a short-lived admin command leaves no log behind either; and when
+//! the pool closes, [`fold_at_close`] makes sure some connection was last.
 
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use rusqlite::OpenFlags;
 use sqlx::{AnyConnection, AnyPool, Executor as _};
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
@@ -135,6 +138,29 @@ async fn log_frames(conn: &mut AnyConnection, pragma: &'static str) -> Result<i6
     Ok(row.map_or(0, |(_, log, _)| log))
 }
 
+/// Run once the pool has closed. The last connection to close a file folds
+/// the log into it and deletes the log and its shared-memory file, but a
+/// connection learns it is the last only by taking the file's exclusive lock:
+/// two closing at the same moment (the checkpoint task's and an idle one, say)
+/// can each still see the other, and both leave the log behind. It is
+/// replayed at the next open, so nothing is lost, but a directory that a
+/// refused `init` only read must look as it did. One more connection, opened
+/// and closed alone, is last. It never waits: where a connection is still
+/// open (the audit writer's thread), that one closes last and folds the log.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub(super) fn fold_at_close(file: &Path) -> rusqlite::Result<()> {
+    let conn = rusqlite::Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::ZERO)?;
+    // A connection opens the log with its first read.
+    conn.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+    conn.close().map_err(|(_, e)| e)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -145,6 +171,30 @@ mod tests {
 
     async fn open(dir: &Path) -> Db {
         Db::open(&sqlite_url(&dir.join("palisade.db"))).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_log_that_the_last_connections_left_is_folded_when_the_pool_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path()).await;
+        let file = dir.path().join("palisade.db");
+        let log = dir.path().join("palisade.db-wal");
+        let shm = dir.path().join("palisade.db-shm");
+        // A connection that closes without folding the log, as each of two
+        // connections closing together does when it still sees the other.
+        let other = rusqlite::Connection::open(&file).unwrap();
+        other.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+        other.execute_batch("CREATE TABLE kept (x INTEGER); INSERT INTO kept VALUES (42)").unwrap();
+        db.pool().close().await;
+        drop(other);
+        assert!(log.exists() && shm.exists(), "the test needs a log that nobody folded");
+
+        db.close().await;
+        assert!(!log.exists(), "the write-ahead log was left behind");
+        assert!(!shm.exists(), "the shared-memory file was left behind");
+        let reopened = rusqlite::Connection::open(&file).unwrap();
+        let x: i64 = reopened.query_row("SELECT x FROM kept", [], |row| row.get(0)).unwrap();
+        assert_eq!(x, 42, "what was in the log is in the database file");
     }
 
     #[tokio::test]
