@@ -26,7 +26,7 @@ use std::time::{Instant, SystemTime};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 use super::checkpoint::{self, Checkpoint, Signer};
-use super::writer::{CheckpointPolicy, Job, LINGER, Msg, after_linger, answer, gather, lonely};
+use super::writer::{CheckpointPolicy, Job, LINGER, Msg, after_linger, answer, gather, lonely, since_after};
 use super::{AuditError, GENESIS, INSERT_EVENT, SELECT_HEAD, chained_row};
 use crate::db::{Db, SQLITE_PRAGMAS};
 
@@ -105,10 +105,7 @@ impl FileWriter {
             Ok(seqs)
         });
         if let Ok(seqs) = &written {
-            self.since_checkpoint = match sign {
-                Some(_) => 0,
-                None => self.since_checkpoint.saturating_add(u64::try_from(seqs.len()).unwrap_or(u64::MAX)),
-            };
+            self.since_checkpoint = since_after(self.since_checkpoint, sign.is_some(), seqs.len());
         }
         answer(batch, written);
     }

@@ -64,6 +64,12 @@ impl CheckpointPolicy {
     }
 }
 
+/// Events since the last checkpoint once a batch of `written` events has
+/// committed: none if the batch signed its head.
+pub(super) fn since_after(since: u64, signed: bool, written: usize) -> u64 {
+    if signed { 0 } else { since.saturating_add(u64::try_from(written).unwrap_or(u64::MAX)) }
+}
+
 /// What a writer is asked to do.
 pub(super) enum Msg {
     /// Append an event.
@@ -194,11 +200,7 @@ impl Writer {
         let sign = self.policy.due(self.signer.as_deref(), *since_checkpoint, batch.len());
         let written = write_batch(&self.db, batch, sign).await;
         if let Ok(seqs) = &written {
-            *since_checkpoint = if sign.is_some() {
-                0
-            } else {
-                since_checkpoint.saturating_add(u64::try_from(seqs.len()).unwrap_or(u64::MAX))
-            };
+            *since_checkpoint = since_after(*since_checkpoint, sign.is_some(), seqs.len());
         }
         answer(batch, written);
     }
