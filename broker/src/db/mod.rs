@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod identities;
 pub mod login_state;
 pub mod meta;
+mod migrations;
 pub mod order;
 pub mod quota_usage;
 pub mod replicas;
@@ -103,9 +104,9 @@ impl Db {
             .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
             .connect(&connect_url(url, backend))
             .await?;
-        let migrated = match backend {
-            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await,
-            Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await,
+        let migrated = match migrations::migrator(backend) {
+            Ok(migrator) => migrator.run(&pool).await,
+            Err(e) => Err(e),
         };
         migrated.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
         let (files_dir, sqlite_file, checkpointer) = match backend {
