@@ -1,6 +1,6 @@
 //! The schema's migrations, compiled into the broker binary.
 //!
-//! Each backend's list names the files of its directory under `migrations/`.
+//! One list names the files of both directories under `migrations/`.
 //! Version and description come from the file name the way sqlx reads a
 //! migration directory (`0003_login.sql` is version 3, "login"), and sqlx
 //! computes the checksum it records from the same text, so a database
@@ -18,31 +18,17 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 
 use super::Backend;
 
-/// `(file name, contents)` for each file of `migrations/<dir>/`.
+/// Both directories hold the same schema, one file per step under the same
+/// name in each dialect; this lists the names once and embeds each
+/// directory's `(file name, contents)`.
 macro_rules! embedded {
-    ($dir:literal: $($file:literal),* $(,)?) => {
-        &[$(($file, include_str!(concat!("../../../migrations/", $dir, "/", $file)))),*]
+    ($($file:literal),* $(,)?) => {
+        const SQLITE: &[(&str, &str)] = &[$(($file, include_str!(concat!("../../../migrations/sqlite/", $file)))),*];
+        const POSTGRES: &[(&str, &str)] = &[$(($file, include_str!(concat!("../../../migrations/postgres/", $file)))),*];
     };
 }
 
-const SQLITE: &[(&str, &str)] = embedded!("sqlite":
-    "0001_initial.sql",
-    "0002_sessions_revocations.sql",
-    "0003_login.sql",
-    "0004_audit_checkpoints.sql",
-    "0005_policy_versions.sql",
-    "0006_audit_sinks.sql",
-    "0007_service_catalog.sql",
-    "0008_audit_alerts.sql",
-    "0009_assertion_keys.sql",
-    "0010_broker_replicas.sql",
-    "0014_change_notifications.sql",
-    "0015_connector_links.sql",
-    "0016_quota_usage.sql",
-    "0017_alert_throttles.sql",
-);
-
-const POSTGRES: &[(&str, &str)] = embedded!("postgres":
+embedded!(
     "0001_initial.sql",
     "0002_sessions_revocations.sql",
     "0003_login.sql",
