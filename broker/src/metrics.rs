@@ -32,13 +32,15 @@ pub static ISSUANCES: Family<Counter> = Family::new(&["result"], Counter::new);
 pub static CONNECTOR_LINKS: Family<Gauge> = Family::new(&["connector"], Gauge::new);
 /// From a client's stream header to the first spliced byte: decide, audit, open towards the connector.
 pub static STREAM_SETUP: Histogram<12> = Histogram::new(SETUP_BOUNDS);
+/// Client streams relayed to a connector, by the send `priority` their identity's share of the link gave them.
+pub static STREAM_PRIORITIES: Family<Counter> = Family::new(&["priority"], Counter::new);
 /// Every audit event, by `kind` and `outcome`.
 pub static AUDIT_EVENTS: Family<Counter> = Family::new(&["kind", "outcome"], Counter::new);
 /// 1 while this broker cannot confirm its view of the database is current ([`crate::sync`]).
 pub static STALE: Gauge = Gauge::new();
 
 /// Everything the broker exports, in the order `/metrics` lists it.
-pub static SERIES: [Series; 10] = [
+pub static SERIES: [Series; 11] = [
     Series {
         name: "palisade_relay_live_tunnels",
         help: "Client streams being relayed to a connector now.",
@@ -58,6 +60,12 @@ pub static SERIES: [Series; 10] = [
         name: "palisade_relay_stream_setup_seconds",
         help: "Time from a client's stream header to relaying: decision, audit, opening the connector's stream.",
         metric: &STREAM_SETUP,
+    },
+    Series {
+        name: "palisade_relay_stream_priorities_total",
+        help: "Client streams relayed to a connector, by the send priority their identity's share of the link gave \
+               them (0: fewer than 8 of its streams open on the link; -1 to -4: each eightfold more).",
+        metric: &STREAM_PRIORITIES,
     },
     Series {
         name: "palisade_decisions_total",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use palisade_proto::control::{ConnectorToBroker, StreamOutcome};
 use palisade_proto::id::DecisionId;
 use palisade_proto::reject::RejectCode;
+use palisade_proto::share::LinkShares;
 use palisade_proto::wire::{self, Dispatch, PREFIX_LEN, StreamHeader, StreamKind};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
@@ -30,6 +31,9 @@ pub(crate) struct StreamContext {
     pub(crate) connect_timeout: Duration,
     /// Frames for the control stream (stream reports).
     pub(crate) control: mpsc::Sender<ConnectorToBroker>,
+    /// The streams each caller has open on this link, which set the send
+    /// priority of the replies (see `palisade_proto::share`).
+    pub(crate) shares: Arc<LinkShares>,
 }
 
 /// Handles one broker-opened bidirectional stream to its end.
@@ -78,6 +82,11 @@ async fn tunnel(ctx: &StreamContext, dispatch: Dispatch, mut send: SendStream, m
         }
     };
     tracing::debug!(caller = %authorized.peer.id(), policies = ?authorized.grant.policy_ids(), "stream allowed");
+    // Held until the tunnel ends. Setting the priority fails only on a stream
+    // the broker has already reset, which the splice then ends at once.
+    let share = ctx.shares.enter(&authorized.peer.id().id);
+    let _ = send.set_priority(share.priority());
+    metrics::STREAM_PRIORITIES.get(&[share.label()]).inc();
     if http::is_http_service(&ctx.policy, dispatch.service.as_str(), now) {
         metrics::stream("allowed");
         let outcome = serve_http(ctx, &dispatch, authorized, send, recv, started).await;

@@ -206,6 +206,7 @@ async fn serve(
         services: link.services.clone(),
         connect_timeout: link.connect_timeout,
         control: out_tx.clone(),
+        shares: Arc::default(),
     });
     let renewal = Renewal::new(link.store.clone(), identity.spiffe.clone(), identity.validity);
     let mut control = Control {

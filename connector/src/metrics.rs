@@ -18,6 +18,8 @@ const CONNECT_BOUNDS: [f64; 11] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 pub(crate) static LINKED: Gauge = Gauge::new();
 /// Tunnel streams dispatched by a broker, by `result`.
 pub(crate) static STREAMS: Family<Counter> = Family::new(&["result"], Counter::new);
+/// Allowed tunnel streams, by the send `priority` their caller's share of the link gave the replies.
+pub(crate) static STREAM_PRIORITIES: Family<Counter> = Family::new(&["priority"], Counter::new);
 /// L7 requests, by `service`, `status` and `decision`.
 pub(crate) static HTTP_REQUESTS: Family<Counter> = Family::new(&["service", "status", "decision"], Counter::new);
 /// Model tokens reported by the workload, by `service` and `kind` (prompt, completion).
@@ -27,7 +29,7 @@ pub(crate) static UPSTREAM_CONNECT: Family<Histogram<11>> =
     Family::new(&["service"], || Histogram::new(CONNECT_BOUNDS));
 
 /// Everything the connector exports, in the order `/metrics` lists it.
-pub static SERIES: [Series; 5] = [
+pub static SERIES: [Series; 6] = [
     Series {
         name: "palisade_connector_linked",
         help: "1 while a link to a broker is up and welcomed, else 0.",
@@ -37,6 +39,12 @@ pub static SERIES: [Series; 5] = [
         name: "palisade_connector_streams_total",
         help: "Tunnel streams from a broker, by result (allowed, denied, upstream_failed, bad_request).",
         metric: &STREAMS,
+    },
+    Series {
+        name: "palisade_connector_stream_priorities_total",
+        help: "Allowed tunnel streams, by the send priority their caller's share of the link gave the replies \
+               (0: fewer than 8 of its streams open on the link; -1 to -4: each eightfold more).",
+        metric: &STREAM_PRIORITIES,
     },
     Series {
         name: "palisade_connector_http_requests_total",

@@ -10,6 +10,7 @@
 //! - [`usage`]: quota counts shared by the connector replicas of a service.
 //! - [`throttle`]: throttles the broker sets after an abuse alert.
 //! - [`reject`]: reason codes in stream resets and their messages.
+//! - [`share`]: send priorities that divide a connector link between identities.
 //! - [`enroll`]: the enrollment token and the enrollment API's JSON.
 //! - [`tls`]: rustls configurations built on the one crypto provider.
 //! - [`pem`]: PEM helpers.
@@ -24,6 +25,7 @@ pub mod id;
 pub mod identity;
 pub mod pem;
 pub mod reject;
+pub mod share;
 pub mod throttle;
 pub mod tls;
 pub mod usage;

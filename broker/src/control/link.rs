@@ -47,7 +47,12 @@ pub(crate) async fn serve(broker: Broker, conn: quinn::Connection, peer: Arc<Pee
     if !unknown.is_empty() {
         tracing::warn!(connector = %peer.identity.name(), ?unknown, "connector offers services no segment holds yet: `palisade-broker service assign`");
     }
-    let link = Link { connector_id: peer.identity.id().id.clone(), name: peer.identity.name().to_owned(), conn };
+    let link = Link {
+        connector_id: peer.identity.id().id.clone(),
+        name: peer.identity.name().to_owned(),
+        conn,
+        shares: Arc::default(),
+    };
     broker.registry().register(&link, &served);
     crate::metrics::CONNECTOR_LINKS.get(&[&link.name]).inc();
     let link_id = uuid::Uuid::new_v4().to_string();

@@ -81,7 +81,9 @@ async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send
             return reset(&mut send, &mut recv, code, "refused");
         }
     };
-    let connector = match dispatch(broker, peer, &service, decision_id, &admitted).await {
+    // Counted until the tunnel ends: its place in this identity's share of the link.
+    let share = admitted.link.shares.enter(&peer.identity.id().id);
+    let connector = match dispatch(broker, peer, &service, decision_id, &admitted, share.priority()).await {
         Ok(streams) => streams,
         Err(code) => {
             metrics::stream_open(StreamOpen::Failed);
@@ -90,6 +92,7 @@ async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send
     };
     drop(admission);
     metrics::stream_open(StreamOpen::Allowed);
+    metrics::STREAM_PRIORITIES.get(&[share.label()]).inc();
     metrics::STREAM_SETUP.observe_duration(started.elapsed());
     let caller = peer.identity.id().uri();
     tracing::info!(%decision_id, %service, %caller, connector = %admitted.link.name, "stream allowed");
@@ -102,6 +105,7 @@ async fn relay(broker: &Broker, peer: &Arc<Peer>, service: ServiceName, mut send
     metrics::LIVE_TUNNELS.dec();
     broker.live().remove_stream(live_id);
     let closed_by = closed_by.get().map(String::as_str);
+    drop(share);
     ended(broker, peer, &service, decision_id, &admitted.link, stats, closed_by).await;
 }
 
@@ -175,6 +179,7 @@ async fn dispatch(
     service: &ServiceName,
     decision_id: DecisionId,
     admitted: &Admitted,
+    priority: i32,
 ) -> Result<(SendStream, RecvStream), RejectCode> {
     let link = &admitted.link;
     let mut detail = json!({
@@ -190,7 +195,7 @@ async fn dispatch(
         source_addr: admitted.remote.to_string(),
     };
     let timeout = broker.config().relay.connect_timeout;
-    let open = tokio::time::timeout(timeout, open_towards(link, &header));
+    let open = tokio::time::timeout(timeout, open_towards(link, &header, priority));
     let (recorded, opened) = tokio::join!(broker.audit().record(allowed), open);
     let opened = opened.unwrap_or_else(|_| Err("timed out opening a stream to the connector".into()));
     if let Err(e) = recorded {
@@ -300,9 +305,12 @@ fn reject_for(reason: &DenyReason) -> RejectCode {
     }
 }
 
-async fn open_towards(link: &Link, dispatch: &Dispatch) -> Result<(SendStream, RecvStream), String> {
+/// Opens the connector's stream, sending at `priority` on the link (see
+/// `palisade_proto::share`), and writes the dispatch header.
+async fn open_towards(link: &Link, dispatch: &Dispatch, priority: i32) -> Result<(SendStream, RecvStream), String> {
     let header = StreamHeader::Dispatch(dispatch.clone()).encode().map_err(|e| e.to_string())?;
     let (mut send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.set_priority(priority).map_err(|e| e.to_string())?;
     send.write_all(&header).await.map_err(|e| e.to_string())?;
     Ok((send, recv))
 }

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use palisade_proto::share::LinkShares;
 
 /// A connector's live QUIC connection.
 #[derive(Clone)]
@@ -13,6 +15,8 @@ pub struct Link {
     pub name: String,
     /// The connection streams are opened on.
     pub conn: quinn::Connection,
+    /// The streams each identity has open on it, which set their send priority.
+    pub shares: Arc<LinkShares>,
 }
 
 /// Service name → connectors serving it.

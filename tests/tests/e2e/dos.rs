@@ -14,6 +14,7 @@ use palisade_proto::identity::TrustAnchors;
 use palisade_proto::reject::RejectCode;
 use palisade_proto::tls::TlsIdentity;
 use palisade_proto::wire::{ALPN_CLIENT, OpenStream, StreamHeader};
+use palisade_tests::scrape::Scrape;
 use palisade_tests::{ALLOW_ML_AGENTS, Broker, EchoUpstream, Probe, QuicProbe, TestEnv};
 
 /// The broker's QUIC handshake timeout (`broker/src/relay/accept.rs`).
@@ -279,7 +280,9 @@ fn rss_kib(pid: u32) -> u64 {
 /// each and never reads a byte of the replies (its stream windows are 1 KiB,
 /// so the echoes back up into the broker and the connector). Every stream
 /// is opened and held; the memory of broker and connector stays bounded
-/// (the peaks are printed), and another identity is served throughout.
+/// (the peaks are printed), and another identity is served throughout: on
+/// the one broker–connector link both ends send its streams at the top
+/// priority and the flood's below (`palisade_proto::share`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_unread_streams_keep_memory_bounded_and_others_served() {
     const STREAMS: usize = 10_000;
@@ -298,6 +301,7 @@ async fn ten_thousand_unread_streams_keep_memory_bounded_and_others_served() {
         .service("echo", "inference")
         .service("other-echo", "inference")
         .policy("allow.cedar", ALLOW_ML_AGENTS)
+        .metrics()
         .spawn()
         .await;
     // The other identity's workload is its own: the flood overflows the
@@ -308,6 +312,7 @@ async fn ten_thousand_unread_streams_keep_memory_bounded_and_others_served() {
         .connector("rack-1")
         .service("echo", upstream.addr())
         .service("other-echo", other_upstream.addr())
+        .metrics()
         .spawn()
         .await;
     let greedy = broker.machine("greedy").group("ml-agents").enroll().await;
@@ -368,6 +373,22 @@ async fn ten_thousand_unread_streams_keep_memory_bounded_and_others_served() {
         baseline[1],
         peak[1]
     );
+    // Both ends of the link: every stream of the other identity went at the
+    // top priority; of the flood only its first 8 did, and most went at the lowest.
+    let other_streams = f64::from(served_during + 1);
+    for (end, addr) in [("relay", broker.metrics_addr()), ("connector", connector.metrics_addr())] {
+        let scrape = Scrape::from(addr).await;
+        let at = |priority: &str| {
+            let series = format!("palisade_{end}_stream_priorities_total{{priority=\"{priority}\"}}");
+            scrape.get(&series).unwrap_or(0.0)
+        };
+        let top = at("0");
+        assert!(
+            (other_streams..=other_streams + 8.0).contains(&top),
+            "{end}: {top} streams at the top priority; the other identity opened {other_streams}, the flood may have 8 there"
+        );
+        assert!(at("-4") >= 5_000.0, "{end}: only {} of the flood's streams at the lowest priority", at("-4"));
+    }
     for (i, (name, _)) in pids.iter().enumerate() {
         let growth = peak[i] - baseline[i];
         assert!(growth <= MAX_GROWTH_KIB, "{name} RSS grew by {growth} KiB (limit {MAX_GROWTH_KIB} KiB)");

@@ -92,6 +92,7 @@ async fn metrics_readiness_and_json_logs_follow_a_real_flow() {
     assert_eq!(value(&b, r#"palisade_relay_stream_opens_total{result="allowed"}"#), 1.0);
     assert_eq!(value(&b, r#"palisade_relay_stream_opens_total{result="denied"}"#), 1.0);
     assert_eq!(value(&b, "palisade_relay_stream_setup_seconds_count"), 1.0);
+    assert_eq!(value(&b, r#"palisade_relay_stream_priorities_total{priority="0"}"#), 1.0);
     assert_eq!(value(&b, r#"palisade_relay_stream_setup_seconds_bucket{le="+Inf"}"#), 1.0);
     assert_eq!(value(&b, r#"palisade_decisions_total{point="broker",result="allow",reason="permit"}"#), 1.0);
     let denied = format!(r#"palisade_decisions_total{{point="broker",result="deny",reason="{deny_reason}"}}"#);
@@ -106,6 +107,7 @@ async fn metrics_readiness_and_json_logs_follow_a_real_flow() {
     assert_declares(&c, &palisade_connector::metrics::SERIES);
     assert_eq!(value(&c, "palisade_connector_linked"), 1.0);
     assert_eq!(value(&c, r#"palisade_connector_upstream_connect_seconds_count{service="echo"}"#), 1.0);
+    assert_eq!(value(&c, r#"palisade_connector_stream_priorities_total{priority="0"}"#), 1.0);
     assert_eq!(
         c.get(r#"palisade_connector_streams_total{result="denied"}"#),
         None,
