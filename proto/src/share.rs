@@ -9,12 +9,12 @@
 //! Both ends of a link count the streams each identity has open on it and
 //! give every new stream a send priority from that count: an identity with
 //! few streams goes first, one with many yields. The tiers are powers of
-//! eight, so a person with a handful of tunnels is never behind a client
-//! with hundreds, and the hundredth stream of a busy client is not treated
-//! worse than the ten-thousandth by more than a few steps. Priority is
-//! strict in QUIC: while a lighter identity has data to send, a heavier
-//! one's streams wait, but a stream only has data to send as fast as its
-//! reader takes it, so a light identity cannot hold a link for long.
+//! eight (8, 64, 512, 4,096 streams), so a person with a handful of tunnels
+//! is never queued behind a client with hundreds, while the busy client's
+//! own streams differ by only a few steps. Priority in QUIC is strict: while
+//! a lighter identity's streams have bytes ready, a busier one's wait, so a
+//! few bulk transfers at full speed slow a busy identity's many streams
+//! rather than the other way round.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
