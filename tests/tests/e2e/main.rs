@@ -44,3 +44,4 @@ mod shared_quota;
 mod store_faults;
 mod store_schema;
 mod tunnel;
+mod unread_streams;
