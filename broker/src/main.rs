@@ -304,13 +304,17 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => fail(&e),
-    }
+    };
+    drop(runtime);
+    palisade_telemetry::logging::flush();
+    code
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
+    palisade_telemetry::logging::flush();
     eprintln!("error: {e:#}");
     ExitCode::FAILURE
 }

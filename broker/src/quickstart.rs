@@ -239,6 +239,8 @@ const BROKER: &str = "cargo run --release -p palisade-broker --";
 
 fn print_next_steps(config: &Config, shown_dir: &Path, ready: &Ready, demo: SocketAddr, connector: &str, token: &str) {
     let dir = config.data_dir.display();
+    // The start-up lines first, then the block people read.
+    palisade_telemetry::logging::flush();
     println!();
     println!("Palisade quickstart is running.");
     println!("  broker     https://{} (QUIC on UDP {}), data in {dir}", ready.https, ready.quic);

@@ -65,7 +65,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format.or_else(|| configured_log_format(&cli.command)).unwrap_or_default();
     palisade_telemetry::logging::init(format, "info");
-    match execute(cli) {
+    let executed = execute(cli);
+    palisade_telemetry::logging::flush();
+    match executed {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the context chain on one line, without a backtrace.

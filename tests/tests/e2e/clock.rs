@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use palisade_proto::reject::RejectCode;
 use palisade_tests::bench::procfs;
-use palisade_tests::{ALLOW_ML_AGENTS, EchoUpstream, FakeClock, TestEnv, assert_eventually, wait_for};
+use palisade_tests::wait::wait_for_some;
+use palisade_tests::{ALLOW_ML_AGENTS, DEFAULT_TIMEOUT, EchoUpstream, FakeClock, TestEnv, assert_eventually, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HOUR: i64 = 3600;
@@ -238,8 +239,10 @@ async fn a_connector_whose_clock_jumps_past_a_clients_certificate_refuses_its_st
     assert_eq!(denied.detail_str("reason"), Some("identity_rejected"), "{}", audit.summary());
     let detail = denied.detail_str("detail").unwrap_or_default();
     assert!(detail.contains("expired"), "the report does not say why: {detail}");
-    let line = connector.process().stderr().lines().rev().find(|l| l.contains("stream denied")).map(str::to_owned);
-    let line = line.expect("the connector logs its refusal");
+    let line = wait_for_some("the connector to log its refusal", DEFAULT_TIMEOUT, || async {
+        connector.process().stderr().lines().rev().find(|l| l.contains("stream denied")).map(str::to_owned)
+    })
+    .await;
     eprintln!("connector log: {line}");
     let stamped = humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).expect("a timestamp");
     assert!(stamped > SystemTime::now() + Duration::from_secs(50 * 60), "the connector's clock did not move: {line}");

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use palisade_telemetry::Series;
 use palisade_tests::scrape::{Scrape, http_get, json_log_lines};
-use palisade_tests::wait::POLL_INTERVAL;
-use palisade_tests::{ALLOW_ML_AGENTS, Broker, DEFAULT_TIMEOUT, EchoUpstream, TestEnv, assert_eventually};
+use palisade_tests::wait::{POLL_INTERVAL, wait_for_some};
+use palisade_tests::{ALLOW_ML_AGENTS, Broker, Connector, DEFAULT_TIMEOUT, EchoUpstream, TestEnv, assert_eventually};
 
 const PAYLOAD: &[u8] = b"forty-two bytes through an observed tunnel";
 
@@ -114,7 +114,7 @@ async fn metrics_readiness_and_json_logs_follow_a_real_flow() {
         "the broker denied, not the connector"
     );
 
-    assert_logs_carry(&broker, &connector.process().stderr(), &decision_id);
+    assert_logs_carry(&broker, &connector, &decision_id).await;
 }
 
 fn ready() -> palisade_tests::scrape::HttpAnswer {
@@ -123,18 +123,24 @@ fn ready() -> palisade_tests::scrape::HttpAnswer {
 
 /// The broker's "stream allowed" line has the audit event's decision id as a
 /// field; the connector's "stream completed" line has it in its span.
-fn assert_logs_carry(broker: &Broker, connector_stderr: &str, decision_id: &str) {
-    let broker_lines = json_log_lines(&broker.process().stderr());
-    let allowed = broker_lines.iter().find(|l| l["fields"]["message"] == "stream allowed");
-    let allowed =
-        allowed.unwrap_or_else(|| panic!("no JSON \"stream allowed\" line in:\n{}", broker.process().stderr()));
+/// Informational lines may wait a moment to share a write, so each is awaited.
+async fn assert_logs_carry(broker: &Broker, connector: &Connector, decision_id: &str) {
+    let line =
+        |stderr: String, message: &str| json_log_lines(&stderr).into_iter().find(|l| l["fields"]["message"] == message);
+    let allowed = wait_for_some("the broker's \"stream allowed\" line", DEFAULT_TIMEOUT, || async {
+        line(broker.process().stderr(), "stream allowed")
+    })
+    .await;
     assert_eq!(allowed["fields"]["decision_id"], decision_id, "{allowed}");
-    let ended = broker_lines.iter().find(|l| l["fields"]["message"] == "stream ended").expect("a stream ended line");
+    let ended = wait_for_some("the broker's \"stream ended\" line", DEFAULT_TIMEOUT, || async {
+        line(broker.process().stderr(), "stream ended")
+    })
+    .await;
     assert_eq!(ended["fields"]["decision_id"], decision_id, "{ended}");
-
-    let connector_lines = json_log_lines(connector_stderr);
-    let completed = connector_lines.iter().find(|l| l["fields"]["message"] == "stream completed");
-    let completed = completed.unwrap_or_else(|| panic!("no JSON \"stream completed\" line in:\n{connector_stderr}"));
+    let completed = wait_for_some("the connector's \"stream completed\" line", DEFAULT_TIMEOUT, || async {
+        line(connector.process().stderr(), "stream completed")
+    })
+    .await;
     assert_eq!(completed["span"]["decision_id"], decision_id, "{completed}");
 }
 
