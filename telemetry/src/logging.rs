@@ -65,7 +65,7 @@ pub fn init(format: LogFormat, default_filter: &str) {
     }
     let panic_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        flush();
+        STDERR.flush_unless_busy();
         panic_hook(info);
     }));
 }

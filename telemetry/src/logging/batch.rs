@@ -23,7 +23,7 @@
 //! message.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 /// How long lines may wait to share a write.
@@ -90,6 +90,20 @@ impl<W: Write + Send + 'static> Batcher<W> {
             return Ok(());
         }
         kept.write_out(Instant::now())
+    }
+
+    /// [`Batcher::flush`] unless this very thread is in the middle of a
+    /// write (a panic hook must not wait for a lock its own thread holds).
+    pub fn flush_unless_busy(&self) {
+        let kept = match self.kept.try_lock() {
+            Ok(kept) => kept,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let mut kept = kept;
+        if !kept.bytes.is_empty() {
+            let _ = kept.write_out(Instant::now());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Kept<W>> {
@@ -229,6 +243,21 @@ mod tests {
         assert_eq!(writes.calls().concat(), "a\nb\n");
         batcher.flush().unwrap();
         std::thread::sleep(FLUSH_DELAY * 2);
+        assert_eq!(writes.calls().concat(), "a\nb\n");
+    }
+
+    #[test]
+    fn a_panic_hook_flushes_unless_the_lock_is_held() {
+        let writes = Writes::default();
+        let batcher = Batcher::new(writes.clone());
+        batcher.line(b"a\n", false).unwrap();
+        batcher.line(b"b\n", false).unwrap();
+        {
+            let _held = batcher.lock();
+            batcher.flush_unless_busy();
+            assert_eq!(writes.calls(), ["a\n"], "nothing written while the lock was held");
+        }
+        batcher.flush_unless_busy();
         assert_eq!(writes.calls().concat(), "a\nb\n");
     }
 
