@@ -10,7 +10,7 @@
 pub mod batch;
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
@@ -58,7 +58,9 @@ impl fmt::Display for LogFormat {
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env(FILTER_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(Stderr);
+    let no_color = std::env::var_os("NO_COLOR");
+    let ansi = colours(io::stderr().is_terminal(), no_color.as_deref());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(Stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
@@ -68,6 +70,12 @@ pub fn init(format: LogFormat, default_filter: &str) {
         STDERR.flush_unless_busy();
         panic_hook(info);
     }));
+}
+
+/// Colours only on a terminal, and not when `NO_COLOR` is set (no-color.org):
+/// journald, a container runtime or a file gets plain text.
+fn colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// Writes the log lines still kept for a shared write. Call before exiting
@@ -118,6 +126,15 @@ impl Write for StderrLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(colours(true, Some(OsStr::new(""))), "an empty NO_COLOR does not count");
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None), "a pipe or a file gets plain text");
+    }
 
     #[test]
     fn warnings_and_errors_are_urgent_and_nothing_else() {
