@@ -95,12 +95,11 @@ impl<W: Write + Send + 'static> Batcher<W> {
     /// [`Batcher::flush`] unless this very thread is in the middle of a
     /// write (a panic hook must not wait for a lock its own thread holds).
     pub fn flush_unless_busy(&self) {
-        let kept = match self.kept.try_lock() {
+        let mut kept = match self.kept.try_lock() {
             Ok(kept) => kept,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        let mut kept = kept;
         if !kept.bytes.is_empty() {
             let _ = kept.write_out(Instant::now());
         }
