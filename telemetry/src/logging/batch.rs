@@ -64,11 +64,12 @@ impl<W: Write + Send + 'static> Batcher<W> {
         let mut kept = self.lock();
         let quiet = kept.last_write.is_none_or(|at| now.duration_since(at) >= FLUSH_DELAY);
         let full = kept.bytes.len() + line.len() > MAX_KEPT;
+        let first = kept.bytes.is_empty();
         kept.bytes.extend_from_slice(line);
-        if urgent || full || (quiet && kept.bytes.len() == line.len()) {
+        if urgent || full || (quiet && first) {
             return kept.write_out(now);
         }
-        if kept.bytes.len() == line.len() {
+        if first {
             if !kept.flusher {
                 kept.flusher = self.start_flusher();
                 if !kept.flusher {
@@ -85,11 +86,7 @@ impl<W: Write + Send + 'static> Batcher<W> {
     /// # Errors
     /// The write to `W` failed; the kept lines are dropped.
     pub fn flush(&self) -> io::Result<()> {
-        let mut kept = self.lock();
-        if kept.bytes.is_empty() {
-            return Ok(());
-        }
-        kept.write_out(Instant::now())
+        self.lock().write_kept()
     }
 
     /// [`Batcher::flush`] unless this very thread is in the middle of a
@@ -100,9 +97,7 @@ impl<W: Write + Send + 'static> Batcher<W> {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        if !kept.bytes.is_empty() {
-            let _ = kept.write_out(Instant::now());
-        }
+        let _ = kept.write_kept();
     }
 
     fn lock(&self) -> MutexGuard<'_, Kept<W>> {
@@ -131,16 +126,22 @@ impl<W: Write + Send + 'static> Batcher<W> {
                 std::thread::sleep((due - now).min(FLUSH_DELAY));
                 kept = self.lock();
             }
-            if kept.bytes.is_empty() {
-                continue; // a warning wrote them while this thread slept
-            }
-            // A failed write has nowhere to be reported; the lines are dropped.
-            let _ = kept.write_out(Instant::now());
+            // Nothing if a warning wrote them while this thread slept. A
+            // failed write has nowhere to be reported; the lines are dropped.
+            let _ = kept.write_kept();
         }
     }
 }
 
 impl<W: Write> Kept<W> {
+    /// Writes the kept lines, if there are any.
+    fn write_kept(&mut self) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        self.write_out(Instant::now())
+    }
+
     fn write_out(&mut self, now: Instant) -> io::Result<()> {
         let written = self.out.write_all(&self.bytes).and_then(|()| self.out.flush());
         self.bytes.clear();
