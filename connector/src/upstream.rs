@@ -21,6 +21,8 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use crate::config::ServiceConfig;
 
+mod dial;
+
 /// Size of each read from the workload. Large reads keep the per-byte cost
 /// of the QUIC send path low; the buffer is reused once quinn releases it.
 const CHUNK: usize = 64 * 1024;
@@ -53,7 +55,7 @@ pub(crate) async fn connect(
     let addr = upstream.upstream.as_str();
     tracing::debug!(service = grant.service(), segment = grant.segment(), addr, "dialling upstream");
     let unreachable = |source| ConnectUpstreamError::Unreachable { addr: addr.to_owned(), source };
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(timeout, dial::dial(addr))
         .await
         .map_err(|_| ConnectUpstreamError::Timeout { addr: addr.to_owned(), timeout })?
         .map_err(unreachable)?;
