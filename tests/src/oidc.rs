@@ -113,9 +113,19 @@ fn start() -> Node {
         "{} is missing: run scripts/setup-test-deps (npm ci in tests/oidc)",
         dir.join("node_modules").display()
     );
+    match try_start(&dir) {
+        Ok(node) => node,
+        Err(first) => {
+            eprintln!("{first}; starting the provider once more");
+            try_start(&dir).unwrap_or_else(|second| panic!("{first}; and again: {second}"))
+        }
+    }
+}
+
+fn try_start(dir: &std::path::Path) -> Result<Node, String> {
     let mut child = Command::new("node")
         .args(["provider.mjs", "--port", "0"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -140,12 +150,13 @@ fn start() -> Node {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                panic!("node provider.mjs printed no ready line within {START_TIMEOUT:?}");
+                let _ = child.wait();
+                return Err(format!("node provider.mjs printed no ready line within {START_TIMEOUT:?}"));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("node provider.mjs exited before it was ready ({:?})", child.wait());
+                return Err(format!("node provider.mjs exited before it was ready ({:?})", child.wait()));
             }
         }
     };
-    Node { issuer, _child: Mutex::new(child), _stdin: Mutex::new(stdin) }
+    Ok(Node { issuer, _child: Mutex::new(child), _stdin: Mutex::new(stdin) })
 }
