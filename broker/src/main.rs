@@ -16,6 +16,7 @@ use palisade_broker::issuance::keystore::KEK_ENV;
 use palisade_broker::{issuance, quickstart};
 use palisade_proto::identity::PeerRole;
 use palisade_telemetry::LogFormat;
+use palisade_telemetry::runtime::Workers;
 use tokio_util::sync::CancellationToken;
 
 #[path = "main/alerts_cmd.rs"]
@@ -298,11 +299,12 @@ enum SessionCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = matches!(cli.command, Command::Run(_) | Command::Quickstart { .. });
-    let format = cli.log_format.or_else(|| configured_log_format(&cli.command)).unwrap_or_default();
+    let config = run_config(&cli.command);
+    let format = cli.log_format.or_else(|| config.as_ref().map(|c| c.log.format)).unwrap_or_default();
     palisade_telemetry::logging::init(format, if verbose { "info" } else { "warn" });
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime(config.and_then(|c| c.relay.worker_threads), verbose) {
         Ok(rt) => rt,
-        Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
+        Err(e) => return fail(&e),
     };
     let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
@@ -319,16 +321,25 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// `[log] format` of the config `run` will use; a config that does not load
-/// gives `None` here and its error from `run` itself.
-fn configured_log_format(command: &Command) -> Option<LogFormat> {
+/// The config `run` will use, for its log format and worker threads; a
+/// config that does not load gives `None` here and its error from `run` itself.
+fn run_config(command: &Command) -> Option<Config> {
     let Command::Run(args) = command else { return None };
     let path = match (&args.source.config, &args.source.data_dir) {
         (Some(path), _) => path.clone(),
         (None, Some(dir)) => dir.join(CONFIG_FILE),
         (None, None) => return None,
     };
-    Config::load(&path).ok().map(|config| config.log.format)
+    Config::load(&path).ok()
+}
+
+/// The async runtime, sized by `[relay] worker_threads`, `TOKIO_WORKER_THREADS` or the host.
+fn runtime(configured: Option<std::num::NonZeroUsize>, verbose: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = Workers::for_this_process(configured)?;
+    if verbose {
+        tracing::info!("async runtime: {workers}");
+    }
+    workers.runtime().context("cannot start the async runtime")
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

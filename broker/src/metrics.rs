@@ -40,7 +40,7 @@ pub static AUDIT_EVENTS: Family<Counter> = Family::new(&["kind", "outcome"], Cou
 pub static STALE: Gauge = Gauge::new();
 
 /// Everything the broker exports, in the order `/metrics` lists it.
-pub static SERIES: [Series; 11] = [
+pub static SERIES: [Series; 12] = [
     Series {
         name: "palisade_relay_live_tunnels",
         help: "Client streams being relayed to a connector now.",
@@ -97,6 +97,7 @@ pub static SERIES: [Series; 11] = [
         help: "1 while this broker cannot confirm its view of revocations and policy is current (see [consistency]).",
         metric: &STALE,
     },
+    palisade_telemetry::runtime::WORKER_THREADS_SERIES,
 ];
 
 /// How a client's stream open ended, for [`STREAM_OPENS`].

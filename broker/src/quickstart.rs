@@ -188,6 +188,8 @@ async fn start_connector(
         bundle_max_age: palisade_connector::DEFAULT_BUNDLE_MAX_AGE,
         metrics_listen: None,
         log_format: palisade_telemetry::LogFormat::Text,
+        // The quickstart's one runtime is the broker's.
+        worker_threads: None,
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     tasks.spawn(async move {

@@ -22,6 +22,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -67,6 +68,10 @@ pub struct ConnectorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Text or JSON log lines on stderr (`--log-format` wins).
     pub log_format: LogFormat,
+    /// Worker threads of the async runtime. Default: `TOKIO_WORKER_THREADS`,
+    /// else one less than the CPUs the connector may use, at least one
+    /// ([`palisade_telemetry::runtime`]).
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 /// One service behind this connector.
@@ -127,6 +132,7 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
+    worker_threads: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -222,8 +228,14 @@ impl ConnectorConfig {
         };
         let log_format =
             raw.log.format.as_deref().map(str::parse).transpose().map_err(|e| invalid("log.format".into(), e))?;
+        let worker_threads = raw
+            .worker_threads
+            .map(|n| usize::try_from(n).ok().and_then(NonZeroUsize::new))
+            .map(|n| n.ok_or_else(|| invalid("worker_threads".into(), "must be a whole number of at least 1".into())))
+            .transpose()?;
         let state_dir = raw.state_dir.unwrap_or_else(default_state_dir);
         Ok(Self {
+            worker_threads,
             metrics_listen,
             log_format: log_format.unwrap_or_default(),
             state_dir,
@@ -311,6 +323,9 @@ mod tests {
         let observed = observed.expect("valid");
         assert_eq!(observed.metrics_listen, Some(SocketAddr::from(([127, 0, 0, 1], 9465))));
         assert_eq!(observed.log_format, LogFormat::Json);
+        assert_eq!(config.worker_threads, None, "sized from the host at start");
+        let sized = parse(&format!("worker_threads = 3\n{SERVICE}")).expect("valid");
+        assert_eq!(sized.worker_threads, NonZeroUsize::new(3));
     }
 
     #[test]
@@ -331,6 +346,9 @@ mod tests {
             (format!("{SERVICE}[metrics]\nlisten = \"localhost\"\n"), "metrics.listen"),
             (format!("{SERVICE}[metrics]\nport = 1\n"), "port"),
             (format!("{SERVICE}[log]\nformat = \"xml\"\n"), "log.format"),
+            (format!("worker_threads = 0\n{SERVICE}"), "worker_threads"),
+            (format!("worker_threads = -2\n{SERVICE}"), "worker_threads"),
+            (format!("worker_threads = \"many\"\n{SERVICE}"), "worker_threads"),
         ];
         for (text, key) in cases {
             let err = parse(&text).expect_err(&text).to_string();

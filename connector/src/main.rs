@@ -1,6 +1,7 @@
 //! `palisade-connector`: enroll once, then run beside the workloads.
 
 use std::io::Write as _;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use palisade_connector::config::STATE_DIR_ENV;
 use palisade_connector::{ConnectorConfig, default_state_dir};
 use palisade_telemetry::LogFormat;
+use palisade_telemetry::runtime::Workers;
 use tokio_util::sync::CancellationToken;
 
 mod doctor;
@@ -63,9 +65,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = cli.log_format.or_else(|| configured_log_format(&cli.command)).unwrap_or_default();
+    let config = run_config(&cli.command);
+    let format = cli.log_format.or_else(|| config.as_ref().map(|c| c.log_format)).unwrap_or_default();
     palisade_telemetry::logging::init(format, "info");
-    let executed = execute(cli);
+    let executed = execute(cli, config.and_then(|c| c.worker_threads));
     palisade_telemetry::logging::flush();
     match executed {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,8 +80,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+fn execute(cli: Cli, worker_threads: Option<NonZeroUsize>) -> anyhow::Result<()> {
+    let workers = Workers::for_this_process(worker_threads)?;
+    if matches!(cli.command, Command::Run { .. }) {
+        tracing::info!("async runtime: {workers}");
+    }
+    let runtime = workers.runtime().context("cannot start the async runtime")?;
     match cli.command {
         Command::Enroll { broker, token, state_dir, force } => {
             let state_dir = state_dir.unwrap_or_else(default_state_dir);
@@ -99,11 +106,11 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `[log] format` of the config `run` will use; a config that does not load
-/// gives `None` here and its error from `run` itself.
-fn configured_log_format(command: &Command) -> Option<LogFormat> {
+/// The config `run` will use, for its log format and worker threads; a
+/// config that does not load gives `None` here and its error from `run` itself.
+fn run_config(command: &Command) -> Option<ConnectorConfig> {
     let Command::Run { config } = command else { return None };
-    ConnectorConfig::load(config).ok().map(|c| c.log_format)
+    ConnectorConfig::load(config).ok()
 }
 
 async fn enroll(broker: &str, token: &str, state_dir: PathBuf, force: bool) -> anyhow::Result<()> {

@@ -29,7 +29,7 @@ pub(crate) static UPSTREAM_CONNECT: Family<Histogram<11>> =
     Family::new(&["service"], || Histogram::new(CONNECT_BOUNDS));
 
 /// Everything the connector exports, in the order `/metrics` lists it.
-pub static SERIES: [Series; 6] = [
+pub static SERIES: [Series; 7] = [
     Series {
         name: "palisade_connector_linked",
         help: "1 while a link to a broker is up and welcomed, else 0.",
@@ -61,6 +61,7 @@ pub static SERIES: [Series; 6] = [
         help: "Time to open the TCP connection to a TCP service's workload, by service.",
         metric: &UPSTREAM_CONNECT,
     },
+    palisade_telemetry::runtime::WORKER_THREADS_SERIES,
 ];
 
 /// Counts one dispatched stream.

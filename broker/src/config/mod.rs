@@ -27,6 +27,7 @@ pub use observability::{LogConfig, MetricsConfig};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,6 +56,7 @@ const ENV_KEYS: &[&str] = &[
     "relay.retry",
     "relay.retry_token_lifetime",
     "relay.drain_timeout",
+    "relay.worker_threads",
     "consistency.max_staleness",
     "consistency.mode",
     "alerts.throttle_after_alert",
@@ -288,6 +290,11 @@ pub struct RelayConfig {
     /// After SIGTERM, how long streams in progress may go on while clients
     /// move to other replicas; then the rest are closed. Default 30 s.
     pub drain_timeout: Duration,
+    /// Worker threads of the async runtime, which relays the tunnels and
+    /// serves everything else. Default: `TOKIO_WORKER_THREADS`, else one less
+    /// than the CPUs the broker may use, at least one
+    /// ([`palisade_telemetry::runtime`]).
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 /// `relay.retry`: when the broker makes a new client prove its address (one

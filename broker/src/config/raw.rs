@@ -86,6 +86,7 @@ struct RawRelay {
     retry: Option<Value>,
     retry_token_lifetime: Option<Value>,
     drain_timeout: Option<Value>,
+    worker_threads: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +167,7 @@ impl RawConfig {
                     .unwrap_or(Duration::from_secs(15)),
                 drain_timeout: opt(relay.drain_timeout, |v| duration("relay.drain_timeout", v))?
                     .unwrap_or(Duration::from_secs(30)),
+                worker_threads: opt(relay.worker_threads, |v| threads("relay.worker_threads", v))?,
             },
             data_dir,
         })
@@ -352,6 +354,16 @@ fn size(key: &str, v: Value) -> Result<usize, ConfigError> {
     let bad = |shown: String| invalid(key, format!("invalid size {shown}: expected a number of bytes such as 4194304"));
     match v {
         Value::Integer(n) => usize::try_from(n).map_err(|_| bad(n.to_string())),
+        Value::String(s) => s.trim().parse().map_err(|_| bad(format!("{s:?}"))),
+        other => Err(bad(other.type_str().to_owned())),
+    }
+}
+
+fn threads(key: &str, v: Value) -> Result<NonZeroUsize, ConfigError> {
+    let bad =
+        |shown: String| invalid(key, format!("invalid thread count {shown}: expected a whole number of at least 1"));
+    match v {
+        Value::Integer(n) => usize::try_from(n).ok().and_then(NonZeroUsize::new).ok_or_else(|| bad(n.to_string())),
         Value::String(s) => s.trim().parse().map_err(|_| bad(format!("{s:?}"))),
         other => Err(bad(other.type_str().to_owned())),
     }

@@ -96,3 +96,33 @@ mod audit_sink_tests {
         }
     }
 }
+
+mod relay_tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_toml_str(text, Path::new("/data"), &env)
+    }
+
+    #[test]
+    fn worker_threads_are_sized_from_the_host_unless_set() {
+        assert_eq!(parse("", &[]).unwrap().relay.worker_threads, None);
+        let set = parse("[relay]\nworker_threads = 4\n", &[]).unwrap();
+        assert_eq!(set.relay.worker_threads, NonZeroUsize::new(4));
+        let from_env = parse("[relay]\nworker_threads = 4\n", &[("PALISADE_RELAY__WORKER_THREADS", "2")]).unwrap();
+        assert_eq!(from_env.relay.worker_threads, NonZeroUsize::new(2));
+    }
+
+    #[test]
+    fn a_worker_count_that_is_not_one_or_more_names_its_key() {
+        for text in
+            ["[relay]\nworker_threads = 0\n", "[relay]\nworker_threads = -1\n", "[relay]\nworker_threads = 1.5\n"]
+        {
+            let err = parse(text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with("relay.worker_threads") && err.contains("at least 1"), "{text}: {err}");
+        }
+        let err = parse("", &[("PALISADE_RELAY__WORKER_THREADS", "all")]).unwrap_err().to_string();
+        assert!(err.starts_with("relay.worker_threads"), "{err}");
+    }
+}

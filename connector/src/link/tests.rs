@@ -123,6 +123,7 @@ impl Harness {
             bundle_max_age: crate::DEFAULT_BUNDLE_MAX_AGE,
             metrics_listen: None,
             log_format: palisade_telemetry::LogFormat::Text,
+            worker_threads: None,
         };
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();

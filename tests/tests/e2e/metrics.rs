@@ -34,6 +34,15 @@ async fn scrape_until(addr: SocketAddr, what: &str, ok: impl Fn(&Scrape) -> bool
     }
 }
 
+/// What a process started by this test picks with no worker count configured:
+/// tokio's variable if this test runs with it, else one less than the CPUs.
+fn default_workers() -> usize {
+    match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(set) => set.trim().parse().expect("TOKIO_WORKER_THREADS is a number"),
+        Err(_) => std::thread::available_parallelism().map_or(1, |cpus| cpus.get().saturating_sub(1).max(1)),
+    }
+}
+
 fn value(scrape: &Scrape, series: &str) -> f64 {
     scrape.get(series).unwrap_or_else(|| panic!("no {series} in:\n{}", scrape.text()))
 }
@@ -48,6 +57,7 @@ async fn metrics_readiness_and_json_logs_follow_a_real_flow() {
         .policy("allow.cedar", ALLOW_ML_AGENTS)
         .metrics()
         .json_logs()
+        .run_env(&[("PALISADE_RELAY__WORKER_THREADS", "3".into())])
         .spawn()
         .await;
     let echo = EchoUpstream::spawn().await;
@@ -99,6 +109,7 @@ async fn metrics_readiness_and_json_logs_follow_a_real_flow() {
     assert_eq!(value(&b, &denied), 1.0);
     assert_eq!(value(&b, r#"palisade_audit_events_total{kind="stream.ended",outcome="success"}"#), 1.0);
     assert!(value(&b, r#"palisade_certificate_issuances_total{result="issued"}"#) >= 1.0, "the agent's certificate");
+    assert_eq!(value(&b, "palisade_runtime_worker_threads"), 3.0, "[relay] worker_threads, set from the environment");
 
     let c = scrape_until(connector_metrics, "the connector's stream", |s| {
         s.get(r#"palisade_connector_streams_total{result="allowed"}"#) == Some(1.0)
@@ -106,6 +117,7 @@ async fn metrics_readiness_and_json_logs_follow_a_real_flow() {
     .await;
     assert_declares(&c, &palisade_connector::metrics::SERIES);
     assert_eq!(value(&c, "palisade_connector_linked"), 1.0);
+    assert_eq!(value(&c, "palisade_runtime_worker_threads"), default_workers() as f64, "sized from the host");
     assert_eq!(value(&c, r#"palisade_connector_upstream_connect_seconds_count{service="echo"}"#), 1.0);
     assert_eq!(value(&c, r#"palisade_connector_stream_priorities_total{priority="0"}"#), 1.0);
     assert_eq!(
