@@ -96,7 +96,21 @@ pub async fn open(url: &str) -> AnyPool {
         .unwrap_or_else(|e| panic!("open {url}: {e}"))
 }
 
+/// Waits (up to 2 s) until a running broker has chained every event it
+/// journaled ahead of its commit: `<database>.audit-intents` is empty. A
+/// stream's `stream.allowed` is durable there first and in the trail a
+/// moment later. A killed broker's journal is chained when it starts again.
+async fn journal_chained(url: &str) {
+    let Some(file) = url.strip_prefix("sqlite://").map(|rest| rest.split('?').next().unwrap_or(rest)) else { return };
+    let journal = format!("{file}.audit-intents");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 pub(crate) async fn read(url: &str) -> AuditLog {
+    journal_chained(url).await;
     let pool = open(url).await;
     let rows = sqlx::query(
         "SELECT seq, ts_ms, kind, outcome, actor, subject, decision_id, detail FROM audit_events ORDER BY seq",

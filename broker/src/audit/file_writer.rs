@@ -26,7 +26,9 @@ use std::time::{Instant, SystemTime};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 use super::checkpoint::{self, Checkpoint, Signer};
-use super::writer::{CheckpointPolicy, Job, LINGER, Msg, after_linger, answer, gather, lonely, since_after};
+use super::journal::Journal;
+use super::linger::Lingering;
+use super::writer::{CheckpointPolicy, Job, LINGER, Msg, answer, gather, since_after};
 use super::{AuditError, GENESIS, INSERT_EVENT, SELECT_HEAD, chained_row};
 use crate::db::{Db, SQLITE_PRAGMAS};
 
@@ -40,11 +42,34 @@ pub(super) struct FileWriter {
     /// Kept between batches; `None` after an error until the next batch opens one.
     conn: Option<Connection>,
     since_checkpoint: u64,
+    /// Where [`super::Audit::record_durable`] made events durable before they reach this thread.
+    journal: Option<Arc<Journal>>,
+    /// Journaled events whose commit failed, for the next batch.
+    retry: Vec<Job>,
+    /// Events nobody waits on, left without waking this thread ([`super::linger`]).
+    lingering: Arc<Lingering>,
+    /// After a commit, until when events left here need no wake-up.
+    quiet_until: Option<Instant>,
+}
+
+/// Closes [`Lingering`] when the thread ends, however it ends.
+struct CloseOnExit(Arc<Lingering>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl FileWriter {
-    pub(super) fn new(path: PathBuf, db: Db, signer: Option<Arc<Signer>>, policy: CheckpointPolicy) -> Self {
-        Self { path, db, signer, policy, conn: None, since_checkpoint: 0 }
+    pub(super) fn new(
+        path: PathBuf,
+        db: Db,
+        (signer, policy): (Option<Arc<Signer>>, CheckpointPolicy),
+        (journal, lingering): (Option<Arc<Journal>>, Arc<Lingering>),
+    ) -> Self {
+        let retry = Vec::new();
+        Self { path, db, signer, policy, conn: None, since_checkpoint: 0, journal, retry, lingering, quiet_until: None }
     }
 
     /// Starts [`FileWriter::run`] on a thread of its own.
@@ -54,23 +79,26 @@ impl FileWriter {
 
     /// Serves `msgs` until every sender is gone.
     fn run(mut self, msgs: &flume::Receiver<Msg>) {
+        let _close = CloseOnExit(self.lingering.clone());
+        if let Some(journal) = self.journal.clone() {
+            journal.replay(|events| self.replay(events));
+        }
         if let Err(e) = self.register_key() {
             tracing::error!(error = %e, "could not record the audit signing key");
         }
         let mut next_tick = Instant::now() + self.policy.every;
         let mut batch = Vec::with_capacity(super::writer::MAX_BATCH);
         loop {
-            let msg = match self.signer {
-                Some(_) => msgs.recv_deadline(next_tick),
-                None => msgs.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
-            };
+            let msg = self.wait(msgs, next_tick);
+            self.lingering.unpark();
             match msg {
+                // Nobody waits on it: it lingers with those left here.
+                Ok(Msg::Event(job)) if job.lazy => self.lingering.keep(job),
                 Ok(Msg::Event(job)) => {
+                    batch.append(&mut self.retry);
+                    self.lingering.take_into(&mut batch);
                     batch.push(job);
-                    let mut request = gather(msgs, &mut batch);
-                    if request.is_none() && lonely(&batch) {
-                        request = after_linger(msgs.recv_timeout(LINGER).ok(), msgs, &mut batch);
-                    }
+                    let request = gather(msgs, &mut batch);
                     self.commit(&mut batch);
                     if let Some(reply) = request {
                         let _ = reply.send(self.checkpoint());
@@ -80,17 +108,50 @@ impl FileWriter {
                     let _ = reply.send(self.checkpoint());
                 }
                 Err(flume::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = self.checkpoint() {
-                        tracing::error!(error = %e, "could not checkpoint the audit trail");
+                    self.write_lingering(&mut batch);
+                    if self.signer.is_some() && Instant::now() >= next_tick {
+                        if let Err(e) = self.checkpoint() {
+                            tracing::error!(error = %e, "could not checkpoint the audit trail");
+                        }
+                        next_tick = Instant::now() + self.policy.every;
                     }
-                    next_tick = Instant::now() + self.policy.every;
                 }
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             }
         }
+        self.write_lingering(&mut batch);
         match self.checkpoint() {
             Ok(_) | Err(AuditError::Closed) => {}
             Err(e) => tracing::error!(error = %e, "could not checkpoint the audit trail at shutdown"),
+        }
+    }
+
+    /// The next message. While events linger, or just after a commit (more
+    /// may follow), it waits until the first deadline (the checkpoint
+    /// timer's too); otherwise it parks, so that the next event left for it
+    /// comes through the channel, and waits for the timer or for ever.
+    fn wait(&mut self, msgs: &flume::Receiver<Msg>, next_tick: Instant) -> Result<Msg, flume::RecvTimeoutError> {
+        let tick = self.signer.as_ref().map(|_| next_tick);
+        loop {
+            self.quiet_until = self.quiet_until.filter(|until| *until > Instant::now());
+            if let Some(soon) = [self.lingering.due(LINGER), self.quiet_until].into_iter().flatten().min() {
+                return msgs.recv_deadline(tick.map_or(soon, |tick| tick.min(soon)));
+            }
+            if self.lingering.park_if_empty() {
+                return match tick {
+                    Some(tick) => msgs.recv_deadline(tick),
+                    None => msgs.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
+                };
+            }
+        }
+    }
+
+    /// Writes what lingers (and journaled events to try again), if anything.
+    fn write_lingering(&mut self, batch: &mut Vec<Job>) {
+        batch.append(&mut self.retry);
+        self.lingering.take_into(batch);
+        if !batch.is_empty() {
+            self.commit(batch);
         }
     }
 
@@ -104,10 +165,49 @@ impl FileWriter {
             }
             Ok(seqs)
         });
-        if let Ok(seqs) = &written {
-            self.since_checkpoint = since_after(self.since_checkpoint, sign.is_some(), seqs.len());
+        match &written {
+            Ok(seqs) => {
+                self.since_checkpoint = since_after(self.since_checkpoint, sign.is_some(), seqs.len());
+                let journaled = batch.iter().filter(|job| job.journaled).count();
+                if let Some(journal) = self.journal.as_ref().filter(|_| journaled > 0) {
+                    journal.folded(u64::try_from(journaled).unwrap_or(u64::MAX));
+                }
+            }
+            // A journaled event is durable and its stream went on: it is not
+            // failed but tried again with the next batch (and chained from the
+            // journal at the next start if the broker stops first).
+            Err(_) => self.retry.extend(batch.extract_if(.., |job| job.journaled)),
         }
         answer(batch, written);
+        self.quiet_until = Some(Instant::now() + LINGER);
+    }
+
+    /// Chains the events an earlier run left in the intent journal, except
+    /// those the trail already has; `true` once they are committed.
+    fn replay(&mut self, events: Vec<(super::AuditEvent, SystemTime)>) -> bool {
+        let total = events.len();
+        let chained = self.write(|conn| {
+            let mut added = 0;
+            // One at a time, so that a line left twice is chained once.
+            for (event, at) in events {
+                if !already_chained(conn, &event, at)? {
+                    let (done, _) = tokio::sync::oneshot::channel();
+                    append(conn, &[Job { event, at, lazy: false, journaled: false, done }])?;
+                    added += 1;
+                }
+            }
+            Ok(added)
+        });
+        match chained {
+            Ok(added) => {
+                tracing::info!(added, already = total - added, "chained the audit intent journal left by the last run");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not chain the audit intent journal; it is kept for the next start");
+                false
+            }
+        }
     }
 
     fn checkpoint(&mut self) -> Result<Option<Checkpoint>, AuditError> {
@@ -197,6 +297,17 @@ fn append(conn: &Connection, batch: &[Job]) -> rusqlite::Result<(Vec<u64>, (i64,
         head = (row.seq, row.hash);
     }
     Ok((seqs, head))
+}
+
+/// Whether the trail already holds `event` as journaled at `at` (same kind,
+/// time, decision, actor and subject).
+fn already_chained(conn: &Connection, event: &super::AuditEvent, at: SystemTime) -> rusqlite::Result<bool> {
+    let row = chained_row((0, String::new()), event, at);
+    let mut find = conn.prepare_cached(
+        "SELECT 1 FROM audit_events WHERE kind = ?1 AND ts_ms = ?2 AND decision_id IS ?3 \
+         AND actor IS ?4 AND subject IS ?5 LIMIT 1",
+    )?;
+    find.exists(params![row.kind, row.ts_ms, row.decision_id, row.actor, row.subject])
 }
 
 /// Signs and stores `head` unless it is empty or already checkpointed.

@@ -13,6 +13,8 @@ pub mod chain;
 pub mod checkpoint;
 pub mod export;
 mod file_writer;
+mod journal;
+mod linger;
 pub mod query;
 pub mod retention;
 pub mod sinks;
@@ -303,6 +305,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome whose [`Outcome::as_str`] is `name`.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Success, Self::Failure, Self::Allow, Self::Deny].into_iter().find(|o| o.as_str() == name)
+    }
+
     /// The stable name stored in the `outcome` column.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -386,6 +394,9 @@ pub enum AuditError {
     /// A stored row could not be read.
     #[error("audit trail: unreadable row: {0}")]
     Corrupt(String),
+    /// The intent journal beside the SQLite file could not be written (disk full, read-only, …).
+    #[error("audit trail: cannot write the intent journal: {0}")]
+    Journal(Arc<std::io::Error>),
 }
 
 impl From<sqlx::Error> for AuditError {
@@ -400,11 +411,28 @@ impl From<rusqlite::Error> for AuditError {
     }
 }
 
+/// The intent journal beside a SQLite file; without one (it cannot be
+/// opened) every event waits for its commit, as on PostgreSQL.
+fn open_journal(db_file: &std::path::Path) -> Option<Arc<journal::Journal>> {
+    match journal::Journal::open(db_file) {
+        Ok(journal) => journal.map(Arc::new),
+        Err(e) => {
+            let path = journal::Journal::path_for(db_file);
+            tracing::error!(error = %e, path = %path.display(), "no audit intent journal; streams wait for the commit");
+            None
+        }
+    }
+}
+
 /// Appends to the audit trail. Cheap to clone; all clones share one writer.
 #[derive(Clone)]
 pub struct Audit {
     msgs: flume::Sender<writer::Msg>,
     signer: Option<Arc<Signer>>,
+    /// With the SQLite writer thread: where [`Audit::record_durable`] makes events durable.
+    journal: Option<Arc<journal::Journal>>,
+    /// With the SQLite writer thread: where events nobody waits on are left for it.
+    lingering: Option<Arc<linger::Lingering>>,
 }
 
 impl fmt::Debug for Audit {
@@ -454,17 +482,23 @@ impl Audit {
     #[must_use]
     pub fn with_signer(db: Db, signer: Option<Arc<Signer>>, policy: CheckpointPolicy) -> Self {
         let (msgs, rx) = flume::bounded(writer::QUEUE);
+        let (mut journal, lingering) = (None, Arc::new(linger::Lingering::default()));
         let on_thread = db.sqlite_file().is_some_and(|path| {
-            let writer = file_writer::FileWriter::new(path.to_path_buf(), db.clone(), signer.clone(), policy);
+            journal = open_journal(path);
+            let checkpoints = (signer.clone(), policy);
+            let handoff = (journal.clone(), lingering.clone());
+            let writer = file_writer::FileWriter::new(path.to_path_buf(), db.clone(), checkpoints, handoff);
             let spawned = writer.spawn(rx.clone());
             spawned
                 .inspect_err(|e| tracing::error!(error = %e, "no audit writer thread; writing through the pool"))
                 .is_ok()
         });
         if !on_thread {
+            journal = None;
             tokio::spawn(writer::Writer { db, signer: signer.clone(), policy }.run(rx));
         }
-        Self { msgs, signer }
+        let lingering = on_thread.then_some(lingering);
+        Self { msgs, signer, journal, lingering }
     }
 
     /// Signs the current chain head now (for a clean shutdown, or before a
@@ -487,6 +521,33 @@ impl Audit {
         self.queue(event, false).await
     }
 
+    /// Makes an event durable and has it appended: on a SQLite file, one
+    /// `write` to the intent journal (`journal`) before this returns, the
+    /// append to the chain right after; elsewhere, [`Audit::record`].
+    ///
+    /// # Errors
+    /// The journal (or the database) refused the write, or the writer has stopped.
+    pub async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let Some(journal) = &self.journal else { return self.record(event).await.map(drop) };
+        crate::metrics::audit_event(&event);
+        let at = SystemTime::now();
+        journal.write(&event, at).map_err(|e| AuditError::Journal(Arc::new(e)))?;
+        // Nobody waits for the chain: the journal holds the event until it is there.
+        let (done, _) = oneshot::channel();
+        let job = writer::Job { event, at, lazy: true, journaled: true, done };
+        let Some(job) = self.leave(job) else { return Ok(()) };
+        self.msgs.send_async(writer::Msg::Event(job)).await.map_err(|_| AuditError::Closed)
+    }
+
+    /// Leaves a lazy job for the writer thread without waking it; the job
+    /// back if it must be sent (no writer thread, or a parked one).
+    fn leave(&self, job: writer::Job) -> Option<writer::Job> {
+        match &self.lingering {
+            Some(lingering) => lingering.leave(job),
+            None => Some(job),
+        }
+    }
+
     /// Like [`Audit::record`], for an event nothing waits on (a stream that
     /// has ended): the writer may hold it for a few milliseconds to write it
     /// together with the next event, in one database round trip.
@@ -500,7 +561,9 @@ impl Audit {
     async fn queue(&self, event: AuditEvent, lazy: bool) -> Result<u64, AuditError> {
         crate::metrics::audit_event(&event);
         let (done, wait) = oneshot::channel();
-        let job = writer::Job { event, at: SystemTime::now(), lazy, done };
+        let job = writer::Job { event, at: SystemTime::now(), lazy, journaled: false, done };
+        let job = if lazy { self.leave(job) } else { Some(job) };
+        let Some(job) = job else { return wait.await.map_err(|_| AuditError::Closed)? };
         self.msgs.send_async(writer::Msg::Event(job)).await.map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
     }
@@ -592,6 +655,8 @@ mod tests;
 mod tests_checkpoint;
 #[cfg(test)]
 mod tests_export;
+#[cfg(test)]
+mod tests_journal;
 #[cfg(test)]
 mod tests_query;
 #[cfg(test)]

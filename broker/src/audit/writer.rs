@@ -83,6 +83,8 @@ pub(super) struct Job {
     pub(super) at: SystemTime,
     /// Nobody waits on it: it may linger for [`LINGER`].
     pub(super) lazy: bool,
+    /// Already durable in the intent journal ([`super::journal`]), which learns when it is committed.
+    pub(super) journaled: bool,
     pub(super) done: oneshot::Sender<Result<u64, AuditError>>,
 }
 

@@ -170,9 +170,11 @@ async fn admit(
 
 /// Makes the `stream.allowed` event durable and opens the connector's stream
 /// at the same time: the connector may start dialling the workload, but no
-/// tunnelled byte moves before the event is committed (splicing starts only
-/// after both). If the event cannot be written, the connector's stream is
-/// reset and the client is refused.
+/// tunnelled byte moves before the event is durable (splicing starts only
+/// after both): in the intent journal beside a SQLite file, chained into the
+/// trail a moment later ([`crate::audit::Audit::record_durable`]), or
+/// committed on PostgreSQL. If the event cannot be written, the connector's
+/// stream is reset and the client is refused.
 async fn dispatch(
     broker: &Broker,
     peer: &Peer,
@@ -196,7 +198,7 @@ async fn dispatch(
     };
     let timeout = broker.config().relay.connect_timeout;
     let open = tokio::time::timeout(timeout, open_towards(link, &header, priority));
-    let (recorded, opened) = tokio::join!(broker.audit().record(allowed), open);
+    let (recorded, opened) = tokio::join!(broker.audit().record_durable(allowed), open);
     let opened = opened.unwrap_or_else(|_| Err("timed out opening a stream to the connector".into()));
     if let Err(e) = recorded {
         if broker.config().audit.trail.when_unavailable == WhenUnavailable::Allow {
