@@ -73,6 +73,20 @@ impl Journal {
         db.with_file_name(name)
     }
 
+    /// [`Journal::open`] for the writer of `db`: without a journal (another
+    /// process owns it, or it cannot be opened) every event waits for its
+    /// commit, as on PostgreSQL.
+    pub(super) fn for_database(db: &Path) -> Option<std::sync::Arc<Journal>> {
+        match Journal::open(db) {
+            Ok(journal) => journal.map(std::sync::Arc::new),
+            Err(e) => {
+                let path = Self::path_for(db);
+                tracing::error!(error = %e, path = %path.display(), "no audit intent journal; streams wait for the commit");
+                None
+            }
+        }
+    }
+
     /// Opens the journal of the database file `db` for this process, or
     /// `None` if another process owns it. Lines an earlier run left in it
     /// are moved to the replay file ([`Journal::replay`] chains them).

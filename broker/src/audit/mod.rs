@@ -411,19 +411,6 @@ impl From<rusqlite::Error> for AuditError {
     }
 }
 
-/// The intent journal beside a SQLite file; without one (it cannot be
-/// opened) every event waits for its commit, as on PostgreSQL.
-fn open_journal(db_file: &std::path::Path) -> Option<Arc<journal::Journal>> {
-    match journal::Journal::open(db_file) {
-        Ok(journal) => journal.map(Arc::new),
-        Err(e) => {
-            let path = journal::Journal::path_for(db_file);
-            tracing::error!(error = %e, path = %path.display(), "no audit intent journal; streams wait for the commit");
-            None
-        }
-    }
-}
-
 /// Appends to the audit trail. Cheap to clone; all clones share one writer.
 #[derive(Clone)]
 pub struct Audit {
@@ -484,7 +471,7 @@ impl Audit {
         let (msgs, rx) = flume::bounded(writer::QUEUE);
         let (mut journal, lingering) = (None, Arc::new(linger::Lingering::default()));
         let on_thread = db.sqlite_file().is_some_and(|path| {
-            journal = open_journal(path);
+            journal = journal::Journal::for_database(path);
             let checkpoints = (signer.clone(), policy);
             let handoff = (journal.clone(), lingering.clone());
             let writer = file_writer::FileWriter::new(path.to_path_buf(), db.clone(), checkpoints, handoff);

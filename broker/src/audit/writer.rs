@@ -9,15 +9,16 @@
 //! or the broker's own [`super::Audit::record_in`] transactions append too.
 //!
 //! Which writer runs depends on the database. A SQLite file gets
-//! [`super::file_writer`]: a thread with a connection of its own, so that a
-//! stream's event is one hand-over to that thread and one back. Anything
-//! else (PostgreSQL, an in-memory SQLite database) gets the task in this
-//! module, which writes through the pool.
+//! [`super::file_writer`]: a thread with a connection of its own, an intent
+//! journal that makes a tunnel's `stream.allowed` durable before it is
+//! chained ([`super::journal`]), and events nobody waits on left for it
+//! without a wake-up ([`super::linger`]). Anything else (PostgreSQL, an
+//! in-memory SQLite database) gets the task in this module, which writes
+//! through the pool.
 //!
 //! Events nobody waits on ([`super::Audit::record_soon`]: a stream that
-//! ended) may linger up to [`LINGER`] for the next event, so that a client
-//! opening connection after connection costs one write per connection, not
-//! two.
+//! ended) may linger up to [`LINGER`] for company, so that a client opening
+//! connection after connection costs fewer writes than events.
 //!
 //! With a signer, the batch that brings [`CheckpointPolicy::every_events`]
 //! events since the last checkpoint also signs its new head, in the same
