@@ -176,7 +176,18 @@ impl FileWriter {
             // A journaled event is durable and its stream went on: it is not
             // failed but tried again with the next batch (and chained from the
             // journal at the next start if the broker stops first).
-            Err(_) => self.retry.extend(batch.extract_if(.., |job| job.journaled)),
+            Err(_) => {
+                self.retry.extend(batch.extract_if(.., |job| job.journaled));
+                // Bounded: the oldest stay in the journal alone, chained at the next start.
+                let excess = self.retry.len().saturating_sub(super::writer::QUEUE);
+                if excess > 0 {
+                    self.retry.drain(..excess);
+                    tracing::error!(
+                        events = excess,
+                        "the audit trail cannot be written: journaled events kept for the next start"
+                    );
+                }
+            }
         }
         answer(batch, written);
         self.quiet_until = Some(Instant::now() + LINGER);

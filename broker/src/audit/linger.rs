@@ -38,7 +38,8 @@ impl Lingering {
     /// through the channel if the writer would not look again on its own.
     pub(super) fn leave(&self, job: Job) -> Option<Job> {
         let mut state = self.lock();
-        if state.parked || state.closed {
+        // A full list goes through the bounded channel, which makes callers wait.
+        if state.parked || state.closed || state.jobs.len() >= super::writer::QUEUE {
             return Some(job);
         }
         state.jobs.push((Instant::now(), job));
@@ -88,5 +89,39 @@ impl Lingering {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves only a list of jobs behind: keep going.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::audit::{AuditEvent, EventKind, Outcome};
+
+    fn job() -> Job {
+        let (done, _) = tokio::sync::oneshot::channel();
+        let event = AuditEvent::new(EventKind::StreamEnded, Outcome::Success);
+        Job { event, at: SystemTime::now(), lazy: true, journaled: false, done }
+    }
+
+    #[test]
+    fn jobs_are_left_only_for_a_writer_that_looks_again_and_only_up_to_the_queue_size() {
+        let lingering = Lingering::default();
+        for _ in 0..super::super::writer::QUEUE {
+            assert!(lingering.leave(job()).is_none());
+        }
+        assert!(lingering.leave(job()).is_some(), "a full list sends through the bounded channel");
+        let mut batch = Vec::new();
+        lingering.take_into(&mut batch);
+        assert_eq!(batch.len(), super::super::writer::QUEUE);
+        assert!(lingering.park_if_empty());
+        assert!(lingering.leave(job()).is_some(), "a parked writer is woken through the channel");
+        lingering.unpark();
+        assert!(lingering.leave(job()).is_none());
+        assert!(!lingering.park_if_empty(), "not parked while something is left");
+        lingering.close();
+        assert!(lingering.due(Duration::ZERO).is_none(), "dropped at close");
+        assert!(lingering.leave(job()).is_some(), "nothing is left for a stopped writer");
     }
 }
