@@ -167,6 +167,8 @@ impl FileWriter {
         });
         match &written {
             Ok(seqs) => {
+                // More events nobody waits on may follow: they need not wake this thread.
+                self.quiet_until = Some(Instant::now() + LINGER);
                 self.since_checkpoint = since_after(self.since_checkpoint, sign.is_some(), seqs.len());
                 let journaled = batch.iter().filter(|job| job.journaled).count();
                 if let Some(journal) = self.journal.as_ref().filter(|_| journaled > 0) {
@@ -174,10 +176,14 @@ impl FileWriter {
                 }
             }
             // A journaled event is durable and its stream went on: it is not
-            // failed but tried again with the next batch (and chained from the
-            // journal at the next start if the broker stops first).
-            Err(_) => {
+            // failed but tried again with the next batch or checkpoint timer
+            // (and chained from the journal at the next start if the broker
+            // stops first).
+            Err(e) => {
                 self.retry.extend(batch.extract_if(.., |job| job.journaled));
+                if !self.retry.is_empty() {
+                    tracing::error!(error = %e, journaled = self.retry.len(), "audit events could not be chained yet; they are durable in the journal and tried again");
+                }
                 // Bounded: the oldest stay in the journal alone, chained at the next start.
                 let excess = self.retry.len().saturating_sub(super::writer::QUEUE);
                 if excess > 0 {
@@ -190,7 +196,6 @@ impl FileWriter {
             }
         }
         answer(batch, written);
-        self.quiet_until = Some(Instant::now() + LINGER);
     }
 
     /// Chains the events an earlier run left in the intent journal, except

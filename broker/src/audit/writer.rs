@@ -136,7 +136,9 @@ pub(super) fn answer(batch: &mut Vec<Job>, written: Result<Vec<u64>, AuditError>
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, events = batch.len(), "audit events could not be written");
+            if !batch.is_empty() {
+                tracing::error!(error = %e, events = batch.len(), "audit events could not be written");
+            }
             for job in batch.drain(..) {
                 let _ = job.done.send(Err(e.clone()));
             }
