@@ -3,7 +3,7 @@ use super::*;
 mod login_tests {
     use super::*;
 
-    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    pub(super) fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Config::from_toml_str(text, Path::new("/data"), &env)
     }
@@ -98,12 +98,8 @@ mod audit_sink_tests {
 }
 
 mod relay_tests {
+    use super::login_tests::parse;
     use super::*;
-
-    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Config::from_toml_str(text, Path::new("/data"), &env)
-    }
 
     #[test]
     fn worker_threads_are_sized_from_the_host_unless_set() {
